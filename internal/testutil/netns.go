@@ -1,0 +1,74 @@
+package testutil
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+// NewNetns creates an anonymous network namespace and returns a handle to it,
+// closed (and so the namespace freed, once nothing else holds it) when the
+// test ends. The calling thread's namespace is left as it was.
+func NewNetns(tb testing.TB) netns.NsHandle {
+	tb.Helper()
+	RequirePrivileged(tb)
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		tb.Fatalf("get current netns: %v", err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		tb.Fatalf("create netns: %v", err)
+	}
+	if err := netns.Set(orig); err != nil {
+		// The thread is stuck in the new namespace: never unlock it, so
+		// the runtime throws it away with the goroutine.
+		runtime.LockOSThread()
+		tb.Fatalf("return to original netns: %v", err)
+	}
+	tb.Cleanup(func() { ns.Close() })
+	return ns
+}
+
+// Do runs fn on a locked OS thread inside ns and returns fn's error. The
+// thread goes back to its namespace afterwards; if that fails, it is never
+// unlocked, so that the Go runtime retires it instead of reusing it.
+func Do(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("leave netns: %w", err)
+			return // thread stays locked and dies with the goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// MustDo is Do that fails the test on error.
+func MustDo(tb testing.TB, ns netns.NsHandle, fn func() error) {
+	tb.Helper()
+	if err := Do(ns, fn); err != nil {
+		tb.Fatal(err)
+	}
+}

@@ -1,0 +1,50 @@
+package testutil
+
+import (
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// InCI reports whether the tests run under CI (CI=true), where a test that
+// lacks what it needs must fail instead of skipping, so that CI can never go
+// green without running it.
+func InCI() bool {
+	return os.Getenv("CI") == "true"
+}
+
+// SkipOrFail skips the test with reason, or fails it under CI.
+func SkipOrFail(tb testing.TB, reason string) {
+	tb.Helper()
+	if InCI() {
+		tb.Fatalf("%s (CI=true: this test must run)", reason)
+	}
+	tb.Skip(reason)
+}
+
+// RequirePrivileged skips (or, under CI, fails) a test that needs to load BPF
+// programs and change network namespaces, when the process lacks CAP_BPF,
+// CAP_NET_ADMIN and CAP_SYS_ADMIN.
+func RequirePrivileged(tb testing.TB) {
+	tb.Helper()
+	for _, c := range []struct {
+		capability int
+		name       string
+	}{{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN"}, {unix.CAP_NET_ADMIN, "CAP_NET_ADMIN"}, {unix.CAP_BPF, "CAP_BPF"}} {
+		if !hasCapability(c.capability) {
+			SkipOrFail(tb, "needs "+c.name+" (run the tests as root)")
+			return
+		}
+	}
+}
+
+// hasCapability reports whether capability is in the effective set.
+func hasCapability(capability int) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[capability/32].Effective&(1<<(uint(capability)%32)) != 0
+}

@@ -1,0 +1,196 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// ErrIncompatiblePin is returned when a pinned map does not match the spec this
+// build expects: an older or newer layout, or another pods map size.
+var ErrIncompatiblePin = errors.New("pinned map is incompatible")
+
+// ErrNotBPFFS is returned when the pin directory is not on a bpffs mount.
+var ErrNotBPFFS = errors.New("not on a bpf filesystem")
+
+// Options configure [Open].
+type Options struct {
+	// PinDir is the bpffs directory of the pins. Empty means no pinning: the
+	// maps live as long as the process holds them (tests, dump).
+	PinDir string
+	// PodsMaxEntries is the capacity of the pods map; zero means the default.
+	PodsMaxEntries uint32
+}
+
+// Set holds the four maps of a node.
+type Set struct {
+	Pods    *Pods
+	Ztunnel *ZtunnelMap
+	Node    *Node
+	Stats   *Stats
+
+	// Created lists the reference names of the maps that Open created, as
+	// opposed to re-opened from pins.
+	Created []string
+}
+
+// Open creates the maps, or re-opens their pins under opts.PinDir when they
+// exist. A pin whose type, sizes, flags or layout version differ from this
+// build's spec is never reused: Open fails with an error wrapping
+// ErrIncompatiblePin that names the pin.
+func Open(opts Options) (*Set, error) {
+	specs := Specs(opts.PodsMaxEntries)
+	if opts.PinDir != "" {
+		if err := ensurePinDir(opts.PinDir); err != nil {
+			return nil, err
+		}
+	}
+
+	opened := make(map[string]*ebpf.Map, len(specs))
+	s := &Set{}
+	fail := func(err error) (*Set, error) {
+		for _, m := range opened {
+			m.Close()
+		}
+		return nil, err
+	}
+	for _, name := range sortedNames(specs) {
+		m, created, err := openOne(opts.PinDir, name, specs[name])
+		if err != nil {
+			return fail(err)
+		}
+		opened[name] = m
+		if created {
+			s.Created = append(s.Created, name)
+		}
+	}
+	s.Pods = &Pods{opened[PodsName]}
+	s.Ztunnel = &ZtunnelMap{opened[ZtunnelName]}
+	s.Node = &Node{opened[NodeName]}
+	s.Stats = &Stats{opened[StatsName]}
+	return s, nil
+}
+
+// Maps returns the maps by reference name, the form that
+// ebpf.CollectionOptions.MapReplacements takes.
+func (s *Set) Maps() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		PodsName:    s.Pods.Map,
+		ZtunnelName: s.Ztunnel.Map,
+		NodeName:    s.Node.Map,
+		StatsName:   s.Stats.Map,
+	}
+}
+
+// Close releases the file descriptors. Pinned maps stay in the kernel.
+func (s *Set) Close() error {
+	var errs []error
+	for name, m := range s.Maps() {
+		if m == nil {
+			continue
+		}
+		if err := m.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close map %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Unpin removes the pins of all four maps from dir, and dir itself when it is
+// empty afterwards. Missing pins are not an error.
+func Unpin(dir string) error {
+	var errs []error
+	for name := range Specs(0) {
+		path := filepath.Join(dir, name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove pin %s: %w", path, err))
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
+		errs = append(errs, fmt.Errorf("remove pin directory %s: %w", dir, err))
+	}
+	return errors.Join(errs...)
+}
+
+func openOne(dir, name string, spec *ebpf.MapSpec) (m *ebpf.Map, created bool, err error) {
+	if dir == "" {
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			return nil, false, fmt.Errorf("create map %s: %w", name, err)
+		}
+		return m, true, nil
+	}
+
+	path := filepath.Join(dir, name)
+	m, err = ebpf.LoadPinnedMap(path, nil)
+	switch {
+	case err == nil:
+		if err := compatible(spec, m); err != nil {
+			m.Close()
+			return nil, false, fmt.Errorf("pinned map %s: %w (remove the pin, or run 'meshredirect uninstall', to start afresh)", path, err)
+		}
+		return m, false, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, false, fmt.Errorf("open pinned map %s: %w", path, err)
+	}
+
+	m, err = ebpf.NewMap(spec)
+	if err != nil {
+		return nil, false, fmt.Errorf("create map %s: %w", name, err)
+	}
+	if err := m.Pin(path); err != nil {
+		m.Close()
+		return nil, false, fmt.Errorf("pin map %s at %s: %w", name, path, err)
+	}
+	return m, true, nil
+}
+
+// compatible reports how a pinned map differs from spec. Unlike
+// MapSpec.Compatible it also compares the kernel name, which carries the
+// layout version.
+func compatible(spec *ebpf.MapSpec, m *ebpf.Map) error {
+	var diffs []string
+	if err := spec.Compatible(m); err != nil {
+		diffs = append(diffs, strings.TrimSuffix(err.Error(), ": "+ebpf.ErrMapIncompatible.Error()))
+	}
+	info, err := m.Info()
+	if err != nil {
+		return fmt.Errorf("read map info: %w", err)
+	}
+	if info.Name != spec.Name {
+		diffs = append(diffs, fmt.Sprintf("name %q, this build wants %q (another layout version)", info.Name, spec.Name))
+	}
+	if len(diffs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrIncompatiblePin, strings.Join(diffs, "; "))
+}
+
+func ensurePinDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory %s: %w (is bpffs mounted at /sys/fs/bpf?)", dir, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("stat pin directory %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin directory %s: %w (mount one: mount -t bpf bpf /sys/fs/bpf)", dir, ErrNotBPFFS)
+	}
+	return nil
+}
+
+func sortedNames(specs map[string]*ebpf.MapSpec) []string {
+	names := make([]string, 0, len(specs))
+	for n := range specs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

@@ -169,7 +169,7 @@ func failClosed(label string) asm.Instructions {
 // exits are the verdict blocks of the app programs.
 func exits() asm.Instructions {
 	return concat(
-		exit(labelPass, maps.VerdictPassed, ActOK),
+		exit(labelPass, maps.VerdictPassed, ActUnspec),
 		exit(labelParseErr, maps.VerdictParseError, ActShot),
 		exit(labelNoZtunnel, maps.VerdictDroppedNoZtunnel, ActShot),
 	)

@@ -267,8 +267,21 @@ func ipv6L4(prefix string, l l4Labels) asm.Instructions {
 			},
 		)...)
 	}
-	// The chain is longer than the walk: it cannot be classified.
-	return append(insns, at(step(maxIPv6ExtHeaders), asm.Ja.Label(l.bad))...)
+	// After the last header the walk allows, only an upper-layer protocol
+	// may follow: another extension header means a chain longer than the
+	// walk, which cannot be classified.
+	last := step(maxIPv6ExtHeaders)
+	return append(insns, at(last,
+		asm.JEq.Imm(regProto, ipprotoTCP, l.l4),
+		asm.JEq.Imm(regProto, ipprotoUDP, l.l4),
+		asm.JEq.Imm(regProto, ipprotoICMPv6, l.icmp),
+		asm.JEq.Imm(regProto, ipprotoHopOpts, l.bad),
+		asm.JEq.Imm(regProto, ipprotoRouting, l.bad),
+		asm.JEq.Imm(regProto, ipprotoDstOpts, l.bad),
+		asm.JEq.Imm(regProto, ipprotoFragment, l.bad),
+		asm.JEq.Imm(regProto, ipprotoAH, l.bad),
+		asm.Ja.Label(l.l4),
+	)...)
 }
 
 // matchNode jumps to match when the IPv4 or IPv6 address at packet offset
@@ -301,8 +314,9 @@ func matchNode(prefix string, v6 bool, field int16, match string) asm.Instructio
 		)
 	} else {
 		insns = append(insns,
+			// A 32-bit compare: the imm of a 64-bit one is sign-extended.
 			asm.LoadMem(asm.R1, asm.R0, maps.NodeOffAddr+8, asm.Word),
-			asm.JNE.Imm(asm.R1, v4MappedWord(), next),
+			asm.JNE.Imm32(asm.R1, v4MappedWord(), next),
 			asm.LoadMem(asm.R1, asm.R0, maps.NodeOffAddr+12, asm.Word),
 			asm.LoadMem(asm.R2, regData, pkt, asm.Word),
 			asm.JEq.Reg(asm.R1, asm.R2, match),

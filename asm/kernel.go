@@ -111,7 +111,11 @@ const (
 
 // tc verdicts (include/uapi/linux/pkt_cls.h).
 const (
-	// ActOK passes the packet on.
+	// ActUnspec (TC_ACT_UNSPEC, TCX_NEXT) is how the programs pass a packet:
+	// the next TC filter or tcx program, if another tool has one on the same
+	// hook, still sees it; with none left the packet goes on as with ActOK.
+	ActUnspec = -1
+	// ActOK passes the packet on and ends the hook's classification.
 	ActOK = 0
 	// ActShot drops the packet.
 	ActShot = 2
@@ -150,6 +154,10 @@ const (
 	// A fragment header is 8 bytes; bytes 2-3 hold the offset and flags.
 	ipv6FragHlen   = 8
 	ipv6FragOffOff = 2
+
+	tcpOffFlags = 13
+	tcpFlagSYN  = 0x02
+	tcpFlagACK  = 0x10
 
 	l4OffSport = 0
 	l4OffDport = 2

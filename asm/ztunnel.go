@@ -43,7 +43,7 @@ func ztunnelIngress(opts Options) asm.Instructions {
 		asm.Instructions{asm.LoadMem(regL4, asm.R0, maps.PodOffIfindex, asm.Word)},
 		redirectTo(maps.VerdictBypass, opts.RedirectPeer),
 
-		exit(labelPass, maps.VerdictPassed, ActOK),
+		exit(labelPass, maps.VerdictPassed, ActUnspec),
 	)
 }
 
@@ -52,8 +52,11 @@ func ztunnelIngress(opts Options) asm.Instructions {
 // an unmodified ztunnel receives traffic for addresses that are not its own:
 //
 //   - A packet addressed to ztunnel's own IP was not captured: passed.
+//   - A TCP segment that is not a connection request (SYN without ACK) is
+//     only marked: ztunnel's stack finds the socket of its flow itself.
 //   - An established socket for the packet's tuple (TCP: bpf_skc_lookup_tcp,
-//     not a listener; UDP: bpf_sk_lookup_udp, connected) takes it.
+//     not a listener; UDP: bpf_sk_lookup_udp, connected) takes it: for a
+//     SYN, a retransmission, or a new connection reusing a TIME_WAIT tuple.
 //   - Else a listener by port: DNS (UDP to 53) with capture on -> 15053; a
 //     packet from an enrolled pod of this node was captured on its way out
 //     -> 15001; any other was captured on its way in -> 15008 if sent to
@@ -71,8 +74,10 @@ func ztunnelAssign() asm.Instructions {
 		assignFamily(false),
 		assignFamily(true),
 		assignSocket(),
-		exit(labelPass, maps.VerdictPassed, ActOK),
-		exit("za_no_socket", maps.VerdictNoSocket, ActOK),
+		at("za_marked", setMark()...),
+		exit("za_marked_count", maps.VerdictMarked, ActOK),
+		exit(labelPass, maps.VerdictPassed, ActUnspec),
+		exit("za_no_socket", maps.VerdictNoSocket, ActUnspec),
 	)
 }
 
@@ -127,10 +132,20 @@ func assignFamily(v6 bool) asm.Instructions {
 		at(fam+"_captured", ipv4OrIPv6L4(v6, fam, labels)...),
 
 		// R3 = protocol, R9 = L4 header. Only TCP and UDP have sockets;
-		// their ports must be in the frame.
+		// their ports must be in the frame. A TCP segment other than a
+		// connection request (SYN without ACK) belongs to a socket that
+		// ztunnel's stack finds by its tuple once the mark makes the packet
+		// local, as with TPROXY: it needs no lookup here, which keeps the
+		// per-packet cost of an established flow at a few instructions.
 		at(l4,
-			asm.JEq.Imm(regProto, ipprotoTCP, l4+"_ports"),
-			asm.JNE.Imm(regProto, ipprotoUDP, labelPass),
+			asm.JEq.Imm(regProto, ipprotoUDP, l4+"_ports"),
+			asm.JNE.Imm(regProto, ipprotoTCP, labelPass),
+			asm.Mov.Reg(asm.R0, regL4),
+			asm.Add.Imm(asm.R0, tcpOffFlags+1),
+			asm.JGT.Reg(asm.R0, regDataEnd, "za_no_socket"),
+			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
+			asm.JNE.Imm(asm.R1, tcpFlagSYN, "za_marked"),
 		),
 		at(l4+"_ports",
 			asm.Mov.Reg(asm.R0, regL4),
@@ -277,7 +292,7 @@ func assignSocket() asm.Instructions {
 		),
 		setMark(),
 		at("za_refused", countVerdict(maps.VerdictAssignFailed)...),
-		asm.Instructions{asm.Mov.Imm(asm.R0, ActOK), asm.Return()},
+		asm.Instructions{asm.Mov.Imm(asm.R0, ActUnspec), asm.Return()},
 		at("za_mark", setMark()...),
 		countVerdict(maps.VerdictAssigned),
 		asm.Instructions{asm.Mov.Imm(asm.R0, ActOK), asm.Return()},

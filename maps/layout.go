@@ -128,6 +128,9 @@ const (
 	VerdictParseError
 	// VerdictAssignFailed: a socket was found but bpf_sk_assign refused it.
 	VerdictAssignFailed
+	// VerdictMarked: a captured TCP segment of an existing flow, marked for
+	// local delivery to the socket that ztunnel's stack finds by its tuple.
+	VerdictMarked
 
 	numVerdicts
 )
@@ -143,7 +146,7 @@ func Verdicts() []Verdict {
 
 var verdictNames = [numVerdicts]string{
 	"redirected_out", "redirected_in", "bypass", "passed", "dropped_no_ztunnel",
-	"assigned", "no_socket", "parse_error", "assign_failed",
+	"assigned", "no_socket", "parse_error", "assign_failed", "marked",
 }
 
 // String returns the verdict's name as used in metrics and status output.

@@ -1,0 +1,364 @@
+package ztunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/net/http2"
+)
+
+// ztunnel's listener ports, as Istio's ztunnel opens them (the same values
+// as package asm's, kept apart so that the stand-in depends on nothing of
+// the dataplane).
+const (
+	PortOutbound = 15001
+	PortInbound  = 15006
+	PortHBONE    = 15008
+	PortDNS      = 15053
+)
+
+// Options configures Start.
+type Options struct {
+	// Netns is ztunnel's network namespace: the listeners and every
+	// outbound socket are opened on a thread inside it. Zero (or any
+	// value <= 0, such as netns.None()) means the calling thread's
+	// namespace: the choice of the binary, which runs inside ztunnel's
+	// namespace already. The handle must stay open until Close.
+	Netns netns.NsHandle
+
+	// DNS maps names ("svc.example.", case and final dot ignored) to the
+	// addresses the DNS listener answers with: the IPv4 ones for A
+	// queries, the IPv6 ones for AAAA.
+	DNS map[string][]netip.Addr
+	// DNSAnswer answers every name DNS does not hold. Without it, such
+	// names get NXDOMAIN.
+	DNSAnswer []netip.Addr
+
+	// HBONEOwnSource makes the stand-in connect to a CONNECT target from
+	// its own address instead of the HBONE connection's source address.
+	HBONEOwnSource bool
+
+	// DialTimeout bounds each outbound connect; 5 seconds if zero.
+	DialTimeout time.Duration
+
+	// AdminAddr, if set, is an address ("127.0.0.1:15000") in ztunnel's
+	// namespace where the stand-in serves GET /records (the records as a
+	// JSON array, as WriteJSON writes them) and GET /healthz.
+	AdminAddr string
+
+	// Logger receives a line per flow and per error; nothing if nil.
+	Logger *slog.Logger
+}
+
+// Server is a running stand-in.
+type Server struct {
+	opts   Options
+	log    *slog.Logger
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	h2     *http2.Server
+	rec    *recorder
+	dns    map[string][]netip.Addr
+
+	mu        sync.Mutex
+	closed    bool
+	listeners []io.Closer
+	conns     map[io.Closer]bool // accepted and outbound connections
+	addrs     []net.Addr
+	wg        sync.WaitGroup
+}
+
+// Start opens the listeners (15001, 15006, 15008 TCP and 15053 UDP, each on
+// 0.0.0.0 and ::) and serves them until Close.
+func Start(opts Options) (*Server, error) {
+	if opts.DialTimeout == 0 {
+		opts.DialTimeout = 5 * time.Second
+	}
+	s := &Server{
+		opts:  opts,
+		log:   opts.Logger,
+		h2:    &http2.Server{},
+		rec:   newRecorder(),
+		dns:   map[string][]netip.Addr{},
+		conns: map[io.Closer]bool{},
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	for name, addrs := range opts.DNS {
+		s.dns[canonicalName(name)] = addrs
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+
+	lc := &net.ListenConfig{Control: (optTransparent | optReuseAddr).control()}
+	lc.SetMultipathTCP(false)
+	ulc := &net.ListenConfig{Control: (optTransparent | optReuseAddr | optOrigDst).control()}
+	err := inNetns(opts.Netns, func() error {
+		for _, fam := range []string{"4", "6"} {
+			for _, port := range []int{PortOutbound, PortInbound, PortHBONE} {
+				l, err := lc.Listen(s.ctx, "tcp"+fam, fmt.Sprintf(":%d", port))
+				if err != nil {
+					return fmt.Errorf("listen on tcp%s port %d: %w", fam, port, err)
+				}
+				s.listeners = append(s.listeners, l)
+				s.addrs = append(s.addrs, l.Addr())
+				s.wg.Add(1)
+				go s.acceptLoop(port, l.(*net.TCPListener))
+			}
+			c, err := ulc.ListenPacket(s.ctx, "udp"+fam, fmt.Sprintf(":%d", PortDNS))
+			if err != nil {
+				return fmt.Errorf("listen on udp%s port %d: %w", fam, PortDNS, err)
+			}
+			s.listeners = append(s.listeners, c)
+			s.addrs = append(s.addrs, c.LocalAddr())
+			s.wg.Add(1)
+			go s.dnsLoop(c.(*net.UDPConn))
+		}
+		if opts.AdminAddr != "" {
+			l, err := lc.Listen(s.ctx, "tcp", opts.AdminAddr)
+			if err != nil {
+				return fmt.Errorf("listen for admin on %s: %w", opts.AdminAddr, err)
+			}
+			s.serveAdmin(l)
+		}
+		return nil
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("start ztunnel stand-in: %w", err)
+	}
+	return s, nil
+}
+
+// serveAdmin serves /records and /healthz on l until Close.
+func (s *Server) serveAdmin(l net.Listener) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /records", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		s.WriteJSON(w)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.listeners = append(s.listeners, srv)
+	s.addrs = append(s.addrs, l.Addr())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		srv.Serve(l)
+	}()
+}
+
+// Addrs returns the listeners' addresses.
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]net.Addr(nil), s.addrs...)
+}
+
+// Close stops the listeners, closes every connection the stand-in carries
+// and waits for all its goroutines to end.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cancel()
+	var errs []error
+	for _, l := range s.listeners {
+		errs = append(errs, l.Close())
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// track registers a connection for Close to close; false (with c closed)
+// once the server is closing. untrack forgets and closes it.
+func (s *Server) track(c io.Closer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return false
+	}
+	s.conns[c] = true
+	return true
+}
+
+func (s *Server) untrack(c io.Closer) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+// enter counts the calling goroutine in the WaitGroup (it must call
+// s.wg.Done when it ends), unless the server is closing. The check and the
+// Add are under the mutex Close sets closed under, so no Add can follow
+// Close's Wait.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// goTracked runs fn on a goroutine counted by the WaitGroup, unless the
+// server is closing.
+func (s *Server) goTracked(fn func()) bool {
+	if !s.enter() {
+		return false
+	}
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+func (s *Server) acceptLoop(port int, l *net.TCPListener) {
+	defer s.wg.Done()
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.log.Error("accept", "port", port, "err", err)
+			}
+			return
+		}
+		if !s.track(c) {
+			return
+		}
+		handle := s.proxy
+		if port == PortHBONE {
+			handle = s.serveHBONE
+		}
+		if !s.goTracked(func() { handle(port, c) }) {
+			s.untrack(c)
+			return
+		}
+	}
+}
+
+// proxy carries a connection accepted on 15001 or 15006 to its original
+// destination, from the client's address.
+func (s *Server) proxy(port int, c *net.TCPConn) {
+	defer s.untrack(c)
+	src, dst := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
+	id := s.rec.begin(Record{Listener: port, Proto: "tcp", Source: src, OrigDst: dst, Target: dst})
+	if s.isSelf(dst) {
+		s.reject(id, c, fmt.Errorf("original destination %s is the stand-in's own listener: not forwarding (it would loop)", dst))
+		return
+	}
+	up, err := s.dialFrom(s.ctx, src.Addr(), dst)
+	if err != nil {
+		s.reject(id, c, fmt.Errorf("connect to %s from %s: %w", dst, src.Addr(), err))
+		return
+	}
+	if !s.track(up) {
+		s.rec.end(id, 0, 0, errors.New("stand-in closing"))
+		return
+	}
+	defer s.untrack(up)
+	s.rec.update(id, func(r *Record) { r.Upstream = addrPort(up.LocalAddr()) })
+	s.log.Debug("proxy", "port", port, "src", src, "dst", dst)
+	c2s, s2c, err := splice(c, up)
+	s.rec.end(id, c2s, s2c, err)
+}
+
+// reject ends a flow that could not be forwarded: the client gets a reset,
+// as ztunnel's clients do.
+func (s *Server) reject(id int, c *net.TCPConn, err error) {
+	s.log.Warn("reject", "err", err)
+	c.SetLinger(0)
+	s.rec.end(id, 0, 0, err)
+}
+
+// splice copies a to b and b to a until both have ended (each side's EOF is
+// passed on as a half close), and returns the byte counts and the first
+// error. Copies between two *net.TCPConn use splice(2).
+func splice(a, b *net.TCPConn) (ab, ba int64, err error) {
+	var wg sync.WaitGroup
+	var errAB, errBA error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ab, errAB = io.Copy(b, a)
+		if errAB != nil {
+			// Unblock the other direction: this flow is broken.
+			a.Close()
+			b.Close()
+			return
+		}
+		b.CloseWrite()
+	}()
+	ba, errBA = io.Copy(a, b)
+	if errBA != nil {
+		a.Close()
+		b.Close()
+	} else {
+		a.CloseWrite()
+	}
+	wg.Wait()
+	// The direction that failed first closed both sockets; the other
+	// direction's error is then only "use of closed connection".
+	switch {
+	case errAB != nil && !errors.Is(errAB, net.ErrClosed):
+		err = errAB
+	case errBA != nil && !errors.Is(errBA, net.ErrClosed):
+		err = errBA
+	default:
+		err = errors.Join(errAB, errBA)
+	}
+	return ab, ba, err
+}
+
+// isSelf reports whether dst is one of the stand-in's listeners at an
+// address of its namespace: a client that dialled ztunnel itself.
+func (s *Server) isSelf(dst netip.AddrPort) bool {
+	switch dst.Port() {
+	case PortOutbound, PortInbound, PortHBONE, PortDNS:
+	default:
+		return false
+	}
+	if dst.Addr().IsLoopback() || dst.Addr().IsUnspecified() {
+		return true
+	}
+	var self bool
+	inNetns(s.opts.Netns, func() error {
+		addrs, err := net.InterfaceAddrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == dst.Addr() {
+					self = true
+				}
+			}
+		}
+		return err
+	})
+	return self
+}
+
+func canonicalName(name string) string {
+	return strings.ToLower(strings.TrimSuffix(name, ".")) + "."
+}

@@ -1,0 +1,151 @@
+package tc
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// netnsRef is the network namespace a Manager works in, held open so that
+// it stays the same namespace for the Manager's life, whatever happens to
+// the path it was opened from or to the threads of the process.
+type netnsRef struct {
+	file *os.File
+	dev  uint64
+	ino  uint64
+	// id names the namespace in pin names: "nsc<cookie>", or "nsi<inode>"
+	// on kernels without SO_NETNS_COOKIE (before 5.14).
+	id string
+}
+
+// openNetns opens the namespace at path, duplicates fd, or, with neither,
+// opens the calling thread's namespace.
+func openNetns(path string, fd int) (*netnsRef, error) {
+	var (
+		f   *os.File
+		err error
+	)
+	switch {
+	case path != "" && fd != 0:
+		return nil, errors.New("open netns: both a path and a descriptor given")
+	case path != "":
+		f, err = os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("open netns: %w", err)
+		}
+	case fd != 0:
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open netns: duplicate descriptor %d: %w", fd, err)
+		}
+		f = os.NewFile(uintptr(dup), fmt.Sprintf("netns fd %d", fd))
+	default:
+		// The thread, not the process: a goroutine may run on a thread
+		// that someone moved to another namespace (and locked).
+		runtime.LockOSThread()
+		f, err = os.Open("/proc/thread-self/ns/net")
+		runtime.UnlockOSThread()
+		if err != nil {
+			return nil, fmt.Errorf("open netns of the current thread: %w", err)
+		}
+	}
+
+	ns := &netnsRef{file: f}
+	if err := ns.check(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return ns, nil
+}
+
+// check makes sure the file is a network namespace and records its inode.
+func (ns *netnsRef) check() error {
+	var st unix.Stat_t
+	if err := unix.Fstat(ns.fd(), &st); err != nil {
+		return fmt.Errorf("open netns %s: %w", ns.file.Name(), err)
+	}
+	ns.dev, ns.ino = st.Dev, st.Ino
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(ns.fd(), &sfs); err != nil {
+		return fmt.Errorf("open netns %s: %w", ns.file.Name(), err)
+	}
+	if sfs.Type != unix.NSFS_MAGIC {
+		return fmt.Errorf("open netns %s: not a namespace file", ns.file.Name())
+	}
+	typ, err := unix.IoctlRetInt(ns.fd(), unix.NS_GET_NSTYPE)
+	if err == nil && typ != unix.CLONE_NEWNET {
+		return fmt.Errorf("open netns %s: a namespace, but not a network namespace", ns.file.Name())
+	}
+	return nil
+}
+
+// identify sets the namespace's id from the cookie of a socket in it.
+func (ns *netnsRef) identify(r *rtnl) error {
+	cookie, err := r.netnsCookie()
+	switch {
+	case err == nil:
+		ns.id = fmt.Sprintf("nsc%d", cookie)
+	case errors.Is(err, unix.ENOPROTOOPT):
+		ns.id = fmt.Sprintf("nsi%d", ns.ino)
+	default:
+		return fmt.Errorf("identify netns %s: %w", ns.file.Name(), err)
+	}
+	return nil
+}
+
+func (ns *netnsRef) fd() int { return int(ns.file.Fd()) }
+
+func (ns *netnsRef) String() string {
+	return fmt.Sprintf("netns %s", ns.file.Name())
+}
+
+func (ns *netnsRef) Close() error { return ns.file.Close() }
+
+// run calls fn on a locked OS thread inside the namespace. Calls that
+// resolve an interface index in the caller's namespace need it:
+// BPF_LINK_CREATE for tcx (dev_get_by_index(current->nsproxy->net_ns, ...)
+// in kernel/bpf/tcx.c) and BPF_PROG_QUERY.
+//
+// The thread returns to its namespace afterwards; if that fails it stays
+// locked, so that the runtime retires it with the goroutine instead of
+// running other goroutines in the wrong namespace.
+func (ns *netnsRef) run(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open netns of the current thread: %w", err)
+			return
+		}
+		defer orig.Close()
+
+		var st unix.Stat_t
+		if err := unix.Fstat(int(orig.Fd()), &st); err == nil && st.Dev == ns.dev && st.Ino == ns.ino {
+			// Already there (the usual case for the host namespace):
+			// no setns, which also spares the need for CAP_SYS_ADMIN.
+			err := fn()
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+
+		if err := unix.Setns(ns.fd(), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter %s: %w", ns, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leave %s: %w", ns, err))
+			return // the thread stays locked and dies with the goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}

@@ -1,0 +1,200 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/tc"
+)
+
+// Pod is an ambient pod of this node, as the dataplane needs it.
+type Pod struct {
+	// Name says which pod it is in logs and errors ("namespace/name").
+	Name string
+	// IPs are all of its addresses (dual stack: one of each family).
+	IPs []netip.Addr
+	// HostIfindex is the index of its host-side veth in the node's netns.
+	HostIfindex int
+	// Netns is the path of its network namespace, where its eth0 MAC is
+	// read. Not needed when MAC is set.
+	Netns string
+	// MAC is its eth0 address; empty means read it in Netns.
+	MAC net.HardwareAddr
+}
+
+func (p Pod) String() string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return fmt.Sprintf("pod on ifindex %d", p.HostIfindex)
+}
+
+func (p Pod) validate() error {
+	if len(p.IPs) == 0 {
+		return fmt.Errorf("pod %s: no IP", p)
+	}
+	for _, ip := range p.IPs {
+		if !ip.IsValid() {
+			return fmt.Errorf("pod %s: invalid IP", p)
+		}
+	}
+	if p.HostIfindex <= 0 {
+		return fmt.Errorf("pod %s: no host interface", p)
+	}
+	if p.MAC == nil && p.Netns == "" {
+		return fmt.Errorf("pod %s: neither its MAC nor its network namespace is known", p)
+	}
+	return nil
+}
+
+// appPrograms are attached to every enrolled pod's host veth.
+var appPrograms = []struct {
+	name string
+	dir  tc.Direction
+}{
+	{mrasm.AppOutbound, tc.Ingress},
+	{mrasm.AppInbound, tc.Egress},
+}
+
+// Enroll captures pod's traffic: its IPs go into the pods map (so that
+// ztunnel's packets reach it directly) and the app programs onto its host
+// veth. Enrolling an enrolled pod again changes nothing, or repairs what is
+// missing. On error nothing of this call stays behind.
+func (d *Dataplane) Enroll(p Pod) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.enroll(p)
+}
+
+func (d *Dataplane) enroll(p Pod) error {
+	if err := p.validate(); err != nil {
+		return err
+	}
+	host, err := d.nl.LinkByIndex(p.HostIfindex)
+	if err != nil {
+		return fmt.Errorf("enroll pod %s: find host interface %d: %w", p, p.HostIfindex, err)
+	}
+	if host.Type() != "veth" {
+		return fmt.Errorf("enroll pod %s: host interface %s is a %s, not a veth", p, host.Attrs().Name, host.Type())
+	}
+	mac := p.MAC
+	if mac == nil {
+		if mac, err = podMAC(p.Netns, host); err != nil {
+			return fmt.Errorf("enroll pod %s: %w", p, err)
+		}
+	}
+	entry := maps.Pod{Ifindex: uint32(p.HostIfindex)}
+	if entry.MAC, err = maps.MAC(mac); err != nil {
+		return fmt.Errorf("enroll pod %s: %w", p, err)
+	}
+
+	var put []netip.Addr
+	undo := func() {
+		for _, ip := range put {
+			d.maps.Pods.Delete(ip)
+		}
+	}
+	for _, ip := range p.IPs {
+		prev, err := d.maps.Pods.Get(ip)
+		existed := err == nil
+		if err := d.maps.Pods.Put(ip, entry); err != nil {
+			undo()
+			return fmt.Errorf("enroll pod %s: %w", p, err)
+		}
+		if !existed || prev != entry {
+			put = append(put, ip)
+		}
+	}
+	for _, ap := range appPrograms {
+		if err := d.attach(d.node, p.HostIfindex, ap.dir, ap.name); err != nil {
+			undo()
+			for _, done := range appPrograms {
+				if done == ap {
+					break
+				}
+				d.node.Detach(p.HostIfindex, done.dir)
+			}
+			return fmt.Errorf("enroll pod %s: %w", p, err)
+		}
+	}
+	if len(put) > 0 {
+		d.log.Info("enrolled pod", "pod", p.Name, "ips", p.IPs, "interface", host.Attrs().Name, "mac", mac.String())
+	}
+	return nil
+}
+
+// Unenroll stops capturing pod's traffic: the app programs leave its host
+// veth, its IPs leave the pods map. The programs go first, so no packet of
+// the pod is captured while ztunnel can no longer hand replies back. The
+// host veth may already be gone (the pod was deleted): that is not an error.
+func (d *Dataplane) Unenroll(p Pod) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.unenroll(p)
+}
+
+func (d *Dataplane) unenroll(p Pod) error {
+	var errs []error
+	if p.HostIfindex > 0 {
+		for _, ap := range appPrograms {
+			if err := d.node.Detach(p.HostIfindex, ap.dir); err != nil && !isGone(err) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, ip := range p.IPs {
+		// Only entries that still point at this pod's veth: the IP may
+		// already belong to a new pod.
+		if cur, err := d.maps.Pods.Get(ip); err == nil && p.HostIfindex > 0 && int(cur.Ifindex) != p.HostIfindex {
+			continue
+		}
+		if err := d.maps.Pods.Delete(ip); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("unenroll pod %s: %w", p, err)
+	}
+	d.log.Info("unenrolled pod", "pod", p.Name, "ips", p.IPs, "ifindex", p.HostIfindex)
+	return nil
+}
+
+// podMAC reads the MAC of the pod end of host (a veth) in the pod's netns.
+func podMAC(path string, host netlink.Link) (net.HardwareAddr, error) {
+	peer := host.Attrs().ParentIndex // IFLA_LINK: the peer's index in its netns
+	if peer == 0 {
+		return nil, fmt.Errorf("host interface %s: no peer index", host.Attrs().Name)
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open pod netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in pod netns %s: %w", path, err)
+	}
+	defer h.Close()
+	l, err := h.LinkByIndex(peer)
+	if err != nil {
+		return nil, fmt.Errorf("find the peer of %s (index %d) in %s: %w", host.Attrs().Name, peer, path, err)
+	}
+	if len(l.Attrs().HardwareAddr) != 6 {
+		return nil, fmt.Errorf("pod interface %s has no Ethernet MAC", l.Attrs().Name)
+	}
+	return l.Attrs().HardwareAddr, nil
+}
+
+// isGone reports whether err says that an interface no longer exists.
+// (tc's Detach already treats a vanished interface as detached.)
+func isGone(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}

@@ -1,0 +1,235 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/tc"
+)
+
+// ReconcileResult says what Reconcile changed.
+type ReconcileResult struct {
+	// Enrolled are the pods that were enrolled or repaired.
+	Enrolled []string
+	// Unchanged counts the desired pods that were already in place.
+	Unchanged int
+	// Detached are the stale attachments removed.
+	Detached []tc.Attachment
+	// Deleted are the stale pods map entries removed.
+	Deleted []netip.Addr
+	// Failed are the pods that could not be enrolled, with why; the others
+	// were still reconciled.
+	Failed map[string]error
+}
+
+// Reconcile makes the node's datapath match desired, the complete set of
+// ambient pods of this node: pods missing their map entries or programs are
+// enrolled (and programs loaded by an earlier process replaced by this
+// one's, atomically), and what belongs to no desired pod is removed: app
+// programs on other interfaces, pods map entries of other IPs, tcx links
+// of vanished interfaces. A pod that fails does not stop the others; the
+// error lists every failure.
+func (d *Dataplane) Reconcile(desired []Pod) (ReconcileResult, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	res := ReconcileResult{Failed: map[string]error{}}
+	attachments, err := d.node.ListAll()
+	if err != nil {
+		return res, fmt.Errorf("reconcile: %w", err)
+	}
+	entries, err := d.maps.Pods.All()
+	if err != nil {
+		return res, fmt.Errorf("reconcile: %w", err)
+	}
+
+	wantIfindex := map[int]bool{}
+	wantIP := map[netip.Addr]bool{}
+	for _, p := range desired {
+		if !d.inPlace(p, attachments, entries) {
+			if err := d.enroll(p); err != nil {
+				res.Failed[p.String()] = err
+				continue
+			}
+			res.Enrolled = append(res.Enrolled, p.String())
+		} else {
+			res.Unchanged++
+		}
+		wantIfindex[p.HostIfindex] = true
+		for _, ip := range p.IPs {
+			wantIP[ip] = true
+		}
+	}
+
+	var errs []error
+	zt, _ := d.maps.Ztunnel.Get()
+	for _, a := range attachments {
+		stale := false
+		switch programOf(a) {
+		case mrasm.AppOutbound, mrasm.AppInbound:
+			stale = !wantIfindex[a.Ifindex]
+		case mrasm.ZtunnelIngress:
+			stale = a.Ifindex != int(zt.Ifindex)
+		}
+		if !stale || a.Defunct {
+			continue
+		}
+		if err := d.node.Detach(a.Ifindex, a.Direction); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.Detached = append(res.Detached, a)
+	}
+	for ip := range entries {
+		if wantIP[ip] {
+			continue
+		}
+		if err := d.maps.Pods.Delete(ip); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.Deleted = append(res.Deleted, ip)
+	}
+	pruned, err := d.node.Prune()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	res.Detached = append(res.Detached, pruned...)
+
+	for name, err := range res.Failed {
+		errs = append(errs, fmt.Errorf("%s: %w", name, err))
+	}
+	if len(res.Enrolled)+len(res.Detached)+len(res.Deleted)+len(res.Failed) > 0 {
+		d.log.Info("reconciled", "enrolled", len(res.Enrolled), "unchanged", res.Unchanged,
+			"detached", len(res.Detached), "deleted_entries", len(res.Deleted), "failed", len(res.Failed))
+	}
+	if len(errs) > 0 {
+		return res, fmt.Errorf("reconcile: %w", errors.Join(errs...))
+	}
+	return res, nil
+}
+
+// inPlace reports whether p has all its map entries and both app programs
+// of this process on its veth.
+func (d *Dataplane) inPlace(p Pod, attachments []tc.Attachment, entries map[netip.Addr]maps.Pod) bool {
+	for _, ip := range p.IPs {
+		e, ok := entries[ip]
+		if !ok || int(e.Ifindex) != p.HostIfindex {
+			return false
+		}
+	}
+	for _, ap := range appPrograms {
+		if !slices.ContainsFunc(attachments, func(a tc.Attachment) bool {
+			return a.Ifindex == p.HostIfindex && a.Direction == ap.dir && a.ProgramID == d.progIDs[ap.name] && a.Mode == d.node.Mode()
+		}) {
+			return false
+		}
+	}
+	return true
+}
+
+// programOf names the program of an attachment: the filter's name, or the
+// kernel's name of a tcx link's program.
+func programOf(a tc.Attachment) string {
+	if a.Name != "" {
+		return a.Name
+	}
+	return a.ProgramName
+}
+
+// Uninstall removes everything meshredirect made on the node: every program
+// attachment of ours in the node's netns and in the given ztunnel netns
+// (whose policy routing rules go too), the tcx link pins and qdisc markers,
+// and the maps' pins. It works whether or not an agent runs, and repeating
+// it is harmless.
+func Uninstall(cfg Config, ztunnelNetns ...string) error {
+	var errs []error
+	detachAll := func(tcCfg tc.Config) {
+		m, err := tc.New(tcCfg)
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		defer m.Close()
+		all, err := m.ListAll()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, a := range all {
+			if err := m.Detach(a.Ifindex, a.Direction); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if _, err := m.Prune(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	pinDir := cfg.tcPinDir()
+	detachAll(tc.Config{NetnsPath: cfg.NodeNetns, Priority: cfg.Priority, PinDir: pinDir})
+	for _, path := range ztunnelNetns {
+		detachAll(tc.Config{NetnsPath: path, Priority: cfg.Priority, PinDir: pinDir})
+		if err := removeZtunnelRouting(path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(pinDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
+	}
+	if err := maps.Unpin(cfg.pinDir()); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// removeZtunnelRouting removes what setupZtunnelNetns added.
+func removeZtunnelRouting(path string) error {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", path, err)
+	}
+	defer h.Close()
+	var errs []error
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, err := h.RuleList(fam)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, r := range rules {
+			if r.Mark == mrasm.TProxyMark && r.Table == mrasm.TProxyTable {
+				r := r
+				if err := h.RuleDel(&r); err != nil {
+					errs = append(errs, fmt.Errorf("delete rule fwmark %#x lookup %d in %s: %w", r.Mark, r.Table, path, err))
+				}
+			}
+		}
+		routes, err := h.RouteListFiltered(fam, &netlink.Route{Table: mrasm.TProxyTable}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, r := range routes {
+			r := r
+			if err := h.RouteDel(&r); err != nil {
+				errs = append(errs, fmt.Errorf("delete route %s table %d in %s: %w", r.Dst, mrasm.TProxyTable, path, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

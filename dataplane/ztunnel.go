@@ -1,0 +1,307 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/tc"
+)
+
+// Ztunnel is the node's proxy, as the dataplane needs it.
+type Ztunnel struct {
+	// Name says which pod it is in logs ("namespace/name").
+	Name string
+	// Netns is the path of its network namespace.
+	Netns string
+	// HostIfindex is the index of its host-side veth in the node's netns.
+	HostIfindex int
+	// IPs are its pod addresses: packets to them were not captured.
+	IPs []netip.Addr
+	// Interface is its interface towards the node; empty means "eth0".
+	Interface string
+}
+
+func (z Ztunnel) iface() string {
+	if z.Interface == "" {
+		return "eth0"
+	}
+	return z.Interface
+}
+
+// SetZtunnel makes z the node's ztunnel: its netns gets the policy routing
+// for marked packets and the ztunnel_assign program, its host veth the
+// ztunnel_ingress program, and the ztunnel map its interface, MAC and IPs.
+// A previous ztunnel's host veth loses its program. The ready flag is kept
+// as it was: call SetZtunnelReady when ztunnel is ready.
+func (d *Dataplane) SetZtunnel(z Ztunnel) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	if z.Netns == "" || z.HostIfindex <= 0 {
+		return fmt.Errorf("set ztunnel %s: its netns and host interface are needed", z.Name)
+	}
+	mac, err := setupZtunnelNetns(z)
+	if err != nil {
+		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
+	}
+	inner, err := tc.New(tc.Config{NetnsPath: z.Netns, Mode: d.cfg.AttachMode, Priority: d.cfg.Priority, PinDir: d.cfg.tcPinDir()})
+	if err != nil {
+		return fmt.Errorf("set ztunnel %s: open tc manager in its netns: %w", z.Name, err)
+	}
+	defer inner.Close()
+	innerIfindex, err := ifindexIn(z.Netns, z.iface())
+	if err != nil {
+		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
+	}
+	if err := d.attach(inner, innerIfindex, tc.Ingress, mrasm.ZtunnelAssign); err != nil {
+		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
+	}
+	if err := d.attach(d.node, z.HostIfindex, tc.Ingress, mrasm.ZtunnelIngress); err != nil {
+		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
+	}
+	if err := d.allowForeignSource(z.HostIfindex); err != nil {
+		d.log.Warn("could not turn reverse path filtering off on ztunnel's host veth", "ztunnel", z.Name, "error", err)
+	}
+
+	prev, err := d.maps.Ztunnel.Get()
+	if err != nil {
+		return err
+	}
+	entry := maps.Ztunnel{Ifindex: uint32(z.HostIfindex), Flags: prev.Flags & maps.ZtunnelReady}
+	if entry.MAC, err = maps.MAC(mac); err != nil {
+		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
+	}
+	entry.Flags |= d.configFlags()
+	for _, ip := range z.IPs {
+		if ip.Is4() || ip.Is4In6() {
+			entry.IPv4 = ip.As16()
+		} else {
+			entry.IPv6 = ip.As16()
+		}
+	}
+	if err := d.maps.Ztunnel.Set(entry); err != nil {
+		return err
+	}
+
+	// The previous ztunnel's veth, if it still exists, is ztunnel's no more.
+	if old := d.ztunnel.HostIfindex; old != 0 && old != z.HostIfindex {
+		if err := d.node.Detach(old, tc.Ingress); err != nil && !isGone(err) {
+			d.log.Warn("could not detach from the previous ztunnel's veth", "ifindex", old, "error", err)
+		}
+	}
+	d.ztunnel = z
+	d.log.Info("set ztunnel", "ztunnel", z.Name, "host_ifindex", z.HostIfindex, "mac", mac.String(), "ips", z.IPs)
+	return nil
+}
+
+// SetZtunnelReady sets or clears the ready flag. Without it, captured
+// traffic is dropped (or, with Config.FailOpen, passed).
+func (d *Dataplane) SetZtunnelReady(ready bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	zt, err := d.maps.Ztunnel.Get()
+	if err != nil {
+		return err
+	}
+	zt.Flags = d.configFlags()
+	if ready {
+		if zt.Ifindex == 0 {
+			return errors.New("set ztunnel ready: no ztunnel was set")
+		}
+		zt.Flags |= maps.ZtunnelReady
+	}
+	if err := d.maps.Ztunnel.Set(zt); err != nil {
+		return err
+	}
+	d.log.Info("set ztunnel ready", "ready", ready)
+	return nil
+}
+
+func (d *Dataplane) configFlags() uint16 {
+	var f uint16
+	if d.cfg.CaptureDNS {
+		f |= maps.ZtunnelCaptureDNS
+	}
+	if d.cfg.FailOpen {
+		f |= maps.ZtunnelFailOpen
+	}
+	return f
+}
+
+// setupZtunnelNetns installs, in ztunnel's netns, what delivers a marked
+// packet to a local socket whatever its destination address, and turns off
+// reverse path filtering (a captured packet's source is routed elsewhere).
+// It returns the MAC of ztunnel's interface. Repeating it changes nothing.
+func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
+	ns, err := netns.GetFromPath(z.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", z.Netns, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in %s: %w", z.Netns, err)
+	}
+	defer h.Close()
+
+	link, err := h.LinkByName(z.iface())
+	if err != nil {
+		return nil, fmt.Errorf("find %s in ztunnel's netns: %w", z.iface(), err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return nil, fmt.Errorf("find lo in ztunnel's netns: %w", err)
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		if err := ensureMarkRule(h, fam); err != nil {
+			return nil, err
+		}
+		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+		if fam == netlink.FAMILY_V6 {
+			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		route := &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: dst, Table: mrasm.TProxyTable, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST}
+		if err := h.RouteReplace(route); err != nil {
+			return nil, fmt.Errorf("add route local %s dev lo table %d in ztunnel's netns: %w", dst, mrasm.TProxyTable, err)
+		}
+	}
+	if err := inNetns(ns, func() error {
+		return writeSysctls(map[string]string{
+			"net/ipv4/conf/all/rp_filter":               "0",
+			"net/ipv4/conf/" + z.iface() + "/rp_filter": "0",
+		})
+	}); err != nil {
+		return nil, fmt.Errorf("set sysctls in ztunnel's netns: %w", err)
+	}
+	return link.Attrs().HardwareAddr, nil
+}
+
+// ensureMarkRule adds `fwmark TProxyMark/TProxyMask lookup TProxyTable` for
+// family unless it is there.
+func ensureMarkRule(h *netlink.Handle, family int) error {
+	rules, err := h.RuleList(family)
+	if err != nil {
+		return fmt.Errorf("list rules in ztunnel's netns: %w", err)
+	}
+	for _, r := range rules {
+		if r.Mark == mrasm.TProxyMark && r.Mask != nil && *r.Mask == mrasm.TProxyMask && r.Table == mrasm.TProxyTable {
+			return nil
+		}
+	}
+	rule := netlink.NewRule()
+	rule.Family = family
+	rule.Mark = mrasm.TProxyMark
+	mask := uint32(mrasm.TProxyMask)
+	rule.Mask = &mask
+	rule.Table = mrasm.TProxyTable
+	if err := h.RuleAdd(rule); err != nil {
+		return fmt.Errorf("add rule fwmark %#x/%#x lookup %d in ztunnel's netns: %w", mrasm.TProxyMark, mrasm.TProxyMask, mrasm.TProxyTable, err)
+	}
+	return nil
+}
+
+// ifindexIn returns the index of interface name in the netns at path.
+func ifindexIn(path, name string) (int, error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return 0, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return 0, fmt.Errorf("netlink in %s: %w", path, err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("find %s in %s: %w", name, path, err)
+	}
+	return l.Attrs().Index, nil
+}
+
+// allowForeignSource turns IPv4 reverse path filtering off for packets
+// that enter the node from ztunnel's host veth: ztunnel sends with its
+// clients' addresses as source (IP_TRANSPARENT), which the node routes
+// through the clients' veths, so any reverse path check drops them. Even
+// loose mode does: fib_validate_source fails a foreign source on an
+// interface without an IPv4 address, which host veths never have.
+//
+// The kernel filters with the larger of conf/all and conf/<interface>, so
+// zero on ztunnel's veth is not enough while "all" is not zero (systemd
+// sets 2). Then every other interface, and "default" for those made later,
+// first gets its own value raised to the old "all", and only then is "all"
+// lowered: no interface but ztunnel's filters less than before.
+func (d *Dataplane) allowForeignSource(ifindex int) error {
+	l, err := d.nl.LinkByIndex(ifindex)
+	if err != nil {
+		return err
+	}
+	zt := l.Attrs().Name
+	return inNetns(d.nodeNS, func() error {
+		const conf = "/proc/sys/net/ipv4/conf"
+		all, err := readSysctlInt(filepath.Join(conf, "all", "rp_filter"))
+		if err != nil {
+			return err
+		}
+		if err := writeSysctls(map[string]string{"net/ipv4/conf/" + zt + "/rp_filter": "0"}); err != nil {
+			return err
+		}
+		if all == 0 {
+			return nil
+		}
+		entries, err := os.ReadDir(conf)
+		if err != nil {
+			return err
+		}
+		raise := map[string]string{}
+		for _, e := range entries {
+			if e.Name() == "all" || e.Name() == zt {
+				continue
+			}
+			key := "net/ipv4/conf/" + e.Name() + "/rp_filter"
+			if v, err := readSysctlInt(filepath.Join("/proc/sys", key)); err == nil && v < all {
+				raise[key] = strconv.Itoa(all)
+			}
+		}
+		if err := writeSysctls(raise); err != nil {
+			return err
+		}
+		if err := writeSysctls(map[string]string{"net/ipv4/conf/all/rp_filter": "0"}); err != nil {
+			return err
+		}
+		d.log.Info("lowered net.ipv4.conf.all.rp_filter to 0 so that ztunnel's veth alone stops filtering; the other interfaces keep their effective value",
+			"previous_all", all, "raised", len(raise), "ztunnel_veth", zt)
+		return nil
+	})
+}
+
+func readSysctlInt(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func writeSysctls(kv map[string]string) error {
+	var errs []error
+	for k, v := range kv {
+		path := filepath.Join("/proc/sys", k)
+		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("write %s: %w", path, err))
+		}
+	}
+	return errors.Join(errs...)
+}

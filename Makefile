@@ -25,9 +25,10 @@ check-no-c:
 	@found=$$(git ls-files '*.c' '*.h' '*.o' '*.elf' 2>/dev/null); \
 	if [ -n "$$found" ]; then echo "C sources or objects in the repository: $$found"; exit 1; fi
 
-## demo: load the programs and show what the kernel verified.
-demo: build
-	./bin/meshredirect dump
+## demo: a node in a box with meshredirect on it: every flow of the design, its path, the counters.
+demo:
+	CGO_ENABLED=0 $(GO) build -o bin/demo ./testenv/cmd/demo
+	./bin/demo
 
 ## fuzz: run each program's fuzz target for longer than make test does.
 FUZZTIME ?= 60s

@@ -129,6 +129,24 @@ func (d *Dataplane) SetZtunnelReady(ready bool) error {
 	return nil
 }
 
+// SetCaptureDNS turns DNS capture on or off while running: with it, pods'
+// DNS (UDP port 53) goes to ztunnel's port 15053.
+func (d *Dataplane) SetCaptureDNS(on bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	zt, err := d.maps.Ztunnel.Get()
+	if err != nil {
+		return err
+	}
+	d.cfg.CaptureDNS = on
+	zt.Flags = zt.Flags&maps.ZtunnelReady | d.configFlags()
+	if err := d.maps.Ztunnel.Set(zt); err != nil {
+		return err
+	}
+	d.log.Info("set DNS capture", "on", on)
+	return nil
+}
+
 func (d *Dataplane) configFlags() uint16 {
 	var f uint16
 	if d.cfg.CaptureDNS {

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -27,7 +26,7 @@ type Namespace struct {
 	// do not close it.
 	Netns netns.NsHandle
 
-	tb   testing.TB
+	tb   TB
 	what string // "pod client on node1", for error messages
 }
 
@@ -108,7 +107,7 @@ func (ns *Namespace) ListenPacket(network, address string) (net.PacketConn, erro
 // newNetns creates an anonymous network namespace, brings its loopback up
 // and returns its handle with a netlink handle inside it; both are the
 // caller's to close. It fails the test on error, leaving nothing open.
-func newNetns(tb testing.TB) (netns.NsHandle, *netlink.Handle) {
+func newNetns(tb TB) (netns.NsHandle, *netlink.Handle) {
 	tb.Helper()
 	ns := netns.None()
 	var nlh *netlink.Handle

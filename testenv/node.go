@@ -55,7 +55,7 @@ type Node struct {
 // cluster is what the nodes of one test share: the fabric namespace with
 // the bridge their eth0s are plugged into.
 type cluster struct {
-	tb       testing.TB
+	tb       TB
 	fabric   netns.NsHandle
 	fabricNL *netlink.Handle
 	bridge   netlink.Link
@@ -65,12 +65,25 @@ type cluster struct {
 	namespaces []netns.NsHandle // every namespace made, for leak checks
 }
 
+// TB is what the builder needs of a test: *testing.T and *testing.B are
+// TBs, and so is anything else that runs cleanups and stops on a fatal
+// error, such as the demo program.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
 // NewNode builds a node in a box and returns it; it is torn down when the
 // test ends. Call it, and the methods that add to it, from the test's
 // goroutine: they fail the test on error.
-func NewNode(tb testing.TB, opts NodeOptions) *Node {
+func NewNode(tb TB, opts NodeOptions) *Node {
 	tb.Helper()
-	testutil.RequirePrivileged(tb)
+	if t, ok := tb.(testing.TB); ok {
+		testutil.RequirePrivileged(t)
+	}
 	c := newCluster(tb)
 	return c.addNode(opts.Name)
 }
@@ -118,7 +131,7 @@ func (n *Node) Ztunnel() *Pod {
 	return n.ztunnel
 }
 
-func newCluster(tb testing.TB) *cluster {
+func newCluster(tb TB) *cluster {
 	tb.Helper()
 	c := &cluster{tb: tb}
 	c.fabric, c.fabricNL = newNetns(tb)

@@ -1,0 +1,193 @@
+// Command demo is `make demo`: it builds a node in a box (network namespaces
+// and veths, nothing on the machine's own interfaces), puts meshredirect's
+// dataplane and a ztunnel stand-in on it, sends traffic for every flow of
+// the design over IPv4 and IPv6, prints what path each took and the
+// programs' counters, and removes everything. It exits non-zero if any flow
+// did not take the path the design says.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/tc"
+	"github.com/meshredirect/meshredirect/testenv/scenario"
+)
+
+func main() {
+	pods := flag.Int("pods", 100, "ambient pods on the node (at least 2)")
+	mode := flag.String("attach-mode", "auto", "attach programs as tcx links or legacy tc filters: auto, tcx or tc")
+	flag.Parse()
+	if err := run(*pods, *mode); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func run(pods int, modeFlag string) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("run me as root: I make network namespaces, load BPF programs and attach them")
+	}
+	mode, err := tc.ParseMode(modeFlag)
+	if err != nil {
+		return err
+	}
+	if pods < 2 {
+		return errors.New("--pods must be at least 2")
+	}
+
+	env := &env{}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(fatal)
+			if !ok {
+				env.close()
+				panic(r)
+			}
+			err = f
+		}
+		env.close()
+		if env.failed && err == nil {
+			err = errors.New("cleanup reported errors")
+		}
+	}()
+	// Ctrl-C still removes everything.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		fmt.Fprintln(os.Stderr, "\ninterrupted: removing the node in a box")
+		env.close()
+		os.Exit(130)
+	}()
+
+	start := time.Now()
+	pinDir := env.bpffs()
+	box := scenario.New(env, scenario.Options{
+		Dataplane: dataplane.Config{AttachMode: mode},
+		PinDir:    pinDir,
+		ExtraPods: pods - 2,
+		DNSAnswer: []netip.Addr{netip.MustParseAddr("198.19.255.53"), netip.MustParseAddr("fd10:6d72:0:ffff::53")},
+	})
+	opts := box.DP.Options()
+	fmt.Printf("node in a box: %d ambient pods, a pod outside the mesh, ztunnel (stand-in), a host on a second node; built in %s\n",
+		len(box.AmbientPods()), time.Since(start).Round(time.Millisecond))
+	fmt.Printf("dataplane: attach mode %s, bpf_redirect_peer %v, pins in a private bpffs (%s)\n\n", box.DP.AttachMode(), opts.RedirectPeer, pinDir)
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "FLOW\tFAMILY\tWHAT\tEXPECTED PATH\tOBSERVED PATH\tBYTES\tOK")
+	bad := 0
+	for _, f := range scenario.Flows() {
+		for _, v6 := range []bool{false, true} {
+			o := f.Run(box, v6)
+			ok := "OK"
+			if !f.OK(o) {
+				ok, bad = "FAIL", bad+1
+			}
+			observed := o.Path
+			if observed == "" {
+				observed = "?"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", f.ID, scenario.Family(v6), f.Name, f.Expect, observed, o.Bytes, ok)
+			if o.Err != nil {
+				fmt.Fprintf(w, "\t\t  error: %v\t\t\t\t\n", o.Err)
+			}
+		}
+		fmt.Fprint(os.Stderr, ".")
+	}
+	fmt.Fprint(os.Stderr, "\r")
+	w.Flush()
+
+	fmt.Println("\ncounters of the programs (stats map, all CPUs):")
+	if err := printStats(box.DP.Maps()); err != nil {
+		return err
+	}
+	fmt.Printf("\n%d flows in %s; removing the node in a box\n", 2*len(scenario.Flows()), time.Since(start).Round(time.Millisecond))
+	if bad > 0 {
+		return fmt.Errorf("%d flows did not take the expected path", bad)
+	}
+	return nil
+}
+
+func printStats(m *maps.Set) error {
+	stats, err := m.Stats.Read()
+	if err != nil {
+		return err
+	}
+	verdicts := maps.Verdicts()
+	sort.Slice(verdicts, func(i, j int) bool { return verdicts[i] < verdicts[j] })
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "verdict\tpackets\tbytes\t")
+	for _, v := range verdicts {
+		c := stats[v]
+		fmt.Fprintf(w, "%s\t%d\t%d\t\n", v, c.Packets, c.Bytes)
+	}
+	return w.Flush()
+}
+
+// env is the testenv.TB of a program: it collects cleanups and runs them
+// last in, first out; a fatal error unwinds to run().
+type env struct {
+	cleanups []func()
+	failed   bool
+	closed   bool
+}
+
+type fatal string
+
+func (f fatal) Error() string { return string(f) }
+
+func (e *env) Helper()           { _ = e }
+func (e *env) Cleanup(fn func()) { e.cleanups = append(e.cleanups, fn) }
+func (e *env) Fatal(args ...any) { panic(fatal(strings.TrimSuffix(fmt.Sprintln(args...), "\n"))) }
+func (e *env) Fatalf(f string, args ...any) {
+	panic(fatal(fmt.Sprintf(f, args...)))
+}
+func (e *env) Errorf(f string, args ...any) {
+	e.failed = true
+	fmt.Fprintf(os.Stderr, "demo: "+f+"\n", args...)
+}
+
+func (e *env) close() {
+	if e.closed {
+		return
+	}
+	e.closed = true
+	for i := len(e.cleanups) - 1; i >= 0; i-- {
+		e.cleanups[i]()
+	}
+}
+
+// bpffs mounts a private bpffs for the demo's pins, so that the machine's
+// /sys/fs/bpf is never touched.
+func (e *env) bpffs() string {
+	dir, err := os.MkdirTemp("", "meshredirect-demo-")
+	if err != nil {
+		e.Fatal(err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(dir)
+		e.Fatalf("mount bpffs on %s: %v", dir, err)
+	}
+	e.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			e.Errorf("unmount %s: %v", dir, err)
+		}
+		os.Remove(dir)
+	})
+	return filepath.Join(dir, "meshredirect")
+}

@@ -1,0 +1,254 @@
+// Package scenario puts meshredirect's dataplane on a node in a box and runs
+// the flows of DESIGN.md through it, each one observed (which ztunnel
+// listener carried it, if any; how many bytes came back intact). The
+// end-to-end tests assert on the observations and `make demo` prints them.
+package scenario
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/testenv"
+	"github.com/meshredirect/meshredirect/testenv/ztunnel"
+)
+
+// EchoPort is where the pods' echo servers listen.
+const EchoPort = 8080
+
+// Box is a node in a box with the dataplane on it: ambient Client and
+// Server, Plain outside the mesh, ztunnel running the stand-in, and Remote,
+// a host outside the mesh on a second node.
+type Box struct {
+	Node                  *testenv.Node
+	Client, Server, Plain *testenv.Pod
+	Ztunnel               *testenv.Pod
+	Remote                *testenv.Pod
+	DP                    *dataplane.Dataplane
+	Config                dataplane.Config
+	Standin               *ztunnel.Server
+
+	mu    sync.Mutex
+	echos map[string]*testenv.Echo
+}
+
+// Options shape a Box.
+type Options struct {
+	// Dataplane configures the dataplane; NodeNetns is filled in.
+	Dataplane dataplane.Config
+	// PinDir is the bpffs directory of the pins (required).
+	PinDir string
+	// DNSAnswer is what the stand-in answers to DNS queries.
+	DNSAnswer []netip.Addr
+	// ExtraPods adds that many more ambient pods.
+	ExtraPods int
+	// RPFilter, if set, is written to the node's conf/all and conf/default
+	// rp_filter before ztunnel is set up (1 strict, 2 loose).
+	RPFilter int
+	// NoEnrolment leaves the ambient pods unenrolled.
+	NoEnrolment bool
+}
+
+// New builds the box, opens the dataplane in its node, sets ztunnel up and
+// ready, starts the stand-in and enrols the ambient pods. Everything is
+// removed by tb's cleanups, the dataplane's kernel objects by
+// dataplane.Uninstall.
+func New(tb testenv.TB, o Options) *Box {
+	tb.Helper()
+	b := &Box{Node: testenv.NewNode(tb, testenv.NodeOptions{}), echos: map[string]*testenv.Echo{}}
+	b.Client = b.Node.AddPod("client", testenv.Ambient)
+	b.Server = b.Node.AddPod("server", testenv.Ambient)
+	b.Plain = b.Node.AddPod("plain", testenv.NotAmbient)
+	for i := 0; i < o.ExtraPods; i++ {
+		b.Node.AddPod(fmt.Sprintf("pod%03d", i), testenv.Ambient)
+	}
+	b.Ztunnel = b.Node.AddZtunnel()
+	b.Remote = b.Node.AddPeerNode("node2").AddPod("remote", testenv.NotAmbient)
+
+	if o.RPFilter != 0 {
+		if err := b.Node.Do(func() error {
+			for _, k := range []string{"all", "default"} {
+				if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+k+"/rp_filter", []byte(strconv.Itoa(o.RPFilter)), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+
+	b.Config = o.Dataplane
+	b.Config.NodeNetns = b.Node.Path()
+	b.Config.PinDir = o.PinDir
+	dp, err := dataplane.Open(b.Config)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b.DP = dp
+	tb.Cleanup(func() {
+		dp.Close()
+		if err := dataplane.Uninstall(b.Config, b.Ztunnel.Path()); err != nil {
+			tb.Errorf("uninstall: %v", err)
+		}
+	})
+	check := func(err error) {
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	check(dp.SetNodeIPs(b.Node.IPv4, b.Node.IPv6))
+	check(dp.SetZtunnel(dataplane.Ztunnel{Name: "istio-system/ztunnel", Netns: b.Ztunnel.Path(),
+		HostIfindex: b.Ztunnel.HostVethIndex, IPs: []netip.Addr{b.Ztunnel.IPv4, b.Ztunnel.IPv6}}))
+	check(dp.SetZtunnelReady(true))
+
+	zts, err := ztunnel.Start(ztunnel.Options{Netns: b.Ztunnel.Netns, DNSAnswer: o.DNSAnswer, DialTimeout: 3 * time.Second})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b.Standin = zts
+	tb.Cleanup(func() { zts.Close() })
+
+	if !o.NoEnrolment {
+		for _, p := range b.Node.Pods() {
+			if p.Ambient {
+				check(dp.Enroll(PodOf(p)))
+			}
+		}
+	}
+	return b
+}
+
+// PodOf is what the dataplane needs of a pod of the box.
+func PodOf(p *testenv.Pod) dataplane.Pod {
+	return dataplane.Pod{Name: "default/" + p.Name, IPs: []netip.Addr{p.IPv4, p.IPv6}, HostIfindex: p.HostVethIndex, Netns: p.Path()}
+}
+
+// AmbientPods lists the box's ambient pods.
+func (b *Box) AmbientPods() []*testenv.Pod {
+	var out []*testenv.Pod
+	for _, p := range b.Node.Pods() {
+		if p.Ambient {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Echo starts (once) an echo server on port in pod and returns it.
+func (b *Box) Echo(pod *testenv.Pod, port int) *testenv.Echo {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	key := pod.Name + ":" + strconv.Itoa(port)
+	if e, ok := b.echos[key]; ok {
+		return e
+	}
+	e := pod.StartEcho(port)
+	b.echos[key] = e
+	return e
+}
+
+// IP is pod's address of one family.
+func IP(p *testenv.Pod, v6 bool) netip.Addr {
+	if v6 {
+		return p.IPv6
+	}
+	return p.IPv4
+}
+
+// Family names an address family.
+func Family(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// ExchangeSize is how many bytes Exchange sends and expects back.
+const ExchangeSize = 64 << 10
+
+// Exchange sends ExchangeSize random bytes from inside src to dst over TCP,
+// reads them back from the echo server there and checks that they arrived
+// intact. It returns the client's local address.
+func Exchange(src *testenv.Namespace, v6 bool, dst netip.AddrPort, timeout time.Duration) (netip.AddrPort, error) {
+	network := "tcp4"
+	if v6 {
+		network = "tcp6"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := src.DialContext(ctx, network, dst.String())
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	payload := make([]byte, ExchangeSize)
+	rand.Read(payload)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		errc <- err
+	}()
+	got := make([]byte, len(payload))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("read echo: %w", err)
+	}
+	if err := <-errc; err != nil {
+		return netip.AddrPort{}, fmt.Errorf("write: %w", err)
+	}
+	if !bytes.Equal(got, payload) {
+		return netip.AddrPort{}, fmt.Errorf("the echo differs from what was sent")
+	}
+	return c.LocalAddr().(*net.TCPAddr).AddrPort(), nil
+}
+
+// Record waits for the stand-in's finished record of the flow from src to
+// dst (the address the client dialled).
+func (b *Box) Record(src, dst netip.AddrPort, timeout time.Duration) (ztunnel.Record, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	r, err := b.Standin.WaitFor(ctx, func(r ztunnel.Record) bool {
+		return r.Done() && Unmap(r.Source) == Unmap(src) && Unmap(r.OrigDst) == Unmap(dst)
+	})
+	if err != nil {
+		return r, fmt.Errorf("no record of %s -> %s in the stand-in: %w", src, dst, err)
+	}
+	return r, nil
+}
+
+// RecordsFrom returns the stand-in's records of flows from src.
+func (b *Box) RecordsFrom(src netip.Addr) []ztunnel.Record {
+	var out []ztunnel.Record
+	for _, r := range b.Standin.Records() {
+		if r.Source.Addr().Unmap() == src.Unmap() {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Unmap turns a v4-mapped address into IPv4.
+func Unmap(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// SawAddr reports whether an echo server saw a peer with addr's IP (the
+// stand-in connects with the client's IP, from a port of its own).
+func SawAddr(e *testenv.Echo, addr netip.Addr) bool {
+	for _, q := range e.Peers() {
+		if q.Addr().Unmap() == addr.Unmap() {
+			return true
+		}
+	}
+	return false
+}

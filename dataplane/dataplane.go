@@ -216,3 +216,33 @@ func (d *Dataplane) attach(m *tc.Manager, ifindex int, dir tc.Direction, name st
 	_, err = m.Attach(ifindex, dir, name, d.coll.Programs[name])
 	return err
 }
+
+// Attach puts one of the programs, by name, on a hook of an interface of the
+// node: an operator's tool (meshredirect attach). The agent enrols pods
+// instead, which also fills the maps.
+func (d *Dataplane) Attach(ifindex int, program string, dir tc.Direction) (tc.Attachment, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	prog, ok := d.coll.Programs[program]
+	if !ok {
+		_, err := mrasm.LookupProgram(program)
+		return tc.Attachment{}, err
+	}
+	return d.node.Attach(ifindex, dir, program, prog)
+}
+
+// Detach takes our program off a hook of an interface of the node.
+func (d *Dataplane) Detach(ifindex int, dir tc.Direction) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.node.Detach(ifindex, dir)
+}
+
+// Interface finds an interface of the node by name.
+func (d *Dataplane) Interface(name string) (int, error) {
+	l, err := d.nl.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("find interface %s: %w", name, err)
+	}
+	return l.Attrs().Index, nil
+}

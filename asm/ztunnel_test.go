@@ -246,7 +246,9 @@ func TestZtunnelAssign(t *testing.T) {
 				return packet{src: outbound(v6), dst: pick(v6, serverV4, serverV6), dport: 8080, ack: true}
 			}, want: expect{ret: mrasm.ActOK, verdict: maps.VerdictMarked, mark: mrasm.TProxyMark}},
 		{name: "an ACK to ztunnel's own IP is not marked", listeners: nil,
-			pkt: func(v6 bool) packet { return packet{src: outbound(v6), dst: pick(v6, ztV4, ztV6), dport: 15001, ack: true} }, want: passed},
+			pkt: func(v6 bool) packet {
+				return packet{src: outbound(v6), dst: pick(v6, ztV4, ztV6), dport: 15001, ack: true}
+			}, want: passed},
 		{name: "ICMP passes", listeners: []listener{{"tcp", 15001}},
 			pkt: func(v6 bool) packet {
 				p := layers.IPProtocolICMPv4

@@ -3,7 +3,7 @@ GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 PKGS ?= ./...
 
-.PHONY: all build test test-unit lint demo fuzz clean check-no-c
+.PHONY: all build test lint demo fuzz clean check-no-c kube-bins
 
 all: build
 
@@ -11,7 +11,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -o bin/meshredirect ./cmd/meshredirect
 
 ## test: everything, as root: vet, static build, no C, the privileged suites.
-test: lint check-no-c
+test: lint check-no-c kube-bins
 	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test $(GOTEST_FLAGS) $(PKGS)
 
@@ -36,6 +36,11 @@ fuzz:
 	for f in FuzzAppOutbound FuzzAppInbound FuzzZtunnelIngress FuzzZtunnelAssign; do \
 		$(GO) test ./asm -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 	done
+
+## kube-bins: build kube-apiserver and etcd (v1.37.2) from the Go module proxy for the tests that
+## need a real API server, cached outside the repo (~/.cache/meshredirect/kube): 6-20 min once, then instant.
+kube-bins:
+	hack/kubebins/build.sh >/dev/null
 
 clean:
 	rm -rf bin

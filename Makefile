@@ -3,7 +3,7 @@ GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 PKGS ?= ./...
 
-.PHONY: all build test lint demo fuzz clean check-no-c kube-bins
+.PHONY: all build test lint demo fuzz clean check-no-c kube-bins test-kernels
 
 all: build
 
@@ -41,6 +41,15 @@ fuzz:
 ## need a real API server, cached outside the repo (~/.cache/meshredirect/kube): 6-20 min once, then instant.
 kube-bins:
 	hack/kubebins/build.sh >/dev/null
+
+## test-kernels: the privileged suites on Debian's 5.10, 6.1 and 6.12 kernels, each booted in qemu
+## (software emulation; kernels cached in ~/.cache/meshredirect/debian). As root.
+KERNELS ?= bullseye,bookworm,trixie
+KERNEL_PKGS ?= ./asm,./maps,./tc,./dataplane,./testenv
+KERNEL_SUMMARY ?= bin/kernels.md
+test-kernels:
+	@mkdir -p $(dir $(KERNEL_SUMMARY))
+	$(GO) run ./testenv/cmd/kernel-matrix -kernels $(KERNELS) -pkgs $(KERNEL_PKGS) -summary $(KERNEL_SUMMARY)
 
 clean:
 	rm -rf bin

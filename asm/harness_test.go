@@ -56,6 +56,9 @@ var (
 type fixture struct {
 	maps *maps.Set
 	coll *ebpf.Collection
+	// ingressOK: this kernel's BPF_PROG_TEST_RUN takes skb->ingress_ifindex
+	// in the context (Linux 5.15+; earlier ones refuse it with EINVAL).
+	ingressOK bool
 }
 
 func newFixture(tb testing.TB, opts mrasm.Options) *fixture {
@@ -78,6 +81,8 @@ func newFixture(tb testing.TB, opts mrasm.Options) *fixture {
 	tb.Cleanup(func() { coll.Close() })
 
 	f := &fixture{maps: set, coll: coll}
+	_, err = coll.Programs[mrasm.ZtunnelIngress].Run(&ebpf.RunOptions{Data: make([]byte, 14), Context: mrasm.SkBuff{IngressIfindex: 1}})
+	f.ingressOK = !errors.Is(err, unix.EINVAL)
 	f.setZtunnel(tb, maps.ZtunnelReady)
 	if err := set.Node.Set(nodeV4, nodeV6); err != nil {
 		tb.Fatal(err)
@@ -128,6 +133,14 @@ func (f *fixture) run(tb testing.TB, name string, frame []byte, ingressIfindex u
 	prog := f.coll.Programs[name]
 	if prog == nil {
 		tb.Fatalf("no program %s", name)
+	}
+	if ingressIfindex != 0 && !f.ingressOK {
+		// Only app_inbound reads where a packet entered; the other
+		// programs' rows run without it.
+		if name == mrasm.AppInbound {
+			tb.Skip("BPF_PROG_TEST_RUN takes skb->ingress_ifindex from Linux 5.15; this row depends on it")
+		}
+		ingressIfindex = 0
 	}
 	before := f.stats(tb)
 	ctx := mrasm.SkBuff{IngressIfindex: ingressIfindex}

@@ -1,6 +1,7 @@
 package dataplane_test
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -8,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
@@ -147,7 +150,7 @@ func TestReconcile(t *testing.T) {
 	// The client left the mesh while nobody watched; the server lost an
 	// entry.
 	must(t, b.DP.Maps().Pods.Delete(b.Server.IPv4))
-	res, err := b.DP.Reconcile([]dataplane.Pod{scenario.PodOf(b.Server)})
+	res, err := b.DP.Reconcile([]dataplane.Pod{scenario.PodOf(b.Server)}, nil)
 	must(t, err)
 	if len(res.Enrolled) != 1 || len(res.Deleted) != 2 || len(res.Detached) != 2 {
 		t.Errorf("reconcile: %+v", res)
@@ -157,7 +160,7 @@ func TestReconcile(t *testing.T) {
 	if len(entries) != 2 {
 		t.Errorf("entries after reconcile: %v", entries)
 	}
-	res, err = b.DP.Reconcile([]dataplane.Pod{scenario.PodOf(b.Server)})
+	res, err = b.DP.Reconcile([]dataplane.Pod{scenario.PodOf(b.Server)}, nil)
 	must(t, err)
 	if len(res.Enrolled)+len(res.Deleted)+len(res.Detached) != 0 || res.Unchanged != 1 {
 		t.Errorf("a second reconcile changed something: %+v", res)
@@ -181,7 +184,7 @@ func TestReopen(t *testing.T) {
 	for _, p := range b.AmbientPods() {
 		pods = append(pods, scenario.PodOf(p))
 	}
-	res, err := dp.Reconcile(pods)
+	res, err := dp.Reconcile(pods, nil)
 	must(t, err)
 	if len(res.Enrolled) != 2 || len(res.Deleted)+len(res.Detached) != 0 {
 		t.Errorf("reconcile after reopen: %+v", res)
@@ -198,6 +201,14 @@ func TestReopen(t *testing.T) {
 func TestAttachModes(t *testing.T) {
 	for _, mode := range []tc.Mode{tc.ModeTCX, tc.ModeLegacy} {
 		t.Run(mode.String(), func(t *testing.T) {
+			if mode == tc.ModeTCX {
+				m, err := tc.New(tc.Config{Mode: tc.ModeTCX, PinDir: filepath.Join(testutil.BPFFS(t), "tc")})
+				if errors.Is(err, ebpf.ErrNotSupported) {
+					t.Skip("tcx needs kernel 6.6+") // a kernel feature: skipped even under CI
+				}
+				must(t, err)
+				m.Close()
+			}
 			b := newBox(t, scenario.Options{Dataplane: dataplane.Config{AttachMode: mode}})
 			all, err := b.DP.Attachments()
 			must(t, err)

@@ -54,6 +54,10 @@ func (p Pod) validate() error {
 	return nil
 }
 
+// ErrInterfaceGone is wrapped by errors of an enrolment whose pod interface
+// does not exist (any more): the pod is being deleted, or not yet wired.
+var ErrInterfaceGone = errors.New("pod interface is gone")
+
 // appPrograms are attached to every enrolled pod's host veth.
 var appPrograms = []struct {
 	name string
@@ -79,6 +83,9 @@ func (d *Dataplane) enroll(p Pod) error {
 	}
 	host, err := d.nl.LinkByIndex(p.HostIfindex)
 	if err != nil {
+		if isGone(err) {
+			err = fmt.Errorf("%w (%v)", ErrInterfaceGone, err)
+		}
 		return fmt.Errorf("enroll pod %s: find host interface %d: %w", p, p.HostIfindex, err)
 	}
 	if host.Type() != "veth" {
@@ -87,6 +94,9 @@ func (d *Dataplane) enroll(p Pod) error {
 	mac := p.MAC
 	if mac == nil {
 		if mac, err = podMAC(p.Netns, host); err != nil {
+			if isGone(err) {
+				err = fmt.Errorf("%w (%v)", ErrInterfaceGone, err)
+			}
 			return fmt.Errorf("enroll pod %s: %w", p, err)
 		}
 	}
@@ -120,6 +130,9 @@ func (d *Dataplane) enroll(p Pod) error {
 					break
 				}
 				d.node.Detach(p.HostIfindex, done.dir)
+			}
+			if errors.Is(err, tc.ErrNoInterface) {
+				err = fmt.Errorf("%w (%v)", ErrInterfaceGone, err)
 			}
 			return fmt.Errorf("enroll pod %s: %w", p, err)
 		}
@@ -196,5 +209,5 @@ func podMAC(path string, host netlink.Link) (net.HardwareAddr, error) {
 // (tc's Detach already treats a vanished interface as detached.)
 func isGone(err error) bool {
 	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf)
+	return errors.As(err, &nf) || errors.Is(err, tc.ErrNoInterface)
 }

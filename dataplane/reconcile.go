@@ -37,7 +37,11 @@ type ReconcileResult struct {
 // programs on other interfaces, pods map entries of other IPs, tcx links
 // of vanished interfaces. A pod that fails does not stop the others; the
 // error lists every failure.
-func (d *Dataplane) Reconcile(desired []Pod) (ReconcileResult, error) {
+//
+// keep are IPs of pods that should be captured but cannot be reconciled now
+// (their interface is not found yet): their map entries, and the programs
+// on the interfaces those entries name, stay as they are.
+func (d *Dataplane) Reconcile(desired []Pod, keep []netip.Addr) (ReconcileResult, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
@@ -66,6 +70,13 @@ func (d *Dataplane) Reconcile(desired []Pod) (ReconcileResult, error) {
 		wantIfindex[p.HostIfindex] = true
 		for _, ip := range p.IPs {
 			wantIP[ip] = true
+		}
+	}
+
+	for _, ip := range keep {
+		wantIP[ip] = true
+		if e, ok := entries[ip]; ok {
+			wantIfindex[int(e.Ifindex)] = true
 		}
 	}
 

@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,6 +47,9 @@ type Set struct {
 // build's spec is never reused: Open fails with an error wrapping
 // ErrIncompatiblePin that names the pin.
 func Open(opts Options) (*Set, error) {
+	if err := removeMemlock(); err != nil {
+		return nil, err
+	}
 	specs := Specs(opts.PodsMaxEntries)
 	if opts.PinDir != "" {
 		if err := ensurePinDir(opts.PinDir); err != nil {
@@ -170,6 +175,24 @@ func compatible(spec *ebpf.MapSpec, m *ebpf.Map) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s", ErrIncompatiblePin, strings.Join(diffs, "; "))
+}
+
+var (
+	memlockOnce sync.Once
+	memlockErr  error
+)
+
+// removeMemlock lifts RLIMIT_MEMLOCK for this process, once: kernels
+// before 5.11 charge BPF maps and programs against it (64 KiB by default,
+// too little for the pods map); later kernels charge the memory cgroup and
+// cilium/ebpf leaves the limit alone.
+func removeMemlock() error {
+	memlockOnce.Do(func() {
+		if err := rlimit.RemoveMemlock(); err != nil {
+			memlockErr = fmt.Errorf("lift RLIMIT_MEMLOCK for BPF maps (kernel before 5.11): %w", err)
+		}
+	})
+	return memlockErr
 }
 
 func ensurePinDir(dir string) error {

@@ -321,7 +321,7 @@ func (m *Manager) Detach(ifindex int, dir Direction) error {
 
 	ifc, err := m.lookupInterface(ifindex)
 	switch {
-	case errors.Is(err, errNoInterface):
+	case errors.Is(err, ErrNoInterface):
 		return m.forgetInterface(ifindex, dir)
 	case err != nil:
 		return fmt.Errorf("detach from if%d %s: %w", ifindex, dir, err)

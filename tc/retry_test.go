@@ -145,8 +145,8 @@ func TestLookupRetriesBusy(t *testing.T) {
 
 	pauses = nil
 	answers = []int{int(unix.ENODEV), 0}
-	if _, err := r.link(7); !errors.Is(err, errNoInterface) {
-		t.Errorf("lookup of a missing interface: %v, want errNoInterface", err)
+	if _, err := r.link(7); !errors.Is(err, ErrNoInterface) {
+		t.Errorf("lookup of a missing interface: %v, want ErrNoInterface", err)
 	}
 	if len(pauses) != 0 {
 		t.Errorf("ENODEV was retried")

@@ -26,9 +26,9 @@ type rtnl struct {
 	retry retrier
 }
 
-// errNoInterface is wrapped by lookups of an interface index that does not
-// exist in the namespace.
-var errNoInterface = errors.New("no such interface")
+// ErrNoInterface is wrapped by the errors of operations on an interface
+// index that does not exist (any more) in the Manager's netns.
+var ErrNoInterface = errors.New("no such interface")
 
 func dialRTNL(ns *netnsRef) (*rtnl, error) {
 	c, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{NetNS: ns.fd()})
@@ -129,7 +129,7 @@ func (r *rtnl) link(index int) (iface, error) {
 		return err
 	})
 	if errors.Is(err, unix.ENODEV) {
-		return iface{}, fmt.Errorf("interface %d: %w", index, errNoInterface)
+		return iface{}, fmt.Errorf("interface %d: %w", index, ErrNoInterface)
 	}
 	if err != nil {
 		return iface{}, fmt.Errorf("look up interface %d: %w", index, err)
@@ -146,7 +146,7 @@ func (r *rtnl) link(index int) (iface, error) {
 			return ifc, nil
 		}
 	}
-	return iface{}, fmt.Errorf("interface %d: %w", index, errNoInterface)
+	return iface{}, fmt.Errorf("interface %d: %w", index, ErrNoInterface)
 }
 
 // links lists the interfaces of the namespace.

@@ -6,10 +6,15 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/spf13/cobra"
 )
 
 func main() {
+	// Kernels before 5.11 charge BPF maps and programs against
+	// RLIMIT_MEMLOCK (64 KiB by default); later ones ignore it. Commands
+	// that load nothing do not care if this fails.
+	_ = rlimit.RemoveMemlock()
 	if err := newRootCmd().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "meshredirect:", err)
 		os.Exit(1)
@@ -28,6 +33,6 @@ Most commands need root, or CAP_BPF and CAP_NET_ADMIN.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDumpCmd(), newAttachCmd(), newDetachCmd(), newListCmd())
+	root.AddCommand(newDumpCmd(), newAttachCmd(), newDetachCmd(), newListCmd(), newAgentCmd(), newUninstallCmd())
 	return root
 }

@@ -2,10 +2,14 @@ package testutil
 
 import (
 	"os"
+	"sync"
 	"testing"
 
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
+
+var memlock sync.Once
 
 // InCI reports whether the tests run under CI (CI=true), where a test that
 // lacks what it needs must fail instead of skipping, so that CI can never go
@@ -25,9 +29,11 @@ func SkipOrFail(tb testing.TB, reason string) {
 
 // RequirePrivileged skips (or, under CI, fails) a test that needs to load BPF
 // programs and change network namespaces, when the process lacks CAP_BPF,
-// CAP_NET_ADMIN and CAP_SYS_ADMIN.
+// CAP_NET_ADMIN and CAP_SYS_ADMIN. It also lifts RLIMIT_MEMLOCK, which
+// kernels before 5.11 charge BPF maps and programs against.
 func RequirePrivileged(tb testing.TB) {
 	tb.Helper()
+	memlock.Do(func() { rlimit.RemoveMemlock() })
 	for _, c := range []struct {
 		capability int
 		name       string

@@ -56,6 +56,9 @@ type Options struct {
 	RPFilter int
 	// NoEnrolment leaves the ambient pods unenrolled.
 	NoEnrolment bool
+	// NoDataplane builds the node, the pods and the stand-in only: the
+	// datapath is left to someone else (an agent under test). DP stays nil.
+	NoDataplane bool
 }
 
 // New builds the box, opens the dataplane in its node, sets ztunnel up and
@@ -90,6 +93,10 @@ func New(tb testenv.TB, o Options) *Box {
 	b.Config = o.Dataplane
 	b.Config.NodeNetns = b.Node.Path()
 	b.Config.PinDir = o.PinDir
+	if o.NoDataplane {
+		b.startStandin(tb, o)
+		return b
+	}
 	dp, err := dataplane.Open(b.Config)
 	if err != nil {
 		tb.Fatal(err)
@@ -111,12 +118,7 @@ func New(tb testenv.TB, o Options) *Box {
 		HostIfindex: b.Ztunnel.HostVethIndex, IPs: []netip.Addr{b.Ztunnel.IPv4, b.Ztunnel.IPv6}}))
 	check(dp.SetZtunnelReady(true))
 
-	zts, err := ztunnel.Start(ztunnel.Options{Netns: b.Ztunnel.Netns, DNSAnswer: o.DNSAnswer, DialTimeout: 3 * time.Second})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b.Standin = zts
-	tb.Cleanup(func() { zts.Close() })
+	b.startStandin(tb, o)
 
 	if !o.NoEnrolment {
 		for _, p := range b.Node.Pods() {
@@ -126,6 +128,15 @@ func New(tb testenv.TB, o Options) *Box {
 		}
 	}
 	return b
+}
+
+func (b *Box) startStandin(tb testenv.TB, o Options) {
+	zts, err := ztunnel.Start(ztunnel.Options{Netns: b.Ztunnel.Netns, DNSAnswer: o.DNSAnswer, DialTimeout: 3 * time.Second})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b.Standin = zts
+	tb.Cleanup(func() { zts.Close() })
 }
 
 // PodOf is what the dataplane needs of a pod of the box.

@@ -50,10 +50,10 @@ func (f Flow) OK(o Observation) bool { return o.Err == nil && o.Path == f.Expect
 
 const timeout = 5 * time.Second
 
-// viaStandin exchanges bytes from src to dst and reports the path from the
+// Observe exchanges bytes from src to dst and reports the path from the
 // stand-in's records: a record of the flow names its listener, none means
 // the flow went direct.
-func viaStandin(b *Box, src *testenv.Namespace, v6 bool, dst netip.AddrPort) Observation {
+func Observe(b *Box, src *testenv.Namespace, v6 bool, dst netip.AddrPort) Observation {
 	seen := len(b.Standin.Records())
 	local, err := Exchange(src, v6, dst, timeout)
 	if err != nil {
@@ -81,7 +81,7 @@ func Flows() []Flow {
 		{ID: "1", Name: "ambient pod -> ambient pod, same node", Expect: ViaZtunnel(ztunnel.PortOutbound),
 			Run: func(b *Box, v6 bool) Observation {
 				echo := b.Echo(b.Server, EchoPort)
-				o := viaStandin(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Server, v6), EchoPort))
+				o := Observe(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Server, v6), EchoPort))
 				if o.Err == nil && !SawAddr(echo, IP(b.Client, v6)) {
 					o.Err = errors.New("the server did not see the client's own IP")
 				}
@@ -90,7 +90,7 @@ func Flows() []Flow {
 		{ID: "2", Name: "pod outside the mesh -> ambient pod", Expect: ViaZtunnel(ztunnel.PortInbound),
 			Run: func(b *Box, v6 bool) Observation {
 				b.Echo(b.Server, EchoPort)
-				return viaStandin(b, &b.Plain.Namespace, v6, netip.AddrPortFrom(IP(b.Server, v6), EchoPort))
+				return Observe(b, &b.Plain.Namespace, v6, netip.AddrPortFrom(IP(b.Server, v6), EchoPort))
 			}},
 		{ID: "3", Name: "second node -> ambient pod, HBONE", Expect: ViaZtunnel(ztunnel.PortHBONE),
 			Run: func(b *Box, v6 bool) Observation {
@@ -100,12 +100,12 @@ func Flows() []Flow {
 		{ID: "4", Name: "ambient pod -> host on second node", Expect: ViaZtunnel(ztunnel.PortOutbound),
 			Run: func(b *Box, v6 bool) Observation {
 				b.Echo(b.Remote, EchoPort)
-				return viaStandin(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
+				return Observe(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
 			}},
 		{ID: "5", Name: "node IP (kubelet probe) -> ambient pod", Expect: Direct,
 			Run: func(b *Box, v6 bool) Observation {
 				b.Echo(b.Server, EchoPort)
-				return viaStandin(b, &b.Node.Namespace, v6, netip.AddrPortFrom(IP(b.Server, v6), EchoPort))
+				return Observe(b, &b.Node.Namespace, v6, netip.AddrPortFrom(IP(b.Server, v6), EchoPort))
 			}},
 		{ID: "6a", Name: "DNS from ambient pod, capture on", Expect: ViaZtunnel(ztunnel.PortDNS),
 			Run: func(b *Box, v6 bool) Observation { return dns(b, v6, true) }},
@@ -130,7 +130,7 @@ func Flows() []Flow {
 					return Observation{Err: err}
 				}
 				defer b.DP.SetZtunnelReady(true)
-				return viaStandin(b, &b.Plain.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
+				return Observe(b, &b.Plain.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
 			}},
 		{ID: "7c", Name: "ztunnel ready again: ambient pod -> host", Expect: ViaZtunnel(ztunnel.PortOutbound),
 			Run: func(b *Box, v6 bool) Observation {
@@ -141,7 +141,7 @@ func Flows() []Flow {
 				if err := b.DP.SetZtunnelReady(true); err != nil {
 					return Observation{Err: err}
 				}
-				return viaStandin(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
+				return Observe(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
 			}},
 		{ID: "8", Name: "unenrolled pod -> host", Expect: Direct,
 			Run: func(b *Box, v6 bool) Observation {
@@ -150,7 +150,7 @@ func Flows() []Flow {
 					return Observation{Err: err}
 				}
 				defer b.DP.Enroll(PodOf(b.Client))
-				o := viaStandin(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
+				o := Observe(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
 				if o.Err == nil {
 					o.Err = b.leftovers(b.Client)
 				}
@@ -314,7 +314,7 @@ func samplePairs(b *Box, v6 bool) Observation {
 			continue
 		}
 		b.Echo(dst, EchoPort)
-		step := viaStandin(b, &src.Namespace, v6, netip.AddrPortFrom(IP(dst, v6), EchoPort))
+		step := Observe(b, &src.Namespace, v6, netip.AddrPortFrom(IP(dst, v6), EchoPort))
 		o.Bytes += step.Bytes
 		if step.Err != nil || step.Path != ViaZtunnel(ztunnel.PortOutbound) {
 			return Observation{Path: step.Path, Bytes: o.Bytes, Err: fmt.Errorf("%s -> %s: path %q: %v", src.Name, dst.Name, step.Path, step.Err)}

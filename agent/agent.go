@@ -1,0 +1,278 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/meshredirect/meshredirect/agent/resolve"
+	"github.com/meshredirect/meshredirect/dataplane"
+)
+
+// locator finds a pod's host interface; *resolve.Resolver is one.
+type locator interface {
+	Resolve(ips []netip.Addr) (resolve.Interface, error)
+	NetnsPath(nsid int) (string, error)
+	Close() error
+}
+
+// Agent keeps the datapath of one node in step with the API.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	policy Policy
+	dp     *dataplane.Dataplane
+	loc    locator
+	m      *metrics
+	conf   configWriter
+	events record.EventRecorder
+	bcast  record.EventBroadcaster
+
+	pods       listerscorev1.PodLister
+	namespaces listerscorev1.NamespaceLister
+	podsSynced cache.InformerSynced
+	nsSynced   cache.InformerSynced
+	podFactory informers.SharedInformerFactory
+	nsFactory  informers.SharedInformerFactory
+	queue      workqueue.TypedRateLimitingInterface[string]
+
+	mu sync.Mutex
+	// enrolled are the pods this process enrolled (or found enrolled at its
+	// first reconcile), by namespace/name.
+	enrolled map[string]enrolledPod
+	// decisions remember the last decision per pod, so that a skip is
+	// logged once, not at every update.
+	decisions map[string]string
+	ztunnel   ztunnelState
+	// nodeIPs are the node addresses last written to the datapath.
+	nodeIPs []netip.Addr
+
+	ready atomic.Bool
+}
+
+type enrolledPod struct {
+	uid types.UID
+	dp  dataplane.Pod
+}
+
+// Queue keys besides pods' namespace/name.
+const (
+	keyZtunnel = "\x00ztunnel"
+	keyResync  = "\x00resync"
+)
+
+// New opens the dataplane (loading the programs, opening the pins) and
+// prepares the informers. Nothing is attached or removed before Run.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	pol, err := cfg.policy()
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg: cfg, log: cfg.Log, policy: pol, m: newMetrics(cfg.Metrics),
+		conf:      configWriter{path: cfg.ConfigFile, log: cfg.Log},
+		enrolled:  map[string]enrolledPod{},
+		decisions: map[string]string{},
+	}
+	if a.loc, err = resolve.New(cfg.Resolve); err != nil {
+		return nil, fmt.Errorf("open the pod resolver: %w", err)
+	}
+	if a.dp, err = dataplane.Open(cfg.Dataplane); err != nil {
+		a.loc.Close()
+		return nil, err
+	}
+
+	a.bcast = record.NewBroadcaster()
+	a.events = a.bcast.NewRecorder(scheme(), corev1.EventSource{Component: "meshredirect", Host: cfg.NodeName})
+
+	a.podFactory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + cfg.NodeName }))
+	a.nsFactory = informers.NewSharedInformerFactory(cfg.Client, 0)
+	podInf := a.podFactory.Core().V1().Pods()
+	nsInf := a.nsFactory.Core().V1().Namespaces()
+	a.pods, a.podsSynced = podInf.Lister(), podInf.Informer().HasSynced
+	a.namespaces, a.nsSynced = nsInf.Lister(), nsInf.Informer().HasSynced
+
+	a.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedMaxOfRateLimiter(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, 30*time.Second),
+			&workqueue.TypedBucketRateLimiter[string]{Limiter: newLimiter()},
+		),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "meshredirect"})
+
+	podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { a.podChanged(obj) },
+		UpdateFunc: func(_, obj any) { a.podChanged(obj) },
+		DeleteFunc: func(obj any) { a.podChanged(obj) },
+	})
+	nsInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { a.namespaceChanged(obj) },
+		UpdateFunc: func(old, obj any) {
+			if old.(*corev1.Namespace).Labels[DataplaneModeLabel] != obj.(*corev1.Namespace).Labels[DataplaneModeLabel] {
+				a.namespaceChanged(obj)
+			}
+		},
+		DeleteFunc: func(obj any) { a.namespaceChanged(obj) },
+	})
+	return a, nil
+}
+
+// Dataplane returns the datapath the agent drives (for status and metrics).
+func (a *Agent) Dataplane() *dataplane.Dataplane { return a.dp }
+
+// Ready reports whether the caches have synced and the first reconcile is
+// done.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Run watches the API and keeps the datapath in step until ctx ends. On
+// return the datapath's file descriptors are closed but capture stays in
+// place: an agent that stops (an upgrade, a crash) must not unprotect the
+// pods; `meshredirect uninstall` removes everything.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.close()
+	a.bcast.StartStructuredLogging(0)
+	a.bcast.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.cfg.Client.CoreV1().Events("")})
+	defer a.bcast.Shutdown()
+
+	a.podFactory.Start(ctx.Done())
+	a.nsFactory.Start(ctx.Done())
+	a.log.Info("waiting for the informer caches", "node", a.cfg.NodeName)
+	if !cache.WaitForCacheSync(ctx.Done(), a.podsSynced, a.nsSynced) {
+		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+	}
+
+	a.syncZtunnel()
+	if err := a.reconcileAll(); err != nil {
+		// Not fatal: what failed is retried, the rest is in place.
+		a.log.Error("first reconcile incomplete", "error", err)
+	}
+	a.ready.Store(true)
+	a.log.Info("agent ready", "node", a.cfg.NodeName, "enrolled", a.enrolledCount())
+
+	go func() {
+		t := time.NewTicker(a.cfg.ResyncPeriod)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				a.queue.Add(keyResync)
+			}
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		a.queue.ShutDown()
+	}()
+	for a.processNext() {
+	}
+	a.log.Info("agent stopped; capture stays in place")
+	return nil
+}
+
+func (a *Agent) close() {
+	a.podFactory.Shutdown()
+	a.nsFactory.Shutdown()
+	a.dp.Close()
+	a.loc.Close()
+}
+
+func (a *Agent) processNext() bool {
+	key, quit := a.queue.Get()
+	if quit {
+		return false
+	}
+	defer a.queue.Done(key)
+	var err error
+	switch key {
+	case keyZtunnel:
+		a.syncZtunnel()
+	case keyResync:
+		err = a.reconcileAll()
+	default:
+		err = a.syncPod(key)
+	}
+	if err != nil {
+		a.queue.AddRateLimited(key)
+		return true
+	}
+	a.queue.Forget(key)
+	return true
+}
+
+func (a *Agent) podChanged(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	if a.policy.Ztunnel.Matches(labels.Set(pod.Labels)) {
+		a.queue.Add(keyZtunnel)
+	}
+	a.queue.Add(pod.Namespace + "/" + pod.Name)
+}
+
+func (a *Agent) namespaceChanged(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return
+	}
+	pods, err := a.pods.Pods(ns.Name).List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, p := range pods {
+		a.queue.Add(p.Namespace + "/" + p.Name)
+	}
+}
+
+func (a *Agent) enrolledCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.enrolled)
+}
+
+// podIPs returns all of a pod's IPs (status.podIPs, else status.podIP).
+func podIPs(pod *corev1.Pod) []netip.Addr {
+	var ips []netip.Addr
+	for _, p := range pod.Status.PodIPs {
+		if ip, err := netip.ParseAddr(p.IP); err == nil {
+			ips = append(ips, ip.Unmap())
+		}
+	}
+	if len(ips) == 0 && pod.Status.PodIP != "" {
+		if ip, err := netip.ParseAddr(pod.Status.PodIP); err == nil {
+			ips = append(ips, ip.Unmap())
+		}
+	}
+	return ips
+}
+
+// isNotFound tells "the pod's interface is not there (yet)" from other
+// resolver failures.
+func isNotFound(err error) bool { return errors.Is(err, resolve.ErrNotFound) }

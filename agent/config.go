@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshredirect/meshredirect/agent/resolve"
+	"github.com/meshredirect/meshredirect/dataplane"
+)
+
+// Defaults of Config.
+const (
+	DefaultConfigFile      = "/etc/ambient-config/config.json"
+	DefaultZtunnelSelector = "app=ztunnel"
+	DefaultResyncPeriod    = 5 * time.Minute
+)
+
+// Config configures an Agent.
+type Config struct {
+	// NodeName is the node this agent serves (NODE_NAME from the downward API).
+	NodeName string
+	// Client talks to the API server.
+	Client kubernetes.Interface
+	// Dataplane configures the datapath (pins, attach mode, DNS capture, ...).
+	Dataplane dataplane.Config
+	// Resolve configures how pods' interfaces are found; its NodeNetns is
+	// taken from Dataplane.NodeNetns.
+	Resolve resolve.Config
+	// ExcludedNamespaces are never captured; nil means DefaultExcludedNamespaces.
+	ExcludedNamespaces []string
+	// ZtunnelSelector is the label selector of ztunnel's pods; empty means
+	// DefaultZtunnelSelector.
+	ZtunnelSelector string
+	// ConfigFile is where the ambient config is written; empty means
+	// DefaultConfigFile.
+	ConfigFile string
+	// NodeIPs overrides the node's addresses, which are otherwise read from
+	// the hostIPs of the node's pods.
+	NodeIPs []netip.Addr
+	// ResyncPeriod is how often a full reconcile runs besides the one at
+	// start; zero means DefaultResyncPeriod.
+	ResyncPeriod time.Duration
+	// Log receives the agent's log lines; nil discards them.
+	Log *slog.Logger
+	// Metrics registers the agent's metrics; nil means none are exported.
+	Metrics prometheus.Registerer
+}
+
+func (c *Config) setDefaults() error {
+	if c.NodeName == "" {
+		return fmt.Errorf("no node name (set NODE_NAME or --node-name)")
+	}
+	if c.Client == nil {
+		return fmt.Errorf("no Kubernetes client")
+	}
+	if c.ExcludedNamespaces == nil {
+		c.ExcludedNamespaces = DefaultExcludedNamespaces
+	}
+	if c.ZtunnelSelector == "" {
+		c.ZtunnelSelector = DefaultZtunnelSelector
+	}
+	if c.ConfigFile == "" {
+		c.ConfigFile = DefaultConfigFile
+	}
+	if c.ResyncPeriod == 0 {
+		c.ResyncPeriod = DefaultResyncPeriod
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	c.Resolve.NodeNetns = c.Dataplane.NodeNetns
+	c.Dataplane.Log = c.Log
+	return nil
+}
+
+func (c *Config) policy() (Policy, error) {
+	sel, err := labels.Parse(c.ZtunnelSelector)
+	if err != nil {
+		return Policy{}, fmt.Errorf("parse ztunnel selector %q: %w", c.ZtunnelSelector, err)
+	}
+	excluded := map[string]bool{}
+	for _, ns := range c.ExcludedNamespaces {
+		excluded[ns] = true
+	}
+	return Policy{ExcludedNamespaces: excluded, Ztunnel: sel}, nil
+}
+
+// AmbientConfig is the content of the ambient config file, read by tools
+// that ask whether capture is in place on the node (as istio-cni writes it).
+type AmbientConfig struct {
+	ZtunnelReady bool   `json:"ztunnelReady"`
+	RedirectMode string `json:"redirectMode"`
+}
+
+// RedirectModeEBPF is the redirect mode this agent implements.
+const RedirectModeEBPF = "eBPF"
+
+// configWriter writes the ambient config file atomically (a temporary file
+// renamed over it) whenever its content changes.
+type configWriter struct {
+	path string
+	log  *slog.Logger
+	last []byte
+}
+
+func (w *configWriter) write(c AmbientConfig) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(b, w.last) {
+		return nil
+	}
+	w.log.Info("Writing ambient config: " + string(b))
+	dir := filepath.Dir(w.path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write ambient config %s: %w", w.path, err)
+	}
+	tmp, err := os.CreateTemp(dir, ".config-*.json")
+	if err != nil {
+		return fmt.Errorf("write ambient config %s: %w", w.path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write ambient config %s: %w", w.path, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write ambient config %s: %w", w.path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write ambient config %s: %w", w.path, err)
+	}
+	if err := os.Rename(tmp.Name(), w.path); err != nil {
+		return fmt.Errorf("write ambient config %s: %w", w.path, err)
+	}
+	w.last = b
+	return nil
+}

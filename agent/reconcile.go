@@ -1,0 +1,272 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	kscheme "k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/meshredirect/meshredirect/dataplane"
+)
+
+func scheme() *runtime.Scheme { return kscheme.Scheme }
+
+// newLimiter bounds the overall retry rate of the queue (50/s, bursts of
+// 300), so a node-wide failure cannot turn into a busy loop.
+func newLimiter() *rate.Limiter { return rate.NewLimiter(rate.Limit(50), 300) }
+
+// apiTimeout bounds every call to the API server.
+const apiTimeout = 10 * time.Second
+
+// syncPod brings one pod's capture in line with its decision. An error
+// requeues the pod with backoff.
+func (a *Agent) syncPod(key string) error {
+	ns, name, _ := strings.Cut(key, "/")
+	pod, err := a.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return a.leave(key, nil, "pod deleted")
+	}
+	if err != nil {
+		return err
+	}
+	namespace, _ := a.namespaces.Get(pod.Namespace)
+	d := a.policy.Decide(pod, namespace)
+	if !d.Ambient {
+		return a.leave(key, pod, d.Reason)
+	}
+	ips := podIPs(pod)
+	if len(ips) == 0 {
+		a.noteDecision(key, "waiting for an IP", func() { a.log.Info("waiting for the pod's IP", "pod", key, "reason", d.Reason) })
+		return nil
+	}
+	return a.enrol(key, pod, ips, d.Reason)
+}
+
+// enrol captures a pod's traffic and records it on the pod.
+func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, reason string) error {
+	p, err := a.locate(key, pod, ips)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	prev, had := a.enrolled[key]
+	a.mu.Unlock()
+	if had && (prev.uid != pod.UID || prev.dp.HostIfindex != p.HostIfindex || !slices.Equal(prev.dp.IPs, p.IPs)) {
+		// The same name, another pod (or another interface): the old one's
+		// capture goes first.
+		if err := a.dp.Unenroll(prev.dp); err != nil {
+			a.m.unenrolErrors.WithLabelValues(reasonDataplane).Inc()
+			return err
+		}
+	}
+	if err := a.dp.Enroll(p); err != nil {
+		if errors.Is(err, dataplane.ErrInterfaceGone) {
+			// Deleted while we enrolled it, or not wired yet: the next
+			// attempt finds out which.
+			a.m.enrolErrors.WithLabelValues(reasonInterfaceNotFound).Inc()
+			a.log.Warn("pod's interface went away during enrolment; retrying", "pod", key, "error", err)
+			return err
+		}
+		reason := reasonAttach
+		if errors.Is(err, unix.E2BIG) { // a full hash map refuses a new key with E2BIG
+			reason = reasonMapFull
+		}
+		a.m.enrolErrors.WithLabelValues(reason).Inc()
+		a.events.Eventf(pod, corev1.EventTypeWarning, "EnrolFailed", "could not capture the pod's traffic: %v", err)
+		a.log.Error("enrol failed", "pod", key, "error", err)
+		return err
+	}
+	a.mu.Lock()
+	a.enrolled[key] = enrolledPod{uid: pod.UID, dp: p}
+	a.m.podsEnrolled.Set(float64(len(a.enrolled)))
+	a.mu.Unlock()
+	a.noteDecision(key, "enrolled", func() {
+		a.log.Info("enrolled pod", "pod", key, "ips", ips, "interface", p.HostIfindex, "reason", reason)
+		a.events.Eventf(pod, corev1.EventTypeNormal, "Enrolled", "traffic captured into ztunnel (%s)", reason)
+	})
+	if pod.Annotations[RedirectionAnnotation] != RedirectionEnabled {
+		if err := a.annotate(pod, true); err != nil {
+			a.m.enrolErrors.WithLabelValues(reasonAnnotate).Inc()
+			a.log.Error("annotate pod", "pod", key, "error", err)
+			return err
+		}
+	}
+	return nil
+}
+
+// locate finds where the pod is on the node.
+func (a *Agent) locate(key string, pod *corev1.Pod, ips []netip.Addr) (dataplane.Pod, error) {
+	iface, err := a.loc.Resolve(ips)
+	if err != nil {
+		if isNotFound(err) {
+			a.m.enrolErrors.WithLabelValues(reasonInterfaceNotFound).Inc()
+			a.events.Eventf(pod, corev1.EventTypeWarning, "InterfaceNotFound", "no interface on node %s leads to %v yet; retrying", a.cfg.NodeName, ips)
+			a.log.Warn("pod's interface not found yet; retrying", "pod", key, "ips", ips, "error", err)
+		} else {
+			a.m.enrolErrors.WithLabelValues(reasonResolve).Inc()
+			a.events.Eventf(pod, corev1.EventTypeWarning, "EnrolFailed", "could not find the pod's interface: %v", err)
+			a.log.Error("find pod's interface", "pod", key, "ips", ips, "error", err)
+		}
+		return dataplane.Pod{}, err
+	}
+	return dataplane.Pod{Name: key, IPs: ips, HostIfindex: iface.Ifindex, MAC: iface.PeerMAC}, nil
+}
+
+// leave stops capturing a pod if this agent captured it, and removes the
+// enrolment annotation from the pod if it still exists.
+func (a *Agent) leave(key string, pod *corev1.Pod, reason string) error {
+	a.mu.Lock()
+	prev, had := a.enrolled[key]
+	a.mu.Unlock()
+	if had {
+		if err := a.dp.Unenroll(prev.dp); err != nil {
+			a.m.unenrolErrors.WithLabelValues(reasonDataplane).Inc()
+			a.log.Error("unenrol failed", "pod", key, "error", err)
+			return err
+		}
+		a.mu.Lock()
+		delete(a.enrolled, key)
+		a.m.podsEnrolled.Set(float64(len(a.enrolled)))
+		a.mu.Unlock()
+		a.log.Info("unenrolled pod", "pod", key, "reason", reason)
+		if pod != nil {
+			a.events.Eventf(pod, corev1.EventTypeNormal, "Unenrolled", "traffic no longer captured (%s)", reason)
+		}
+	} else {
+		a.noteDecision(key, "skip: "+reason, func() {
+			if pod != nil {
+				a.log.Info("skipped pod", "pod", key, "reason", reason)
+			}
+		})
+	}
+	if pod == nil {
+		a.forget(key)
+		return nil
+	}
+	if pod.Annotations[RedirectionAnnotation] == RedirectionEnabled {
+		if err := a.annotate(pod, false); err != nil && !apierrors.IsNotFound(err) {
+			a.m.unenrolErrors.WithLabelValues(reasonAnnotate).Inc()
+			a.log.Error("remove the enrolment annotation", "pod", key, "error", err)
+			return err
+		}
+	}
+	return nil
+}
+
+// noteDecision runs log once per change of a pod's state.
+func (a *Agent) noteDecision(key, state string, log func()) {
+	a.mu.Lock()
+	changed := a.decisions[key] != state
+	a.decisions[key] = state
+	a.mu.Unlock()
+	if changed {
+		log()
+	}
+}
+
+func (a *Agent) forget(key string) {
+	a.mu.Lock()
+	delete(a.decisions, key)
+	a.mu.Unlock()
+}
+
+// annotate sets (or removes) ambient.istio.io/redirection=enabled on the
+// pod through the pods/status subresource, as istio-cni does: the agent
+// needs no right to patch pods themselves.
+func (a *Agent) annotate(pod *corev1.Pod, enabled bool) error {
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, RedirectionAnnotation, RedirectionEnabled)
+	if !enabled {
+		patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, RedirectionAnnotation)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	_, err := a.cfg.Client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status")
+	if err != nil {
+		return fmt.Errorf("patch pod %s/%s status: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil
+}
+
+// reconcileAll computes the complete set of ambient pods of the node from
+// the informer caches and makes the datapath match it: missing capture is
+// added, capture of pods that are gone or left the mesh is removed. Ambient
+// pods whose interface cannot be found right now keep whatever capture
+// they have (a restarted agent must not drop a pod it cannot resolve for a
+// moment) and are retried.
+func (a *Agent) reconcileAll() error {
+	start := time.Now()
+	defer func() { a.m.reconcileDuration.Observe(time.Since(start).Seconds()) }()
+
+	pods, err := a.pods.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	var (
+		desired []dataplane.Pod
+		keep    []netip.Addr
+		byName  = map[string]*corev1.Pod{}
+		retry   []string
+	)
+	for _, pod := range pods {
+		key := pod.Namespace + "/" + pod.Name
+		ns, _ := a.namespaces.Get(pod.Namespace)
+		if !a.policy.Decide(pod, ns).Ambient {
+			continue
+		}
+		ips := podIPs(pod)
+		if len(ips) == 0 {
+			continue
+		}
+		p, err := a.locate(key, pod, ips)
+		if err != nil {
+			keep = append(keep, ips...)
+			retry = append(retry, key)
+			continue
+		}
+		desired = append(desired, p)
+		byName[key] = pod
+	}
+
+	res, err := a.dp.Reconcile(desired, keep)
+	a.mu.Lock()
+	for key := range a.enrolled {
+		if _, ok := byName[key]; !ok {
+			delete(a.enrolled, key)
+		}
+	}
+	for _, p := range desired {
+		if _, failed := res.Failed[p.Name]; !failed {
+			a.enrolled[p.Name] = enrolledPod{uid: byName[p.Name].UID, dp: p}
+		}
+	}
+	a.m.podsEnrolled.Set(float64(len(a.enrolled)))
+	a.mu.Unlock()
+	for _, key := range retry {
+		a.queue.AddRateLimited(key)
+	}
+	for name := range res.Failed {
+		a.queue.AddRateLimited(name)
+	}
+	// Every pod is looked at once more by the queue: annotations, and pods
+	// that left the mesh while no agent ran.
+	for _, pod := range pods {
+		a.queue.Add(pod.Namespace + "/" + pod.Name)
+	}
+	a.log.Info("reconciled the node", "desired", len(desired), "enrolled", len(res.Enrolled), "unchanged", res.Unchanged,
+		"removed_attachments", len(res.Detached), "removed_entries", len(res.Deleted), "failed", len(res.Failed),
+		"retrying", len(retry), "duration", time.Since(start).Round(time.Millisecond))
+	return err
+}

@@ -1,0 +1,36 @@
+package resolve_test
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/meshredirect/meshredirect/agent/resolve"
+)
+
+// Example finds a dual-stack pod's veth and MAC on the node, and a path to
+// its network namespace; ErrNotFound means "not wired yet (or any more):
+// try again later".
+func Example() {
+	r, err := resolve.New(resolve.Config{NodeNetns: "/proc/1/ns/net"})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer r.Close()
+
+	pod := []netip.Addr{netip.MustParseAddr("10.244.1.7"), netip.MustParseAddr("fd00:10:244:1::7")}
+	iface, err := r.Resolve(pod)
+	switch {
+	case errors.Is(err, resolve.ErrNotFound):
+		fmt.Println("retry later:", err)
+		return
+	case err != nil:
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(iface.Name, iface.Ifindex, iface.PeerMAC, iface.Via)
+
+	path, err := r.NetnsPath(iface.PeerNetnsID)
+	fmt.Println(path, err)
+}

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/agent/resolve"
+	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/tc"
+)
+
+// agentFlags are the flags of `meshredirect agent`; each has an environment
+// variable of the same name in upper case with MESHREDIRECT_ in front.
+type agentFlags struct {
+	nodeName        string
+	kubeconfig      string
+	pinDir          string
+	podsMaxEntries  uint32
+	attachMode      string
+	priority        uint16
+	redirectPeer    string
+	captureDNS      bool
+	failOpen        bool
+	ztunnelSelector string
+	excluded        []string
+	configFile      string
+	nodeIPs         []string
+	netnsDirs       []string
+	resyncPeriod    time.Duration
+	logFormat       string
+	logLevel        string
+}
+
+func (f *agentFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this agent serves (default $NODE_NAME, from the downward API)")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
+	fl.StringVar(&f.pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
+	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", maps.DefaultPodsMaxEntries, "capacity of the pods map, one entry per pod IP (changing it needs `meshredirect uninstall` first)")
+	fl.StringVar(&f.attachMode, "attach-mode", "auto", "attach programs as tcx links (kernel 6.6+) or legacy tc filters: auto, tcx or tc")
+	fl.Uint16Var(&f.priority, "priority", tc.DefaultPriority, "priority of the legacy tc filters (Cilium uses 1)")
+	fl.StringVar(&f.redirectPeer, "redirect-peer", "auto", "use bpf_redirect_peer (kernel 5.10+) from ingress hooks: auto, true or false")
+	fl.BoolVar(&f.captureDNS, "capture-dns", false, "send pods' DNS (UDP port 53) to ztunnel's DNS proxy on 15053")
+	fl.BoolVar(&f.failOpen, "fail-open", false, "let captured traffic pass while ztunnel is not ready (default: drop it, fail closed)")
+	fl.StringVar(&f.ztunnelSelector, "ztunnel-selector", agent.DefaultZtunnelSelector, "label selector of ztunnel's pods")
+	fl.StringSliceVar(&f.excluded, "exclude-namespaces", agent.DefaultExcludedNamespaces, "namespaces whose pods are never captured")
+	fl.StringVar(&f.configFile, "config-file", agent.DefaultConfigFile, "where the ambient config ({\"ztunnelReady\":...}) is written")
+	fl.StringSliceVar(&f.nodeIPs, "node-ip", nil, "the node's own IPs, which kubelet probes come from (default: the hostIPs the kubelet reports on this node's pods)")
+	fl.StringSliceVar(&f.netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's")
+	fl.DurationVar(&f.resyncPeriod, "resync-period", agent.DefaultResyncPeriod, "how often the whole node is reconciled besides on every change")
+	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// validate checks the flags before anything is touched, so that a wrong
+// flag fails at start with a message that names it.
+func (f *agentFlags) config() (agent.Config, error) {
+	var cfg agent.Config
+	if f.nodeName == "" {
+		return cfg, fmt.Errorf("no node name: set --node-name or NODE_NAME (the downward API's spec.nodeName)")
+	}
+	mode, err := tc.ParseMode(f.attachMode)
+	if err != nil {
+		return cfg, fmt.Errorf("invalid --attach-mode: %w", err)
+	}
+	var peer *bool
+	switch f.redirectPeer {
+	case "auto":
+	case "true", "false":
+		v := f.redirectPeer == "true"
+		peer = &v
+	default:
+		return cfg, fmt.Errorf("invalid --redirect-peer %q: want auto, true or false", f.redirectPeer)
+	}
+	if f.podsMaxEntries == 0 {
+		return cfg, fmt.Errorf("invalid --pods-max-entries 0: the pods map needs room")
+	}
+	if f.resyncPeriod < time.Second {
+		return cfg, fmt.Errorf("invalid --resync-period %s: at least 1s", f.resyncPeriod)
+	}
+	var nodeIPs []netip.Addr
+	for _, s := range f.nodeIPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return cfg, fmt.Errorf("invalid --node-ip %q: %w", s, err)
+		}
+		nodeIPs = append(nodeIPs, ip.Unmap())
+	}
+	log, err := newLogger(f.logFormat, f.logLevel)
+	if err != nil {
+		return cfg, err
+	}
+	cfg = agent.Config{
+		NodeName: f.nodeName,
+		Dataplane: dataplane.Config{PinDir: f.pinDir, PodsMaxEntries: f.podsMaxEntries, AttachMode: mode, Priority: f.priority,
+			RedirectPeer: peer, CaptureDNS: f.captureDNS, FailOpen: f.failOpen},
+		ExcludedNamespaces: f.excluded,
+		ZtunnelSelector:    f.ztunnelSelector,
+		ConfigFile:         f.configFile,
+		NodeIPs:            nodeIPs,
+		ResyncPeriod:       f.resyncPeriod,
+		Log:                log,
+	}
+	cfg.Resolve.NetnsDirs = f.netnsDirs
+	return cfg, nil
+}
+
+func newLogger(format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("invalid --log-format %q: want json or text", format)
+}
+
+// kubeClient builds a client from a kubeconfig, or the in-cluster service
+// account when kubeconfig is empty.
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var (
+		rc  *rest.Config
+		err error
+	)
+	if kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster config: %w (outside a pod, pass --kubeconfig)", err)
+		}
+	} else if rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+	}
+	rc.UserAgent = "meshredirect"
+	return kubernetes.NewForConfig(rc)
+}
+
+func newAgentCmd() *cobra.Command {
+	var f agentFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: capture every ambient pod of this node into ztunnel",
+		Long: `agent watches the pods of this node (spec.nodeName = --node-name) and the
+namespaces, and keeps the datapath in step: every ambient pod (label
+istio.io/dataplane-mode=ambient on the pod or its namespace) gets the
+redirection programs on its veth and its IPs in the pods map; pods that leave
+the mesh or go away lose them. It tracks the node's ztunnel (the newest Ready
+pod matching --ztunnel-selector) and fails closed without one.
+
+Capture outlives the agent: on SIGTERM it stops watching and leaves every
+program and pin in place, and a restarted agent takes them over without a gap.
+'meshredirect uninstall' removes everything.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			if cfg.Client, err = kubeClient(f.kubeconfig); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			return a.Run(ctx)
+		},
+	}
+	f.register(cmd)
+	return cmd
+}
+
+func newUninstallCmd() *cobra.Command {
+	var (
+		pinDir     string
+		netnsDirs  []string
+		configFile string
+		kubeconfig string
+		nodeName   string
+	)
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove everything meshredirect made on this node",
+		Long: `uninstall removes what the agent made on this node: the programs on every
+interface (filters and tcx links, and the qdiscs it created), ztunnel's
+policy routing rules, the pins under --pin-dir, the ambient config file, and,
+when the API is reachable, the enrolment annotation of this node's pods. Run
+it after stopping the agent; pods' traffic is no longer captured afterwards.
+It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
+(every other interface keeping its effective value), is left as it is.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			var errs []string
+			ztNetns, err := ztunnelNetns(pinDir, netnsDirs)
+			if err != nil {
+				fmt.Fprintf(out, "ztunnel's netns not found (%v): its rules stay until its pod goes\n", err)
+			}
+			if err := dataplane.Uninstall(dataplane.Config{PinDir: pinDir}, ztNetns...); err != nil {
+				errs = append(errs, err.Error())
+			} else {
+				fmt.Fprintf(out, "removed programs, links and pins (%s)\n", pinDir)
+			}
+			if err := os.Remove(configFile); err == nil {
+				fmt.Fprintf(out, "removed %s\n", configFile)
+			} else if !os.IsNotExist(err) {
+				errs = append(errs, err.Error())
+			}
+			if nodeName != "" {
+				client, err := kubeClient(kubeconfig)
+				if err == nil {
+					var n int
+					n, err = agent.RemoveAnnotations(cmd.Context(), client, nodeName)
+					fmt.Fprintf(out, "removed the enrolment annotation from %d pods\n", n)
+				}
+				if err != nil {
+					errs = append(errs, "annotations: "+err.Error())
+				}
+			}
+			if len(errs) > 0 {
+				return fmt.Errorf("uninstall incomplete:\n  %s", strings.Join(errs, "\n  "))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
+	cmd.Flags().StringSliceVar(&netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's")
+	cmd.Flags().StringVar(&configFile, "config-file", agent.DefaultConfigFile, "the ambient config file to remove")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
+	cmd.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "remove the enrolment annotation from this node's pods (empty: skip)")
+	return cmd
+}
+
+// ztunnelNetns finds ztunnel's netns from the kernel (see agent.ZtunnelNetns).
+func ztunnelNetns(pinDir string, netnsDirs []string) ([]string, error) {
+	return agent.ZtunnelNetns(tcPinDir(pinDir), resolve.Config{NetnsDirs: netnsDirs})
+}

@@ -1,9 +1,11 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -35,4 +37,17 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// retryDump runs a netlink dump until it is not interrupted by a concurrent
+// change (NLM_F_DUMP_INTR, which vishvananda/netlink reports as
+// ErrDumpInterrupted with partial results), at most five times.
+func retryDump(dump func() error) error {
+	var err error
+	for i := 0; i < 5; i++ {
+		if err = dump(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return err
+		}
+	}
+	return err
 }

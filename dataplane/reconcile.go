@@ -217,7 +217,11 @@ func removeZtunnelRouting(path string) error {
 	defer h.Close()
 	var errs []error
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rules, err := h.RuleList(fam)
+		var rules []netlink.Rule
+		err := retryDump(func() (err error) {
+			rules, err = h.RuleList(fam)
+			return err
+		})
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -230,7 +234,11 @@ func removeZtunnelRouting(path string) error {
 				}
 			}
 		}
-		routes, err := h.RouteListFiltered(fam, &netlink.Route{Table: mrasm.TProxyTable}, netlink.RT_FILTER_TABLE)
+		var routes []netlink.Route
+		err = retryDump(func() (err error) {
+			routes, err = h.RouteListFiltered(fam, &netlink.Route{Table: mrasm.TProxyTable}, netlink.RT_FILTER_TABLE)
+			return err
+		})
 		if err != nil {
 			errs = append(errs, err)
 			continue

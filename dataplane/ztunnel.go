@@ -209,7 +209,11 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 // ensureMarkRule adds `fwmark TProxyMark/TProxyMask lookup TProxyTable` for
 // family unless it is there.
 func ensureMarkRule(h *netlink.Handle, family int) error {
-	rules, err := h.RuleList(family)
+	var rules []netlink.Rule
+	err := retryDump(func() (err error) {
+		rules, err = h.RuleList(family)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("list rules in ztunnel's netns: %w", err)
 	}

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -196,6 +197,12 @@ func waitIPv6(h *netlink.Handle, link netlink.Link, addrs ...netip.Addr) error {
 		if ready && link != nil {
 			ready = false
 			list, err := h.AddrList(link, unix.AF_INET6)
+			if errors.Is(err, netlink.ErrDumpInterrupted) {
+				// The addresses changed during the dump (addrconf at
+				// work): look again.
+				time.Sleep(pause)
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 			}

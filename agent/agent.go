@@ -149,7 +149,6 @@ func (a *Agent) Ready() bool { return a.ready.Load() }
 // pods; `meshredirect uninstall` removes everything.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.close()
-	a.bcast.StartStructuredLogging(0)
 	a.bcast.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.cfg.Client.CoreV1().Events("")})
 	defer a.bcast.Shutdown()
 

@@ -27,6 +27,7 @@ import (
 // variable of the same name in upper case with MESHREDIRECT_ in front.
 type agentFlags struct {
 	nodeName        string
+	nodeNetns       string
 	kubeconfig      string
 	pinDir          string
 	podsMaxEntries  uint32
@@ -48,6 +49,7 @@ type agentFlags struct {
 func (f *agentFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this agent serves (default $NODE_NAME, from the downward API)")
+	fl.StringVar(&f.nodeNetns, "node-netns", "", "the node's network namespace as a path, if the agent does not run in it (default: this process's; the DaemonSet runs on the host network)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
 	fl.StringVar(&f.pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
 	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", maps.DefaultPodsMaxEntries, "capacity of the pods map, one entry per pod IP (changing it needs `meshredirect uninstall` first)")
@@ -106,7 +108,7 @@ func (f *agentFlags) config() (agent.Config, error) {
 	}
 	cfg = agent.Config{
 		NodeName: f.nodeName,
-		Dataplane: dataplane.Config{PinDir: f.pinDir, PodsMaxEntries: f.podsMaxEntries, AttachMode: mode, Priority: f.priority,
+		Dataplane: dataplane.Config{NodeNetns: f.nodeNetns, PinDir: f.pinDir, PodsMaxEntries: f.podsMaxEntries, AttachMode: mode, Priority: f.priority,
 			RedirectPeer: peer, CaptureDNS: f.captureDNS, FailOpen: f.failOpen},
 		ExcludedNamespaces: f.excluded,
 		ZtunnelSelector:    f.ztunnelSelector,

@@ -1,0 +1,221 @@
+package agent_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/tc"
+	"github.com/meshredirect/meshredirect/testenv/kubeapi"
+	"github.com/meshredirect/meshredirect/testenv/scenario"
+)
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// meshredirectBinary builds cmd/meshredirect once per test run.
+func meshredirectBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "meshredirect-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "meshredirect")
+		out, err := exec.Command("go", "build", "-o", binary, "../cmd/meshredirect").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// agentProcess is `meshredirect agent` running inside the node's netns.
+type agentProcess struct {
+	cmd   *exec.Cmd
+	ready chan struct{}
+	done  chan struct{}
+	mu    sync.Mutex
+	log   []string
+}
+
+func (e *env) startAgentProcess(t *testing.T) *agentProcess {
+	t.Helper()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.ServiceAccount(agentNamespace, agentSA).Name), 0o600))
+	// The agent runs in the test's netns, where the API server's loopback
+	// address is, and works in the node's through --node-netns.
+	cmd := exec.Command(meshredirectBinary(t), "agent", "--node-netns", e.box.Node.Path(),
+		"--node-name", e.nodeName, "--kubeconfig", kubeconfig, "--pin-dir", e.pinDir,
+		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--log-format", "text")
+	stderr, err := cmd.StderrPipe()
+	must(t, err)
+	p := &agentProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{})}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	must(t, cmd.Start())
+	go func() {
+		defer close(p.done)
+		s := bufio.NewScanner(stderr)
+		readyOnce := sync.Once{}
+		for s.Scan() {
+			line := s.Text()
+			p.mu.Lock()
+			p.log = append(p.log, line)
+			p.mu.Unlock()
+			if strings.Contains(line, "agent ready") {
+				readyOnce.Do(func() { close(p.ready) })
+			}
+		}
+		cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("agent log:\n%s", p.output())
+		}
+	})
+	select {
+	case <-p.ready:
+	case <-p.done:
+		t.Fatalf("the agent exited before it was ready:\n%s", p.output())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the agent was not ready after 30s:\n%s", p.output())
+	}
+	return p
+}
+
+func (p *agentProcess) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.log, "\n")
+}
+
+func (p *agentProcess) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	must(t, p.cmd.Process.Signal(sig))
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the agent did not exit on %s", sig)
+	}
+}
+
+// stream sends a request through an enrolled pod every few milliseconds
+// until stopped, counting failures: each one a new TCP connection from the
+// client to the remote host, through ztunnel.
+type stream struct {
+	ok, failed atomic.Int64
+	firstErr   atomic.Value
+	stop       context.CancelFunc
+	done       chan struct{}
+}
+
+func startStream(b *scenario.Box) *stream {
+	b.Echo(b.Remote, scenario.EchoPort)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &stream{stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for i := 0; ctx.Err() == nil; i++ {
+			v6 := i%2 == 1
+			if _, err := scenario.Exchange(&b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort), 3*time.Second); err != nil {
+				s.failed.Add(1)
+				s.firstErr.CompareAndSwap(nil, err.Error())
+			} else {
+				s.ok.Add(1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return s
+}
+
+func (s *stream) finish() (ok, failed int64, firstErr any) {
+	s.stop()
+	<-s.done
+	return s.ok.Load(), s.failed.Load(), s.firstErr.Load()
+}
+
+// TestRestartWithoutGap kills the agent (SIGKILL) while a client streams
+// requests through an enrolled pod, deletes a pod while no agent runs, and
+// starts a new agent: no request fails, no filter is duplicated, and the
+// deleted pod's leftovers are removed. Then SIGTERM leaves capture in place.
+func TestRestartWithoutGap(t *testing.T) {
+	e := newEnv(t)
+	b := e.box
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	first := e.startAgentProcess(t)
+	set := e.maps()
+	e.waitFor("client and server enrolled", 10*time.Second, func() bool { return e.enrolled(set, b.Client) && e.enrolled(set, b.Server) })
+
+	s := startStream(b)
+	time.Sleep(time.Second)
+	first.signal(t, syscall.SIGKILL)
+
+	// While no agent runs: the server pod goes away.
+	e.deletePod(b.Server, e.ns)
+	time.Sleep(500 * time.Millisecond)
+	if e.absent(set, b.Server) {
+		t.Fatal("the server's entries went away with no agent running")
+	}
+
+	second := e.startAgentProcess(t)
+	e.waitFor("the deleted pod's entries removed", 10*time.Second, func() bool { return e.absent(set, b.Server) })
+	time.Sleep(time.Second)
+
+	// A graceful stop leaves capture in place.
+	second.signal(t, syscall.SIGTERM)
+	time.Sleep(time.Second)
+	ok, failed, firstErr := s.finish()
+	t.Logf("requests through the restarts: %d ok, %d failed", ok, failed)
+	if failed != 0 {
+		t.Errorf("%d requests failed across the restart (first: %v)", failed, firstErr)
+	}
+	if ok < 20 {
+		t.Errorf("only %d requests went through", ok)
+	}
+	if n := len(b.RecordsFrom(b.Client.IPv4)) + len(b.RecordsFrom(b.Client.IPv6)); int64(n) < ok {
+		t.Errorf("the stand-in carried %d flows of the client, fewer than the %d requests", n, ok)
+	}
+	if !strings.Contains(second.output(), "agent stopped; capture stays in place") {
+		t.Errorf("no log line for the graceful stop:\n%s", second.output())
+	}
+
+	all, err := e.attachments()
+	must(t, err)
+	perHook := map[string]int{}
+	for _, a := range all {
+		perHook[fmt.Sprintf("%d/%s", a.Ifindex, a.Direction)]++
+		if a.Defunct {
+			t.Errorf("defunct attachment left: %s", a)
+		}
+	}
+	for hook, n := range perHook {
+		if n != 1 {
+			t.Errorf("%d attachments on %s, want 1: %v", n, hook, all)
+		}
+	}
+	for _, dir := range []tc.Direction{tc.Ingress, tc.Egress} {
+		if perHook[fmt.Sprintf("%d/%s", b.Client.HostVethIndex, dir)] != 1 {
+			t.Errorf("the client has no program on its %s after the stop", dir)
+		}
+	}
+}

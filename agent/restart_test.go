@@ -219,3 +219,48 @@ func TestRestartWithoutGap(t *testing.T) {
 		}
 	}
 }
+
+// TestUninstall: `meshredirect uninstall` removes everything the agent made
+// on the node: programs, links, pins, ztunnel's rules, the config file,
+// and the pods' enrolment annotations.
+func TestUninstall(t *testing.T) {
+	e := newEnv(t)
+	b := e.box
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	p := e.startAgentProcess(t)
+	e.waitFor("the client annotated", 10*time.Second, func() bool { return e.annotation(e.ns, b.Client.Name) == agent.RedirectionEnabled })
+	p.signal(t, syscall.SIGTERM)
+
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.AdminUser), 0o600))
+	out, err := exec.Command(meshredirectBinary(t), "uninstall", "--node-netns", b.Node.Path(), "--pin-dir", e.pinDir,
+		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--kubeconfig", kubeconfig, "--node-name", e.nodeName).CombinedOutput()
+	if err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	t.Logf("uninstall:\n%s", out)
+	if entries, err := os.ReadDir(e.pinDir); err == nil {
+		t.Errorf("pins left: %v", entries)
+	}
+	if _, err := os.Stat(e.configFile); !os.IsNotExist(err) {
+		t.Errorf("config file left: %v", err)
+	}
+	for _, pod := range []string{b.Client.Name, b.Server.Name} {
+		if a := e.annotation(e.ns, pod); a != "" {
+			t.Errorf("pod %s still annotated %q", pod, a)
+		}
+	}
+	must(t, b.Ztunnel.Do(func() error {
+		out, err := exec.Command("ip", "rule").CombinedOutput()
+		if strings.Contains(string(out), "0x400") {
+			t.Errorf("ztunnel's rule left:\n%s", out)
+		}
+		return err
+	}))
+	b.Echo(b.Remote, scenario.EchoPort)
+	for _, v6 := range []bool{false, true} {
+		if o := scenario.Observe(b, &b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort)); o.Path != scenario.Direct || o.Err != nil {
+			t.Errorf("after uninstall: path %q (%v), want direct", o.Path, o.Err)
+		}
+	}
+}

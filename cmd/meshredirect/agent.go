@@ -194,6 +194,7 @@ program and pin in place, and a restarted agent takes them over without a gap.
 
 func newUninstallCmd() *cobra.Command {
 	var (
+		nodeNetns  string
 		pinDir     string
 		netnsDirs  []string
 		configFile string
@@ -214,11 +215,11 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
 			var errs []string
-			ztNetns, err := ztunnelNetns(pinDir, netnsDirs)
+			ztNetns, err := ztunnelNetns(nodeNetns, pinDir, netnsDirs)
 			if err != nil {
 				fmt.Fprintf(out, "ztunnel's netns not found (%v): its rules stay until its pod goes\n", err)
 			}
-			if err := dataplane.Uninstall(dataplane.Config{PinDir: pinDir}, ztNetns...); err != nil {
+			if err := dataplane.Uninstall(dataplane.Config{NodeNetns: nodeNetns, PinDir: pinDir}, ztNetns...); err != nil {
 				errs = append(errs, err.Error())
 			} else {
 				fmt.Fprintf(out, "removed programs, links and pins (%s)\n", pinDir)
@@ -245,6 +246,7 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&nodeNetns, "node-netns", "", "the node's network namespace as a path, if this process does not run in it")
 	cmd.Flags().StringVar(&pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
 	cmd.Flags().StringSliceVar(&netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's")
 	cmd.Flags().StringVar(&configFile, "config-file", agent.DefaultConfigFile, "the ambient config file to remove")
@@ -254,6 +256,6 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 }
 
 // ztunnelNetns finds ztunnel's netns from the kernel (see agent.ZtunnelNetns).
-func ztunnelNetns(pinDir string, netnsDirs []string) ([]string, error) {
-	return agent.ZtunnelNetns(tcPinDir(pinDir), resolve.Config{NetnsDirs: netnsDirs})
+func ztunnelNetns(nodeNetns, pinDir string, netnsDirs []string) ([]string, error) {
+	return agent.ZtunnelNetns(tcPinDir(pinDir), resolve.Config{NodeNetns: nodeNetns, NetnsDirs: netnsDirs})
 }

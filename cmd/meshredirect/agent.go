@@ -44,6 +44,7 @@ type agentFlags struct {
 	resyncPeriod    time.Duration
 	logFormat       string
 	logLevel        string
+	metricsAddr     string
 }
 
 func (f *agentFlags) register(cmd *cobra.Command) {
@@ -52,7 +53,7 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.nodeNetns, "node-netns", "", "the node's network namespace as a path, if the agent does not run in it (default: this process's; the DaemonSet runs on the host network)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
 	fl.StringVar(&f.pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
-	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", maps.DefaultPodsMaxEntries, "capacity of the pods map, one entry per pod IP (changing it needs `meshredirect uninstall` first)")
+	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", maps.DefaultPodsMaxEntries, "capacity of the pods map, one entry per pod IP (changing it needs meshredirect uninstall first)")
 	fl.StringVar(&f.attachMode, "attach-mode", "auto", "attach programs as tcx links (kernel 6.6+) or legacy tc filters: auto, tcx or tc")
 	fl.Uint16Var(&f.priority, "priority", tc.DefaultPriority, "priority of the legacy tc filters (Cilium uses 1)")
 	fl.StringVar(&f.redirectPeer, "redirect-peer", "auto", "use bpf_redirect_peer (kernel 5.10+) from ingress hooks: auto, true or false")
@@ -66,6 +67,7 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.DurationVar(&f.resyncPeriod, "resync-period", agent.DefaultResyncPeriod, "how often the whole node is reconciled besides on every change")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", ":15014", "address of the HTTP server for /metrics (Prometheus), /healthz and /readyz; empty: none")
 }
 
 // validate checks the flags before anything is touched, so that a wrong

@@ -101,6 +101,10 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(newStatsCollector(a.dp.Maps().Stats))
+	}
+
 	a.bcast = record.NewBroadcaster()
 	a.events = a.bcast.NewRecorder(scheme(), corev1.EventSource{Component: "meshredirect", Host: cfg.NodeName})
 

@@ -276,3 +276,30 @@ func TestAccessors(t *testing.T) {
 		t.Errorf("Read returned %d verdicts, want %d", len(stats), len(maps.Verdicts()))
 	}
 }
+
+func TestOpenPinned(t *testing.T) {
+	dir := pinDir(t)
+	if _, err := maps.OpenPinned(dir); !errors.Is(err, maps.ErrNoPins) {
+		t.Fatalf("OpenPinned with nothing pinned: %v, want ErrNoPins", err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Error("OpenPinned created the pin directory")
+	}
+	set, err := maps.Open(maps.Options{PinDir: dir, PodsMaxEntries: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must := netip.MustParseAddr("198.18.1.1")
+	if err := set.Pods.Put(must, maps.Pod{Ifindex: 3}); err != nil {
+		t.Fatal(err)
+	}
+	set.Close()
+	ro, err := maps.OpenPinned(dir)
+	if err != nil {
+		t.Fatalf("OpenPinned of a 1024-entry pods map: %v", err)
+	}
+	defer ro.Close()
+	if p, err := ro.Pods.Get(must); err != nil || p.Ifindex != 3 {
+		t.Errorf("entry through OpenPinned: %+v %v", p, err)
+	}
+}

@@ -82,6 +82,48 @@ func Open(opts Options) (*Set, error) {
 	return s, nil
 }
 
+// ErrNoPins is returned by OpenPinned when a map is not pinned: no agent
+// has run on this node (or uninstall removed everything).
+var ErrNoPins = errors.New("no meshredirect pins")
+
+// OpenPinned opens the pinned maps under dir without ever creating one, for
+// tools that look at a node (status) while an agent may or may not run. A
+// missing pin is an error wrapping ErrNoPins; an incompatible one wraps
+// ErrIncompatiblePin.
+func OpenPinned(dir string) (*Set, error) {
+	if err := removeMemlock(); err != nil {
+		return nil, err
+	}
+	opened := map[string]*ebpf.Map{}
+	fail := func(err error) (*Set, error) {
+		for _, m := range opened {
+			m.Close()
+		}
+		return nil, err
+	}
+	for name, spec := range Specs(0) {
+		path := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			return fail(fmt.Errorf("%w under %s (has the agent run on this node? is bpffs mounted at /sys/fs/bpf?)", ErrNoPins, dir))
+		}
+		if err != nil {
+			return fail(fmt.Errorf("open pinned map %s: %w", path, err))
+		}
+		opened[name] = m
+		if name == PodsName {
+			// Any size the agent was configured with.
+			spec = spec.Copy()
+			spec.MaxEntries = m.MaxEntries()
+		}
+		if err := compatible(spec, m); err != nil {
+			return fail(fmt.Errorf("pinned map %s: %w", path, err))
+		}
+	}
+	return &Set{Pods: &Pods{opened[PodsName]}, Ztunnel: &ZtunnelMap{opened[ZtunnelName]},
+		Node: &Node{opened[NodeName]}, Stats: &Stats{opened[StatsName]}}, nil
+}
+
 // Maps returns the maps by reference name, the form that
 // ebpf.CollectionOptions.MapReplacements takes.
 func (s *Set) Maps() map[string]*ebpf.Map {

@@ -183,11 +183,23 @@ program and pin in place, and a restarted agent takes them over without a gap.
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			reg := agent.NewRegistry()
+			cfg.Metrics = reg
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
 			}
-			return a.Run(ctx)
+			errc := make(chan error, 2)
+			if f.metricsAddr != "" {
+				go func() {
+					if err := a.Serve(ctx, f.metricsAddr, reg); err != nil {
+						stop() // without probes the kubelet would restart us anyway
+						errc <- err
+					}
+				}()
+			}
+			errc <- a.Run(ctx)
+			return <-errc
 		},
 	}
 	f.register(cmd)

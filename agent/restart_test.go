@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -64,7 +65,7 @@ func (e *env) startAgentProcess(t *testing.T) *agentProcess {
 	// address is, and works in the node's through --node-netns.
 	cmd := exec.Command(meshredirectBinary(t), "agent", "--node-netns", e.box.Node.Path(),
 		"--node-name", e.nodeName, "--kubeconfig", kubeconfig, "--pin-dir", e.pinDir,
-		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--log-format", "text")
+		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
 	stderr, err := cmd.StderrPipe()
 	must(t, err)
 	p := &agentProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{})}
@@ -263,4 +264,62 @@ func TestUninstall(t *testing.T) {
 			t.Errorf("after uninstall: path %q (%v), want direct", o.Path, o.Err)
 		}
 	}
+}
+
+// TestStatusWhileAgentDown: `meshredirect status` shows the enrolled pods
+// (named from the API), ztunnel and the programs from the pins and the
+// kernel after the agent has stopped.
+func TestStatusWhileAgentDown(t *testing.T) {
+	e := newEnv(t)
+	b := e.box
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	p := e.startAgentProcess(t)
+	e.waitFor("the client annotated", 10*time.Second, func() bool { return e.annotation(e.ns, b.Client.Name) == agent.RedirectionEnabled })
+	runFlow(t, b, "1")
+	p.signal(t, syscall.SIGTERM)
+
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.AdminUser), 0o600))
+	args := []string{"status", "--node-netns", b.Node.Path(), "--pin-dir", e.pinDir, "--kubeconfig", kubeconfig, "--node-name", e.nodeName}
+	out, err := exec.Command(meshredirectBinary(t), append(args, "--json")...).Output()
+	if err != nil {
+		t.Fatalf("status --json: %v", err)
+	}
+	var st agent.Status
+	must(t, json.Unmarshal(out, &st))
+	if len(st.Pods) != 2 {
+		t.Fatalf("status shows %d pods, want 2: %+v", len(st.Pods), st.Pods)
+	}
+	for _, pod := range st.Pods {
+		if pod.Namespace != e.ns || (pod.Name != b.Client.Name && pod.Name != b.Server.Name) || len(pod.IPs) != 2 || pod.Mode == "missing" || pod.PacketsOut == 0 {
+			t.Errorf("pod status %+v", pod)
+		}
+	}
+	if !st.Ztunnel.Ready || st.Ztunnel.Ifindex != b.Ztunnel.HostVethIndex || len(st.Ztunnel.IPs) != 2 {
+		t.Errorf("ztunnel status %+v", st.Ztunnel)
+	}
+	if len(st.Problems) != 0 {
+		t.Errorf("problems: %v", st.Problems)
+	}
+	names := map[string]bool{}
+	for _, prog := range st.Programs {
+		names[prog.Name] = true
+		if !prog.Current {
+			t.Errorf("program %s (tag %s) is not this build's", prog.Name, prog.Tag)
+		}
+	}
+	if len(names) != 3 { // ztunnel_assign lives in ztunnel's netns
+		t.Errorf("programs in the node's netns: %v", st.Programs)
+	}
+	if st.Verdicts["redirected_out"].Packets == 0 {
+		t.Errorf("verdicts: %v", st.Verdicts)
+	}
+	table, err := exec.Command(meshredirectBinary(t), args...).Output()
+	must(t, err)
+	for _, s := range []string{e.ns + "/" + b.Client.Name, "ztunnel: ", "ready yes", "THIS BUILD", "redirected_out"} {
+		if !strings.Contains(string(table), s) {
+			t.Errorf("status table lacks %q:\n%s", s, table)
+		}
+	}
+	t.Logf("status:\n%s", table)
 }

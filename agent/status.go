@@ -1,0 +1,380 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/tc"
+)
+
+// Status is what `meshredirect status` shows: the node's datapath as the
+// kernel and the pins hold it, whether or not an agent runs.
+type Status struct {
+	Kernel   string                  `json:"kernel"`
+	Features Features                `json:"features"`
+	NodeIPs  []string                `json:"nodeIPs"`
+	Ztunnel  ZtunnelStatus           `json:"ztunnel"`
+	Pods     []PodStatus             `json:"pods"`
+	Programs []ProgramStatus         `json:"programs"`
+	Verdicts map[string]maps.Counter `json:"verdicts"`
+	// Problems are inconsistencies worth a look (a pod without its
+	// programs, programs without a pod, ztunnel not ready, ...).
+	Problems []string `json:"problems"`
+}
+
+// Features are the kernel features the datapath picks at run time.
+type Features struct {
+	RedirectPeer bool `json:"redirectPeer"`
+	TCX          bool `json:"tcx"`
+	// AttachModes are the modes of the attachments found (tc, tcx).
+	AttachModes []string `json:"attachModes"`
+}
+
+// ZtunnelStatus is the ztunnel map's entry.
+type ZtunnelStatus struct {
+	Interface  string   `json:"interface"`
+	Ifindex    int      `json:"ifindex"`
+	MAC        string   `json:"mac"`
+	IPs        []string `json:"ips"`
+	Ready      bool     `json:"ready"`
+	CaptureDNS bool     `json:"captureDNS"`
+	FailOpen   bool     `json:"failOpen"`
+}
+
+// PodStatus is one enrolled pod: its entries in the pods map grouped by
+// host veth, the programs on that veth, and the veth's counters.
+type PodStatus struct {
+	// Namespace and Name come from the API; empty when it is not reachable.
+	Namespace string   `json:"namespace,omitempty"`
+	Name      string   `json:"name,omitempty"`
+	IPs       []string `json:"ips"`
+	Interface string   `json:"interface"`
+	Ifindex   int      `json:"ifindex"`
+	// Mode is the attach mode of its programs: tc, tcx, or "missing".
+	Mode string `json:"mode"`
+	// PacketsOut and PacketsIn are the veth's counters: packets the pod
+	// sent (the app_outbound program saw each one) and packets sent to
+	// it. The per-verdict split is node-wide (Verdicts).
+	PacketsOut uint64 `json:"packetsOut"`
+	PacketsIn  uint64 `json:"packetsIn"`
+}
+
+// ProgramStatus is one program found attached.
+type ProgramStatus struct {
+	Name        string    `json:"name"`
+	ID          uint32    `json:"id"`
+	Tag         string    `json:"tag"`
+	LoadedAt    time.Time `json:"loadedAt,omitzero"`
+	Attachments int       `json:"attachments"`
+	// Current says whether its instructions are those this binary
+	// generates for this kernel: false after an upgrade until the new agent
+	// has replaced it.
+	Current bool `json:"current"`
+}
+
+// StatusOptions say where to look.
+type StatusOptions struct {
+	NodeNetns string
+	PinDir    string
+	// Client and NodeName, if set, name the pods from the API.
+	Client   kubernetes.Interface
+	NodeName string
+}
+
+// NodeStatus gathers the node's Status.
+func NodeStatus(ctx context.Context, o StatusOptions) (Status, error) {
+	st := Status{Verdicts: map[string]maps.Counter{}}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		st.Kernel = unix.ByteSliceToString(uts.Release[:])
+	}
+	opts, err := mrasm.Detect()
+	if err != nil {
+		return st, err
+	}
+	st.Features.RedirectPeer = opts.RedirectPeer
+
+	set, err := maps.OpenPinned(o.PinDir)
+	if err != nil {
+		return st, err
+	}
+	defer set.Close()
+
+	h, closeNS, err := nodeHandle(o.NodeNetns)
+	if err != nil {
+		return st, err
+	}
+	defer closeNS()
+	st.Features.TCX = haveTCX()
+
+	m, err := tc.New(tc.Config{NetnsPath: o.NodeNetns, PinDir: filepath.Join(o.PinDir, "tc")})
+	if err != nil {
+		return st, err
+	}
+	defer m.Close()
+	attachments, err := m.ListAll()
+	if err != nil {
+		return st, err
+	}
+
+	// Node and ztunnel.
+	v4, v6, err := set.Node.Get()
+	if err != nil {
+		return st, err
+	}
+	for _, ip := range []netip.Addr{v4, v6} {
+		if ip.IsValid() {
+			st.NodeIPs = append(st.NodeIPs, ip.String())
+		}
+	}
+	zt, err := set.Ztunnel.Get()
+	if err != nil {
+		return st, err
+	}
+	st.Ztunnel = ZtunnelStatus{Ifindex: int(zt.Ifindex), MAC: fmtMAC(zt.MAC),
+		Ready: zt.Flags&maps.ZtunnelReady != 0, CaptureDNS: zt.Flags&maps.ZtunnelCaptureDNS != 0, FailOpen: zt.Flags&maps.ZtunnelFailOpen != 0}
+	for _, raw := range [][16]byte{zt.IPv4, zt.IPv6} {
+		if raw != ([16]byte{}) {
+			st.Ztunnel.IPs = append(st.Ztunnel.IPs, netip.AddrFrom16(raw).Unmap().String())
+		}
+	}
+	if l, err := h.LinkByIndex(int(zt.Ifindex)); err == nil {
+		st.Ztunnel.Interface = l.Attrs().Name
+	} else if zt.Ifindex != 0 {
+		st.Problems = append(st.Problems, fmt.Sprintf("ztunnel's veth (ifindex %d) is gone", zt.Ifindex))
+	}
+	switch {
+	case zt.Ifindex == 0:
+		st.Problems = append(st.Problems, "no ztunnel set up: ambient pods' traffic is dropped")
+	case !st.Ztunnel.Ready && !st.Ztunnel.FailOpen:
+		st.Problems = append(st.Problems, "ztunnel not ready: ambient pods' traffic is dropped (fail closed)")
+	case !st.Ztunnel.Ready:
+		st.Problems = append(st.Problems, "ztunnel not ready: ambient pods' traffic passes uncaptured (fail open)")
+	}
+
+	// Pods, by veth.
+	entries, err := set.Pods.All()
+	if err != nil {
+		return st, err
+	}
+	byIf := map[int]*PodStatus{}
+	for ip, e := range entries {
+		p := byIf[int(e.Ifindex)]
+		if p == nil {
+			p = &PodStatus{Ifindex: int(e.Ifindex)}
+			byIf[int(e.Ifindex)] = p
+		}
+		p.IPs = append(p.IPs, ip.String())
+	}
+	names := podNames(ctx, o)
+	modes := map[string]bool{}
+	for _, a := range attachments {
+		modes[a.Mode.String()] = true
+	}
+	for mode := range modes {
+		st.Features.AttachModes = append(st.Features.AttachModes, mode)
+	}
+	sort.Strings(st.Features.AttachModes)
+	for ifindex, p := range byIf {
+		sort.Strings(p.IPs)
+		if l, err := h.LinkByIndex(ifindex); err == nil {
+			p.Interface = l.Attrs().Name
+			if s := l.Attrs().Statistics; s != nil {
+				p.PacketsOut, p.PacketsIn = s.RxPackets, s.TxPackets
+			}
+		} else {
+			st.Problems = append(st.Problems, fmt.Sprintf("pods map entries %v point at ifindex %d, which is gone", p.IPs, ifindex))
+		}
+		p.Mode = podMode(attachments, ifindex)
+		if p.Mode == "missing" {
+			st.Problems = append(st.Problems, fmt.Sprintf("pod %v on %s has its map entries but not both programs", p.IPs, p.Interface))
+		}
+		for _, ip := range p.IPs {
+			if n, ok := names[ip]; ok {
+				p.Namespace, p.Name = n[0], n[1]
+			}
+		}
+		st.Pods = append(st.Pods, *p)
+	}
+	sort.Slice(st.Pods, func(i, j int) bool {
+		a, b := st.Pods[i], st.Pods[j]
+		if a.Namespace+a.Name != b.Namespace+b.Name {
+			return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+		}
+		return a.Ifindex < b.Ifindex
+	})
+	for _, a := range attachments {
+		prog := a.Name
+		if prog == "" {
+			prog = a.ProgramName
+		}
+		if (prog == mrasm.AppOutbound || prog == mrasm.AppInbound) && byIf[a.Ifindex] == nil {
+			st.Problems = append(st.Problems, fmt.Sprintf("%s on %s belongs to no enrolled pod (the agent removes it at its next reconcile)", prog, a.Ifname))
+		}
+		if a.Defunct {
+			st.Problems = append(st.Problems, fmt.Sprintf("defunct tcx link %s (its interface is gone)", a.PinPath))
+		}
+	}
+
+	st.Programs = programStatus(attachments)
+	counters, err := set.Stats.Read()
+	if err != nil {
+		return st, err
+	}
+	for v, c := range counters {
+		st.Verdicts[v.String()] = c
+	}
+	return st, nil
+}
+
+func podMode(attachments []tc.Attachment, ifindex int) string {
+	var modes []string
+	dirs := 0
+	for _, a := range attachments {
+		if a.Ifindex == ifindex && !a.Defunct {
+			dirs++
+			if !slices.Contains(modes, a.Mode.String()) {
+				modes = append(modes, a.Mode.String())
+			}
+		}
+	}
+	if dirs < 2 || len(modes) == 0 {
+		return "missing"
+	}
+	sort.Strings(modes)
+	out := modes[0]
+	for _, m := range modes[1:] {
+		out += "+" + m
+	}
+	return out
+}
+
+// programStatus describes each attached program and whether it is this
+// build's (its kernel tag matches the instructions generated here).
+func programStatus(attachments []tc.Attachment) []ProgramStatus {
+	want := buildTags()
+	byID := map[ebpf.ProgramID]*ProgramStatus{}
+	var order []ebpf.ProgramID
+	for _, a := range attachments {
+		ps := byID[a.ProgramID]
+		if ps == nil {
+			ps = &ProgramStatus{ID: uint32(a.ProgramID), Name: a.ProgramName}
+			if prog, err := ebpf.NewProgramFromID(a.ProgramID); err == nil {
+				if info, err := prog.Info(); err == nil {
+					ps.Name, ps.Tag = info.Name, info.Tag
+					if d, ok := info.LoadTime(); ok {
+						ps.LoadedAt = bootTime().Add(d)
+					}
+				}
+				prog.Close()
+			}
+			ps.Current = ps.Tag != "" && want[ps.Name+"/"+ps.Tag]
+			byID[a.ProgramID] = ps
+			order = append(order, a.ProgramID)
+		}
+		ps.Attachments++
+	}
+	out := make([]ProgramStatus, 0, len(order))
+	for _, id := range order {
+		out = append(out, *byID[id])
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Name < out[j].Name || out[i].Name == out[j].Name && out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// buildTags returns "name/tag" of every program this binary generates, in
+// both redirect variants, as the kernel tags them: loaded here with
+// throwaway maps (the kernel's tag leaves map references out, so their size
+// does not matter) and read back.
+func buildTags() map[string]bool {
+	out := map[string]bool{}
+	for _, peer := range []bool{true, false} {
+		coll, err := ebpf.NewCollection(mrasm.CollectionSpec(mrasm.Options{RedirectPeer: peer, PodsMaxEntries: 1}))
+		if err != nil {
+			continue
+		}
+		for name, prog := range coll.Programs {
+			if info, err := prog.Info(); err == nil {
+				out[name+"/"+info.Tag] = true
+			}
+		}
+		coll.Close()
+	}
+	return out
+}
+
+// bootTime is when the machine booted (program load times count from it).
+func bootTime() time.Time {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return time.Time{}
+	}
+	return time.Now().Add(-time.Duration(ts.Nano()))
+}
+
+// podNames maps pod IPs to namespace and name from the API, when a client
+// is given and the API answers within a few seconds; empty otherwise.
+func podNames(ctx context.Context, o StatusOptions) map[string][2]string {
+	out := map[string][2]string{}
+	if o.Client == nil || o.NodeName == "" {
+		return out
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	pods, err := o.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + o.NodeName})
+	if err != nil {
+		return out
+	}
+	for _, p := range pods.Items {
+		for _, ip := range podIPs(&p) {
+			out[ip.String()] = [2]string{p.Namespace, p.Name}
+		}
+	}
+	return out
+}
+
+// nodeHandle is a netlink handle in the node's netns (path, or ours).
+func nodeHandle(path string) (*netlink.Handle, func(), error) {
+	if path == "" {
+		return &netlink.Handle{}, func() {}, nil
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return nil, nil, err
+	}
+	return h, func() { h.Close(); ns.Close() }, nil
+}
+
+// haveTCX asks the kernel for the tcx programs of lo (ifindex 1 in every
+// netns): kernels without tcx (before 6.6) refuse the attach type.
+func haveTCX() bool {
+	_, err := link.QueryPrograms(link.QueryOptions{Target: 1, Attach: ebpf.AttachTCXIngress})
+	return err == nil || !(errors.Is(err, unix.EINVAL) || errors.Is(err, ebpf.ErrNotSupported))
+}
+
+func fmtMAC(m [6]byte) string {
+	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
+}

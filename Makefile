@@ -3,15 +3,16 @@ GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 PKGS ?= ./...
 
-.PHONY: all build test lint demo fuzz clean check-no-c kube-bins test-kernels
+.PHONY: all build test lint demo fuzz clean check-no-c kube-bins cni-bins test-kernels
 
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -o bin/meshredirect ./cmd/meshredirect
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/meshredirect ./cmd/meshredirect
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/meshredirect-cni ./cmd/meshredirect-cni
 
 ## test: everything, as root: vet, static build, no C, the privileged suites.
-test: lint check-no-c kube-bins
+test: lint check-no-c kube-bins cni-bins
 	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test $(GOTEST_FLAGS) $(PKGS)
 
@@ -41,6 +42,11 @@ fuzz:
 ## need a real API server, cached outside the repo (~/.cache/meshredirect/kube): 6-20 min once, then instant.
 kube-bins:
 	hack/kubebins/build.sh >/dev/null
+
+## cni-bins: build the reference CNI plugins (ptp, bridge, host-local) that the CNI tests chain
+## meshredirect-cni after, from the Go module proxy, cached in ~/.cache/meshredirect/cni.
+cni-bins:
+	hack/cniplugins/build.sh >/dev/null
 
 ## test-kernels: the privileged suites on Debian's 5.10, 6.1 and 6.12 kernels, each booted in qemu
 ## (software emulation; kernels cached in ~/.cache/meshredirect/debian). As root.

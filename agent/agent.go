@@ -52,7 +52,10 @@ type Agent struct {
 	nsFactory  informers.SharedInformerFactory
 	queue      workqueue.TypedRateLimitingInterface[string]
 
-	mu sync.Mutex
+	// work serializes the handling of queue items and CNI requests: the
+	// datapath sees one change of a pod at a time.
+	work sync.Mutex
+	mu   sync.Mutex
 	// enrolled are the pods this process enrolled (or found enrolled at its
 	// first reconcile), by namespace/name.
 	enrolled map[string]enrolledPod
@@ -156,6 +159,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.bcast.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.cfg.Client.CoreV1().Events("")})
 	defer a.bcast.Shutdown()
 
+	if a.cfg.CNI.Socket != "" {
+		go func() {
+			if err := a.ServeCNI(ctx, a.cfg.CNI.Socket); err != nil {
+				a.log.Error("serve the CNI plugin", "socket", a.cfg.CNI.Socket, "error", err)
+			}
+		}()
+	}
 	a.podFactory.Start(ctx.Done())
 	a.nsFactory.Start(ctx.Done())
 	a.log.Info("waiting for the informer caches", "node", a.cfg.NodeName)
@@ -163,13 +173,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
 	}
 
+	a.work.Lock()
 	a.syncZtunnel()
-	if err := a.reconcileAll(); err != nil {
+	err := a.reconcileAll()
+	a.work.Unlock()
+	if err != nil {
 		// Not fatal: what failed is retried, the rest is in place.
 		a.log.Error("first reconcile incomplete", "error", err)
 	}
 	a.ready.Store(true)
 	a.log.Info("agent ready", "node", a.cfg.NodeName, "enrolled", a.enrolledCount())
+	if a.cfg.CNI.Install {
+		go a.keepCNIInstalled(ctx)
+	}
 
 	go func() {
 		t := time.NewTicker(a.cfg.ResyncPeriod)
@@ -206,6 +222,8 @@ func (a *Agent) processNext() bool {
 		return false
 	}
 	defer a.queue.Done(key)
+	a.work.Lock()
+	defer a.work.Unlock()
 	var err error
 	switch key {
 	case keyZtunnel:

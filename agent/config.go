@@ -54,6 +54,22 @@ type Config struct {
 	Log *slog.Logger
 	// Metrics registers the agent's metrics; nil means none are exported.
 	Metrics prometheus.Registerer
+	// CNI configures the chained CNI plugin's side of the agent.
+	CNI CNIConfig
+}
+
+// CNIConfig is the agent's side of the chained CNI plugin.
+type CNIConfig struct {
+	// Socket is where the plugin reaches the agent; empty serves no plugin.
+	Socket string
+	// Install copies the plugin into BinDir and keeps its entry at the end
+	// of the primary CNI's conflist in ConfDir (re-adding it if the primary
+	// CNI rewrites its file).
+	Install bool
+	ConfDir string
+	BinDir  string
+	// Plugin is the plugin's executable to copy (in the agent's image).
+	Plugin string
 }
 
 func (c *Config) setDefaults() error {

@@ -235,7 +235,8 @@ func TestUninstall(t *testing.T) {
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.AdminUser), 0o600))
 	out, err := exec.Command(meshredirectBinary(t), "uninstall", "--node-netns", b.Node.Path(), "--pin-dir", e.pinDir,
-		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--kubeconfig", kubeconfig, "--node-name", e.nodeName).CombinedOutput()
+		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--kubeconfig", kubeconfig, "--node-name", e.nodeName,
+		"--cni-conf-dir", t.TempDir(), "--cni-bin-dir", t.TempDir()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshredirect/meshredirect/agent"
 	"github.com/meshredirect/meshredirect/agent/resolve"
+	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
@@ -45,6 +46,11 @@ type agentFlags struct {
 	logFormat       string
 	logLevel        string
 	metricsAddr     string
+	cniSocket       string
+	cniInstall      bool
+	cniConfDir      string
+	cniBinDir       string
+	cniPlugin       string
 }
 
 func (f *agentFlags) register(cmd *cobra.Command) {
@@ -68,6 +74,11 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", ":15014", "address of the HTTP server for /metrics (Prometheus), /healthz and /readyz; empty: none")
+	fl.StringVar(&f.cniSocket, "cni-socket", cni.DefaultSocket, "Unix socket (mode 0600) where the chained CNI plugin reaches the agent; empty: serve no plugin")
+	fl.BoolVar(&f.cniInstall, "cni-install", false, "copy the CNI plugin into --cni-bin-dir and keep it chained at the end of the primary CNI's conflist in --cni-conf-dir")
+	fl.StringVar(&f.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
+	fl.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
+	fl.StringVar(&f.cniPlugin, "cni-plugin", "/usr/local/bin/meshredirect-cni", "the CNI plugin's executable to install (it is in the agent's image)")
 }
 
 // validate checks the flags before anything is touched, so that a wrong
@@ -120,6 +131,10 @@ func (f *agentFlags) config() (agent.Config, error) {
 		Log:                log,
 	}
 	cfg.Resolve.NetnsDirs = f.netnsDirs
+	cfg.CNI = agent.CNIConfig{Socket: f.cniSocket, Install: f.cniInstall, ConfDir: f.cniConfDir, BinDir: f.cniBinDir, Plugin: f.cniPlugin}
+	if f.cniInstall && f.cniSocket == "" {
+		return cfg, fmt.Errorf("--cni-install needs --cni-socket: the plugin must reach the agent")
+	}
 	return cfg, nil
 }
 
@@ -214,6 +229,8 @@ func newUninstallCmd() *cobra.Command {
 		configFile string
 		kubeconfig string
 		nodeName   string
+		cniConfDir string
+		cniBinDir  string
 	)
 	cmd := &cobra.Command{
 		Use:   "uninstall",
@@ -221,7 +238,8 @@ func newUninstallCmd() *cobra.Command {
 		Long: `uninstall removes what the agent made on this node: the programs on every
 interface (filters and tcx links, and the qdiscs it created), ztunnel's
 policy routing rules, the pins under --pin-dir, the ambient config file, and,
-when the API is reachable, the enrolment annotation of this node's pods. Run
+when the API is reachable, the enrolment annotation of this node's pods, and
+the CNI plugin (its conflist entry and binary). Run
 it after stopping the agent; pods' traffic is no longer captured afterwards.
 It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 (every other interface keeping its effective value), is left as it is.`,
@@ -237,6 +255,11 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 				errs = append(errs, err.Error())
 			} else {
 				fmt.Fprintf(out, "removed programs, links and pins (%s)\n", pinDir)
+			}
+			if err := (cni.Installer{ConfDir: cniConfDir, BinDir: cniBinDir}).Uninstall(); err != nil {
+				errs = append(errs, "CNI plugin: "+err.Error())
+			} else {
+				fmt.Fprintf(out, "removed the CNI plugin from %s and %s\n", cniConfDir, cniBinDir)
 			}
 			if err := os.Remove(configFile); err == nil {
 				fmt.Fprintf(out, "removed %s\n", configFile)
@@ -266,6 +289,8 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 	cmd.Flags().StringVar(&configFile, "config-file", agent.DefaultConfigFile, "the ambient config file to remove")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
 	cmd.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "remove the enrolment annotation from this node's pods (empty: skip)")
+	cmd.Flags().StringVar(&cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory, to take the plugin out of")
+	cmd.Flags().StringVar(&cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory, to remove the plugin from")
 	return cmd
 }
 

@@ -1,0 +1,206 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshredirect/meshredirect/cni"
+)
+
+// ServeCNI serves the chained CNI plugin on a Unix socket (mode 0600: only
+// root, which the kubelet runs plugins as, may connect) until ctx ends.
+// A request is handled like an informer event, under the same lock, so an
+// enrolment from the plugin and one from the informer for the same pod
+// leave one set of programs and entries.
+func (a *Agent) ServeCNI(ctx context.Context, socket string) error {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
+		return fmt.Errorf("create the directory of %s: %w", socket, err)
+	}
+	// A socket left by an earlier agent would make Listen fail.
+	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket %s: %w", socket, err)
+	}
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", socket, err)
+	}
+	if err := os.Chmod(socket, 0o600); err != nil {
+		l.Close()
+		return fmt.Errorf("restrict %s to root: %w", socket, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(cni.PathAdd, a.cniHandler(a.cniAdd))
+	mux.HandleFunc(cni.PathDel, a.cniHandler(a.cniDel))
+	mux.HandleFunc(cni.PathCheck, a.cniHandler(a.cniCheck))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	a.log.Info("serving the CNI plugin", "socket", socket)
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (a *Agent) cniHandler(fn func(context.Context, cni.PodRequest) (cni.Reply, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req cni.PodRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if req.Namespace == "" || req.Name == "" {
+			http.Error(w, "bad request: no pod namespace and name", http.StatusBadRequest)
+			return
+		}
+		if !a.Ready() && r.URL.Path == cni.PathAdd {
+			// Before the first reconcile the node's state is not known;
+			// the kubelet retries.
+			http.Error(w, "the agent is starting; retry", http.StatusServiceUnavailable)
+			return
+		}
+		reply, err := fn(r.Context(), req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(reply)
+	}
+}
+
+// cniAdd captures a new pod before its first packet: decided from the
+// informer cache, or the API for a pod the cache has not seen yet; IPs from
+// the primary CNI's result, which the kubelet has not reported yet.
+func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, error) {
+	key := req.Namespace + "/" + req.Name
+	pod, ns, err := a.lookupPod(ctx, req)
+	if err != nil {
+		return cni.Reply{}, err
+	}
+	d := a.policy.Decide(pod, ns)
+	if !d.Ambient {
+		a.log.Info("CNI ADD: pod not ambient", "pod", key, "reason", d.Reason)
+		return cni.Reply{Captured: false, Reason: d.Reason}, nil
+	}
+	var ips []netip.Addr
+	for _, s := range req.IPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return cni.Reply{}, fmt.Errorf("pod %s: bad IP %q in the CNI result", key, s)
+		}
+		ips = append(ips, ip.Unmap())
+	}
+	if len(ips) == 0 {
+		ips = podIPs(pod)
+	}
+	if len(ips) == 0 {
+		return cni.Reply{}, fmt.Errorf("pod %s: no IP in the CNI result (is meshredirect-cni chained after the primary CNI?)", key)
+	}
+	a.work.Lock()
+	err = a.enrol(key, pod, ips, d.Reason)
+	a.work.Unlock()
+	if err != nil {
+		return cni.Reply{}, fmt.Errorf("capture pod %s: %w", key, err)
+	}
+	a.log.Info("CNI ADD: captured", "pod", key, "ips", ips)
+	a.queue.Add(key) // the informer's view settles it again later
+	return cni.Reply{Captured: true, Reason: d.Reason}, nil
+}
+
+// cniDel lets a pod's sandbox go. A DEL for an old sandbox of a pod that
+// has a new one (other IPs) leaves the new one's capture alone.
+func (a *Agent) cniDel(_ context.Context, req cni.PodRequest) (cni.Reply, error) {
+	key := req.Namespace + "/" + req.Name
+	a.work.Lock()
+	defer a.work.Unlock()
+	a.mu.Lock()
+	prev, had := a.enrolled[key]
+	a.mu.Unlock()
+	if !had {
+		return cni.Reply{Reason: "not captured"}, nil
+	}
+	if len(req.IPs) > 0 && !slices.ContainsFunc(prev.dp.IPs, func(ip netip.Addr) bool { return slices.Contains(req.IPs, ip.String()) }) {
+		return cni.Reply{Captured: true, Reason: "the DEL is for an older sandbox"}, nil
+	}
+	pod, _ := a.pods.Pods(req.Namespace).Get(req.Name)
+	if err := a.leave(key, pod, "CNI DEL"); err != nil {
+		return cni.Reply{}, err
+	}
+	return cni.Reply{Reason: "released"}, nil
+}
+
+// cniCheck verifies that an ambient pod's capture is in place.
+func (a *Agent) cniCheck(ctx context.Context, req cni.PodRequest) (cni.Reply, error) {
+	key := req.Namespace + "/" + req.Name
+	pod, ns, err := a.lookupPod(ctx, req)
+	if err != nil {
+		return cni.Reply{}, err
+	}
+	d := a.policy.Decide(pod, ns)
+	if !d.Ambient {
+		return cni.Reply{Reason: d.Reason}, nil
+	}
+	a.mu.Lock()
+	e, had := a.enrolled[key]
+	a.mu.Unlock()
+	if !had {
+		return cni.Reply{}, fmt.Errorf("pod %s is ambient (%s) but not captured", key, d.Reason)
+	}
+	attachments, err := a.dp.Attachments()
+	if err != nil {
+		return cni.Reply{}, err
+	}
+	hooks := 0
+	for _, at := range attachments {
+		if at.Ifindex == e.dp.HostIfindex {
+			hooks++
+		}
+	}
+	if hooks < 2 {
+		return cni.Reply{}, fmt.Errorf("pod %s is ambient but its veth (ifindex %d) has %d of its 2 programs", key, e.dp.HostIfindex, hooks)
+	}
+	return cni.Reply{Captured: true, Reason: d.Reason}, nil
+}
+
+// lookupPod returns the pod and its namespace from the informer caches, or
+// from the API when the cache has not seen them yet (a pod created a
+// moment ago).
+func (a *Agent) lookupPod(ctx context.Context, req cni.PodRequest) (*corev1.Pod, *corev1.Namespace, error) {
+	pod, err := a.pods.Pods(req.Namespace).Get(req.Name)
+	if err != nil || (req.UID != "" && string(pod.UID) != req.UID) {
+		ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+		defer cancel()
+		pod, err = a.cfg.Client.CoreV1().Pods(req.Namespace).Get(ctx, req.Name, metav1.GetOptions{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("get pod %s/%s: %w", req.Namespace, req.Name, err)
+		}
+	}
+	ns, err := a.namespaces.Get(req.Namespace)
+	if apierrors.IsNotFound(err) {
+		ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+		defer cancel()
+		ns, err = a.cfg.Client.CoreV1().Namespaces().Get(ctx, req.Namespace, metav1.GetOptions{})
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("get namespace %s: %w", req.Namespace, err)
+	}
+	return pod, ns, nil
+}

@@ -1,100 +1,40 @@
 package agent_test
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/cni/libcni"
-	current "github.com/containernetworking/cni/pkg/types/100"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/meshredirect/meshredirect/agent"
 	"github.com/meshredirect/meshredirect/internal/testutil"
-	"github.com/meshredirect/meshredirect/testenv"
+	"github.com/meshredirect/meshredirect/testenv/cnichain"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
 	"github.com/meshredirect/meshredirect/testenv/ztunnel"
 )
 
-var (
-	pluginOnce sync.Once
-	pluginDir  string
-	pluginErr  error
-)
-
-// cniPath returns the directories of the CNI plugins: meshredirect-cni,
-// built here, and the reference ptp and host-local, built from
-// github.com/containernetworking/plugins by `make cni-bins` and cached.
-func cniPath(t *testing.T) []string {
-	t.Helper()
-	ref, _ := filepath.Glob(filepath.Join(cacheHome(), "meshredirect", "cni", "*", "ptp"))
-	if len(ref) == 0 {
-		testutil.SkipOrFail(t, "the reference CNI plugins are not built: run `make cni-bins`")
-	}
-	pluginOnce.Do(func() {
-		if pluginDir, pluginErr = os.MkdirTemp("", "meshredirect-cni-"); pluginErr != nil {
-			return
-		}
-		out, err := exec.Command("go", "build", "-o", filepath.Join(pluginDir, "meshredirect-cni"), "../cmd/meshredirect-cni").CombinedOutput()
-		if err != nil {
-			pluginErr = fmt.Errorf("go build meshredirect-cni: %v\n%s", err, out)
-		}
-	})
-	if pluginErr != nil {
-		t.Fatal(pluginErr)
-	}
-	return []string{pluginDir, filepath.Dir(ref[0])}
-}
-
-func cacheHome() string {
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return d
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache")
-}
-
-// cniEnv is an env whose agent serves the CNI plugin, and a chain of the
-// reference ptp plugin (host-local IPAM, addresses from the node's pod
-// CIDR) followed by meshredirect-cni.
+// cniEnv is an env whose agent serves the CNI plugin, and a real chain of
+// the reference ptp plugin followed by meshredirect-cni.
 type cniEnv struct {
 	*env
 	socket string
-	path   []string
-	list   *libcni.NetworkConfigList
-	ipam   string
+	chain  *cnichain.Chain
 }
 
 func newCNIEnv(t *testing.T) *cniEnv {
 	t.Helper()
-	e := &cniEnv{env: newEnv(t), path: cniPath(t)}
+	e := &cniEnv{env: newEnv(t)}
 	e.socket = filepath.Join(t.TempDir(), "cni.sock")
-	e.ipam = t.TempDir()
-	// Addresses from the upper half of node1's pod CIDR (testenv numbers its
-	// pods from the bottom), so the second node routes them back; a gateway
-	// no pod has, which ptp puts on the host side of each veth.
-	conf := fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "meshredirect-test",
-  "plugins": [
-    {"type": "ptp", "mtu": 1500, "ipam": {"type": "host-local", "dataDir": %q,
-      "ranges": [[{"subnet": "198.18.16.0/20", "rangeStart": "198.18.24.1", "rangeEnd": "198.18.24.254", "gateway": "198.18.31.254"}],
-                 [{"subnet": "fd10:6d72:0:1::/64", "rangeStart": "fd10:6d72:0:1::1:1", "rangeEnd": "fd10:6d72:0:1::1:ff", "gateway": "fd10:6d72:0:1::ffff"}]],
-      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
-    {"type": "meshredirect-cni", "socket": %q, "excludeNamespaces": ["kube-system"], "timeoutSeconds": 10}
-  ]
-}`, e.ipam, e.socket)
-	list, err := libcni.ConfListFromBytes([]byte(conf))
+	chain, err := cnichain.New(e.box.Node, e.socket, t.TempDir())
+	if errors.Is(err, cnichain.ErrNoReferencePlugins) {
+		testutil.SkipOrFail(t, err.Error())
+	}
 	must(t, err)
-	e.list = list
+	e.chain = chain
 	return e
 }
 
@@ -102,75 +42,26 @@ func (e *cniEnv) startAgent() {
 	e.env.startAgent(func(c *agent.Config) { c.CNI.Socket = e.socket })
 }
 
-// sandbox is a pod's network namespace before the CNI has wired it.
-type sandbox struct {
-	testenv.Namespace
-	id string
-}
-
-func (e *cniEnv) newSandbox(t *testing.T) *sandbox {
+func (e *cniEnv) newSandbox(t *testing.T) *cnichain.Sandbox {
 	t.Helper()
-	ns := testutil.NewNetns(t)
-	// No duplicate address detection, as testenv's pods: the ptp plugin
-	// waits for IPv6 addresses to settle, a second per ADD with DAD on.
-	testutil.MustDo(t, ns, func() error {
-		for _, k := range []string{"all", "default"} {
-			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+k+"/accept_dad", []byte("0"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return &sandbox{Namespace: testenv.Namespace{Netns: ns}, id: fmt.Sprintf("ctr-%d-%d", int(ns), time.Now().UnixNano())}
+	sb, err := cnichain.NewSandbox(t)
+	must(t, err)
+	return sb
 }
 
-func (e *cniEnv) rt(sb *sandbox, ns, name string) *libcni.RuntimeConf {
-	return &libcni.RuntimeConf{ContainerID: sb.id, NetNS: sb.Path(), IfName: "eth0",
-		Args: [][2]string{{"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", name}, {"IgnoreUnknown", "true"}}}
-}
-
-// add runs the chain's ADD from the node's netns (the plugins, children
-// of a thread in it, act there) and returns the pod's IPs.
-func (e *cniEnv) add(t *testing.T, sb *sandbox, ns, name string) ([]netip.Addr, error) {
+func (e *cniEnv) add(t *testing.T, sb *cnichain.Sandbox, ns, name string) ([]netip.Addr, error) {
 	t.Helper()
-	var res *current.Result
-	err := e.box.Node.Do(func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		r, err := libcni.NewCNIConfig(e.path, nil).AddNetworkList(ctx, e.list, e.rt(sb, ns, name))
-		if err != nil {
-			return err
-		}
-		res, err = current.NewResultFromResult(r)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	var ips []netip.Addr
-	for _, ip := range res.IPs {
-		a, _ := netip.AddrFromSlice(ip.Address.IP)
-		ips = append(ips, a.Unmap())
-	}
-	return ips, nil
+	return e.chain.Add(sb, ns, name)
 }
 
-func (e *cniEnv) del(t *testing.T, sb *sandbox, ns, name string) error {
+func (e *cniEnv) del(t *testing.T, sb *cnichain.Sandbox, ns, name string) error {
 	t.Helper()
-	return e.box.Node.Do(func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return libcni.NewCNIConfig(e.path, nil).DelNetworkList(ctx, e.list, e.rt(sb, ns, name))
-	})
+	return e.chain.Del(sb, ns, name)
 }
 
-// createPodObject creates a pod as the scheduler leaves it for the kubelet:
-// bound to the node, no IP yet.
 func (e *cniEnv) createPodObject(t *testing.T, ns, name string) {
 	t.Helper()
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PodSpec{NodeName: e.nodeName, Containers: []corev1.Container{{Name: "app", Image: "registry.example/app:1"}}}}
-	_, err := e.admin.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
+	_, err := e.PodObject(ns, name, nil)
 	must(t, err)
 }
 
@@ -285,10 +176,8 @@ func TestCNIAddDelRepeated(t *testing.T) {
 	if len(after) != len(before) {
 		t.Errorf("attachments: %d before, %d after: %v", len(before), len(after), after)
 	}
-	held, _ := filepath.Glob(filepath.Join(e.ipam, "meshredirect-test", "198.*"))
-	held6, _ := filepath.Glob(filepath.Join(e.ipam, "meshredirect-test", "fd10*"))
-	if len(held)+len(held6) != 0 {
-		t.Errorf("IPAM still holds %v %v", held, held6)
+	if held := e.chain.Held(); len(held) != 0 {
+		t.Errorf("IPAM still holds %v", held)
 	}
 	must(t, e.box.Node.Do(func() error {
 		out, err := exec.Command("ip", "-o", "link", "show", "type", "veth").Output()

@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -19,7 +18,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshredirect/meshredirect/agent"
@@ -28,9 +26,9 @@ import (
 	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/testenv"
+	"github.com/meshredirect/meshredirect/testenv/cluster"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
-	"golang.org/x/sys/unix"
 )
 
 // The agent's identity, as the install manifests create it.
@@ -87,6 +85,7 @@ func bindAgentRBAC(t *testing.T, admin kubernetes.Interface) {
 // node, with the same name and IPs, whose status the test sets as a kubelet
 // would. The agent under test does everything else.
 type env struct {
+	*cluster.Cluster
 	t          *testing.T
 	srv        *kubeapi.Server
 	admin      kubernetes.Interface
@@ -105,12 +104,18 @@ func newEnv(t *testing.T) *env {
 	testutil.RequirePrivileged(t)
 	srv := kubeapi.Shared(t)
 	e := &env{t: t, srv: srv, nodeName: "node-" + rand.String(6)}
-	e.admin = clientFor(t, srv, kubeapi.AdminUser)
-	e.agentKube = clientFor(t, srv, kubeapi.ServiceAccount(agentNamespace, agentSA).Name)
+	var err error
+	e.admin, err = cluster.Client(srv, kubeapi.AdminUser)
+	must(t, err)
+	e.agentKube, err = cluster.Client(srv, kubeapi.ServiceAccount(agentNamespace, agentSA).Name)
+	must(t, err)
 	bindAgentRBAC(t, e.admin)
 
 	e.pinDir = filepath.Join(testutil.BPFFS(t), "meshredirect")
 	e.box = scenario.New(t, scenario.Options{NoDataplane: true, PinDir: e.pinDir})
+	c, err := cluster.New(t, srv, e.box.Node, e.nodeName)
+	must(t, err)
+	e.Cluster = c
 	t.Cleanup(func() {
 		cfg := dataplane.Config{NodeNetns: e.box.Node.Path(), PinDir: e.pinDir}
 		var zt []string
@@ -121,7 +126,7 @@ func newEnv(t *testing.T) *env {
 			t.Errorf("uninstall: %v", err)
 		}
 	})
-	e.netnsDir = t.TempDir()
+	e.netnsDir = c.NetnsDir
 	e.configFile = filepath.Join(t.TempDir(), "ambient", "config.json")
 	e.bindNetns(e.box.Ztunnel, "ztunnel")
 
@@ -135,108 +140,50 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func clientFor(t *testing.T, srv *kubeapi.Server, user string) kubernetes.Interface {
-	t.Helper()
-	c, err := kubernetes.NewForConfig(&rest.Config{Host: srv.Host, BearerToken: srv.Token(user),
-		TLSClientConfig: rest.TLSClientConfig{CAData: srv.CA}, QPS: 200, Burst: 400})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 // bindNetns makes pod's netns findable by the agent as netnsDir/name, the
 // way CNIs bind-mount pods' netns under /var/run/netns.
 func (e *env) bindNetns(pod *testenv.Pod, name string) {
 	e.t.Helper()
-	target := filepath.Join(e.netnsDir, name)
-	if err := os.WriteFile(target, nil, 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := unix.Mount(pod.Path(), target, "", unix.MS_BIND, ""); err != nil {
-		e.t.Fatalf("bind-mount %s's netns: %v", pod.Name, err)
-	}
-	e.t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	must(e.t, e.BindNetns(pod, name))
 }
 
 func (e *env) createNamespace(prefix string, labels map[string]string) string {
 	e.t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix, Labels: labels}}
-	ns, err := e.admin.CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return ns.Name
+	ns, err := e.Namespace(prefix, labels)
+	must(e.t, err)
+	return ns
 }
 
 // createPod creates the Pod object of a testenv pod on the node, Running
 // with its IPs and the node's IPs as hostIPs, Ready.
 func (e *env) createPod(p *testenv.Pod, ns string, labels map[string]string) *corev1.Pod {
 	e.t.Helper()
-	ctx := context.Background()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: ns, Labels: labels},
-		Spec: corev1.PodSpec{NodeName: e.nodeName, Containers: []corev1.Container{{Name: "app", Image: "registry.example/app:1"}},
-			TerminationGracePeriodSeconds: new(int64)},
-	}
-	pod, err := e.admin.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	node := e.box.Node
-	pod.Status = corev1.PodStatus{
-		Phase:   corev1.PodRunning,
-		PodIP:   p.IPv4.String(),
-		PodIPs:  []corev1.PodIP{{IP: p.IPv4.String()}, {IP: p.IPv6.String()}},
-		HostIP:  node.IPv4.String(),
-		HostIPs: []corev1.HostIP{{IP: node.IPv4.String()}, {IP: node.IPv6.String()}},
-		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue,
-			LastTransitionTime: metav1.Now()}},
-	}
-	if pod, err = e.admin.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
+	pod, err := e.MirrorPod(p, ns, labels)
+	must(e.t, err)
 	return pod
 }
 
 // setReady sets a pod's Ready condition, as the kubelet does.
 func (e *env) setReady(ns, name string, ready bool) {
 	e.t.Helper()
-	status := corev1.ConditionFalse
-	if ready {
-		status = corev1.ConditionTrue
-	}
-	patch := fmt.Sprintf(`{"status":{"conditions":[{"type":"Ready","status":%q}]}}`, status)
-	if _, err := e.admin.CoreV1().Pods(ns).Patch(context.Background(), name, "application/strategic-merge-patch+json", []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
-		e.t.Fatal(err)
-	}
+	must(e.t, e.SetReady(ns, name, ready))
 }
 
 func (e *env) labelNamespace(ns, mode string) {
 	e.t.Helper()
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, agent.DataplaneModeLabel, mode)
-	if _, err := e.admin.CoreV1().Namespaces().Patch(context.Background(), ns, "application/merge-patch+json", []byte(patch), metav1.PatchOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
+	must(e.t, e.LabelNamespace(ns, mode))
 }
 
 func (e *env) labelPod(ns, name, mode string) {
 	e.t.Helper()
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, agent.DataplaneModeLabel, mode)
-	if _, err := e.admin.CoreV1().Pods(ns).Patch(context.Background(), name, "application/merge-patch+json", []byte(patch), metav1.PatchOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
+	must(e.t, e.LabelPod(ns, name, mode))
 }
 
 // deletePod deletes the Pod object with grace period 0, as the kubelet
 // finishes a deletion, and the pod's netns and veth.
 func (e *env) deletePod(p *testenv.Pod, ns string) {
 	e.t.Helper()
-	zero := int64(0)
-	if err := e.admin.CoreV1().Pods(ns).Delete(context.Background(), p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
-		e.t.Fatal(err)
-	}
-	p.Delete()
+	must(e.t, e.DeletePod(p, ns))
 }
 
 func (e *env) agentConfig() agent.Config {

@@ -27,6 +27,7 @@ import (
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/cluster"
+	"github.com/meshredirect/meshredirect/testenv/cnichain"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
 )
@@ -38,7 +39,12 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(kubeapi.Main(m, kubeapi.Options{Users: []kubeapi.User{kubeapi.ServiceAccount(agentNamespace, agentSA)}}))
+	code := kubeapi.Main(m, kubeapi.Options{Users: []kubeapi.User{kubeapi.ServiceAccount(agentNamespace, agentSA)}})
+	if binary != "" {
+		os.RemoveAll(filepath.Dir(binary))
+	}
+	cnichain.Cleanup()
+	os.Exit(code)
 }
 
 // rbacOnce binds the manifests' rules to the agent's ServiceAccount, once

@@ -71,6 +71,14 @@ func Plugin() (string, error) {
 	return builtDir, buildErr
 }
 
+// Cleanup removes what Plugin built; call it when the process is done with
+// the chain (TestMain, the end of a program).
+func Cleanup() {
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
+	}
+}
+
 // Chain is a conflist of ptp and meshredirect-cni for one node.
 type Chain struct {
 	node *testenv.Node

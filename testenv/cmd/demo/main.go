@@ -7,6 +7,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,10 +23,16 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/agent/resolve"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
+	"github.com/meshredirect/meshredirect/testenv/cluster"
+	"github.com/meshredirect/meshredirect/testenv/cnichain"
+	"github.com/meshredirect/meshredirect/testenv/kubeapi"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
+	"github.com/meshredirect/meshredirect/testenv/ztunnel"
 )
 
 func main() {
@@ -116,11 +123,126 @@ func run(pods int, modeFlag string) (err error) {
 	if err := printStats(box.DP.Maps()); err != nil {
 		return err
 	}
-	fmt.Printf("\n%d flows in %s; removing the node in a box\n", 2*len(scenario.Flows()), time.Since(start).Round(time.Millisecond))
+
+	fmt.Println("\nfirst packets of a new pod, chained CNI plugin (agent, kube-apiserver, ptp + meshredirect-cni):")
+	bad += firstPacket(env)
+
+	fmt.Printf("\nflows done in %s; removing the node in a box\n", time.Since(start).Round(time.Millisecond))
 	if bad > 0 {
 		return fmt.Errorf("%d flows did not take the expected path", bad)
 	}
 	return nil
+}
+
+// firstPacket runs the CNI flow on a second box: a real kube-apiserver, an
+// agent serving the plugin, the reference ptp plugin chained with
+// meshredirect-cni; a new pod of an ambient namespace sends its first
+// packets right after ADD returns. It returns the number of failed rows.
+func firstPacket(e *env) int {
+	if _, _, err := kubeapi.Binaries(); err != nil {
+		fmt.Println("  skipped: kube-apiserver and etcd are not built; `make kube-bins cni-bins` builds them once (6-20 minutes)")
+		return 0
+	}
+	if _, err := cnichain.ReferencePlugins(); err != nil {
+		fmt.Println("  skipped: the reference CNI plugins are not built; `make cni-bins` builds them (seconds)")
+		return 0
+	}
+	step := func(what string, err error) bool {
+		if err != nil {
+			fmt.Printf("  FAIL: %s: %v\n", what, err)
+		}
+		return err == nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.Cleanup(cancel)
+	t0 := time.Now()
+	srv, err := kubeapi.Start(ctx, kubeapi.Options{})
+	if !step("start kube-apiserver", err) {
+		return 1
+	}
+	e.Cleanup(func() { srv.Stop() })
+	box := scenario.New(e, scenario.Options{NoDataplane: true, PinDir: e.bpffs()})
+	c, err := cluster.New(e, srv, box.Node, "demo-node")
+	if !step("mirror the node", err) {
+		return 1
+	}
+	ns, err := c.Namespace("demo-", map[string]string{agent.DataplaneModeLabel: agent.ModeAmbient})
+	if !step("create an ambient namespace", err) {
+		return 1
+	}
+	ztNS, err := c.Namespace("istio-system-", nil)
+	if step("create ztunnel's namespace", err) {
+		_, err = c.MirrorPod(box.Ztunnel, ztNS, map[string]string{"app": "ztunnel"})
+	}
+	if !step("create ztunnel's pod", err) || !step("bind ztunnel's netns", c.BindNetns(box.Ztunnel, "ztunnel")) {
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "meshredirect-demo-cni-")
+	if !step("make a temporary directory", err) {
+		return 1
+	}
+	e.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "cni.sock")
+	a, err := agent.New(agent.Config{NodeName: c.NodeName, Client: c.Admin,
+		Dataplane:  dataplane.Config{NodeNetns: box.Node.Path(), PinDir: box.Config.PinDir},
+		Resolve:    resolve.Config{NetnsDirs: []string{c.NetnsDir}},
+		ConfigFile: filepath.Join(dir, "config.json"), CNI: agent.CNIConfig{Socket: socket}})
+	if !step("start the agent", err) {
+		return 1
+	}
+	done := make(chan struct{})
+	go func() { a.Run(ctx); close(done) }()
+	e.Cleanup(func() {
+		cancel()
+		<-done
+		dataplane.Uninstall(box.Config, box.Ztunnel.Path())
+	})
+	for deadline := time.Now().Add(30 * time.Second); !a.Ready(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			step("wait for the agent", errors.New("not ready after 30s"))
+			return 1
+		}
+	}
+	e.Cleanup(cnichain.Cleanup)
+	chain, err := cnichain.New(box.Node, socket, filepath.Join(dir, "ipam"))
+	if !step("prepare the CNI chain", err) {
+		return 1
+	}
+	if _, err := c.PodObject(ns, "new-pod", nil); !step("create the pod object", err) {
+		return 1
+	}
+	sb, err := cnichain.NewSandbox(e)
+	if !step("make the pod's sandbox", err) {
+		return 1
+	}
+	t1 := time.Now()
+	ips, err := chain.Add(sb, ns, "new-pod")
+	if !step("CNI ADD", err) {
+		return 1
+	}
+	fmt.Printf("  API server and agent up in %s; CNI ADD (ptp, then meshredirect-cni asking the agent) took %s; pod IPs %v\n",
+		t1.Sub(t0).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond), ips)
+	box.Echo(box.Remote, scenario.EchoPort)
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "  FLOW\tFAMILY\tWHAT\tEXPECTED PATH\tOBSERVED PATH\tBYTES\tOK")
+	bad := 0
+	for _, v6 := range []bool{false, true} {
+		o := scenario.Observe(box, &sb.Namespace, v6, netip.AddrPortFrom(scenario.IP(box.Remote, v6), scenario.EchoPort))
+		want := scenario.ViaZtunnel(ztunnel.PortOutbound)
+		ok := "OK"
+		if o.Err != nil || o.Path != want {
+			ok, bad = "FAIL", bad+1
+		}
+		fmt.Fprintf(w, "  10\t%s\tnew pod's first packets, right after ADD\t%s\t%s\t%d\t%s\n", scenario.Family(v6), want, o.Path, o.Bytes, ok)
+		if o.Err != nil {
+			fmt.Fprintf(w, "\t\t  error: %v\t\t\t\t\n", o.Err)
+		}
+	}
+	w.Flush()
+	if err := chain.Del(sb, ns, "new-pod"); !step("CNI DEL", err) {
+		bad++
+	}
+	return bad
 }
 
 func printStats(m *maps.Set) error {

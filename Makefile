@@ -3,7 +3,7 @@ GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 PKGS ?= ./...
 
-.PHONY: all build test lint demo fuzz clean check-no-c kube-bins cni-bins test-kernels
+.PHONY: all build test lint demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image
 
 all: build
 
@@ -15,11 +15,13 @@ build:
 test: lint check-no-c kube-bins cni-bins
 	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test $(GOTEST_FLAGS) $(PKGS)
+	cd deploy/tools && $(GO) test $(GOTEST_FLAGS) ./...
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	cd deploy/tools && $(GO) vet ./...
 
 ## check-no-c: the datapath is generated in Go; no C source or object file may appear.
 check-no-c:
@@ -37,6 +39,15 @@ fuzz:
 	for f in FuzzAppOutbound FuzzAppInbound FuzzZtunnelIngress FuzzZtunnelAssign; do \
 		$(GO) test ./asm -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 	done
+
+## manifests: render deploy/meshredirect.yaml from the chart with its default values.
+manifests:
+	cd deploy/tools && $(GO) run ./render -chart ../charts/meshredirect -o ../meshredirect.yaml
+
+## image: build the container image where a container engine runs (none does on these machines).
+IMAGE ?= meshredirect:dev
+image:
+	@if docker info >/dev/null 2>&1; then docker build -t $(IMAGE) . ; else 	  echo "no container engine runs here (docker info failed): $(IMAGE) not built."; 	  echo "The image is the static binaries of make build (bin/meshredirect, bin/meshredirect-cni) on gcr.io/distroless/static-debian12."; fi
 
 ## kube-bins: build kube-apiserver and etcd (v1.37.2) from the Go module proxy for the tests that
 ## need a real API server, cached outside the repo (~/.cache/meshredirect/kube): 6-20 min once, then instant.

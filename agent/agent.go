@@ -174,6 +174,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	a.work.Lock()
+	a.prefill()
 	a.syncZtunnel()
 	err := a.reconcileAll()
 	a.work.Unlock()

@@ -214,32 +214,7 @@ func (a *Agent) reconcileAll() error {
 	if err != nil {
 		return err
 	}
-	var (
-		desired []dataplane.Pod
-		keep    []netip.Addr
-		byName  = map[string]*corev1.Pod{}
-		retry   []string
-	)
-	for _, pod := range pods {
-		key := pod.Namespace + "/" + pod.Name
-		ns, _ := a.namespaces.Get(pod.Namespace)
-		if !a.policy.Decide(pod, ns).Ambient {
-			continue
-		}
-		ips := podIPs(pod)
-		if len(ips) == 0 {
-			continue
-		}
-		p, err := a.locate(key, pod, ips)
-		if err != nil {
-			keep = append(keep, ips...)
-			retry = append(retry, key)
-			continue
-		}
-		desired = append(desired, p)
-		byName[key] = pod
-	}
-
+	desired, keep, byName, retry := a.desired(pods)
 	res, err := a.dp.Reconcile(desired, keep)
 	a.mu.Lock()
 	for key := range a.enrolled {
@@ -269,4 +244,46 @@ func (a *Agent) reconcileAll() error {
 		"removed_attachments", len(res.Detached), "removed_entries", len(res.Deleted), "failed", len(res.Failed),
 		"retrying", len(retry), "duration", time.Since(start).Round(time.Millisecond))
 	return err
+}
+
+// desired computes, from pods, the ambient pods to capture (located on
+// the node), the IPs of ambient pods that cannot be located now (keep
+// their capture), the desired pods by namespace/name, and those to retry.
+func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []netip.Addr, byName map[string]*corev1.Pod, retry []string) {
+	byName = map[string]*corev1.Pod{}
+	for _, pod := range pods {
+		key := pod.Namespace + "/" + pod.Name
+		ns, _ := a.namespaces.Get(pod.Namespace)
+		if !a.policy.Decide(pod, ns).Ambient {
+			continue
+		}
+		ips := podIPs(pod)
+		if len(ips) == 0 {
+			continue
+		}
+		p, err := a.locate(key, pod, ips)
+		if err != nil {
+			keep = append(keep, ips...)
+			retry = append(retry, key)
+			continue
+		}
+		desired = append(desired, p)
+		byName[key] = pod
+	}
+	return desired, keep, byName, retry
+}
+
+// prefill writes the ambient pods' map entries before ztunnel's programs
+// are (re)placed: when the agent replaced an incompatible pods map, the new
+// ztunnel programs must find the pods at once, or for a moment a new
+// connection of an enrolled pod would be taken for inbound.
+func (a *Agent) prefill() {
+	pods, err := a.pods.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	desired, _, _, _ := a.desired(pods)
+	if err := a.dp.PutEntries(desired); err != nil {
+		a.log.Error("prefill the pods map", "error", err)
+	}
 }

@@ -45,6 +45,13 @@ type Config struct {
 	// FailOpen lets captured traffic pass while ztunnel is not ready,
 	// instead of dropping it.
 	FailOpen bool
+	// ReplaceIncompatiblePins replaces pinned maps of another layout or
+	// size with new ones (the agent rebuilds their entries) instead of
+	// failing.
+	ReplaceIncompatiblePins bool
+	// MountBPFFS says whether to mount a bpffs at /sys/fs/bpf when the pin
+	// directory is not on one: MountBPFFSAuto (the default), Always, Never.
+	MountBPFFS string
 	// Log receives a line per change; nil discards.
 	Log *slog.Logger
 }
@@ -96,7 +103,7 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 	opts.PodsMaxEntries = cfg.PodsMaxEntries
 
-	set, err := maps.Open(maps.Options{PinDir: cfg.pinDir(), PodsMaxEntries: cfg.PodsMaxEntries})
+	set, err := openMaps(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -118,6 +125,9 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 	if len(set.Created) > 0 {
 		log.Info("created maps", "pins", cfg.pinDir(), "maps", set.Created)
+	}
+	for _, r := range set.Replaced {
+		log.Warn("replaced a pinned map of another layout or size; the agent refills it, and programs attached with the old one keep it until they are replaced", "why", r)
 	}
 
 	d.coll, err = ebpf.NewCollectionWithOptions(mrasm.CollectionSpec(opts), ebpf.CollectionOptions{MapReplacements: set.Maps()})
@@ -150,6 +160,10 @@ func Open(cfg Config) (*Dataplane, error) {
 		"capture_dns", cfg.CaptureDNS, "fail_open", cfg.FailOpen)
 	return d, nil
 }
+
+// MapsReplaced reports whether Open replaced incompatible pinned maps: their
+// new copies are empty until refilled.
+func (d *Dataplane) MapsReplaced() bool { return len(d.maps.Replaced) > 0 }
 
 // Options returns the program variants this Dataplane loaded.
 func (d *Dataplane) Options() mrasm.Options { return d.opts }

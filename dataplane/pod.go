@@ -143,6 +143,28 @@ func (d *Dataplane) enroll(p Pod) error {
 	return nil
 }
 
+// PutEntries writes the pods map entries of pods, without attaching
+// anything: a restarted agent whose maps were replaced fills the new pods
+// map this way before ztunnel's programs, which read it, are replaced.
+// Pods whose MAC is not given are skipped.
+func (d *Dataplane) PutEntries(pods []Pod) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, p := range pods {
+		mac, err := maps.MAC(p.MAC)
+		if err != nil || p.HostIfindex <= 0 {
+			continue
+		}
+		for _, ip := range p.IPs {
+			if err := d.maps.Pods.Put(ip, maps.Pod{Ifindex: uint32(p.HostIfindex), MAC: mac}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Unenroll stops capturing pod's traffic: the app programs leave its host
 // veth, its IPs leave the pods map. The programs go first, so no packet of
 // the pod is captured while ztunnel can no longer hand replies back. The

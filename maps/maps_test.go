@@ -303,3 +303,40 @@ func TestOpenPinned(t *testing.T) {
 		t.Errorf("entry through OpenPinned: %+v %v", p, err)
 	}
 }
+
+func TestReplaceIncompatible(t *testing.T) {
+	dir := pinDir(t)
+	old, err := maps.Open(maps.Options{PinDir: dir, PodsMaxEntries: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	ip := netip.MustParseAddr("198.18.1.1")
+	if err := old.Pods.Put(ip, maps.Pod{Ifindex: 3}); err != nil {
+		t.Fatal(err)
+	}
+
+	set, err := maps.Open(maps.Options{PinDir: dir, PodsMaxEntries: 2048, ReplaceIncompatible: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	if len(set.Replaced) != 1 || !strings.Contains(set.Replaced[0], "MaxEntries") {
+		t.Errorf("Replaced = %v", set.Replaced)
+	}
+	if set.Pods.MaxEntries() != 2048 {
+		t.Errorf("new pods map holds %d", set.Pods.MaxEntries())
+	}
+	if _, err := set.Pods.Get(ip); !errors.Is(err, maps.ErrNotFound) {
+		t.Errorf("the new map is not empty: %v", err)
+	}
+	// The old map lives on for whoever still holds it (attached programs).
+	if p, err := old.Pods.Get(ip); err != nil || p.Ifindex != 3 {
+		t.Errorf("old map after replacement: %+v %v", p, err)
+	}
+	ro, err := maps.OpenPinned(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro.Close()
+}

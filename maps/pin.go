@@ -28,6 +28,11 @@ type Options struct {
 	PinDir string
 	// PodsMaxEntries is the capacity of the pods map; zero means the default.
 	PodsMaxEntries uint32
+	// ReplaceIncompatible replaces a pinned map whose spec differs (another
+	// layout version, another size) with a new, empty one, instead of
+	// failing. Programs attached with the old map keep it until they are
+	// replaced: capture goes on while the new map is filled.
+	ReplaceIncompatible bool
 }
 
 // Set holds the four maps of a node.
@@ -40,6 +45,8 @@ type Set struct {
 	// Created lists the reference names of the maps that Open created, as
 	// opposed to re-opened from pins.
 	Created []string
+	// Replaced lists, for each incompatible pin that Open replaced, why.
+	Replaced []string
 }
 
 // Open creates the maps, or re-opens their pins under opts.PinDir when they
@@ -67,6 +74,14 @@ func Open(opts Options) (*Set, error) {
 	}
 	for _, name := range sortedNames(specs) {
 		m, created, err := openOne(opts.PinDir, name, specs[name])
+		if errors.Is(err, ErrIncompatiblePin) && opts.ReplaceIncompatible {
+			path := filepath.Join(opts.PinDir, name)
+			if rerr := os.Remove(path); rerr != nil {
+				return fail(fmt.Errorf("replace %s: %w", path, rerr))
+			}
+			s.Replaced = append(s.Replaced, err.Error())
+			m, created, err = openOne(opts.PinDir, name, specs[name])
+		}
 		if err != nil {
 			return fail(err)
 		}
@@ -238,15 +253,29 @@ func removeMemlock() error {
 }
 
 func ensurePinDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create pin directory %s: %w (is bpffs mounted at /sys/fs/bpf?)", dir, err)
+	// The nearest existing directory must be on a bpffs: where none is
+	// mounted, /sys/fs/bpf is an empty directory of sysfs, and a mkdir
+	// there fails with a message that says nothing of bpffs.
+	existing := dir
+	for {
+		if _, err := os.Stat(existing); err == nil {
+			break
+		}
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			break
+		}
+		existing = parent
 	}
 	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("stat pin directory %s: %w", dir, err)
+	if err := unix.Statfs(existing, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", existing, err)
 	}
 	if st.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("pin directory %s: %w (mount one: mount -t bpf bpf /sys/fs/bpf)", dir, ErrNotBPFFS)
+		return fmt.Errorf("pin directory %s: %s is %w (mount one: mount -t bpf bpf /sys/fs/bpf)", dir, existing, ErrNotBPFFS)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory %s: %w", dir, err)
 	}
 	return nil
 }

@@ -51,6 +51,8 @@ type agentFlags struct {
 	cniConfDir      string
 	cniBinDir       string
 	cniPlugin       string
+	mountBPFFS      string
+	replacePins     bool
 }
 
 func (f *agentFlags) register(cmd *cobra.Command) {
@@ -74,6 +76,8 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", ":15014", "address of the HTTP server for /metrics (Prometheus), /healthz and /readyz; empty: none")
+	fl.StringVar(&f.mountBPFFS, "mount-bpffs", "auto", "mount a bpffs at /sys/fs/bpf if the pin directory is not on one: auto (only in the host's mount namespace, where the mount outlives the agent), always or never")
+	fl.BoolVar(&f.replacePins, "replace-incompatible-pins", true, "replace pinned maps of another layout or size with new ones, refilled without dropping capture (false: stop with an error)")
 	fl.StringVar(&f.cniSocket, "cni-socket", cni.DefaultSocket, "Unix socket (mode 0600) where the chained CNI plugin reaches the agent; empty: serve no plugin")
 	fl.BoolVar(&f.cniInstall, "cni-install", false, "copy the CNI plugin into --cni-bin-dir and keep it chained at the end of the primary CNI's conflist in --cni-conf-dir")
 	fl.StringVar(&f.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
@@ -101,6 +105,11 @@ func (f *agentFlags) config() (agent.Config, error) {
 	default:
 		return cfg, fmt.Errorf("invalid --redirect-peer %q: want auto, true or false", f.redirectPeer)
 	}
+	switch f.mountBPFFS {
+	case dataplane.MountBPFFSAuto, dataplane.MountBPFFSAlways, dataplane.MountBPFFSNever:
+	default:
+		return cfg, fmt.Errorf("invalid --mount-bpffs %q: want auto, always or never", f.mountBPFFS)
+	}
 	if f.podsMaxEntries == 0 {
 		return cfg, fmt.Errorf("invalid --pods-max-entries 0: the pods map needs room")
 	}
@@ -122,7 +131,8 @@ func (f *agentFlags) config() (agent.Config, error) {
 	cfg = agent.Config{
 		NodeName: f.nodeName,
 		Dataplane: dataplane.Config{NodeNetns: f.nodeNetns, PinDir: f.pinDir, PodsMaxEntries: f.podsMaxEntries, AttachMode: mode, Priority: f.priority,
-			RedirectPeer: peer, CaptureDNS: f.captureDNS, FailOpen: f.failOpen},
+			RedirectPeer: peer, CaptureDNS: f.captureDNS, FailOpen: f.failOpen,
+			MountBPFFS: f.mountBPFFS, ReplaceIncompatiblePins: f.replacePins},
 		ExcludedNamespaces: f.excluded,
 		ZtunnelSelector:    f.ztunnelSelector,
 		ConfigFile:         f.configFile,

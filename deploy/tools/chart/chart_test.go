@@ -52,6 +52,8 @@ var defaultArgs = []string{
 	"--log-format=json",
 	"--log-level=info",
 	"--metrics-addr=:15014",
+	"--mount-bpffs=auto",
+	"--replace-incompatible-pins=true",
 	"--cni-install=true",
 	"--cni-socket=/var/run/meshredirect/cni.sock",
 	"--cni-conf-dir=/etc/cni/net.d",
@@ -474,6 +476,8 @@ func TestValues(t *testing.T) {
 			check: func(t *testing.T, _ *Rendered, ds *appsv1.DaemonSet, c *corev1.Container) {
 				assertMount(t, mounts(t, ds, c), mount{"/run/mesh", "DirectoryOrCreate", "/run/mesh", "", false})
 			}},
+		{name: "mountBPFFS", values: "mountBPFFS: never", arg: "--mount-bpffs=never"},
+		{name: "replaceIncompatiblePins", values: "replaceIncompatiblePins: false", arg: "--replace-incompatible-pins=false"},
 		{name: "cni.confDir", values: "cni: {confDir: /etc/kubernetes/cni/net.d}", arg: "--cni-conf-dir=/etc/kubernetes/cni/net.d"},
 		{name: "cni.binDir", values: "cni: {binDir: /home/kubernetes/bin}", arg: "--cni-bin-dir=/home/kubernetes/bin"},
 		{name: "cni.plugin", values: "cni: {plugin: /opt/meshredirect/cni}", arg: "--cni-plugin=/opt/meshredirect/cni"},

@@ -162,17 +162,20 @@ func hostRoutes(t *testing.T, node *testenv.Node, pod *testenv.Pod) []netlink.Ro
 	return out
 }
 
-func (e *env) hasEvent(pod, reason string) bool {
+func (e *env) hasEvent(pod, reason string) bool { return e.eventMessage(pod, reason) != "" }
+
+// eventMessage returns the message of pod's event with reason, or "".
+func (e *env) eventMessage(pod, reason string) string {
 	events, err := e.admin.CoreV1().Events(e.ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil {
-		return false
+		return ""
 	}
 	for _, ev := range events.Items {
 		if ev.InvolvedObject.Name == pod && ev.Reason == reason {
-			return true
+			return ev.Message
 		}
 	}
-	return false
+	return ""
 }
 
 // TestBurst: 200 pods created and deleted in a burst leave the node's

@@ -47,10 +47,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// rbacOnce binds the manifests' rules to the agent's ServiceAccount, once
-// per API server.
-var rbacOnce sync.Once
-
 // bindAgentRBAC creates the ClusterRole with exactly the rules of the
 // chart (deploy/charts/meshredirect/files/clusterrole-rules.yaml) and binds
 // it to the agent's ServiceAccount: a permission the manifests forgot makes
@@ -58,7 +54,7 @@ var rbacOnce sync.Once
 func bindAgentRBAC(t *testing.T, admin kubernetes.Interface) {
 	t.Helper()
 	var err error
-	rbacOnce.Do(func() {
+	func() {
 		var raw []byte
 		if raw, err = os.ReadFile("../deploy/charts/meshredirect/files/clusterrole-rules.yaml"); err != nil {
 			return
@@ -80,7 +76,7 @@ func bindAgentRBAC(t *testing.T, admin kubernetes.Interface) {
 		if _, err = admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
 			err = nil
 		}
-	})
+	}()
 	if err != nil {
 		t.Fatalf("bind the manifests' RBAC rules: %v", err)
 	}
@@ -103,13 +99,19 @@ type env struct {
 	pinDir     string
 	netnsDir   string
 	configFile string
+	log        *testWriter
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	testutil.RequirePrivileged(t)
-	srv := kubeapi.Shared(t)
-	e := &env{t: t, srv: srv, nodeName: "node-" + rand.String(6)}
+	return newEnvOn(t, kubeapi.Shared(t))
+}
+
+// newEnvOn is newEnv on an API server of the test's own.
+func newEnvOn(t *testing.T, srv *kubeapi.Server) *env {
+	t.Helper()
+	e := &env{t: t, srv: srv, nodeName: "node-" + rand.String(6), log: &testWriter{t: t}}
 	var err error
 	e.admin, err = cluster.Client(srv, kubeapi.AdminUser)
 	must(t, err)
@@ -200,7 +202,7 @@ func (e *env) agentConfig() agent.Config {
 		Resolve:      resolve.Config{NetnsDirs: []string{e.netnsDir}},
 		ConfigFile:   e.configFile,
 		ResyncPeriod: time.Minute,
-		Log:          slog.New(slog.NewTextHandler(&testWriter{t: e.t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Log:          slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 }
 
@@ -244,7 +246,7 @@ func (e *env) waitFor(what string, timeout time.Duration, cond func() bool) {
 // set opens the pinned maps as a status command would.
 func (e *env) maps() *maps.Set {
 	e.t.Helper()
-	set, err := maps.Open(maps.Options{PinDir: e.pinDir})
+	set, err := maps.OpenPinned(e.pinDir)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -290,15 +292,34 @@ func (e *env) ambientConfig() string {
 
 // testWriter sends the agent's log lines to the test's log.
 type testWriter struct {
-	t  *testing.T
-	mu sync.Mutex
+	t     *testing.T
+	mu    sync.Mutex
+	lines []string
 }
 
 func (w *testWriter) Write(b []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.t.Log(strings.TrimSuffix(string(b), "\n"))
+	line := strings.TrimSuffix(string(b), "\n")
+	w.lines = append(w.lines, line)
+	w.t.Log(line)
 	return len(b), nil
+}
+
+// logged reports whether a line holding every one of parts was logged.
+func (w *testWriter) logged(parts ...string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range w.lines {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 var _ io.Writer = (*testWriter)(nil)
@@ -312,4 +333,10 @@ func must(t *testing.T, err error) {
 
 func addr(p *testenv.Pod, v6 bool, port int) netip.AddrPort {
 	return netip.AddrPortFrom(scenario.IP(p, v6), uint16(port))
+}
+
+// deletePodObject deletes a Pod object (grace period 0) and nothing else.
+func (e *env) deletePodObject(ns, name string) error {
+	zero := int64(0)
+	return e.admin.CoreV1().Pods(ns).Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshredirect/meshredirect/agent"
 )
 
@@ -51,25 +53,24 @@ func TestMetricsWhileTrafficFlows(t *testing.T) {
 	e.labelNamespace(e.ns, agent.ModeAmbient)
 	reg := agent.NewRegistry()
 	a := e.startAgent(func(c *agent.Config) { c.Metrics = reg })
-	srv := httptest.NewServer(a.Handler(reg))
-	defer srv.Close()
+	srv := newMetricsServer(t, a, reg)
 	set := e.maps()
 	e.waitFor("client and server enrolled", 10*time.Second, func() bool { return e.enrolled(set, e.box.Client) && e.enrolled(set, e.box.Server) })
 
-	if code := get(t, srv.URL+"/readyz"); code != http.StatusOK {
+	if code := get(t, srv+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz = %d", code)
 	}
-	if code := get(t, srv.URL+"/healthz"); code != http.StatusOK {
+	if code := get(t, srv+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d", code)
 	}
 
-	before := scrape(t, srv.URL)
+	before := scrape(t, srv)
 	s := startStream(e.box)
 	time.Sleep(time.Second)
-	mid := scrape(t, srv.URL)
+	mid := scrape(t, srv)
 	time.Sleep(time.Second)
 	ok, failed, _ := s.finish()
-	after := scrape(t, srv.URL)
+	after := scrape(t, srv)
 	if ok == 0 || failed != 0 {
 		t.Fatalf("stream: %d ok, %d failed", ok, failed)
 	}
@@ -93,4 +94,13 @@ func TestMetricsWhileTrafficFlows(t *testing.T) {
 		t.Error("no reconcile was timed")
 	}
 	t.Logf("during the stream: %d requests; redirected_out +%.0f, marked +%.0f packets", ok, after[out]-before[out], after[marked]-before[marked])
+}
+
+// newMetricsServer serves the agent's handler for the test and returns its
+// URL.
+func newMetricsServer(t *testing.T, a *agent.Agent, reg *prometheus.Registry) string {
+	t.Helper()
+	srv := httptest.NewServer(a.Handler(reg))
+	t.Cleanup(srv.Close)
+	return srv.URL
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,6 +19,7 @@ import (
 	kscheme "k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/maps"
 )
 
 func scheme() *runtime.Scheme { return kscheme.Scheme }
@@ -81,7 +81,7 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, reason stri
 			return err
 		}
 		reason := reasonAttach
-		if errors.Is(err, unix.E2BIG) { // a full hash map refuses a new key with E2BIG
+		if errors.Is(err, maps.ErrMapFull) {
 			reason = reasonMapFull
 		}
 		a.m.enrolErrors.WithLabelValues(reason).Inc()

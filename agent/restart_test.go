@@ -57,7 +57,7 @@ type agentProcess struct {
 	log   []string
 }
 
-func (e *env) startAgentProcess(t *testing.T) *agentProcess {
+func (e *env) startAgentProcess(t *testing.T, extra ...string) *agentProcess {
 	t.Helper()
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.ServiceAccount(agentNamespace, agentSA).Name), 0o600))
@@ -66,6 +66,7 @@ func (e *env) startAgentProcess(t *testing.T) *agentProcess {
 	cmd := exec.Command(meshredirectBinary(t), "agent", "--node-netns", e.box.Node.Path(),
 		"--node-name", e.nodeName, "--kubeconfig", kubeconfig, "--pin-dir", e.pinDir,
 		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
+	cmd.Args = append(cmd.Args, extra...)
 	stderr, err := cmd.StderrPipe()
 	must(t, err)
 	p := &agentProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{})}

@@ -58,6 +58,10 @@ func (p Pod) validate() error {
 // does not exist (any more): the pod is being deleted, or not yet wired.
 var ErrInterfaceGone = errors.New("pod interface is gone")
 
+// testHookBeforeAttach, set by tests only, runs between an enrolment's map
+// writes and its attachments: a test removes the pod's interface there.
+var testHookBeforeAttach func(Pod)
+
 // appPrograms are attached to every enrolled pod's host veth.
 var appPrograms = []struct {
 	name string
@@ -121,6 +125,9 @@ func (d *Dataplane) enroll(p Pod) error {
 		if !existed || prev != entry {
 			put = append(put, ip)
 		}
+	}
+	if testHookBeforeAttach != nil {
+		testHookBeforeAttach(p)
 	}
 	for _, ap := range appPrograms {
 		if err := d.attach(d.node, p.HostIfindex, ap.dir, ap.name); err != nil {

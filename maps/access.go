@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // ErrNotFound is returned by lookups of an entry that does not exist.
@@ -20,10 +21,17 @@ func (p *Pods) Put(ip netip.Addr, pod Pod) error {
 		return fmt.Errorf("put pod entry: invalid IP")
 	}
 	if err := p.Map.Put(KeyFor(ip), pod); err != nil {
+		if errors.Is(err, unix.E2BIG) {
+			// The kernel's E2BIG, which cilium/ebpf words "key too big".
+			return fmt.Errorf("put pod entry %s: %w (the pods map holds %d entries; raise --pods-max-entries): %w", ip, ErrMapFull, p.Map.MaxEntries(), err)
+		}
 		return fmt.Errorf("put pod entry %s: %w", ip, err)
 	}
 	return nil
 }
+
+// ErrMapFull is wrapped by Pods.Put when the pods map has no room.
+var ErrMapFull = errors.New("the pods map is full")
 
 // Get returns the entry of ip, or an error wrapping ErrNotFound.
 func (p *Pods) Get(ip netip.Addr) (Pod, error) {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -295,6 +296,9 @@ func (s *Server) Logs() string {
 func (s *Server) Stop() error {
 	s.stopOnce.Do(func() {
 		var errs []error
+		if s.apiserver != nil {
+			s.Resume() // a paused process would sit on its SIGTERM
+		}
 		for _, c := range []*child{s.apiserver, s.etcd} {
 			if c != nil {
 				errs = append(errs, c.stop())
@@ -338,4 +342,15 @@ func clientFor(ca []byte) (*http.Client, error) {
 			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		},
 	}, nil
+}
+
+// Pause freezes kube-apiserver (SIGSTOP): clients' requests and watches
+// hang as they would against an unreachable control plane, until Resume.
+func (s *Server) Pause() error {
+	return s.apiserver.cmd.Process.Signal(syscall.SIGSTOP)
+}
+
+// Resume lets a paused kube-apiserver run again (SIGCONT).
+func (s *Server) Resume() error {
+	return s.apiserver.cmd.Process.Signal(syscall.SIGCONT)
 }

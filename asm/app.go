@@ -10,50 +10,85 @@ import (
 // veth, which sees every packet the pod sends.
 //
 // Passed: non-IP frames (ARP), ICMP and ICMPv6 (neighbour discovery, path
-// MTU), packets to the node's own address, and DNS (UDP to port 53) unless
+// MTU), TCP segments with ACK to the node's own address (replies to kubelet
+// probes: nothing the pod starts, so no NodePort DNAT or overlay device on
+// the node becomes a way around the mesh), and DNS (UDP to port 53) unless
 // DNS capture is on. Everything else goes to ztunnel: TCP, UDP, later
 // fragments, and any other protocol, which a pod could otherwise use to
 // tunnel past the mesh. Frames that cannot be parsed (a truncated IP header,
 // a truncated or too long IPv6 extension chain, a VLAN tag) are dropped.
+//
+// ztunnel knows a client by its source address, so what could start a new
+// flow there (a TCP SYN without ACK, UDP, any other protocol) must carry a
+// source that the pods map gives to this very veth; a forged one is dropped
+// (dropped_spoofed). Segments of established flows skip the lookup: they
+// only reach a socket that exists already.
+//
 // With ztunnel not ready, what would go to ztunnel is dropped (fail closed)
 // or, with ZtunnelFailOpen, passed.
 func appOutbound(opts Options) asm.Instructions {
 	const (
-		v4      = "out_v4"
-		v6      = "out_v6"
-		l4      = "out_l4"
-		capture = "out_capture"
-		notRdy  = "out_not_ready"
+		v4       = "out_v4"
+		v6       = "out_v6"
+		l4       = "out_l4"
+		udp      = "out_udp"
+		checkSrc = "out_check_src"
+		capture  = "out_capture"
+		notRdy   = "out_not_ready"
+		spoofed  = "verdict_spoofed"
 	)
-	labels := l4Labels{icmp: labelPass, l4: l4, fragment: capture, bad: labelParseErr}
+	labels := l4Labels{icmp: labelPass, l4: l4, fragment: checkSrc, bad: labelParseErr}
 	return concat(
 		loadPacket(),
 		lookupZtunnel(labelNoZtunnel),
 		parseEthernet(ethLabels{v4: v4, v6: v6, other: labelPass, vlan: labelParseErr, short: labelParseErr}),
 
 		at(v4, parseIPv4(labelParseErr)...),
-		matchNode("out_v4", false, ipv4OffDaddr, labelPass),
+		asm.Instructions{asm.StoreImm(asm.RFP, stackFamily, 4, asm.Word)},
+		flagNode("out_v4", false, ipv4OffDaddr),
 		ipv4L4(labels),
 
 		at(v6, parseIPv6(labelParseErr)...),
-		matchNode("out_v6", true, ipv6OffDaddr, labelPass),
+		asm.Instructions{asm.StoreImm(asm.RFP, stackFamily, 6, asm.Word)},
+		flagNode("out_v6", true, ipv6OffDaddr),
 		ipv6L4("out_v6", labels),
 
-		// R3 = protocol, R9 = L4 header. Only DNS can still pass, and only
-		// when its port is readable: what cannot be shown to be DNS is
-		// captured.
+		// R3 = protocol, R9 = L4 header. A TCP segment with ACK belongs to
+		// a flow: to the node it passes (a probe reply), elsewhere it goes
+		// to ztunnel unchecked. A SYN without ACK starts a flow.
 		at(l4,
-			asm.JNE.Imm(regProto, ipprotoUDP, capture),
+			asm.JNE.Imm(regProto, ipprotoTCP, udp),
+			asm.Mov.Reg(asm.R0, regL4),
+			asm.Add.Imm(asm.R0, tcpOffFlags+1),
+			asm.JGT.Reg(asm.R0, regDataEnd, checkSrc),
+			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+			asm.Mov.Reg(asm.R2, asm.R1),
+			asm.And.Imm(asm.R2, tcpFlagACK),
+			asm.JEq.Imm(asm.R2, 0, l4+"_noack"),
+			asm.LoadMem(asm.R2, asm.RFP, stackToNode, asm.Word),
+			asm.JNE.Imm(asm.R2, 0, labelPass),
+			asm.Ja.Label(capture),
+		),
+		at(l4+"_noack",
+			asm.And.Imm(asm.R1, tcpFlagSYN),
+			asm.JNE.Imm(asm.R1, 0, checkSrc),
+			asm.Ja.Label(capture),
+		),
+		// Only DNS can still pass, and only when its port is readable:
+		// what cannot be shown to be DNS is captured.
+		at(udp,
+			asm.JNE.Imm(regProto, ipprotoUDP, checkSrc),
 			asm.Mov.Reg(asm.R0, regL4),
 			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, capture),
+			asm.JGT.Reg(asm.R0, regDataEnd, checkSrc),
 			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
-			asm.JNE.Imm(asm.R1, be16(portDNS), capture),
+			asm.JNE.Imm(asm.R1, be16(portDNS), checkSrc),
 			loadZtunnel(asm.R1),
 			asm.LoadMem(asm.R1, asm.R1, maps.ZtunnelOffFlags, asm.Half),
 			asm.And.Imm(asm.R1, int32(maps.ZtunnelCaptureDNS)),
 			asm.JEq.Imm(asm.R1, 0, labelPass),
 		),
+		checkSource(checkSrc, capture, spoofed),
 
 		// To ztunnel: its eth0 MAC as destination, then straight into its
 		// netns (redirect_peer from this ingress hook).
@@ -68,7 +103,57 @@ func appOutbound(opts Options) asm.Instructions {
 		redirectTo(maps.VerdictRedirectedOut, opts.RedirectPeer),
 
 		failClosed(notRdy),
+		exit(spoofed, maps.VerdictDroppedSpoofed, ActShot),
 		exits(),
+	)
+}
+
+// flagNode sets the stackToNode slot to 1 when the address at field is the
+// node's, 0 otherwise.
+func flagNode(prefix string, v6 bool, field int16) asm.Instructions {
+	isNode := prefix + "_to_node"
+	done := prefix + "_node_done"
+	return concat(
+		asm.Instructions{asm.StoreImm(asm.RFP, stackToNode, 0, asm.Word)},
+		matchNode(prefix, v6, field, isNode),
+		asm.Instructions{asm.Ja.Label(done)},
+		at(isNode, asm.StoreImm(asm.RFP, stackToNode, 1, asm.Word)),
+		at(done, asm.Mov.Reg(asm.R0, asm.R0)),
+	)
+}
+
+// checkSource jumps to ok when the packet's source address is in the pods
+// map with this veth (skb->ifindex) as its interface, to spoofed otherwise.
+// The family is in the stackFamily slot. Clobbers R0-R5.
+func checkSource(label, ok, spoofed string) asm.Instructions {
+	v6 := label + "_v6"
+	lookup := label + "_lookup"
+	// The verifier does not tie the family in the stack to the bounds the
+	// parser checked on that path: each branch checks its header again.
+	return concat(
+		at(label,
+			asm.LoadMem(asm.R1, asm.RFP, stackFamily, asm.Word),
+			asm.JEq.Imm(asm.R1, 6, v6),
+			asm.Mov.Reg(asm.R0, regData),
+			asm.Add.Imm(asm.R0, ethHlen+ipv4MinHlen),
+			asm.JGT.Reg(asm.R0, regDataEnd, spoofed),
+		),
+		podKeyFromPacket(false, ipv4OffSaddr),
+		asm.Instructions{asm.Ja.Label(lookup)},
+		at(v6,
+			asm.Mov.Reg(asm.R0, regData),
+			asm.Add.Imm(asm.R0, ethHlen+ipv6Hlen),
+			asm.JGT.Reg(asm.R0, regDataEnd, spoofed),
+		),
+		podKeyFromPacket(true, ipv6OffSaddr),
+		at(lookup, lookupPod()...),
+		asm.Instructions{
+			asm.JEq.Imm(asm.R0, 0, spoofed),
+			asm.LoadMem(asm.R1, asm.R0, maps.PodOffIfindex, asm.Word),
+			asm.LoadMem(asm.R2, regCtx, skbIfindex, asm.Word),
+			asm.JNE.Reg(asm.R1, asm.R2, spoofed),
+			asm.Ja.Label(ok),
+		},
 	)
 }
 

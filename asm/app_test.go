@@ -147,8 +147,33 @@ func appOutboundCases() []caseRow {
 	add(bothFamilies("another protocol (GRE) goes to ztunnel, so no tunnel leaves the mesh", func(v6 bool) caseRow {
 		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, remoteV4, remoteV6), proto: layers.IPProtocolGRE}), want: toZtunnelOut}
 	})...)
-	add(bothFamilies("traffic to the node IP passes (probe replies)", func(v6 bool) caseRow {
-		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, nodeV4, nodeV6), sport: 8080, dport: 45000}), want: passed}
+	add(bothFamilies("a TCP segment with ACK to the node IP passes (a probe reply)", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, nodeV4, nodeV6), sport: 8080, dport: 45000, ack: true}), want: passed}
+	})...)
+	add(bothFamilies("a SYN to the node IP goes to ztunnel (a NodePort would DNAT it elsewhere)", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, nodeV4, nodeV6), dport: 30080}), want: toZtunnelOut}
+	})...)
+	add(bothFamilies("UDP to the node IP goes to ztunnel (an overlay device would decapsulate it)", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, nodeV4, nodeV6), proto: layers.IPProtocolUDP, dport: 4789}), want: toZtunnelOut}
+	})...)
+	add(bothFamilies("GRE to the node IP goes to ztunnel", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, nodeV4, nodeV6), proto: layers.IPProtocolGRE}), want: toZtunnelOut}
+	})...)
+	add(bothFamilies("a SYN with another pod's source is dropped (ztunnel knows clients by their IP)", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, serverV4, serverV6), dst: pick(v6, remoteV4, remoteV6)}), want: spoofed}
+	})...)
+	add(bothFamilies("UDP with a source nobody enrolled is dropped", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, remoteV4, remoteV6), dst: pick(v6, plainV4, plainV6), proto: layers.IPProtocolUDP, dport: 7}), want: spoofed}
+	})...)
+	add(bothFamilies("a later fragment with a forged source is dropped", func(v6 bool) caseRow {
+		p := packet{src: pick(v6, nodeV4, nodeV6), dst: pick(v6, remoteV4, remoteV6), fragOffset: 9}
+		if v6 {
+			p.ext = []layers.IPProtocol{layers.IPProtocolIPv6Fragment}
+		}
+		return caseRow{frame: frameOf(p), want: spoofed}
+	})...)
+	add(bothFamilies("a segment of an established flow goes to ztunnel without the source check", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, serverV4, serverV6), dst: pick(v6, remoteV4, remoteV6), ack: true}), want: toZtunnelOut}
 	})...)
 	add(bothFamilies("a VLAN-tagged frame is dropped", func(v6 bool) caseRow {
 		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, remoteV4, remoteV6), vlan: true}), want: dropped}
@@ -162,8 +187,8 @@ func appOutboundCases() []caseRow {
 	add(bothFamilies("ztunnel not ready: TCP is dropped (fail closed)", func(v6 bool) caseRow {
 		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, remoteV4, remoteV6)}), noZtunnel: true, want: failedClosed}
 	})...)
-	add(bothFamilies("ztunnel not ready: traffic to the node IP passes", func(v6 bool) caseRow {
-		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, nodeV4, nodeV6)}), noZtunnel: true, want: passed}
+	add(bothFamilies("ztunnel not ready: a probe reply to the node IP passes", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: from(v6), dst: pick(v6, nodeV4, nodeV6), ack: true}), noZtunnel: true, want: passed}
 	})...)
 	add(caseRow{name: "ztunnel not ready: ARP passes", frame: func(tb testing.TB) []byte { return arpRequest(tb, clientV4) }, noZtunnel: true, want: passed})
 	add(bothFamilies("ztunnel not ready, fail open: TCP passes", func(v6 bool) caseRow {

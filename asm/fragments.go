@@ -35,6 +35,10 @@ const (
 	stackKey = -12
 	// stackProto holds the L4 protocol across helper calls.
 	stackProto = -16
+	// stackToNode is 1 when the packet is addressed to the node's IP.
+	stackToNode = -20
+	// stackFamily is 4 or 6.
+	stackFamily = -24
 	// stackPodKey is a 16-byte pods map key.
 	stackPodKey = -40
 	// stackTuple is a struct bpf_sock_tuple (36 bytes for IPv6).

@@ -105,7 +105,7 @@ func FuzzZtunnelIngress(f *testing.F) {
 }
 
 func FuzzZtunnelAssign(f *testing.F) {
-	fuzzProgram(f, mrasm.ZtunnelAssign, map[int32]bool{mrasm.ActUnspec: true, mrasm.ActOK: true}, nil)
+	fuzzProgram(f, mrasm.ZtunnelAssign, map[int32]bool{mrasm.ActUnspec: true, mrasm.ActOK: true, mrasm.ActShot: true}, nil)
 }
 
 // TestStatsCountEveryPacket runs each seed through every program and checks

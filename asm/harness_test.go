@@ -28,8 +28,10 @@ var (
 
 	clientV4      = netip.MustParseAddr("198.18.1.10")
 	clientV6      = netip.MustParseAddr("fd10:6d72:1::10")
-	clientMAC     = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x10}
-	clientIfindex = uint32(10)
+	clientMAC = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x10}
+	// clientIfindex is the device BPF_PROG_TEST_RUN runs on (loopback):
+	// app_outbound checks that a new flow's source belongs to skb->ifindex.
+	clientIfindex = uint32(1)
 
 	serverV4      = netip.MustParseAddr("198.18.1.20")
 	serverV6      = netip.MustParseAddr("fd10:6d72:1::20")
@@ -250,6 +252,7 @@ func action(ret int32) string {
 // Expected outcomes, named as the tables read them.
 var (
 	toZtunnelOut = expect{ret: mrasm.ActRedirect, verdict: maps.VerdictRedirectedOut, mac: ztMAC}
+	spoofed      = expect{ret: mrasm.ActShot, verdict: maps.VerdictDroppedSpoofed}
 	toZtunnelIn  = expect{ret: mrasm.ActRedirect, verdict: maps.VerdictRedirectedIn, mac: ztMAC}
 	passed       = expect{ret: mrasm.ActUnspec, verdict: maps.VerdictPassed}
 	dropped      = expect{ret: mrasm.ActShot, verdict: maps.VerdictParseError}

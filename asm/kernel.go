@@ -52,6 +52,7 @@ const (
 	skbMark           = int16(unsafe.Offsetof(SkBuff{}.Mark))
 	skbVlanPresent    = int16(unsafe.Offsetof(SkBuff{}.VlanPresent))
 	skbIngressIfindex = int16(unsafe.Offsetof(SkBuff{}.IngressIfindex))
+	skbIfindex        = int16(unsafe.Offsetof(SkBuff{}.Ifindex))
 	skbData           = int16(unsafe.Offsetof(SkBuff{}.Data))
 	skbDataEnd        = int16(unsafe.Offsetof(SkBuff{}.DataEnd))
 )

@@ -64,8 +64,11 @@ func ztunnelIngress(opts Options) asm.Instructions {
 //     has to survive the trip between netns.
 //
 // The socket is bpf_sk_assign'ed and the packet marked TProxyMark, which the
-// netns' policy routing delivers locally. No socket: passed unmarked, and
-// ztunnel's netns, which does not forward, drops it.
+// netns' policy routing delivers locally. A captured packet that gets no
+// socket (no listener, a protocol other than TCP and UDP, a later fragment,
+// a truncated header) is dropped: passed on, a netns that forwards (it
+// inherits the host's ip_forward when created) would route it to its
+// destination unproxied.
 func ztunnelAssign() asm.Instructions {
 	return concat(
 		loadPacket(),
@@ -77,7 +80,7 @@ func ztunnelAssign() asm.Instructions {
 		at("za_marked", setMark()...),
 		exit("za_marked_count", maps.VerdictMarked, ActOK),
 		exit(labelPass, maps.VerdictPassed, ActUnspec),
-		exit("za_no_socket", maps.VerdictNoSocket, ActUnspec),
+		exit("za_no_socket", maps.VerdictNoSocket, ActShot),
 	)
 }
 
@@ -95,7 +98,11 @@ func assignFamily(v6 bool) asm.Instructions {
 		parse = parseIPv6(labelPass)
 	}
 	l4 := fam + "_l4"
-	labels := l4Labels{icmp: labelPass, l4: l4, fragment: labelPass, bad: labelPass}
+	// Past the own-address check every packet was captured: one that gets
+	// no socket here is dropped, never passed on, or ztunnel's stack (a
+	// netns created with the host's ip_forward) could route it to its
+	// destination unproxied.
+	labels := l4Labels{icmp: labelPass, l4: l4, fragment: "za_no_socket", bad: "za_no_socket"}
 
 	// Addressed to ztunnel itself: not captured.
 	notOwn := asm.Instructions{loadZtunnel(asm.R1)}
@@ -139,7 +146,7 @@ func assignFamily(v6 bool) asm.Instructions {
 		// per-packet cost of an established flow at a few instructions.
 		at(l4,
 			asm.JEq.Imm(regProto, ipprotoUDP, l4+"_ports"),
-			asm.JNE.Imm(regProto, ipprotoTCP, labelPass),
+			asm.JNE.Imm(regProto, ipprotoTCP, "za_no_socket"),
 			asm.Mov.Reg(asm.R0, regL4),
 			asm.Add.Imm(asm.R0, tcpOffFlags+1),
 			asm.JGT.Reg(asm.R0, regDataEnd, "za_no_socket"),
@@ -156,7 +163,7 @@ func assignFamily(v6 bool) asm.Instructions {
 		podKeyFromPacket(v6, saddr),
 
 		lookupSocket(fam+"_tcp", false, tupleSize, fam+"_udp"),
-		lookupSocket(fam+"_udp", true, tupleSize, labelPass),
+		lookupSocket(fam+"_udp", true, tupleSize, "za_no_socket"),
 	)
 }
 
@@ -271,8 +278,9 @@ func lookupSocket(prefix string, udp bool, tupleSize int32, next string) asm.Ins
 // assignSocket assigns the socket in R0 to the packet and releases the
 // lookup's reference. R1 = 1 for an established socket: if the kernel refuses
 // the assignment, the mark alone still delivers the packet locally and the
-// stack's own lookup finds that socket. A listener refused stays unmarked, or
-// the packet would reach whatever listens on its original port.
+// stack's own lookup finds that socket. A packet refused by a listener is
+// dropped: marked it would reach whatever listens on its original port,
+// unmarked it could be forwarded.
 func assignSocket() asm.Instructions {
 	return concat(
 		at("za_assign",
@@ -292,7 +300,7 @@ func assignSocket() asm.Instructions {
 		),
 		setMark(),
 		at("za_refused", countVerdict(maps.VerdictAssignFailed)...),
-		asm.Instructions{asm.Mov.Imm(asm.R0, ActUnspec), asm.Return()},
+		asm.Instructions{asm.Mov.Imm(asm.R0, ActShot), asm.Return()},
 		at("za_mark", setMark()...),
 		countVerdict(maps.VerdictAssigned),
 		asm.Instructions{asm.Mov.Imm(asm.R0, ActOK), asm.Return()},

@@ -180,7 +180,7 @@ func (a *assignNetns) run(t testing.TB, f *fixture, frame []byte) result {
 // the refusal shows that the lookup found the socket. An established socket
 // is marked anyway; a listener is not.
 func assignedTo(established bool) expect {
-	e := expect{ret: mrasm.ActUnspec, verdict: maps.VerdictAssignFailed}
+	e := expect{ret: mrasm.ActShot, verdict: maps.VerdictAssignFailed}
 	if established {
 		e.mark = mrasm.TProxyMark
 	}
@@ -193,7 +193,9 @@ type listener struct {
 	port  int
 }
 
-var noSocket = expect{ret: mrasm.ActUnspec, verdict: maps.VerdictNoSocket}
+// noSocket: a captured packet without a socket is dropped, never passed on
+// (ztunnel's netns may forward).
+var noSocket = expect{ret: mrasm.ActShot, verdict: maps.VerdictNoSocket}
 
 func TestZtunnelAssign(t *testing.T) {
 	f := newFixture(t, mrasm.DefaultOptions())
@@ -257,14 +259,18 @@ func TestZtunnelAssign(t *testing.T) {
 				}
 				return packet{src: outbound(v6), dst: pick(v6, serverV4, serverV6), proto: p}
 			}, want: passed},
-		{name: "a later fragment passes (no ports to look up)", listeners: []listener{{"tcp", 15001}},
+		{name: "a captured later fragment is dropped (no ports to look up)", listeners: []listener{{"tcp", 15001}},
 			pkt: func(v6 bool) packet {
 				p := packet{src: outbound(v6), dst: pick(v6, serverV4, serverV6), fragOffset: 20}
 				if v6 {
 					p.ext = []layers.IPProtocol{layers.IPProtocolIPv6Fragment}
 				}
 				return p
-			}, want: passed},
+			}, want: noSocket},
+		{name: "a captured protocol other than TCP and UDP is dropped", listeners: []listener{{"tcp", 15001}},
+			pkt: func(v6 bool) packet {
+				return packet{src: outbound(v6), dst: pick(v6, serverV4, serverV6), proto: layers.IPProtocolGRE}
+			}, want: noSocket},
 	}
 	for _, r := range rows {
 		for _, v6 := range []bool{false, true} {

@@ -196,9 +196,14 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 		}
 	}
 	if err := inNetns(ns, func() error {
+		// No forwarding: a netns starts with the host's ip_forward, and
+		// ztunnel, a proxy, routes nothing (ztunnel_assign drops what
+		// it cannot give a socket; this is the second line).
 		return writeSysctls(map[string]string{
 			"net/ipv4/conf/all/rp_filter":               "0",
 			"net/ipv4/conf/" + z.iface() + "/rp_filter": "0",
+			"net/ipv4/ip_forward":                       "0",
+			"net/ipv6/conf/all/forwarding":              "0",
 		})
 	}); err != nil {
 		return nil, fmt.Errorf("set sysctls in ztunnel's netns: %w", err)

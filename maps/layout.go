@@ -131,6 +131,9 @@ const (
 	// VerdictMarked: a captured TCP segment of an existing flow, marked for
 	// local delivery to the socket that ztunnel's stack finds by its tuple.
 	VerdictMarked
+	// VerdictDroppedSpoofed: a pod's packet that would start a flow with a
+	// source address the pods map does not give to its veth, dropped.
+	VerdictDroppedSpoofed
 
 	numVerdicts
 )
@@ -147,6 +150,7 @@ func Verdicts() []Verdict {
 var verdictNames = [numVerdicts]string{
 	"redirected_out", "redirected_in", "bypass", "passed", "dropped_no_ztunnel",
 	"assigned", "no_socket", "parse_error", "assign_failed", "marked",
+	"dropped_spoofed",
 }
 
 // String returns the verdict's name as used in metrics and status output.

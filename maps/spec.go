@@ -60,10 +60,19 @@ func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 			Type:       ebpf.PerCPUArray,
 			KeySize:    4,
 			ValueSize:  uint32(unsafe.Sizeof(Counter{})),
-			MaxEntries: uint32(numVerdicts),
+			MaxEntries: StatsMaxEntries,
 		},
 	}
 }
+
+// StatsMaxEntries is the stats map's size: room for verdicts added later, so
+// that a new verdict keeps the pin compatible (an agent reads only the
+// verdicts it knows, and a program only counts its own).
+const StatsMaxEntries = 32
+
+// A verdict beyond the stats map would never be counted: this fails to
+// compile when there are more verdicts than entries.
+var _ [StatsMaxEntries - numVerdicts]struct{}
 
 // kernelName is the name the kernel shows for a map (at most 15 bytes).
 func kernelName(short string) string {

@@ -26,8 +26,8 @@ var (
 	ztMAC     = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x2a}
 	ztIfindex = uint32(42)
 
-	clientV4      = netip.MustParseAddr("198.18.1.10")
-	clientV6      = netip.MustParseAddr("fd10:6d72:1::10")
+	clientV4  = netip.MustParseAddr("198.18.1.10")
+	clientV6  = netip.MustParseAddr("fd10:6d72:1::10")
 	clientMAC = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x10}
 	// clientIfindex is the device BPF_PROG_TEST_RUN runs on (loopback):
 	// app_outbound checks that a new flow's source belongs to skb->ifindex.

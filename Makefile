@@ -3,7 +3,7 @@ GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 PKGS ?= ./...
 
-.PHONY: all build test lint demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image
+.PHONY: all build test lint demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image bench bench-quick
 
 all: build
 
@@ -16,6 +16,7 @@ test: lint check-no-c kube-bins cni-bins
 	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test $(GOTEST_FLAGS) $(PKGS)
 	cd deploy/tools && $(GO) test $(GOTEST_FLAGS) ./...
+	$(call run-fuzz,$(FUZZTIME_TEST))
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -33,12 +34,27 @@ demo:
 	CGO_ENABLED=0 $(GO) build -o bin/demo ./testenv/cmd/demo
 	./bin/demo
 
-## fuzz: run each program's fuzz target for longer than make test does.
+## fuzz: every fuzz target (the programs, the CNI plugin's input, the conflist editor, the ambient
+## decision) for FUZZTIME each; make test runs them for FUZZTIME_TEST.
+FUZZ_TARGETS ?= ./asm:FuzzAppOutbound ./asm:FuzzAppInbound ./asm:FuzzZtunnelIngress ./asm:FuzzZtunnelAssign \
+	./cmd/meshredirect-cni:FuzzPluginConfig ./cni:FuzzConflist ./agent:FuzzDecide
+FUZZTIME_TEST ?= 5s
 FUZZTIME ?= 60s
+define run-fuzz
+	@for t in $(FUZZ_TARGETS); do echo "fuzz $$t for $(1)"; \
+		$(GO) test $${t%%:*} -run '^$$' -fuzz "^$${t##*:}$$" -fuzztime $(1) || exit 1; done
+endef
 fuzz:
-	for f in FuzzAppOutbound FuzzAppInbound FuzzZtunnelIngress FuzzZtunnelAssign; do \
-		$(GO) test ./asm -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
-	done
+	$(call run-fuzz,$(FUZZTIME))
+
+## bench: the benchmark against iptables (as root, ~25 min on a quiet machine): BENCHMARKS.md and
+## bench/results/. Installs iptables and ipset from Debian if missing.
+bench:
+	bench/run.sh $(BENCH_FLAGS)
+
+## bench-quick: the same report in under 5 minutes, fewer rounds.
+bench-quick:
+	bench/run.sh -quick $(BENCH_FLAGS)
 
 ## manifests: render deploy/meshredirect.yaml from the chart with its default values.
 manifests:

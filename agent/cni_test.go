@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/testenv/cnichain"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
@@ -186,4 +188,32 @@ func TestCNIAddDelRepeated(t *testing.T) {
 		}
 		return err
 	}))
+}
+
+// TestCNIRefusesNonUnicastIPs: an address in a CNI result that cannot be a
+// pod's (0.0.0.0, ::, loopback, link-local, multicast) fails ADD with a
+// message naming it, and never reaches the pods map, where it would let any
+// pod's packets from it pass the source check as this pod's.
+func TestCNIRefusesNonUnicastIPs(t *testing.T) {
+	e := newCNIEnv(t)
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	e.startAgent()
+	set := e.maps()
+	e.createPodObject(t, e.ns, "odd")
+	client := cni.NewClient(e.socket)
+	for _, ip := range []string{"0.0.0.0", "::", "127.0.0.1", "169.254.1.1", "fe80::1", "224.0.0.1", "ff02::1", "255.255.255.255"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := client.Do(ctx, cni.PathAdd, cni.PodRequest{Namespace: e.ns, Name: "odd", ContainerID: "c-odd", IPs: []string{"198.18.16.77", ip}})
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), ip) || !strings.Contains(err.Error(), "not a unicast pod address") {
+			t.Errorf("ADD with %s: %v, want an error naming it", ip, err)
+		}
+	}
+	all, err := set.Pods.All()
+	must(t, err)
+	for ip := range all {
+		if !ip.IsGlobalUnicast() || ip == netip.MustParseAddr("198.18.16.77") {
+			t.Errorf("pods map holds %s after refused ADDs", ip)
+		}
+	}
 }

@@ -106,6 +106,12 @@ func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, erro
 		if err != nil {
 			return cni.Reply{}, fmt.Errorf("pod %s: bad IP %q in the CNI result", key, s)
 		}
+		// A pod's address is unicast and routable: 0.0.0.0, loopback,
+		// link-local or multicast in the pods map would let any pod's
+		// packets from it pass as this pod's.
+		if !ip.IsGlobalUnicast() {
+			return cni.Reply{}, fmt.Errorf("pod %s: IP %s in the CNI result is not a unicast pod address", key, s)
+		}
 		ips = append(ips, ip.Unmap())
 	}
 	if len(ips) == 0 {

@@ -85,6 +85,11 @@ func (in Installer) Install() (string, error) {
 	out := path
 	if filepath.Ext(path) != ".conflist" {
 		out = strings.TrimSuffix(path, filepath.Ext(path)) + ".conflist"
+		// Another file of that name is not the kubelet's (the .conf sorts
+		// first) but may be someone's: never overwrite it.
+		if _, err := os.Lstat(out); err == nil {
+			return "", fmt.Errorf("turn %s into a list: %s exists already; remove or rename it", path, out)
+		}
 	}
 	if err := writeConflist(out, list, plugins); err != nil {
 		return "", err
@@ -168,7 +173,7 @@ func readConflist(path string) (conflist, error) {
 	}
 	l := conflist{fields: fields, mode: st.Mode().Perm()}
 	if p, ok := fields["plugins"]; ok {
-		if err := json.Unmarshal(p, &l.plugins); err != nil {
+		if err := unmarshalNumbers(p, &l.plugins); err != nil {
 			return conflist{}, fmt.Errorf("parse the plugins of %s: %w", path, err)
 		}
 		delete(l.fields, "plugins")
@@ -176,7 +181,7 @@ func readConflist(path string) (conflist, error) {
 	}
 	// A single plugin (.conf): the list keeps its name and version.
 	var single map[string]any
-	if err := json.Unmarshal(raw, &single); err != nil {
+	if err := unmarshalNumbers(raw, &single); err != nil {
 		return conflist{}, err
 	}
 	if _, ok := single["type"]; !ok {
@@ -259,4 +264,14 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	return writeFileAtomic(dst, buf.Bytes(), mode)
+}
+
+// unmarshalNumbers is json.Unmarshal keeping numbers as json.Number: other
+// plugins' numbers are written back as they were, where a float64 would turn
+// an integer beyond 2^53 into another one. raw was parsed whole already, so
+// there is no trailing data to refuse.
+func unmarshalNumbers(raw []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	return d.Decode(v)
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -171,5 +172,30 @@ func TestBrokenConfiguration(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "10-broken.conflist"), []byte(`{"name": "x"}`), 0o644)
 	if _, err := (Installer{ConfDir: dir}).Install(); err == nil {
 		t.Error("installed into a configuration without plugins or type")
+	}
+}
+
+// TestInstallKeepsUnrelatedConflist: turning foo.conf into a list must not
+// overwrite a foo.conflist that sits beside it.
+func TestInstallKeepsUnrelatedConflist(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "10-foo.conf")
+	other := filepath.Join(dir, "10-foo.conflist")
+	if err := os.WriteFile(conf, []byte(`{"cniVersion":"0.4.0","name":"foo","type":"ptp"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	otherBody := []byte(`{"cniVersion":"0.4.0","name":"other","plugins":[{"type":"bridge"}]}`)
+	if err := os.WriteFile(other, otherBody, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Installer{ConfDir: dir, BinDir: t.TempDir()}.Install()
+	if err == nil || !strings.Contains(err.Error(), "10-foo.conflist exists already") {
+		t.Fatalf("Install: %v, want an error naming 10-foo.conflist", err)
+	}
+	if got, _ := os.ReadFile(other); string(got) != string(otherBody) {
+		t.Errorf("10-foo.conflist was changed to %s", got)
+	}
+	if _, err := os.Stat(conf); err != nil {
+		t.Errorf("10-foo.conf: %v", err)
 	}
 }

@@ -14,14 +14,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/meshredirect/meshredirect/cni"
@@ -52,40 +50,6 @@ func main() {
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck},
 		version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"),
 		"meshredirect-cni: capture ambient pods into ztunnel from their first packet")
-}
-
-// parse reads the configuration, the previous result and the pod's
-// identity.
-func parse(args *skel.CmdArgs) (*netConf, *current.Result, cni.PodRequest, error) {
-	conf := &netConf{}
-	if err := json.Unmarshal(args.StdinData, conf); err != nil {
-		return nil, nil, cni.PodRequest{}, fmt.Errorf("parse meshredirect-cni configuration: %w", err)
-	}
-	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
-		return nil, nil, cni.PodRequest{}, fmt.Errorf("parse the previous result: %w", err)
-	}
-	var prev *current.Result
-	if conf.PrevResult != nil {
-		r, err := current.NewResultFromResult(conf.PrevResult)
-		if err != nil {
-			return nil, nil, cni.PodRequest{}, fmt.Errorf("convert the previous result: %w", err)
-		}
-		prev = r
-	}
-	var ka k8sArgs
-	if err := types.LoadArgs(args.Args, &ka); err != nil {
-		return nil, nil, cni.PodRequest{}, fmt.Errorf("parse CNI_ARGS: %w", err)
-	}
-	req := cni.PodRequest{
-		Namespace: string(ka.K8S_POD_NAMESPACE), Name: string(ka.K8S_POD_NAME), UID: string(ka.K8S_POD_UID),
-		ContainerID: args.ContainerID, Netns: args.Netns,
-	}
-	if prev != nil {
-		for _, ip := range prev.IPs {
-			req.IPs = append(req.IPs, ip.Address.IP.String())
-		}
-	}
-	return conf, prev, req, nil
 }
 
 func (c *netConf) client() (*cni.Client, context.Context, context.CancelFunc) {

@@ -203,6 +203,11 @@ program and pin in place, and a restarted agent takes them over without a gap.
 			if err != nil {
 				return err
 			}
+			// Before anything is touched: a missing capability would
+			// otherwise fail halfway through start.
+			if err := agent.CheckCapabilities(cfg.Log); err != nil {
+				return err
+			}
 			if cfg.Client, err = kubeClient(f.kubeconfig); err != nil {
 				return err
 			}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// e2eRun is one fortio run of one copy: max QPS at some connections, or
+// latency at a fixed rate.
+type e2eRun struct {
+	Path        string
+	Connections int
+	QPS         float64 // target; -1 for max
+}
+
+// starved reports whether run did not get its CPU: a max-QPS run whose
+// copy used less than 80% of its pinned CPU (it is CPU-bound: every
+// process of the copy shares that CPU, one of them always has work; on a
+// quiet machine the share is 0.95 or more), or a fixed-rate run that
+// missed its rate by more than 10%. Other work on the machine had the CPU.
+func starved(run Run, spec e2eRun) bool {
+	if spec.QPS < 0 {
+		return run.CPUShare != nil && *run.CPUShare < minCPUShare
+	}
+	return run.QPS != nil && *run.QPS < 0.9*spec.QPS
+}
+
+// minCPUShare is the share of its CPU below which a max-QPS run was
+// starved.
+const minCPUShare = 0.8
+
+// runE2EFair runs spec on copy c, again (at most twice more) while the run
+// was starved, so that a round's modes are compared on runs that had their
+// CPU.
+func runE2EFair(c *Copy, spec e2eRun, round int, d time.Duration) (Run, error) {
+	for try := 0; ; try++ {
+		run, err := runE2E(c, spec, round, d)
+		if err != nil {
+			return run, err
+		}
+		run.Retries = try
+		if !starved(run, spec) {
+			return run, nil
+		}
+		if try == 2 {
+			run.Starved = true
+			return run, nil
+		}
+	}
+}
+
+// runE2E runs req on copy c's load generator and returns the Run, with
+// the CPU the whole copy used (its cgroup's cpu.stat usage_usec, load
+// generator, server and stand-ins) per request.
+func runE2E(c *Copy, spec e2eRun, round int, d time.Duration) (Run, error) {
+	req := loadRequest{
+		URL:         fmt.Sprintf("http://%s:%d/", c.Server.IPv4, c.ServerPort()),
+		QPS:         spec.QPS,
+		DurationMs:  d.Milliseconds(),
+		Connections: spec.Connections,
+	}
+	b, _ := json.Marshal(req)
+	run := Run{Mode: c.Mode, Workload: WorkloadE2E, Path: spec.Path, Connections: spec.Connections, Round: round, LoadAvg1: loadAvg()[0]}
+	u0, err := c.Cgroup.usage()
+	if err != nil {
+		return run, err
+	}
+	t0 := time.Now()
+	if _, err := c.Agent.stdin.Write(append(b, '\n')); err != nil {
+		return run, fmt.Errorf("copy %s: send a run to the load generator: %w", c.Mode, err)
+	}
+	line, err := c.Agent.readLine(d + 60*time.Second)
+	if err != nil {
+		return run, fmt.Errorf("copy %s: the load generator did not answer: %w", c.Mode, err)
+	}
+	u1, err := c.Cgroup.usage()
+	if err != nil {
+		return run, err
+	}
+	run.CPUShare = f64(float64(u1-u0) / float64(time.Since(t0).Microseconds()))
+	var res loadResult
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		return run, fmt.Errorf("copy %s: decode the load generator's answer %q: %w", c.Mode, line, err)
+	}
+	if res.Err != "" {
+		return run, fmt.Errorf("copy %s: %s%s", c.Mode, res.Err, c.stderrs())
+	}
+	run.Requests, run.Errors = res.Requests, res.Errors
+	run.QPS = f64(res.QPS)
+	run.P50us, run.P90us, run.P99us = f64(res.P50us), f64(res.P90us), f64(res.P99us)
+	if res.Requests > 0 {
+		run.CPUusPerReq = f64(float64(u1-u0) / float64(res.Requests))
+	}
+	if res.Requests == 0 || res.Errors > res.Requests/100 {
+		return run, fmt.Errorf("copy %s: %d of %d requests failed", c.Mode, res.Errors, res.Requests)
+	}
+	return run, nil
+}
+
+// stderrs returns the last lines the copy's processes wrote on standard
+// error, for an error message.
+func (c *Copy) stderrs() string {
+	var b strings.Builder
+	for _, s := range c.Standins {
+		if t := s.proc.stderr.String(); t != "" {
+			fmt.Fprintf(&b, "\n%s:\n%s", s.proc.name, lastLines(t, 5))
+		}
+	}
+	if t := c.Agent.stderr.String(); t != "" {
+		fmt.Fprintf(&b, "\n%s:\n%s", c.Agent.name, lastLines(t, 5))
+	}
+	return b.String()
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}

@@ -1,0 +1,259 @@
+// Command bench measures meshredirect's redirection against the ways an
+// ambient mesh has redirected before it, on nodes in a box (issue 8):
+//
+//	direct            no mesh: the pods talk to each other
+//	explicit          the proxy is the client's next hop (routing only)
+//	iptables-node     Istio's original node-level ambient rules
+//	iptables-inpod    Istio's current default: iptables in each pod's netns
+//	ebpf-tc, ebpf-tcx meshredirect, legacy tc filters or tcx links,
+//	                  bpf_redirect_peer
+//	ebpf-tc-redirect, ebpf-tcx-redirect
+//	                  the same with bpf_redirect (and a MAC rewrite)
+//
+// Every mode gets its own copy of the same topology (same addresses, its
+// own namespaces: a node, a client, a server and a ztunnel pod), with the
+// same ztunnel stand-in and the same servers, so that modes run
+// interleaved, round by round. Three measures:
+//
+//   - kernel path: TCP segments of an established flow injected as if they
+//     arrived on a pod's host veth (XDP live frames), with a bad checksum
+//     so that they cross everything and die at the destination's TCP
+//     layer, whose TcpInCsumErrors proves where they went; ns per packet
+//     for each hop of a proxied request, pinned to one CPU;
+//   - end to end: HTTP through the stand-in with fortio v1.68.2 (as a
+//     library): max QPS at several connection counts, latency percentiles
+//     at a fixed rate, and CPU per request of the whole copy (its cgroup);
+//   - per program: ns above an empty program with BPF_PROG_TEST_RUN, and
+//     the verified instruction counts.
+//
+// It writes bench/results/latest.json, PNG charts beside it, and
+// BENCHMARKS.md; it removes everything it made (namespaces with their
+// rules, cgroups, its bpffs), also on Ctrl-C or failure. Run it as root
+// (make bench, make bench-quick).
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf/rlimit"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		var err error
+		switch os.Args[1] {
+		case "serve":
+			err = serveMain(os.Args[2:])
+		case "load":
+			err = loadMain()
+		default:
+			err = benchMain(os.Args[1:])
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := benchMain(nil); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the benchmark's flags.
+type options struct {
+	quick         bool
+	out, report   string
+	standin       string
+	cpu           int
+	modes         []string
+	kernelRounds  int
+	kernelPackets int
+	e2eRounds     int
+	e2eDuration   time.Duration
+	connections   []int
+	fixedQPS      float64
+	fixedConns    int
+	programRounds int
+	programRepeat int
+	skipKernel    bool
+	skipE2E       bool
+	skipPrograms  bool
+	hold          bool
+	render        string
+}
+
+func parseFlags(args []string) (options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var o options
+	self, _ := os.Executable()
+	defCPU := 0
+	if runtime.NumCPU() > 1 {
+		defCPU = 1
+	}
+	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated `modes` to run")
+	conns := fs.String("connections", "1,4,16,64", "comma-separated fortio connection `counts` for max QPS")
+	fs.BoolVar(&o.quick, "quick", false, "a short run (under 5 minutes) with the same output: fewer packets, rounds and seconds")
+	fs.StringVar(&o.out, "out", "bench/results", "`directory` for latest.json and the charts")
+	fs.StringVar(&o.report, "report", "BENCHMARKS.md", "`file` for the report")
+	fs.StringVar(&o.standin, "standin", filepath.Join(filepath.Dir(self), "ztunnel-standin"), "`path` of the ztunnel-standin binary (go build ./testenv/cmd/ztunnel-standin)")
+	fs.IntVar(&o.cpu, "cpu", defCPU, "`CPU` to pin the measured work to")
+	fs.IntVar(&o.kernelRounds, "kernel-rounds", 20, "interleaved `rounds` of the kernel path")
+	fs.IntVar(&o.kernelPackets, "kernel-packets", 200000, "packets injected per kernel-path `run`")
+	fs.IntVar(&o.e2eRounds, "e2e-rounds", 5, "interleaved `rounds` end to end")
+	fs.DurationVar(&o.e2eDuration, "e2e-duration", 5*time.Second, "`duration` of each fortio run")
+	fs.Float64Var(&o.fixedQPS, "fixed-qps", 1000, "`rate` of the latency runs")
+	fs.IntVar(&o.fixedConns, "fixed-connections", 4, "`connections` of the latency runs")
+	fs.IntVar(&o.programRounds, "program-rounds", 10, "`rounds` of the per-program measure")
+	fs.IntVar(&o.programRepeat, "program-repeat", 1000000, "BPF_PROG_TEST_RUN `repeats` per program per round")
+	fs.BoolVar(&o.skipKernel, "skip-kernel", false, "skip the kernel path")
+	fs.BoolVar(&o.skipE2E, "skip-e2e", false, "skip the end-to-end workload")
+	fs.BoolVar(&o.skipPrograms, "skip-programs", false, "skip the per-program measure")
+	fs.StringVar(&o.render, "render", "", "only draw the charts and write the report from this `latest.json` (no measurement)")
+	fs.BoolVar(&o.hold, "hold", false, "build the copies, print their namespaces' paths and wait for Ctrl-C (for debugging a mode by hand)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if o.quick {
+		// Only the values left at their defaults shrink.
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		shrink := func(name string, apply func()) {
+			if !set[name] {
+				apply()
+			}
+		}
+		shrink("kernel-rounds", func() { o.kernelRounds = 10 })
+		shrink("kernel-packets", func() { o.kernelPackets = 30000 })
+		shrink("e2e-rounds", func() { o.e2eRounds = 3 })
+		shrink("e2e-duration", func() { o.e2eDuration = time.Second })
+		shrink("program-rounds", func() { o.programRounds = 6 })
+		shrink("program-repeat", func() { o.programRepeat = 300000 })
+	}
+	for _, m := range strings.Split(*modes, ",") {
+		m = strings.TrimSpace(m)
+		ok := false
+		for _, known := range allModes {
+			ok = ok || m == known
+		}
+		if !ok {
+			return o, fmt.Errorf("-modes: unknown mode %q (want some of %s)", m, strings.Join(allModes, ","))
+		}
+		o.modes = append(o.modes, m)
+	}
+	for _, c := range strings.Split(*conns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 {
+			return o, fmt.Errorf("-connections: %q is not a positive count", c)
+		}
+		o.connections = append(o.connections, n)
+	}
+	if o.cpu < 0 || o.cpu >= runtime.NumCPU() {
+		return o, fmt.Errorf("-cpu %d: this machine has CPUs 0-%d", o.cpu, runtime.NumCPU()-1)
+	}
+	return o, nil
+}
+
+// preflight checks what the benchmark needs before it builds anything.
+func preflight(o options) error {
+	if os.Geteuid() != 0 {
+		return errors.New("run me as root: I make network namespaces, cgroups and iptables rules, and load BPF programs")
+	}
+	if _, err := os.Stat(o.standin); err != nil {
+		return fmt.Errorf("the ztunnel stand-in binary: %w (build it: go build -o bin/ztunnel-standin ./testenv/cmd/ztunnel-standin, or pass -standin)", err)
+	}
+	for _, tool := range []string{"iptables-restore", "iptables", "ipset", "ip", "taskset"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is missing (apt-get install iptables ipset iproute2 util-linux)", tool)
+		}
+	}
+	return rlimit.RemoveMemlock()
+}
+
+// benchMain runs the benchmark.
+func benchMain(args []string) (err error) {
+	o, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	if o.render != "" {
+		return render(o)
+	}
+	if err := preflight(o); err != nil {
+		return err
+	}
+	e := &env{}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(fatal)
+			if !ok {
+				e.close()
+				panic(r)
+			}
+			err = f
+		}
+		fmt.Fprintln(os.Stderr, "bench: removing everything it made")
+		e.close()
+		if e.failed && err == nil {
+			err = errors.New("cleanup reported errors")
+		}
+	}()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		fmt.Fprintln(os.Stderr, "\nbench: interrupted: removing everything it made")
+		e.close()
+		os.Exit(130)
+	}()
+	res, err := runBench(e, o)
+	if err != nil {
+		return err
+	}
+	if err := writeJSON(filepath.Join(o.out, "latest.json"), res); err != nil {
+		return err
+	}
+	if err := writeCharts(res, o.out); err != nil {
+		return err
+	}
+	if err := writeReport(res, o.report, o.out); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: wrote %s, charts in %s, %s (%s)\n", filepath.Join(o.out, "latest.json"), o.out, o.report, res.Config.Elapsed)
+	return nil
+}
+
+// logf prints a progress line.
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// render draws the charts and writes the report from a results file.
+func render(o options) error {
+	b, err := os.ReadFile(o.render)
+	if err != nil {
+		return fmt.Errorf("read results: %w", err)
+	}
+	var res Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("decode results %s: %w", o.render, err)
+	}
+	dir := filepath.Dir(o.render)
+	if err := writeCharts(&res, dir); err != nil {
+		return err
+	}
+	return writeReport(&res, o.report, dir)
+}

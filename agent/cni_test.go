@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -215,5 +216,31 @@ func TestCNIRefusesNonUnicastIPs(t *testing.T) {
 		if !ip.IsGlobalUnicast() || ip == netip.MustParseAddr("198.18.16.77") {
 			t.Errorf("pods map holds %s after refused ADDs", ip)
 		}
+	}
+}
+
+// TestCNISocket: the plugin's socket is root's alone (0600) from the start,
+// nothing else is left beside it, and it is gone when the agent stops.
+func TestCNISocket(t *testing.T) {
+	e := newCNIEnv(t)
+	t.Cleanup(func() { // runs after the agent stopped
+		if _, err := os.Lstat(e.socket); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s after the agent stopped: %v", e.socket, err)
+		}
+	})
+	e.startAgent()
+	st, err := os.Lstat(e.socket)
+	must(t, err)
+	if st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
+		t.Errorf("%s: mode %v, want a socket with 0600", e.socket, st.Mode())
+	}
+	entries, err := os.ReadDir(filepath.Dir(e.socket))
+	must(t, err)
+	if len(entries) != 1 {
+		var names []string
+		for _, en := range entries {
+			names = append(names, en.Name())
+		}
+		t.Errorf("beside the socket: %v, want only %s", names, filepath.Base(e.socket))
 	}
 }

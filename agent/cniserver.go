@@ -29,18 +29,22 @@ func (a *Agent) ServeCNI(ctx context.Context, socket string) error {
 	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
 		return fmt.Errorf("create the directory of %s: %w", socket, err)
 	}
-	// A socket left by an earlier agent would make Listen fail.
-	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket %s: %w", socket, err)
-	}
-	l, err := net.Listen("unix", socket)
+	l, err := listenPrivate(socket)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", socket, err)
+		return err
 	}
-	if err := os.Chmod(socket, 0o600); err != nil {
+	bound, err := os.Stat(socket)
+	if err != nil {
 		l.Close()
-		return fmt.Errorf("restrict %s to root: %w", socket, err)
+		return fmt.Errorf("stat %s: %w", socket, err)
 	}
+	defer func() {
+		// Remove the socket on the way out, unless another agent has
+		// bound the path since.
+		if now, err := os.Stat(socket); err == nil && os.SameFile(now, bound) {
+			os.Remove(socket)
+		}
+	}()
 	mux := http.NewServeMux()
 	mux.HandleFunc(cni.PathAdd, a.cniHandler(a.cniAdd))
 	mux.HandleFunc(cni.PathDel, a.cniHandler(a.cniDel))
@@ -209,4 +213,34 @@ func (a *Agent) lookupPod(ctx context.Context, req cni.PodRequest) (*corev1.Pod,
 		return nil, nil, fmt.Errorf("get namespace %s: %w", req.Namespace, err)
 	}
 	return pod, ns, nil
+}
+
+// listenPrivate listens on a Unix socket at path that only root may
+// connect to from its first instant: it is bound in a fresh 0700 directory
+// beside path, restricted to 0600, then renamed over path (replacing a
+// socket an earlier agent left). Binding at path and then changing the
+// mode would leave a moment in which anyone could connect.
+func listenPrivate(path string) (*net.UnixListener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".cni-sock-")
+	if err != nil {
+		return nil, fmt.Errorf("create a private directory beside %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// The listener would unlink tmp, which is gone once renamed; ServeCNI
+	// removes path itself.
+	l.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("restrict %s to root: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("move the CNI socket to %s: %w", path, err)
+	}
+	return l, nil
 }

@@ -109,6 +109,7 @@ func TestIncompatiblePinsReplaced(t *testing.T) {
 	t.Logf("through the replacement: %d requests ok, %d failed", ok, failed)
 	if failed != 0 || ok < 20 {
 		t.Errorf("%d ok, %d failed (first: %v)", ok, failed, firstErr)
+		s.explain(t, b, nil)
 	}
 	if !strings.Contains(second.output(), "replaced a pinned map") {
 		t.Errorf("no log line for the replacement:\n%s", second.output())
@@ -205,6 +206,7 @@ func TestAPIServerDown(t *testing.T) {
 	t.Logf("during the outage: %d requests ok, %d failed", ok, failed)
 	if failed != 0 || ok < 100 {
 		t.Errorf("the datapath did not keep working: %d ok, %d failed (first: %v)", ok, failed, firstErr)
+		s.explain(t, b, set)
 	}
 
 	// The API catches up with the node, and the agent with the API.
@@ -272,6 +274,7 @@ func TestSoak(t *testing.T) {
 	t.Logf("%d churn cycles; the stable pods: %d requests ok, %d failed", cycles, ok, failed)
 	if failed != 0 {
 		t.Errorf("%d requests of the stable pods failed (first: %v)", failed, firstErr)
+		s.explain(t, b, set)
 	}
 	e.converged(t, set, b.Client, b.Server)
 	entries, err := os.ReadDir(filepath.Join(e.pinDir, "tc"))

@@ -72,6 +72,7 @@ func TestMetricsWhileTrafficFlows(t *testing.T) {
 	ok, failed, _ := s.finish()
 	after := scrape(t, srv)
 	if ok == 0 || failed != 0 {
+		s.explain(t, e.box, set)
 		t.Fatalf("stream: %d ok, %d failed", ok, failed)
 	}
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
@@ -128,12 +129,15 @@ type stream struct {
 	firstErr   atomic.Value
 	stop       context.CancelFunc
 	done       chan struct{}
+	start      time.Time
+	mu         sync.Mutex
+	errs       []string // the first failures, with their time in the stream
 }
 
 func startStream(b *scenario.Box) *stream {
 	b.Echo(b.Remote, scenario.EchoPort)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &stream{stop: cancel, done: make(chan struct{})}
+	s := &stream{stop: cancel, done: make(chan struct{}), start: time.Now()}
 	go func() {
 		defer close(s.done)
 		for i := 0; ctx.Err() == nil; i++ {
@@ -141,6 +145,11 @@ func startStream(b *scenario.Box) *stream {
 			if _, err := scenario.Exchange(&b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort), 3*time.Second); err != nil {
 				s.failed.Add(1)
 				s.firstErr.CompareAndSwap(nil, err.Error())
+				s.mu.Lock()
+				if len(s.errs) < 10 {
+					s.errs = append(s.errs, fmt.Sprintf("%v: %v", time.Since(s.start).Round(time.Millisecond), err))
+				}
+				s.mu.Unlock()
 			} else {
 				s.ok.Add(1)
 			}
@@ -148,6 +157,27 @@ func startStream(b *scenario.Box) *stream {
 		}
 	}()
 	return s
+}
+
+// explain logs, after failures, what tells their cause: the first failed
+// requests, the stand-in's failed flows and the programs' counters.
+func (s *stream) explain(t *testing.T, b *scenario.Box, set *maps.Set) {
+	t.Helper()
+	s.mu.Lock()
+	t.Logf("first failures (time since the stream began):\n%s", strings.Join(s.errs, "\n"))
+	s.mu.Unlock()
+	n := 0
+	for _, r := range b.Standin.Records() {
+		if r.Err != "" && n < 10 {
+			n++
+			t.Logf("stand-in flow %d at %v: %s -> %s on %d: %s", r.ID, r.Start.Sub(s.start).Round(time.Millisecond), r.Source, r.OrigDst, r.Listener, r.Err)
+		}
+	}
+	if set != nil {
+		if stats, err := set.Stats.Read(); err == nil {
+			t.Logf("the programs' counters: %v", stats)
+		}
+	}
 }
 
 func (s *stream) finish() (ok, failed int64, firstErr any) {
@@ -190,6 +220,7 @@ func TestRestartWithoutGap(t *testing.T) {
 	t.Logf("requests through the restarts: %d ok, %d failed", ok, failed)
 	if failed != 0 {
 		t.Errorf("%d requests failed across the restart (first: %v)", failed, firstErr)
+		s.explain(t, b, set)
 	}
 	if ok < 20 {
 		t.Errorf("only %d requests went through", ok)

@@ -177,14 +177,14 @@ func (a *assignNetns) run(t testing.TB, f *fixture, frame []byte) result {
 // assignedTo is the outcome of a packet for which the lookup found a socket.
 // BPF_PROG_TEST_RUN does not run at a real tc ingress, so the kernel refuses
 // bpf_sk_assign there (the end-to-end tests prove the assignment itself):
-// the refusal shows that the lookup found the socket. An established socket
-// is marked anyway; a listener is not.
+// the refusal shows that the lookup found the socket. A packet refused by an
+// established socket is marked and passed, for the stack's own lookup to
+// find that socket; one refused by a listener is dropped.
 func assignedTo(established bool) expect {
-	e := expect{ret: mrasm.ActShot, verdict: maps.VerdictAssignFailed}
 	if established {
-		e.mark = mrasm.TProxyMark
+		return expect{ret: mrasm.ActOK, verdict: maps.VerdictAssignFailed, mark: mrasm.TProxyMark}
 	}
-	return e
+	return expect{ret: mrasm.ActShot, verdict: maps.VerdictAssignFailed}
 }
 
 // listener is a socket of ztunnel's: proto "tcp" or "udp", and its port.

@@ -126,7 +126,9 @@ const (
 	VerdictNoSocket
 	// VerdictParseError: a packet that could not be classified safely, dropped.
 	VerdictParseError
-	// VerdictAssignFailed: a socket was found but bpf_sk_assign refused it.
+	// VerdictAssignFailed: a socket was found but bpf_sk_assign refused it
+	// (the socket was closing). A packet of an established socket is still
+	// marked and passed, for the stack's own lookup; a listener's is dropped.
 	VerdictAssignFailed
 	// VerdictMarked: a captured TCP segment of an existing flow, marked for
 	// local delivery to the socket that ztunnel's stack finds by its tuple.

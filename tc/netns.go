@@ -7,6 +7,8 @@ import (
 	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/nsrun"
 )
 
 // netnsRef is the network namespace a Manager works in, held open so that
@@ -108,44 +110,9 @@ func (ns *netnsRef) Close() error { return ns.file.Close() }
 // resolve an interface index in the caller's namespace need it:
 // BPF_LINK_CREATE for tcx (dev_get_by_index(current->nsproxy->net_ns, ...)
 // in kernel/bpf/tcx.c) and BPF_PROG_QUERY.
-//
-// The thread returns to its namespace afterwards; if that fails it stays
-// locked, so that the runtime retires it with the goroutine instead of
-// running other goroutines in the wrong namespace.
 func (ns *netnsRef) run(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns of the current thread: %w", err)
-			return
-		}
-		defer orig.Close()
-
-		var st unix.Stat_t
-		if err := unix.Fstat(int(orig.Fd()), &st); err == nil && st.Dev == ns.dev && st.Ino == ns.ino {
-			// Already there (the usual case for the host namespace):
-			// no setns, which also spares the need for CAP_SYS_ADMIN.
-			err := fn()
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-
-		if err := unix.Setns(ns.fd(), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave %s: %w", ns, err))
-			return // the thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	if err := nsrun.Run(ns.fd(), fn); err != nil {
+		return fmt.Errorf("in %s: %w", ns, err)
+	}
+	return nil
 }

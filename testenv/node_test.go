@@ -414,3 +414,38 @@ func TestDeletePod(t *testing.T) {
 		t.Errorf("new pod reuses address %s", again.IPv4)
 	}
 }
+
+// TestDeletePodClosesOnce: a deleted pod's namespace handle is closed once.
+// Teardown closing its number again would close whatever the process opened
+// with that number since: another test's socket or namespace.
+func TestDeletePodClosesOnce(t *testing.T) {
+	devnull, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(devnull)
+	var want unix.Stat_t
+	if err := unix.Fstat(devnull, &want); err != nil {
+		t.Fatal(err)
+	}
+	reused := -1
+	t.Run("node", func(t *testing.T) {
+		node := NewNode(t, NodeOptions{})
+		p := node.AddPod("gone", Ambient)
+		fd := int(p.Netns)
+		p.Delete()
+		// The freed number, taken again by an unrelated file.
+		if err := unix.Dup3(devnull, fd, unix.O_CLOEXEC); err != nil {
+			t.Fatalf("dup onto fd %d: %v", fd, err)
+		}
+		reused = fd
+	})
+	if reused < 0 {
+		return
+	}
+	defer unix.Close(reused)
+	var got unix.Stat_t
+	if err := unix.Fstat(reused, &got); err != nil || got.Rdev != want.Rdev || got.Ino != want.Ino {
+		t.Fatalf("fd %d, reused after the pod was deleted, was closed or replaced by the node's teardown: %v", reused, err)
+	}
+}

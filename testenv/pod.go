@@ -230,8 +230,11 @@ func (p *Pod) Delete() {
 	if err := n.nl.LinkDel(link); err != nil {
 		n.tb.Fatalf("delete veth %s of %s: %v", p.HostVeth, p.what, err)
 	}
-	p.Netns.Close()
+	// Forget the handle before closing it: Close sets p.Netns to -1, and a
+	// handle left in podNetns would be closed again at teardown, closing
+	// whatever the process has opened with that number since.
 	delete(n.podNetns, p.Netns)
+	p.Netns.Close()
 	delete(n.byName, p.Name)
 	delete(n.vethName, p.HostVeth)
 	n.pods = slices.DeleteFunc(n.pods, func(q *Pod) bool { return q == p })

@@ -1,11 +1,12 @@
 package testutil
 
 import (
-	"fmt"
 	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/meshredirect/meshredirect/internal/nsrun"
 )
 
 // NewNetns creates an anonymous network namespace and returns a handle to it,
@@ -36,33 +37,9 @@ func NewNetns(tb testing.TB) netns.NsHandle {
 	return ns
 }
 
-// Do runs fn on a locked OS thread inside ns and returns fn's error. The
-// thread goes back to its namespace afterwards; if that fails, it is never
-// unlocked, so that the Go runtime retires it instead of reusing it.
+// Do runs fn inside ns and returns fn's error (see nsrun.Run).
 func Do(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("leave netns: %w", err)
-			return // thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsrun.Run(int(ns), fn)
 }
 
 // MustDo is Do that fails the test on error.

@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"syscall"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/nsrun"
 )
 
 // sockopts are the options the stand-in's sockets need.
@@ -88,38 +89,16 @@ func (opts sockopts) control() func(network, address string, c syscall.RawConn) 
 	}
 }
 
-// inNetns runs fn on a locked OS thread inside ns (or right here when ns is
-// not set). Sockets opened by fn stay in ns whichever thread uses them
-// later. The thread goes back to its namespace afterwards; if it cannot, it
-// stays locked, so that the runtime retires it with the goroutine.
+// inNetns runs fn inside ns, or right here when ns is not set. Sockets
+// opened by fn stay in ns whichever thread uses them later.
 func inNetns(ns netns.NsHandle, fn func() error) error {
 	if ns <= 0 {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter ztunnel netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("leave ztunnel netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	if err := nsrun.Run(int(ns), fn); err != nil {
+		return fmt.Errorf("in ztunnel's netns: %w", err)
+	}
+	return nil
 }
 
 // network returns "tcp4" or "tcp6" (proto "tcp"), "udp4" or "udp6" for a.

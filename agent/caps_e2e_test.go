@@ -37,9 +37,7 @@ import (
 // ptrace access check wants CAP_SYS_PTRACE. So does --node-netns, which
 // is /proc/<test's pid>/fd/<n>.
 func TestChartCapabilities(t *testing.T) {
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		testutil.SkipOrFail(t, "needs setpriv (util-linux) to run the agent with fewer capabilities")
-	}
+	testutil.RequireTool(t, "setpriv", "(util-linux) to run the agent with fewer capabilities")
 	e := newEnv(t)
 	b := e.box
 	host, err := agent.ReadHost()

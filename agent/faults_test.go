@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv"
@@ -128,9 +129,7 @@ func TestIncompatiblePinsReplaced(t *testing.T) {
 // runs the agent in a private mount namespace (unshare -m) whose
 // /sys/fs/bpf is unmounted: the machine's mounts are never touched.
 func TestBPFFSNotMounted(t *testing.T) {
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("needs unshare (util-linux)")
-	}
+	testutil.RequireTool(t, "unshare", "(util-linux) for a private mount namespace")
 	e := newEnv(t)
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.ServiceAccount(agentNamespace, agentSA).Name), 0o600))

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
@@ -416,10 +417,7 @@ const nodePort = 30080
 // replies) pass app_outbound to the node's IP: a SYN or a datagram to a
 // NodePort goes to ztunnel like any other.
 func testNodePort(t *testing.T) {
-	nft, err := exec.LookPath("nft")
-	if err != nil {
-		t.Skip("no nft to emulate kube-proxy")
-	}
+	nft := testutil.RequireTool(t, "nft", "(nftables) to emulate kube-proxy")
 	b := newBox(t, scenario.Options{})
 	warmUp(t, b)
 	rules := fmt.Sprintf(`table inet meshredirect_nodeport {

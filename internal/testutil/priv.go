@@ -1,7 +1,9 @@
 package testutil
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"sync"
 	"testing"
 
@@ -16,6 +18,30 @@ var memlock sync.Once
 // green without running it.
 func InCI() bool {
 	return os.Getenv("CI") == "true"
+}
+
+// InVM reports whether the test runs as a guest of the kernel matrix
+// (testenv/vm), which sets MESHREDIRECT_TEST_VM=1: its initramfs holds the
+// test binaries and kernel modules, not the machine's command-line tools.
+func InVM() bool {
+	return os.Getenv("MESHREDIRECT_TEST_VM") == "1"
+}
+
+// RequireTool returns the path of the command name, or skips the test when
+// it is missing: under CI it fails instead, except in a kernel matrix guest,
+// which has no tools (the test runs natively in make test).
+func RequireTool(tb testing.TB, name, why string) string {
+	tb.Helper()
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path
+	}
+	reason := fmt.Sprintf("needs %s %s", name, why)
+	if InVM() {
+		tb.Skip(reason + " (not in the kernel matrix guest; runs natively in make test)")
+	}
+	SkipOrFail(tb, reason)
+	return ""
 }
 
 // SkipOrFail skips the test with reason, or fails it under CI.

@@ -297,7 +297,7 @@ func build(ctx context.Context, cfg *config, root, work string) ([]vm.TestBinary
 func writeWorkload(cfg *config, file, initBin string, tests []vm.TestBinary) error {
 	wl := &vm.Workload{
 		Init:  initBin,
-		Plan:  vm.Plan{Env: []string{"CI=true"}, KillAfterSeconds: 60, MemlockUnlimited: cfg.memlock},
+		Plan:  vm.Plan{Env: []string{"CI=true", "MESHREDIRECT_TEST_VM=1"}, KillAfterSeconds: 60, MemlockUnlimited: cfg.memlock},
 		Tests: tests,
 		Args:  []string{"-test.v", "-test.timeout=" + cfg.testTimeout.String()},
 	}

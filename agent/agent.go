@@ -160,7 +160,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.bcast.Shutdown()
 
 	if a.cfg.CNI.Socket != "" {
+		// Run returns only once the CNI server has finished its requests and
+		// removed its socket: a request still running would use the maps
+		// that a.close closes.
+		cniDone := make(chan struct{})
+		defer func() { <-cniDone }()
 		go func() {
+			defer close(cniDone)
 			if err := a.ServeCNI(ctx, a.cfg.CNI.Socket); err != nil {
 				a.log.Error("serve the CNI plugin", "socket", a.cfg.CNI.Socket, "error", err)
 			}

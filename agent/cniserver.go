@@ -50,7 +50,9 @@ func (a *Agent) ServeCNI(ctx context.Context, socket string) error {
 	mux.HandleFunc(cni.PathDel, a.cniHandler(a.cniDel))
 	mux.HandleFunc(cni.PathCheck, a.cniHandler(a.cniCheck))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	shutDown := make(chan struct{})
 	go func() {
+		defer close(shutDown)
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -60,6 +62,9 @@ func (a *Agent) ServeCNI(ctx context.Context, socket string) error {
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	// Serve returns as soon as Shutdown begins; the requests in flight
+	// finish (or time out) before the caller may close the datapath.
+	<-shutDown
 	return nil
 }
 

@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -141,7 +139,7 @@ func TestChartCapabilities(t *testing.T) {
 		e.labelNamespace(e.ns, agent.ModeAmbient)
 		cniSocket := filepath.Join(t.TempDir(), "cni.sock")
 		p := e.startCapsAgent(t, grantable, noBindMounts, cniSocket)
-		waitCapsReady(t, p)
+		p.waitReady(t)
 		t.Logf("setpriv %s", strings.Join(setprivArgs(grantable), " "))
 
 		// The running agent's own view of its capabilities.
@@ -200,7 +198,7 @@ func TestChartCapabilities(t *testing.T) {
 				t.Skipf("%s was not granted in the chart's run either, which shows the agent works without it here (%s)", drop.Name, why)
 			}
 			p := e.startCapsAgent(t, caps, noBindMounts, "")
-			waitCapsReady(t, p)
+			p.waitReady(t)
 			checkLoggedCaps(t, p.output(), caps)
 			t.Logf("not needed here (%s): the agent is ready without it", why)
 		})
@@ -209,14 +207,7 @@ func TestChartCapabilities(t *testing.T) {
 
 // capsProcess is `meshredirect agent` run under setpriv.
 type capsProcess struct {
-	cmd     *exec.Cmd
-	started time.Time
-	ready   chan struct{}
-	done    chan struct{}
-	err     error // the exit status, once done is closed
-
-	mu  sync.Mutex
-	log []string
+	*agentProcess
 	// pinDir, configFile and cniSocket are this run's.
 	pinDir, configFile, cniSocket string
 }
@@ -243,60 +234,15 @@ func (e *env) startCapsAgent(t *testing.T, caps []agent.Capability, netnsDir, cn
 	dir := t.TempDir()
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.ServiceAccount(agentNamespace, agentSA).Name), 0o600))
-	p := &capsProcess{ready: make(chan struct{}), done: make(chan struct{}),
-		pinDir: e.pinDir, configFile: e.configFile, cniSocket: cniSocket}
+	p := &capsProcess{pinDir: e.pinDir, configFile: e.configFile, cniSocket: cniSocket}
 	if cniSocket == "" {
 		p.cniSocket = filepath.Join(dir, "cni.sock")
 	}
 	args := append(setprivArgs(caps), meshredirectBinary(t), "agent", "--node-netns", e.box.Node.Path(),
 		"--node-name", e.nodeName, "--kubeconfig", kubeconfig, "--pin-dir", p.pinDir, "--netns-dir", netnsDir,
 		"--config-file", p.configFile, "--cni-socket", p.cniSocket, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
-	p.cmd = exec.Command("setpriv", args...)
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := p.cmd.StderrPipe()
-	must(t, err)
-	p.started = time.Now()
-	must(t, p.cmd.Start())
-	go func() {
-		defer close(p.done)
-		s := bufio.NewScanner(stderr)
-		var once sync.Once
-		for s.Scan() {
-			line := s.Text()
-			p.mu.Lock()
-			p.log = append(p.log, line)
-			p.mu.Unlock()
-			if strings.Contains(line, "agent ready") {
-				once.Do(func() { close(p.ready) })
-			}
-		}
-		p.err = p.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("agent log:\n%s", p.output())
-		}
-	})
+	p.agentProcess = runAgentCmd(t, exec.Command("setpriv", args...))
 	return p
-}
-
-func (p *capsProcess) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return strings.Join(p.log, "\n")
-}
-
-func waitCapsReady(t *testing.T, p *capsProcess) {
-	t.Helper()
-	select {
-	case <-p.ready:
-	case <-p.done:
-		t.Fatalf("the agent exited before it was ready (%v):\n%s", p.err, p.output())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the agent was not ready after 30s:\n%s", p.output())
-	}
 }
 
 // checkLoggedCaps checks the agent's own log line of its effective set.

@@ -49,29 +49,26 @@ func meshredirectBinary(t *testing.T) string {
 	return binary
 }
 
-// agentProcess is `meshredirect agent` running inside the node's netns.
+// agentProcess is a running `meshredirect agent`: its log (stderr) is kept
+// and shown if the test fails; it is killed when the test ends.
 type agentProcess struct {
-	cmd   *exec.Cmd
-	ready chan struct{}
-	done  chan struct{}
-	mu    sync.Mutex
-	log   []string
+	cmd     *exec.Cmd
+	started time.Time
+	ready   chan struct{} // closed at the "agent ready" log line
+	done    chan struct{}
+	err     error // the exit status, once done is closed
+	mu      sync.Mutex
+	log     []string
 }
 
-func (e *env) startAgentProcess(t *testing.T, extra ...string) *agentProcess {
+// runAgentCmd starts cmd, an agent, in its own process group.
+func runAgentCmd(t *testing.T, cmd *exec.Cmd) *agentProcess {
 	t.Helper()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.ServiceAccount(agentNamespace, agentSA).Name), 0o600))
-	// The agent runs in the test's netns, where the API server's loopback
-	// address is, and works in the node's through --node-netns.
-	cmd := exec.Command(meshredirectBinary(t), "agent", "--node-netns", e.box.Node.Path(),
-		"--node-name", e.nodeName, "--kubeconfig", kubeconfig, "--pin-dir", e.pinDir,
-		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
-	cmd.Args = append(cmd.Args, extra...)
 	stderr, err := cmd.StderrPipe()
 	must(t, err)
 	p := &agentProcess{cmd: cmd, ready: make(chan struct{}), done: make(chan struct{})}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p.started = time.Now()
 	must(t, cmd.Start())
 	go func() {
 		defer close(p.done)
@@ -86,7 +83,7 @@ func (e *env) startAgentProcess(t *testing.T, extra ...string) *agentProcess {
 				readyOnce.Do(func() { close(p.ready) })
 			}
 		}
-		cmd.Wait()
+		p.err = cmd.Wait()
 	}()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
@@ -95,13 +92,33 @@ func (e *env) startAgentProcess(t *testing.T, extra ...string) *agentProcess {
 			t.Logf("agent log:\n%s", p.output())
 		}
 	})
+	return p
+}
+
+// waitReady fails the test unless the agent is ready within 30 s.
+func (p *agentProcess) waitReady(t *testing.T) {
+	t.Helper()
 	select {
 	case <-p.ready:
 	case <-p.done:
-		t.Fatalf("the agent exited before it was ready:\n%s", p.output())
+		t.Fatalf("the agent exited before it was ready (%v):\n%s", p.err, p.output())
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the agent was not ready after 30s:\n%s", p.output())
 	}
+}
+
+func (e *env) startAgentProcess(t *testing.T, extra ...string) *agentProcess {
+	t.Helper()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.ServiceAccount(agentNamespace, agentSA).Name), 0o600))
+	// The agent runs in the test's netns, where the API server's loopback
+	// address is, and works in the node's through --node-netns.
+	cmd := exec.Command(meshredirectBinary(t), "agent", "--node-netns", e.box.Node.Path(),
+		"--node-name", e.nodeName, "--kubeconfig", kubeconfig, "--pin-dir", e.pinDir,
+		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
+	cmd.Args = append(cmd.Args, extra...)
+	p := runAgentCmd(t, cmd)
+	p.waitReady(t)
 	return p
 }
 

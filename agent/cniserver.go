@@ -100,11 +100,10 @@ func (a *Agent) cniHandler(fn func(context.Context, cni.PodRequest) (cni.Reply, 
 // the primary CNI's result, which the kubelet has not reported yet.
 func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, error) {
 	key := req.Namespace + "/" + req.Name
-	pod, ns, err := a.lookupPod(ctx, req)
+	pod, d, err := a.decideCNI(ctx, req)
 	if err != nil {
 		return cni.Reply{}, err
 	}
-	d := a.policy.Decide(pod, ns)
 	if !d.Ambient {
 		a.log.Info("CNI ADD: pod not ambient", "pod", key, "reason", d.Reason)
 		return cni.Reply{Captured: false, Reason: d.Reason}, nil
@@ -165,11 +164,10 @@ func (a *Agent) cniDel(_ context.Context, req cni.PodRequest) (cni.Reply, error)
 // cniCheck verifies that an ambient pod's capture is in place.
 func (a *Agent) cniCheck(ctx context.Context, req cni.PodRequest) (cni.Reply, error) {
 	key := req.Namespace + "/" + req.Name
-	pod, ns, err := a.lookupPod(ctx, req)
+	_, d, err := a.decideCNI(ctx, req)
 	if err != nil {
 		return cni.Reply{}, err
 	}
-	d := a.policy.Decide(pod, ns)
 	if !d.Ambient {
 		return cni.Reply{Reason: d.Reason}, nil
 	}
@@ -193,6 +191,15 @@ func (a *Agent) cniCheck(ctx context.Context, req cni.PodRequest) (cni.Reply, er
 		return cni.Reply{}, fmt.Errorf("pod %s is ambient but its veth (ifindex %d) has %d of its 2 programs", key, e.dp.HostIfindex, hooks)
 	}
 	return cni.Reply{Captured: true, Reason: d.Reason}, nil
+}
+
+// decideCNI returns the request's pod and the ambient decision on it.
+func (a *Agent) decideCNI(ctx context.Context, req cni.PodRequest) (*corev1.Pod, Decision, error) {
+	pod, ns, err := a.lookupPod(ctx, req)
+	if err != nil {
+		return nil, Decision{}, err
+	}
+	return pod, a.policy.Decide(pod, ns), nil
 }
 
 // lookupPod returns the pod and its namespace from the informer caches, or

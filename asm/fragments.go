@@ -329,6 +329,28 @@ func matchNode(prefix string, v6 bool, field int16, match string) asm.Instructio
 	return append(insns, at(next, asm.Mov.Reg(asm.R0, asm.R0))...)
 }
 
+// podKeyOfFamily writes the pods map key of the packet's address at off4
+// (IPv4, entered at v4) or off6 (IPv6, entered at v6), then goes on after the
+// block (IPv4 jumps to next, IPv6 falls through to it). A frame too short for
+// the IP header jumps to short: the verifier wants the header's bounds
+// checked on each path, whatever a parser checked before.
+func podKeyOfFamily(v4, v6, next, short string, off4, off6 int16) asm.Instructions {
+	bounds := func(hlen int32) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R0, regData),
+			asm.Add.Imm(asm.R0, ethHlen+hlen),
+			asm.JGT.Reg(asm.R0, regDataEnd, short),
+		}
+	}
+	return concat(
+		at(v4, bounds(ipv4MinHlen)...),
+		podKeyFromPacket(false, off4),
+		asm.Instructions{asm.Ja.Label(next)},
+		at(v6, bounds(ipv6Hlen)...),
+		podKeyFromPacket(true, off6),
+	)
+}
+
 // podKeyFromPacket writes the pods map key of the address at packet offset
 // field (from the start of the IP header) to the stack at stackPodKey: the
 // IPv6 address as is, an IPv4 address v4-mapped.

@@ -22,20 +22,7 @@ func ztunnelIngress(opts Options) asm.Instructions {
 		loadPacket(),
 		parseEthernet(ethLabels{v4: v4, v6: v6, other: labelPass, vlan: labelPass, short: labelPass}),
 
-		at(v4,
-			asm.Mov.Reg(asm.R0, regData),
-			asm.Add.Imm(asm.R0, ethHlen+ipv4MinHlen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelPass),
-		),
-		podKeyFromPacket(false, ipv4OffDaddr),
-		asm.Instructions{asm.Ja.Label(lookup)},
-
-		at(v6,
-			asm.Mov.Reg(asm.R0, regData),
-			asm.Add.Imm(asm.R0, ethHlen+ipv6Hlen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelPass),
-		),
-		podKeyFromPacket(true, ipv6OffDaddr),
+		podKeyOfFamily(v4, v6, lookup, labelPass, ipv4OffDaddr, ipv6OffDaddr),
 
 		at(lookup, lookupPod()...),
 		asm.Instructions{asm.JEq.Imm(asm.R0, 0, labelPass)},

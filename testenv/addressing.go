@@ -25,9 +25,10 @@ var (
 	// ServiceV6 holds addresses that no pod or node owns (ServiceIPv6).
 	ServiceV6 = netip.MustParsePrefix("fd10:6d72:0:ffff::/64")
 
-	// GatewayV4 is the link-local address every pod's IPv4 default route
-	// points at, as in Calico: nothing owns it, the pod has a permanent
-	// neighbour entry mapping it to its host veth's MAC.
+	// GatewayV4 is the link-local address the IPv4 default route of every
+	// pod of a WiringVeth node points at, as in Calico: nothing owns it,
+	// the pod has a permanent neighbour entry mapping it to its host
+	// veth's MAC. (The plugin wirings have Node.GatewayIPv4.)
 	GatewayV4 = netip.MustParseAddr("169.254.1.1")
 )
 
@@ -35,7 +36,9 @@ var (
 // are /20s after the fabric's, below ServiceV4.
 const MaxNodes = 30
 
-// MaxPodsPerNode is the number of pods a node's /20 has room for.
+// MaxPodsPerNode is the number of pods a node's /20 has room for. A node
+// wired by a plugin (WiringPTP, WiringBridge) has room for one less: its
+// gateways take the addresses of pod number MaxPodsPerNode.
 const MaxPodsPerNode = 4094
 
 // PodCIDRs returns the pod CIDRs of node n (1..MaxNodes):

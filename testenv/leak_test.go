@@ -1,7 +1,10 @@
 package testenv
 
 import (
+	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -87,10 +90,14 @@ func (o *nsObserver) waitGone(t *testing.T) {
 }
 
 // rootState is what the tests must leave unchanged in the machine's own
-// namespace: its links and the named namespaces.
+// namespace: its links and the named namespaces; and on its file system the
+// plugin wirings' state: the nodes' directories and the machine's own CNI
+// state (libcni's cache, host-local's default directory), which testenv
+// never writes.
 type rootState struct {
-	links []string
-	named []string
+	links    []string
+	named    []string
+	cniState []string
 }
 
 func snapshotRoot(t *testing.T) rootState {
@@ -110,6 +117,14 @@ func snapshotRoot(t *testing.T) rootState {
 		s.named = append(s.named, e.Name())
 	}
 	slices.Sort(s.links)
+	// This process's: those of dead ones are swept at the first node.
+	s.cniState, _ = filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-*", cniDirPrefix, os.Getpid())))
+	filepath.WalkDir("/var/lib/cni", func(path string, _ fs.DirEntry, err error) error {
+		if err == nil {
+			s.cniState = append(s.cniState, path)
+		}
+		return nil
+	})
 	return s
 }
 
@@ -120,6 +135,9 @@ func (s rootState) mustEqual(t *testing.T, after rootState) {
 	}
 	if !slices.Equal(s.named, after.named) {
 		t.Errorf("named netns changed: before %v, after %v", s.named, after.named)
+	}
+	if !slices.Equal(s.cniState, after.cniState) {
+		t.Errorf("CNI state changed: before %v, after %v", s.cniState, after.cniState)
 	}
 }
 

@@ -179,7 +179,9 @@ func sysctls(kv ...string) error {
 }
 
 // waitIPv6 waits until the IPv6 addresses addrs are usable in h's
-// namespace, and link's link-local address if link is not nil. The kernel
+// namespace; if link is not nil, also until link has its link-local address
+// and addrs, none tentative (the kernel answers neighbour solicitations on
+// an interface only for addresses of that interface that are not). The kernel
 // makes an IPv6 address live (its local route, the end of the tentative
 // state) from a workqueue once the link is up (addrconf_dad_work), even
 // without duplicate address detection: until then a packet for the address
@@ -206,10 +208,18 @@ func waitIPv6(h *netlink.Handle, link netlink.Link, addrs ...netip.Addr) error {
 			if err != nil {
 				return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 			}
+			live := map[netip.Addr]bool{}
 			for _, a := range list {
-				if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
-					ready = true
+				ip, _ := netip.AddrFromSlice(a.IP)
+				if a.Flags&unix.IFA_F_TENTATIVE == 0 {
+					live[ip] = true
+					if ip.IsLinkLocalUnicast() {
+						ready = true
+					}
 				}
+			}
+			for _, a := range addrs {
+				ready = ready && live[a]
 			}
 		}
 		if ready {

@@ -1,9 +1,11 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -21,6 +23,11 @@ type NodeOptions struct {
 	// Name names the node ("node1" if empty). It appears in error messages
 	// and in the host veth names' hash.
 	Name string
+	// Wiring says how the node's pods are joined to it: WiringVeth (the
+	// zero value), WiringPTP or WiringBridge. The plugin wirings need the
+	// reference plugins (`make cni-bins`): without them a test skips, or
+	// fails under CI=true.
+	Wiring Wiring
 }
 
 // Node is a Kubernetes node in a box: a network namespace with forwarding
@@ -33,14 +40,30 @@ type Node struct {
 	Name string
 	// Index numbers the node in its cluster, from 1; it picks the addresses.
 	Index int
+	// Wiring is how the node's pods are joined to it.
+	Wiring Wiring
 	// IPv4 and IPv6 are the node IPs, on eth0: what traffic the node sends
-	// itself, such as a kubelet probe, comes from.
+	// itself to other nodes comes from, and to its own pods on WiringVeth
+	// (a kubelet probe); on the other wirings the node reaches its pods
+	// from GatewayIPv4 and GatewayIPv6.
 	IPv4, IPv6 netip.Addr
 	// PodCIDRv4 and PodCIDRv6 hold the node's pods' addresses.
 	PodCIDRv4, PodCIDRv6 netip.Prefix
+	// GatewayIPv4 and GatewayIPv6 are, on WiringPTP and WiringBridge, the
+	// node's addresses on its pods' side, their default gateways: host-local's
+	// "gateway", the last host addresses of the pod CIDRs that the address
+	// plan has (so such a node has room for MaxPodsPerNode-1 pods), on
+	// every host veth (ptp) or on the bridge (bridge). They are the source
+	// of the node's own connections to its pods (a kubelet probe), the
+	// kernel's choice for the outgoing interface. Not valid on WiringVeth.
+	GatewayIPv4, GatewayIPv6 netip.Addr
+	// Bridge is BridgeName on WiringBridge, "" otherwise. The plugin makes
+	// the bridge at the first pod's ADD.
+	Bridge string
 
 	cluster *cluster
 	nl      *netlink.Handle // in the node's namespace
+	cni     *cniNode        // nil on WiringVeth
 
 	mu       sync.Mutex
 	pods     []*Pod
@@ -56,6 +79,7 @@ type Node struct {
 // the bridge their eth0s are plugged into.
 type cluster struct {
 	tb       TB
+	plugins  string // ReferencePlugins, once a node needs them
 	fabric   netns.NsHandle
 	fabricNL *netlink.Handle
 	bridge   netlink.Link
@@ -84,16 +108,27 @@ func NewNode(tb TB, opts NodeOptions) *Node {
 	if t, ok := tb.(testing.TB); ok {
 		testutil.RequirePrivileged(t)
 	}
+	var plugins string
+	switch opts.Wiring {
+	case WiringVeth:
+	case WiringPTP, WiringBridge:
+		// Before anything is made: a missing plugin skips the test.
+		plugins = requirePlugins(tb, opts.Wiring)
+	default:
+		tb.Fatalf("new node: unknown wiring %s", opts.Wiring)
+	}
 	c := newCluster(tb)
-	return c.addNode(opts.Name)
+	c.plugins = plugins
+	return c.addNode(opts.Name, opts.Wiring)
 }
 
 // AddPeerNode adds another node to n's cluster, on the same fabric, with
 // routes between every node's pod CIDRs: traffic between pods of different
-// nodes crosses both nodes' namespaces and the fabric.
+// nodes crosses both nodes' namespaces and the fabric. Its pods are wired
+// as n's, one CNI for the cluster as in Kubernetes.
 func (n *Node) AddPeerNode(name string) *Node {
 	n.cluster.tb.Helper()
-	return n.cluster.addNode(name)
+	return n.cluster.addNode(name, n.Wiring)
 }
 
 // Peers returns the other nodes of n's cluster.
@@ -154,7 +189,7 @@ func newCluster(tb TB) *cluster {
 	return c
 }
 
-func (c *cluster) addNode(name string) *Node {
+func (c *cluster) addNode(name string, wiring Wiring) *Node {
 	tb := c.tb
 	tb.Helper()
 	c.mu.Lock()
@@ -174,6 +209,7 @@ func (c *cluster) addNode(name string) *Node {
 	n := &Node{
 		Name:     name,
 		Index:    idx,
+		Wiring:   wiring,
 		cluster:  c,
 		byName:   map[string]*Pod{},
 		vethName: map[string]bool{},
@@ -189,6 +225,17 @@ func (c *cluster) addNode(name string) *Node {
 	// Registered before anything is added to the node, so that it runs
 	// after the cleanups of whatever the test opens in its pods.
 	tb.Cleanup(n.teardown)
+	if wiring != WiringVeth {
+		n.GatewayIPv4, n.GatewayIPv6 = gatewayIPs(idx)
+		if wiring == WiringBridge {
+			n.Bridge = BridgeName
+		}
+		cn, err := newCNINode(c.plugins)
+		if err != nil {
+			tb.Fatalf("on %s: %v", n.what, err)
+		}
+		n.cni = cn
+	}
 
 	// Forwarding on; reverse-path filtering loose, because ztunnel sends
 	// with its clients' addresses as source from its own veth (strict
@@ -304,7 +351,9 @@ func ipNet(p netip.Prefix) *net.IPNet {
 const linkGroup = 0x6d72
 
 // teardown removes the node: its veths (and so their peers in the pods and
-// the fabric) in one batch, then its namespaces.
+// the fabric) and bridge in one batch, then its namespaces and the plugins'
+// state. It runs no DEL: what DEL would remove goes with the links, the
+// namespaces and the node's CNI directory.
 func (n *Node) teardown() {
 	err := testutil.Do(n.Netns, func() error {
 		req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
@@ -315,6 +364,25 @@ func (n *Node) teardown() {
 	})
 	if err != nil {
 		n.tb.Errorf("delete the veths of %s: %v", n.what, err)
+	}
+	// A link outside the group is one a plugin made in an ADD that failed
+	// before wireCNI could add it (a veth, the bridge): one by one.
+	if links, err := n.nl.LinkList(); err != nil {
+		n.tb.Errorf("list the links of %s: %v", n.what, err)
+	} else {
+		for _, l := range links {
+			if l.Attrs().Index == 1 { // lo
+				continue
+			}
+			if err := n.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+				n.tb.Errorf("delete %s of %s: %v", l.Attrs().Name, n.what, err)
+			}
+		}
+	}
+	if n.cni != nil {
+		if err := os.RemoveAll(n.cni.dir); err != nil {
+			n.tb.Errorf("remove the CNI state of %s: %v", n.what, err)
+		}
 	}
 	n.mu.Lock()
 	for ns := range n.podNetns {

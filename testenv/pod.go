@@ -3,9 +3,11 @@ package testenv
 import (
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -34,7 +36,7 @@ func (m Mode) String() string {
 const ZtunnelName = "ztunnel"
 
 // Pod is a pod in a box: a network namespace with eth0, joined to its node
-// by a veth pair.
+// by a veth pair (see Wiring for the rest of the picture on each wiring).
 type Pod struct {
 	Namespace
 
@@ -47,23 +49,41 @@ type Pod struct {
 	// Ztunnel says whether this is the node's ztunnel pod.
 	Ztunnel bool
 
-	// IPv4 and IPv6 are the pod's addresses, on its eth0 (/32 and /128).
+	// IPv4 and IPv6 are the pod's addresses, on its eth0: /32 and /128 on
+	// WiringVeth, the pod CIDRs' lengths (/20 and /64) on the plugin
+	// wirings.
 	IPv4, IPv6 netip.Addr
-	// MAC is the MAC address of the pod's eth0.
+	// MAC is the MAC address of the pod's eth0: derived from IPv4 on
+	// WiringVeth, the kernel's random one on the plugin wirings.
 	MAC net.HardwareAddr
 
 	// HostVeth is the name of the host side of the pod's veth pair, in the
-	// node's namespace ("veth" and 11 hex digits of a hash of the node and
-	// pod names, as Calico names its "cali..." interfaces).
+	// node's namespace: on WiringVeth "veth" and 11 hex digits of a hash
+	// of the node and pod names (as Calico names its "cali..." interfaces),
+	// on the plugin wirings the plugin's "veth" and 8 random hex digits,
+	// found as eth0's peer. On WiringBridge it is a port of the bridge.
 	HostVeth string
 	// HostVethIndex is HostVeth's ifindex in the node's namespace.
 	HostVethIndex int
-	// HostVethMAC is HostVeth's MAC address: the pod's gateways resolve to
-	// it.
+	// HostVethMAC is HostVeth's MAC address. On WiringVeth and WiringPTP
+	// the pod's gateways resolve to it; on WiringBridge the pod's traffic
+	// does not carry it (the bridge forwards frames unchanged, and the
+	// gateways are the bridge's): see GatewayMAC.
 	HostVethMAC net.HardwareAddr
-	// GatewayV6 is the pod's IPv6 default gateway: HostVeth's link-local
-	// address. The IPv4 one is GatewayV4 for every pod.
+	// GatewayV4 is the pod's IPv4 default gateway: GatewayV4, the
+	// link-local address nothing owns, on WiringVeth; the node's
+	// GatewayIPv4 on the plugin wirings.
+	GatewayV4 netip.Addr
+	// GatewayV6 is the pod's IPv6 default gateway: HostVeth's EUI-64
+	// link-local address on WiringVeth; the node's GatewayIPv6 on the
+	// plugin wirings.
 	GatewayV6 netip.Addr
+	// GatewayMAC is the MAC address the pod's gateways resolve to, the
+	// destination of what the pod sends off its subnet: HostVethMAC on
+	// WiringVeth and WiringPTP, the bridge's MAC on WiringBridge.
+	GatewayMAC net.HardwareAddr
+
+	cni *cniPod // nil on WiringVeth
 }
 
 // AddPod adds a pod to the node and returns it. Pods are numbered in the
@@ -71,7 +91,19 @@ type Pod struct {
 // reused, also after Delete.
 func (n *Node) AddPod(name string, mode Mode) *Pod {
 	n.tb.Helper()
-	return n.addPod(name, mode, false)
+	return n.addPods(mode, false, name)[0]
+}
+
+// AddPods adds a pod per name, as AddPod would one after the other, and
+// returns them in the order of names. On the plugin wirings the plugins'
+// ADDs run concurrently, a few at a time, as a kubelet starting many pods
+// runs them: an ADD spends much of its time waiting (ptp polls every 50 ms
+// for the pod's IPv6 addresses to settle, bridge as long again for its port
+// to come up), and the rest starting two processes, so that a hundred pods
+// take about 4 s instead of 10 on two busy cores.
+func (n *Node) AddPods(mode Mode, names ...string) []*Pod {
+	n.tb.Helper()
+	return n.addPods(mode, false, names...)
 }
 
 // AddZtunnel adds the node's ztunnel pod, named ZtunnelName: an ordinary pod
@@ -82,7 +114,7 @@ func (n *Node) AddZtunnel() *Pod {
 	if n.Ztunnel() != nil {
 		n.tb.Fatalf("add ztunnel to %s: it has one", n.what)
 	}
-	return n.addPod(ZtunnelName, NotAmbient, true)
+	return n.addPods(NotAmbient, true, ZtunnelName)[0]
 }
 
 // hostVethName names the host side of a pod's veth pair.
@@ -91,40 +123,122 @@ func hostVethName(node, pod string) string {
 	return "veth" + hex.EncodeToString(h[:])[:11]
 }
 
-func (n *Node) addPod(name string, mode Mode, ztunnel bool) *Pod {
+// maxConcurrentADDs bounds the plugin ADDs AddPods runs at once.
+const maxConcurrentADDs = 16
+
+func (n *Node) addPods(mode Mode, ztunnel bool, names ...string) []*Pod {
 	tb := n.tb
 	tb.Helper()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if name == "" || n.byName[name] != nil {
-		tb.Fatalf("add pod %q to %s: the name is empty or taken", name, n.what)
+	for i, name := range names {
+		if name == "" || n.byName[name] != nil || slices.Contains(names[:i], name) {
+			tb.Fatalf("add pod %q to %s: the name is empty or taken", name, n.what)
+		}
 	}
-	idx := n.podsAdded + 1 // never reused, also after Delete
-	if idx > MaxPodsPerNode {
-		tb.Fatalf("add pod %s to %s: the address plan has room for %d pods", name, n.what, MaxPodsPerNode)
+	room := MaxPodsPerNode
+	if n.Wiring != WiringVeth {
+		room-- // the gateways have the last addresses
 	}
-	p := &Pod{
-		Name:     name,
-		Node:     n,
-		Ambient:  mode == Ambient,
-		Ztunnel:  ztunnel,
-		HostVeth: hostVethName(n.Name, name),
+	if n.podsAdded+len(names) > room {
+		tb.Fatalf("add pods %v to %s: the address plan has room for %d pods", names, n.what, room)
 	}
+
+	pods := make([]*Pod, len(names))
+	var nls []*netlink.Handle // the pods' for wireCNI
+	defer func() {
+		for _, h := range nls {
+			h.Close()
+		}
+	}()
+	for i, name := range names {
+		p := &Pod{
+			Name:    name,
+			Node:    n,
+			Ambient: mode == Ambient,
+			Ztunnel: ztunnel,
+		}
+		// Numbers are never reused, also after Delete.
+		p.IPv4, p.IPv6 = podIPs(n.Index, n.podsAdded+1+i)
+		ns, podNL := newNetns(tb)
+		n.podNetns[ns] = true
+		n.cluster.mu.Lock()
+		n.cluster.namespaces = append(n.cluster.namespaces, ns)
+		n.cluster.mu.Unlock()
+		p.Namespace = Namespace{Netns: ns, tb: tb, what: "pod " + name + " on " + n.Name}
+		pods[i] = p
+		if n.Wiring == WiringVeth {
+			n.wireVeth(p, podNL)
+			podNL.Close()
+		} else {
+			nls = append(nls, podNL)
+		}
+	}
+	if n.Wiring != WiringVeth {
+		errs := make([]error, len(pods))
+		wire := func(i int) {
+			// No duplicate address detection in the pod, as the container
+			// runtime of cnichain.NewSandbox: ptp waits for IPv6
+			// addresses to settle, a second per ADD with DAD on.
+			errs[i] = pods[i].Do(func() error {
+				return sysctls(
+					"net/ipv6/conf/all/accept_dad", "0",
+					"net/ipv6/conf/default/accept_dad", "0",
+				)
+			})
+			if errs[i] == nil {
+				errs[i] = n.wireCNI(pods[i], nls[i], n.podsAdded+1+i)
+			}
+		}
+		first := 0
+		if n.Wiring == WiringBridge && n.podsAdded == 0 {
+			// The node's first ADD alone: it makes the bridge and sets
+			// the bridge's MAC, which concurrent first ADDs could each
+			// set differently, after some pod read it as its GatewayMAC.
+			if wire(0); errs[0] != nil {
+				tb.Fatal(errs[0])
+			}
+			first = 1
+		}
+		sem := make(chan struct{}, maxConcurrentADDs)
+		var wg sync.WaitGroup
+		for i := first; i < len(pods); i++ {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				wire(i)
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			tb.Fatal(err)
+		}
+	}
+
+	for _, p := range pods {
+		n.podsAdded++
+		n.pods = append(n.pods, p)
+		n.byName[p.Name] = p
+		if ztunnel {
+			n.ztunnel = p
+		}
+	}
+	return pods
+}
+
+// wireVeth joins p to n with a veth pair of testenv's making (WiringVeth).
+func (n *Node) wireVeth(p *Pod, podNL *netlink.Handle) {
+	tb := n.tb
+	tb.Helper()
+	p.HostVeth = hostVethName(n.Name, p.Name)
 	if n.vethName[p.HostVeth] {
-		tb.Fatalf("add pod %s to %s: host veth name %s collides", name, n.what, p.HostVeth)
+		tb.Fatalf("add pod %s to %s: host veth name %s collides", p.Name, n.what, p.HostVeth)
 	}
-	p.IPv4, p.IPv6 = podIPs(n.Index, idx)
 	p.MAC = macFor(podMACPrefix, p.IPv4)
 	p.HostVethMAC = macFor(hostMACPrefix, p.IPv4)
+	p.GatewayMAC = p.HostVethMAC
+	p.GatewayV4 = GatewayV4
 	p.GatewayV6 = linkLocalEUI64(p.HostVethMAC)
-
-	ns, podNL := newNetns(tb)
-	defer podNL.Close()
-	n.podNetns[ns] = true
-	n.cluster.mu.Lock()
-	n.cluster.namespaces = append(n.cluster.namespaces, ns)
-	n.cluster.mu.Unlock()
-	p.Namespace = Namespace{Netns: ns, tb: tb, what: "pod " + name + " on " + n.Name}
 
 	// The pair is made from the node's side with its peer created straight
 	// in the pod's namespace as eth0: no interface ever appears in the root
@@ -138,11 +252,12 @@ func (n *Node) addPod(name string, mode Mode, ztunnel bool) *Pod {
 		},
 		PeerName:         "eth0",
 		PeerHardwareAddr: p.MAC,
-		PeerNamespace:    netlink.NsFd(int(ns)),
+		PeerNamespace:    netlink.NsFd(int(p.Netns)),
 	}
 	if err := n.nl.LinkAdd(veth); err != nil {
 		tb.Fatalf("add veth %s for %s: %v", p.HostVeth, p.what, err)
 	}
+	n.vethName[p.HostVeth] = true
 	p.HostVethIndex = veth.Attrs().Index
 
 	// Host routes to the pod, as ptp and Calico add them.
@@ -172,7 +287,7 @@ func (n *Node) addPod(name string, mode Mode, ztunnel bool) *Pod {
 	if err := podNL.LinkSetUp(eth0); err != nil {
 		tb.Fatalf("set eth0 of %s up: %v", p.what, err)
 	}
-	for _, gw := range []netip.Addr{GatewayV4, p.GatewayV6} {
+	for _, gw := range []netip.Addr{p.GatewayV4, p.GatewayV6} {
 		family := unix.AF_INET
 		if gw.Is6() {
 			family = unix.AF_INET6
@@ -203,21 +318,14 @@ func (n *Node) addPod(name string, mode Mode, ztunnel bool) *Pod {
 	if err := waitIPv6(n.nl, veth); err != nil {
 		tb.Fatalf("on %s: %v", n.what, err)
 	}
-
-	n.podsAdded++
-	n.pods = append(n.pods, p)
-	n.byName[name] = p
-	n.vethName[p.HostVeth] = true
-	if ztunnel {
-		n.ztunnel = p
-	}
-	return p
 }
 
 // Delete removes the pod from its node now, as Kubernetes deleting it
 // would: its veth pair goes, with its host routes, and its namespace is
-// closed (it is destroyed once nothing else holds it). Close what the test
-// opened in the pod first.
+// closed (it is destroyed once nothing else holds it). On the plugin
+// wirings the plugin's DEL does the first part, and host-local releases
+// the pod's addresses (a later pod still gets new ones: pods are never
+// renumbered). Close what the test opened in the pod first.
 func (p *Pod) Delete() {
 	n := p.Node
 	n.tb.Helper()
@@ -226,9 +334,15 @@ func (p *Pod) Delete() {
 	if n.byName[p.Name] != p {
 		n.tb.Fatalf("delete %s: not on the node", p.what)
 	}
-	link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: p.HostVethIndex}}
-	if err := n.nl.LinkDel(link); err != nil {
-		n.tb.Fatalf("delete veth %s of %s: %v", p.HostVeth, p.what, err)
+	if p.cni != nil {
+		if err := n.unwireCNI(p); err != nil {
+			n.tb.Fatal(err)
+		}
+	} else {
+		link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: p.HostVethIndex}}
+		if err := n.nl.LinkDel(link); err != nil {
+			n.tb.Fatalf("delete veth %s of %s: %v", p.HostVeth, p.what, err)
+		}
 	}
 	// Forget the handle before closing it: Close sets p.Netns to -1, and a
 	// handle left in podNetns would be closed again at teardown, closing

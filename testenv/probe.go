@@ -221,18 +221,59 @@ func (e *Echo) acceptLoop(l net.Listener) {
 	}
 }
 
+// udpLoop answers each datagram from the address it was sent to, as a UDP
+// server on a host of several addresses must: left to routing, the source
+// of the answer would be the outgoing interface's address, which a
+// connected client drops when it is not the one it sent to (a pod asking
+// its node's IP, answered from the gateway address of a ptp or bridge
+// node).
 func (e *Echo) udpLoop(c net.PacketConn) {
 	defer e.wg.Done()
+	var read func([]byte) (int, net.IP, net.Addr, error)
+	var write func([]byte, net.IP, net.Addr) error
+	if c.LocalAddr().(*net.UDPAddr).IP.To4() != nil {
+		pc := ipv4.NewPacketConn(c)
+		pc.SetControlMessage(ipv4.FlagDst, true)
+		read = func(b []byte) (int, net.IP, net.Addr, error) {
+			n, cm, from, err := pc.ReadFrom(b)
+			if cm == nil {
+				return n, nil, from, err
+			}
+			return n, cm.Dst, from, err
+		}
+		write = func(b []byte, src net.IP, to net.Addr) error {
+			_, err := pc.WriteTo(b, &ipv4.ControlMessage{Src: src}, to)
+			return err
+		}
+	} else {
+		pc := ipv6.NewPacketConn(c)
+		pc.SetControlMessage(ipv6.FlagDst, true)
+		read = func(b []byte) (int, net.IP, net.Addr, error) {
+			n, cm, from, err := pc.ReadFrom(b)
+			if cm == nil {
+				return n, nil, from, err
+			}
+			return n, cm.Dst, from, err
+		}
+		write = func(b []byte, src net.IP, to net.Addr) error {
+			_, err := pc.WriteTo(b, &ipv6.ControlMessage{Src: src}, to)
+			return err
+		}
+	}
 	buf := make([]byte, 65535)
 	for {
-		n, from, err := c.ReadFrom(buf)
+		n, dst, from, err := read(buf)
 		if err != nil {
 			return
 		}
 		if !e.track(c, unmap(from.(*net.UDPAddr).AddrPort())) {
 			return
 		}
-		c.WriteTo(buf[:n], from)
+		// An address the namespace does not own (a datagram steered to
+		// the server) cannot be a source: then routing picks one.
+		if dst == nil || write(buf[:n], dst, from) != nil {
+			c.WriteTo(buf[:n], from)
+		}
 	}
 }
 

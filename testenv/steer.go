@@ -40,10 +40,19 @@ const (
 // is for: without it on an IPv4 listener the SYN-ACK, from a non-local
 // address, cannot leave.
 //
-// The node must have its ztunnel pod (AddZtunnel). Call it once per node;
-// the rules go with the namespaces.
+// The node must have its ztunnel pod (AddZtunnel) and a veth per pod
+// (WiringVeth or WiringPTP). Call it once per node; the rules go with the
+// namespaces.
+//
+// On WiringBridge it fails the test: the pods share the bridge as input
+// interface, so no rule tells a pod's packets from ztunnel's forwarding of
+// them (which keeps the pod's address as source), and the node's pods
+// reach each other across the bridge without routing.
 func (n *Node) SteerToZtunnel(pods ...*Pod) {
 	n.tb.Helper()
+	if n.Wiring == WiringBridge {
+		n.tb.Fatalf("steer to ztunnel on %s: policy routing cannot steer the pods of a bridge (wiring %s); use WiringVeth or WiringPTP", n.Name, n.Wiring)
+	}
 	zt := n.Ztunnel()
 	if zt == nil {
 		n.tb.Fatalf("steer to ztunnel on %s: no ztunnel pod (AddZtunnel)", n.Name)

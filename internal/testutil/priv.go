@@ -36,12 +36,20 @@ func RequireTool(tb testing.TB, name, why string) string {
 	if err == nil {
 		return path
 	}
-	reason := fmt.Sprintf("needs %s %s", name, why)
+	MissingPrerequisite(tb, fmt.Sprintf("needs %s %s", name, why))
+	return ""
+}
+
+// MissingPrerequisite stops a test that lacks something the machine should
+// provide (a command, a built binary), with reason: it skips, fails under
+// CI, and skips again in a kernel matrix guest, which has neither tools nor
+// built binaries (the test runs natively in make test).
+func MissingPrerequisite(tb testing.TB, reason string) {
+	tb.Helper()
 	if InVM() {
 		tb.Skip(reason + " (not in the kernel matrix guest; runs natively in make test)")
 	}
 	SkipOrFail(tb, reason)
-	return ""
 }
 
 // SkipOrFail skips the test with reason, or fails it under CI.

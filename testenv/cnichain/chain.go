@@ -2,7 +2,6 @@ package cnichain
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -20,29 +19,15 @@ import (
 	"github.com/meshredirect/meshredirect/testenv"
 )
 
-// ErrNoReferencePlugins is returned when `make cni-bins` has not run.
-var ErrNoReferencePlugins = errors.New("the reference CNI plugins are not built: run `make cni-bins`")
+// ErrNoReferencePlugins is returned when `make cni-bins` has not run
+// (testenv.ErrNoReferencePlugins: errors.Is matches either).
+var ErrNoReferencePlugins = testenv.ErrNoReferencePlugins
 
 // ReferencePlugins returns the directory of the cached ptp, bridge and
-// host-local plugins.
+// host-local plugins (testenv.ReferencePlugins, which testenv's plugin
+// wirings use too).
 func ReferencePlugins() (string, error) {
-	cache := os.Getenv("MESHREDIRECT_CNI_CACHE")
-	if cache == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, _ := os.UserHomeDir()
-			base = filepath.Join(home, ".cache")
-		}
-		found, _ := filepath.Glob(filepath.Join(base, "meshredirect", "cni", "*", "ptp"))
-		if len(found) == 0 {
-			return "", ErrNoReferencePlugins
-		}
-		return filepath.Dir(found[0]), nil
-	}
-	if _, err := os.Stat(filepath.Join(cache, "ptp")); err != nil {
-		return "", ErrNoReferencePlugins
-	}
-	return cache, nil
+	return testenv.ReferencePlugins()
 }
 
 var (
@@ -194,7 +179,7 @@ func (c *Chain) Add(sb *Sandbox, ns, name string) ([]netip.Addr, error) {
 	err := c.node.Do(func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		r, err := libcni.NewCNIConfig(c.path, nil).AddNetworkList(ctx, c.list, c.rt(sb, ns, name))
+		r, err := c.config().AddNetworkList(ctx, c.list, c.rt(sb, ns, name))
 		if err != nil {
 			return err
 		}
@@ -217,8 +202,14 @@ func (c *Chain) Del(sb *Sandbox, ns, name string) error {
 	return c.node.Do(func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		return libcni.NewCNIConfig(c.path, nil).DelNetworkList(ctx, c.list, c.rt(sb, ns, name))
+		return c.config().DelNetworkList(ctx, c.list, c.rt(sb, ns, name))
 	})
+}
+
+// config is libcni with its cache of results beside host-local's state,
+// not in the machine's /var/lib/cni.
+func (c *Chain) config() *libcni.CNIConfig {
+	return libcni.NewCNIConfigWithCacheDir(c.path, filepath.Join(c.IPAMDir, "libcni-cache"), nil)
 }
 
 // Held returns the addresses host-local still holds for the chain.

@@ -63,8 +63,8 @@ type Agent struct {
 	// logged once, not at every update.
 	decisions map[string]string
 	ztunnel   ztunnelState
-	// nodeIPs are the node addresses last written to the datapath.
-	nodeIPs []netip.Addr
+	// nodeAddrs are the node addresses last written to the datapath.
+	nodeAddrs []netip.Addr
 
 	ready atomic.Bool
 }
@@ -78,6 +78,7 @@ type enrolledPod struct {
 const (
 	keyZtunnel = "\x00ztunnel"
 	keyResync  = "\x00resync"
+	keyNode    = "\x00node"
 )
 
 // New opens the dataplane (loading the programs, opening the pins) and
@@ -179,7 +180,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
 	}
 
+	// The node's addresses change as CNIs put gateways on bridges and host
+	// veths, and its tunnels come and go with its links: each change is
+	// looked at, besides every resync.
+	if err := a.dp.WatchNode(ctx, func() { a.queue.Add(keyNode) }); err != nil {
+		a.log.Warn("cannot watch the node's addresses and links; they are read at every resync only", "error", err)
+	}
+
 	a.work.Lock()
+	if err := a.dp.SetResolvers(a.cfg.DNSResolvers); err != nil {
+		a.log.Error("set the DNS resolvers", "error", err)
+	}
 	a.prefill()
 	a.syncZtunnel()
 	err := a.reconcileAll()
@@ -237,6 +248,8 @@ func (a *Agent) processNext() bool {
 		a.syncZtunnel()
 	case keyResync:
 		err = a.reconcileAll()
+	case keyNode:
+		a.updateNode()
 	default:
 		err = a.syncPod(key)
 	}

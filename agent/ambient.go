@@ -2,9 +2,12 @@ package agent
 
 import (
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/meshredirect/meshredirect/dataplane"
 )
 
 // Labels and annotations that decide and record ambient mode, as Istio
@@ -25,6 +28,19 @@ const (
 	// SidecarStatusAnnotation marks a pod with an Istio sidecar, which
 	// captures its own traffic.
 	SidecarStatusAnnotation = "sidecar.istio.io/status"
+
+	// BypassInboundAnnotation "true" on an ambient pod leaves its inbound
+	// plaintext TCP uncaptured (HBONE still goes to ztunnel), as in Istio.
+	BypassInboundAnnotation = "ambient.istio.io/bypass-inbound-capture"
+	// BypassDNSAnnotation "true" keeps an ambient pod's DNS away from
+	// ztunnel's DNS proxy when DNS capture is on, as in Istio.
+	BypassDNSAnnotation = "ambient.istio.io/bypass-dns-capture"
+	// UDPAnnotation "drop" applies the strict UDP policy to a pod on a node
+	// that passes UDP: only DNS to the resolvers leaves it. It tightens the
+	// node's policy, never loosens it.
+	UDPAnnotation = "meshredirect.io/udp"
+	UDPDrop       = "drop"
+	UDPPass       = "pass"
 )
 
 // DefaultExcludedNamespaces are never captured.
@@ -38,10 +54,12 @@ type Policy struct {
 }
 
 // Decision is whether a pod's traffic is captured, and why, in words for the
-// log line of an enrol or a skip.
+// log line of an enrol or a skip; for an ambient pod, its own capture
+// policy from its annotations.
 type Decision struct {
 	Ambient bool
 	Reason  string
+	Policy  dataplane.Policy
 }
 
 // Decide applies DESIGN.md §2 to pod in namespace ns (nil if the namespace
@@ -56,40 +74,88 @@ type Decision struct {
 // Label values are compared exactly, as Istio does: "Ambient" is not
 // "ambient". A pod label with another value is ignored (its namespace
 // decides) and the reason says so.
+//
+// An ambient pod's own policy comes from its annotations:
+// ambient.istio.io/bypass-inbound-capture and
+// ambient.istio.io/bypass-dns-capture "true" (Istio's), and
+// meshredirect.io/udp "drop". Other values are ignored, and the reason
+// says so.
 func (p Policy) Decide(pod *corev1.Pod, ns *corev1.Namespace) Decision {
+	d := p.decideAmbient(pod, ns)
+	if d.Ambient {
+		d.Policy, d.Reason = podPolicy(pod, d.Reason)
+	}
+	return d
+}
+
+// podPolicy reads an ambient pod's own capture policy from its annotations
+// and adds what it found, or ignored, to reason.
+func podPolicy(pod *corev1.Pod, reason string) (dataplane.Policy, string) {
+	var pol dataplane.Policy
+	var notes []string
+	flag := func(key string, set *bool) {
+		v, ok := pod.Annotations[key]
+		switch {
+		case !ok:
+		case v == "true":
+			*set = true
+			notes = append(notes, key)
+		default:
+			notes = append(notes, fmt.Sprintf("%s=%q ignored (only \"true\" counts)", key, v))
+		}
+	}
+	flag(BypassInboundAnnotation, &pol.BypassInbound)
+	flag(BypassDNSAnnotation, &pol.BypassDNS)
+	switch v, ok := pod.Annotations[UDPAnnotation]; {
+	case !ok:
+	case v == UDPDrop:
+		pol.UDPDrop = true
+		notes = append(notes, UDPAnnotation+"="+UDPDrop)
+	case v == UDPPass:
+		notes = append(notes, UDPAnnotation+"="+UDPPass+" (the node's policy applies: a pod can only tighten it)")
+	default:
+		notes = append(notes, fmt.Sprintf("%s=%q ignored (want %s)", UDPAnnotation, v, UDPDrop))
+	}
+	if len(notes) > 0 {
+		reason += "; " + strings.Join(notes, ", ")
+	}
+	return pol, reason
+}
+
+func (p Policy) decideAmbient(pod *corev1.Pod, ns *corev1.Namespace) Decision {
 	switch {
 	case pod.Spec.HostNetwork:
-		return Decision{false, "host network pod"}
+		return Decision{Ambient: false, Reason: "host network pod"}
 	case p.Ztunnel != nil && p.Ztunnel.Matches(labels.Set(pod.Labels)):
-		return Decision{false, "ztunnel itself"}
+		return Decision{Ambient: false, Reason: "ztunnel itself"}
 	case pod.Annotations[SidecarStatusAnnotation] != "":
-		return Decision{false, "pod has a sidecar"}
+		return Decision{Ambient: false, Reason: "pod has a sidecar"}
 	case pod.Annotations[RedirectionAnnotation] == RedirectionDisabled:
-		return Decision{false, fmt.Sprintf("pod annotation %s=%s", RedirectionAnnotation, RedirectionDisabled)}
+		return Decision{Ambient: false, Reason: fmt.Sprintf("pod annotation %s=%s", RedirectionAnnotation, RedirectionDisabled)}
 	case p.ExcludedNamespaces[pod.Namespace]:
-		return Decision{false, fmt.Sprintf("namespace %s is excluded", pod.Namespace)}
+		return Decision{Ambient: false, Reason: fmt.Sprintf("namespace %s is excluded", pod.Namespace)}
 	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return Decision{false, fmt.Sprintf("pod has finished (%s)", pod.Status.Phase)}
+		return Decision{Ambient: false, Reason: fmt.Sprintf("pod has finished (%s)", pod.Status.Phase)}
 	}
 
 	ignored := ""
 	if v, ok := pod.Labels[DataplaneModeLabel]; ok {
 		switch v {
 		case ModeAmbient:
-			return Decision{true, fmt.Sprintf("pod label %s=%s", DataplaneModeLabel, ModeAmbient)}
+			return Decision{Ambient: true, Reason: fmt.Sprintf("pod label %s=%s", DataplaneModeLabel, ModeAmbient)}
 		case ModeNone:
-			return Decision{false, fmt.Sprintf("pod label %s=%s", DataplaneModeLabel, ModeNone)}
+			return Decision{Ambient: false, Reason: fmt.Sprintf("pod label %s=%s", DataplaneModeLabel, ModeNone)}
 		default:
 			ignored = fmt.Sprintf(" (pod label %s=%q is not %s or %s: ignored)", DataplaneModeLabel, v, ModeAmbient, ModeNone)
 		}
 	}
 	if ns == nil {
-		return Decision{false, "namespace not known yet" + ignored}
+		return Decision{Ambient: false, Reason: "namespace not known yet" + ignored}
 	}
 	if v := ns.Labels[DataplaneModeLabel]; v == ModeAmbient {
-		return Decision{true, fmt.Sprintf("namespace label %s=%s", DataplaneModeLabel, ModeAmbient) + ignored}
+		return Decision{Ambient: true, Reason: fmt.Sprintf("namespace label %s=%s", DataplaneModeLabel, ModeAmbient) + ignored}
 	} else if v != "" && v != ModeNone {
-		return Decision{false, fmt.Sprintf("namespace label %s=%q is not %s", DataplaneModeLabel, v, ModeAmbient) + ignored}
+		return Decision{Ambient: false, Reason: fmt.Sprintf("namespace label %s=%q is not %s", DataplaneModeLabel, v, ModeAmbient) + ignored}
 	}
-	return Decision{false, "no ambient label on the pod or its namespace" + ignored}
+	return Decision{Ambient: false, Reason: "no ambient label on the pod or its namespace" + ignored}
 }

@@ -90,7 +90,7 @@ func TestBadInput(t *testing.T) {
 		must(t, err)
 		must(t, e.setStatusIPs(e.ns, "v6only", v6only.IPv6.String()))
 		e.waitFor("v6only's IPv6 entry", 10*time.Second, func() bool {
-			all, _ := set.Pods.All()
+			all, _ := set.Endpoints.Pods()
 			_, v6 := all[v6only.IPv6]
 			_, v4 := all[v6only.IPv4]
 			return v6 && !v4
@@ -114,7 +114,7 @@ func TestBadInput(t *testing.T) {
 		must(t, err)
 		must(t, e.setStatusIPs(e.ns, "hostnet", b.Node.IPv4.String(), b.Node.IPv6.String()))
 		e.waitFor("the skip's log line", 10*time.Second, func() bool { return e.log.logged("skipped pod", "/hostnet", "host network pod") })
-		all, _ := set.Pods.All()
+		all, _ := set.Endpoints.Pods()
 		if _, ok := all[b.Node.IPv4]; ok {
 			t.Error("the node's IP went into the pods map")
 		}

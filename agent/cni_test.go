@@ -92,7 +92,7 @@ func TestCNIFirstPacket(t *testing.T) {
 			t.Errorf("first flow of the new pod (%s): path %q, %v", scenario.Family(v6), o.Path, o.Err)
 		}
 	}
-	all, err := set.Pods.All()
+	all, err := set.Endpoints.Pods()
 	must(t, err)
 	for _, ip := range ips {
 		if _, ok := all[ip]; !ok {
@@ -113,7 +113,7 @@ func TestCNINotAmbient(t *testing.T) {
 	ips, err := e.add(t, sb, e.plainNS, "outside")
 	must(t, err)
 	t.Cleanup(func() { e.del(t, sb, e.plainNS, "outside") })
-	all, err := set.Pods.All()
+	all, err := set.Endpoints.Pods()
 	must(t, err)
 	for _, ip := range ips {
 		if _, ok := all[ip]; ok {
@@ -122,7 +122,7 @@ func TestCNINotAmbient(t *testing.T) {
 	}
 	attachments, err := e.attachments()
 	must(t, err)
-	if len(attachments) != 1 { // ztunnel's veth only
+	if len(attachments) != 2 { // ztunnel's veth only: ingress and egress
 		t.Errorf("attachments: %v", attachments)
 	}
 }
@@ -169,7 +169,7 @@ func TestCNIAddDelRepeated(t *testing.T) {
 		}
 	}
 	t.Logf("100 ADD/DEL cycles in %s", time.Since(start).Round(time.Millisecond))
-	all, err := set.Pods.All()
+	all, err := set.Endpoints.Pods()
 	must(t, err)
 	if len(all) != 4 { // the client's and server's
 		t.Errorf("pods map has %d entries, want the 4 of client and server: %v", len(all), all)
@@ -210,7 +210,7 @@ func TestCNIRefusesNonUnicastIPs(t *testing.T) {
 			t.Errorf("ADD with %s: %v, want an error naming it", ip, err)
 		}
 	}
-	all, err := set.Pods.All()
+	all, err := set.Endpoints.Pods()
 	must(t, err)
 	for ip := range all {
 		if !ip.IsGlobalUnicast() || ip == netip.MustParseAddr("198.18.16.77") {

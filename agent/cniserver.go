@@ -115,7 +115,7 @@ func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, erro
 			return cni.Reply{}, fmt.Errorf("pod %s: bad IP %q in the CNI result", key, s)
 		}
 		// A pod's address is unicast and routable: 0.0.0.0, loopback,
-		// link-local or multicast in the pods map would let any pod's
+		// link-local or multicast in the endpoints map would let any pod's
 		// packets from it pass as this pod's.
 		if !ip.IsGlobalUnicast() {
 			return cni.Reply{}, fmt.Errorf("pod %s: IP %s in the CNI result is not a unicast pod address", key, s)
@@ -129,7 +129,7 @@ func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, erro
 		return cni.Reply{}, fmt.Errorf("pod %s: no IP in the CNI result (is meshredirect-cni chained after the primary CNI?)", key)
 	}
 	a.work.Lock()
-	err = a.enrol(key, pod, ips, d.Reason)
+	err = a.enrol(key, pod, ips, d)
 	a.work.Unlock()
 	if err != nil {
 		return cni.Reply{}, fmt.Errorf("capture pod %s: %w", key, err)

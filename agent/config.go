@@ -44,9 +44,13 @@ type Config struct {
 	// ConfigFile is where the ambient config is written; empty means
 	// DefaultConfigFile.
 	ConfigFile string
-	// NodeIPs overrides the node's addresses, which are otherwise read from
-	// the hostIPs of the node's pods.
+	// NodeIPs are addresses of the node besides those its netns holds,
+	// which the agent reads (and follows) itself.
 	NodeIPs []netip.Addr
+	// DNSResolvers are the DNS servers pods may still query under the strict
+	// UDP policy (Dataplane.StrictUDP): the cluster DNS Service IP, a
+	// node-local cache.
+	DNSResolvers []netip.Addr
 	// ResyncPeriod is how often a full reconcile runs besides the one at
 	// start; zero means DefaultResyncPeriod.
 	ResyncPeriod time.Duration

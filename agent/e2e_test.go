@@ -195,7 +195,7 @@ func TestBurst(t *testing.T) {
 		pods = append(pods, p)
 	}
 	e.waitFor("200 pods enrolled", 60*time.Second, func() bool {
-		all, _ := set.Pods.All()
+		all, _ := set.Endpoints.Pods()
 		return len(all) == 2*(200+2)
 	})
 	t.Logf("200 pods created and enrolled in %s", time.Since(start).Round(time.Millisecond))
@@ -205,14 +205,14 @@ func TestBurst(t *testing.T) {
 		e.deletePod(p, e.ns)
 	}
 	e.waitFor("200 pods unenrolled", 60*time.Second, func() bool {
-		all, _ := set.Pods.All()
+		all, _ := set.Endpoints.Pods()
 		return len(all) == 2*2
 	})
 	t.Logf("200 pods deleted and unenrolled in %s", time.Since(start).Round(time.Millisecond))
 	all, err := e.attachments()
 	must(t, err)
 	// What is left: the client's and server's two programs, and ztunnel's.
-	want := map[int]int{b.Client.HostVethIndex: 2, b.Server.HostVethIndex: 2, b.Ztunnel.HostVethIndex: 1}
+	want := map[int]int{b.Client.HostVethIndex: 2, b.Server.HostVethIndex: 2, b.Ztunnel.HostVethIndex: 2}
 	got := map[int]int{}
 	for _, a := range all {
 		got[a.Ifindex]++

@@ -256,7 +256,7 @@ func (e *env) maps() *maps.Set {
 
 // enrolled reports whether both of pod's IPs are in the pods map.
 func (e *env) enrolled(set *maps.Set, p *testenv.Pod) bool {
-	all, err := set.Pods.All()
+	all, err := set.Endpoints.Pods()
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func (e *env) enrolled(set *maps.Set, p *testenv.Pod) bool {
 
 // absent reports whether none of pod's IPs is in the pods map.
 func (e *env) absent(set *maps.Set, p *testenv.Pod) bool {
-	all, err := set.Pods.All()
+	all, err := set.Endpoints.Pods()
 	if err != nil {
 		e.t.Fatal(err)
 	}

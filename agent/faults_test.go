@@ -22,11 +22,11 @@ import (
 // converged waits until the node's datapath is exactly what the API says:
 // the map holds the IPs of the ambient pods of want and nothing else, and
 // each of them has its two programs and nothing is attached elsewhere but
-// ztunnel's veth.
+// ztunnel's veth (its two).
 func (e *env) converged(t *testing.T, set *maps.Set, want ...*testenv.Pod) {
 	t.Helper()
 	e.waitFor("the datapath to match the API", 30*time.Second, func() bool {
-		all, err := set.Pods.All()
+		all, err := set.Endpoints.Pods()
 		if err != nil || len(all) != 2*len(want) {
 			return false
 		}
@@ -41,7 +41,7 @@ func (e *env) converged(t *testing.T, set *maps.Set, want ...*testenv.Pod) {
 			wantIf[p.HostVethIndex] = true
 		}
 		attachments, err := e.attachments()
-		if err != nil || len(attachments) != 2*len(want)+1 {
+		if err != nil || len(attachments) != 2*len(want)+2 {
 			return false
 		}
 		for _, a := range attachments {
@@ -61,8 +61,9 @@ func TestMapFull(t *testing.T) {
 	b := e.box
 	e.labelNamespace(e.ns, agent.ModeAmbient)
 	reg := agent.NewRegistry()
-	// Room for three dual-stack pods: client, server and one more.
-	a := e.startAgent(func(c *agent.Config) { c.Dataplane.PodsMaxEntries = 6; c.Metrics = reg })
+	// Room for the node's two addresses and three dual-stack pods: client,
+	// server and one more.
+	a := e.startAgent(func(c *agent.Config) { c.Dataplane.PodsMaxEntries = 8; c.Metrics = reg })
 	set := e.maps()
 	first := b.Node.AddPod("first", testenv.NotAmbient)
 	e.createPod(first, e.ns, nil)
@@ -71,7 +72,7 @@ func TestMapFull(t *testing.T) {
 	second := b.Node.AddPod("second", testenv.NotAmbient)
 	e.createPod(second, e.ns, nil)
 	e.waitFor("an EnrolFailed event for the pod that does not fit", 15*time.Second, func() bool { return e.hasEvent("second", "EnrolFailed") })
-	if msg := e.eventMessage("second", "EnrolFailed"); !strings.Contains(msg, "the pods map is full") || !strings.Contains(msg, "--pods-max-entries") {
+	if msg := e.eventMessage("second", "EnrolFailed"); !strings.Contains(msg, "the endpoints map is full") || !strings.Contains(msg, "--pods-max-entries") {
 		t.Errorf("the event does not say the map is full: %q", msg)
 	}
 	if !e.absent(set, second) {
@@ -116,8 +117,8 @@ func TestIncompatiblePinsReplaced(t *testing.T) {
 		t.Errorf("no log line for the replacement:\n%s", second.output())
 	}
 	set2 := e.maps()
-	if set2.Pods.MaxEntries() != 2048 {
-		t.Errorf("pods map holds %d entries, want 2048", set2.Pods.MaxEntries())
+	if set2.Endpoints.Map.MaxEntries() != 2048 {
+		t.Errorf("endpoints map holds %d entries, want 2048", set2.Endpoints.Map.MaxEntries())
 	}
 	e.converged(t, set2, b.Client, b.Server)
 	runFlow(t, b, "1")

@@ -52,15 +52,17 @@ func (a *Agent) syncPod(key string) error {
 		a.noteDecision(key, "waiting for an IP", func() { a.log.Info("waiting for the pod's IP", "pod", key, "reason", d.Reason) })
 		return nil
 	}
-	return a.enrol(key, pod, ips, d.Reason)
+	return a.enrol(key, pod, ips, d)
 }
 
 // enrol captures a pod's traffic and records it on the pod.
-func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, reason string) error {
+func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, d Decision) error {
+	reason := d.Reason
 	p, err := a.locate(key, pod, ips)
 	if err != nil {
 		return err
 	}
+	p.Policy = d.Policy
 	a.mu.Lock()
 	prev, had := a.enrolled[key]
 	a.mu.Unlock()
@@ -93,7 +95,7 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, reason stri
 	a.enrolled[key] = enrolledPod{uid: pod.UID, dp: p}
 	a.m.podsEnrolled.Set(float64(len(a.enrolled)))
 	a.mu.Unlock()
-	a.noteDecision(key, "enrolled", func() {
+	a.noteDecision(key, "enrolled "+p.Policy.String(), func() {
 		a.log.Info("enrolled pod", "pod", key, "ips", ips, "interface", p.HostIfindex, "reason", reason)
 		a.events.Eventf(pod, corev1.EventTypeNormal, "Enrolled", "traffic captured into ztunnel (%s)", reason)
 	})
@@ -209,6 +211,7 @@ func (a *Agent) annotate(pod *corev1.Pod, enabled bool) error {
 func (a *Agent) reconcileAll() error {
 	start := time.Now()
 	defer func() { a.m.reconcileDuration.Observe(time.Since(start).Seconds()) }()
+	a.updateNode()
 
 	pods, err := a.pods.List(labels.Everything())
 	if err != nil {
@@ -254,7 +257,8 @@ func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []net
 	for _, pod := range pods {
 		key := pod.Namespace + "/" + pod.Name
 		ns, _ := a.namespaces.Get(pod.Namespace)
-		if !a.policy.Decide(pod, ns).Ambient {
+		d := a.policy.Decide(pod, ns)
+		if !d.Ambient {
 			continue
 		}
 		ips := podIPs(pod)
@@ -267,6 +271,7 @@ func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []net
 			retry = append(retry, key)
 			continue
 		}
+		p.Policy = d.Policy
 		desired = append(desired, p)
 		byName[key] = pod
 	}
@@ -274,7 +279,7 @@ func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []net
 }
 
 // prefill writes the ambient pods' map entries before ztunnel's programs
-// are (re)placed: when the agent replaced an incompatible pods map, the new
+// are (re)placed: when the agent replaced an incompatible endpoints map, the new
 // ztunnel programs must find the pods at once, or for a moment a new
 // connection of an enrolled pod would be taken for inbound.
 func (a *Agent) prefill() {
@@ -284,6 +289,6 @@ func (a *Agent) prefill() {
 	}
 	desired, _, _, _ := a.desired(pods)
 	if err := a.dp.PutEntries(desired); err != nil {
-		a.log.Error("prefill the pods map", "error", err)
+		a.log.Error("prefill the endpoints map", "error", err)
 	}
 }

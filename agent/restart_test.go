@@ -358,7 +358,7 @@ func TestStatusWhileAgentDown(t *testing.T) {
 			t.Errorf("program %s (tag %s) is not this build's", prog.Name, prog.Tag)
 		}
 	}
-	if len(names) != 3 { // ztunnel_assign lives in ztunnel's netns
+	if len(names) != 4 { // ztunnel_assign lives in ztunnel's netns
 		t.Errorf("programs in the node's netns: %v", st.Programs)
 	}
 	if st.Verdicts["redirected_out"].Packets == 0 {

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
 )
@@ -26,13 +27,22 @@ import (
 // Status is what `meshredirect status` shows: the node's datapath as the
 // kernel and the pins hold it, whether or not an agent runs.
 type Status struct {
-	Kernel   string                  `json:"kernel"`
-	Features Features                `json:"features"`
-	NodeIPs  []string                `json:"nodeIPs"`
-	Ztunnel  ZtunnelStatus           `json:"ztunnel"`
-	Pods     []PodStatus             `json:"pods"`
-	Programs []ProgramStatus         `json:"programs"`
-	Verdicts map[string]maps.Counter `json:"verdicts"`
+	Kernel   string   `json:"kernel"`
+	Features Features `json:"features"`
+	// NodeAddresses are the node's own addresses in the endpoints map:
+	// a pod's TCP to one of them passes only as a reply of the node's own
+	// connection.
+	NodeAddresses []string `json:"nodeAddresses"`
+	// Resolvers are the DNS resolvers the strict UDP policy lets pods
+	// query.
+	Resolvers []string `json:"resolvers"`
+	// RelayPorts are the node's UDP tunnel ports, to which a pod's
+	// datagrams are dropped.
+	RelayPorts []uint16                `json:"relayPorts"`
+	Ztunnel    ZtunnelStatus           `json:"ztunnel"`
+	Pods       []PodStatus             `json:"pods"`
+	Programs   []ProgramStatus         `json:"programs"`
+	Verdicts   map[string]maps.Counter `json:"verdicts"`
 	// Problems are inconsistencies worth a look (a pod without its
 	// programs, programs without a pod, ztunnel not ready, ...).
 	Problems []string `json:"problems"`
@@ -55,10 +65,15 @@ type ZtunnelStatus struct {
 	Ready      bool     `json:"ready"`
 	CaptureDNS bool     `json:"captureDNS"`
 	FailOpen   bool     `json:"failOpen"`
+	// UDP is the node's UDP policy: "pass" (Istio's) or "drop" (strict).
+	UDP string `json:"udp"`
+	// NetnsID is ztunnel's netns id as the node's netns knows it; -1 when
+	// unknown.
+	NetnsID int `json:"netnsID"`
 }
 
-// PodStatus is one enrolled pod: its entries in the pods map grouped by
-// host veth, the programs on that veth, and the veth's counters.
+// PodStatus is one enrolled pod: its entries in the endpoints map grouped
+// by host veth, the programs on that veth, and the veth's counters.
 type PodStatus struct {
 	// Namespace and Name come from the API; empty when it is not reachable.
 	Namespace string   `json:"namespace,omitempty"`
@@ -68,6 +83,9 @@ type PodStatus struct {
 	Ifindex   int      `json:"ifindex"`
 	// Mode is the attach mode of its programs: tc, tcx, or "missing".
 	Mode string `json:"mode"`
+	// Policy is the pod's own capture policy (bypass-inbound-capture,
+	// bypass-dns-capture, udp=drop); empty for none.
+	Policy string `json:"policy,omitempty"`
 	// PacketsOut and PacketsIn are the veth's counters: packets the pod
 	// sent (the app_outbound program saw each one) and packets sent to
 	// it. The per-verdict split is node-wide (Verdicts).
@@ -95,6 +113,16 @@ type StatusOptions struct {
 	// Client and NodeName, if set, name the pods from the API.
 	Client   kubernetes.Interface
 	NodeName string
+	// AssignFailedWait is how long status waits to see whether a non-zero
+	// assign_failed count rises; zero means a second.
+	AssignFailedWait time.Duration
+}
+
+func (o StatusOptions) assignFailedWait() time.Duration {
+	if o.AssignFailedWait == 0 {
+		return time.Second
+	}
+	return o.AssignFailedWait
 }
 
 // NodeStatus gathers the node's Status.
@@ -133,22 +161,42 @@ func NodeStatus(ctx context.Context, o StatusOptions) (Status, error) {
 		return st, err
 	}
 
-	// Node and ztunnel.
-	v4, v6, err := set.Node.Get()
+	// The node's addresses, resolvers and pods, from the endpoints map.
+	entries, err := set.Endpoints.All()
 	if err != nil {
 		return st, err
 	}
-	for _, ip := range []netip.Addr{v4, v6} {
-		if ip.IsValid() {
-			st.NodeIPs = append(st.NodeIPs, ip.String())
+	for ip, e := range entries {
+		if e.Flags&maps.EndpointNode != 0 {
+			st.NodeAddresses = append(st.NodeAddresses, ip.String())
 		}
+		if e.Flags&maps.EndpointResolver != 0 {
+			st.Resolvers = append(st.Resolvers, ip.String())
+		}
+	}
+	sort.Strings(st.NodeAddresses)
+	sort.Strings(st.Resolvers)
+	if st.RelayPorts, err = set.Relays.Get(); err != nil {
+		return st, err
+	}
+	if len(st.NodeAddresses) == 0 {
+		st.Problems = append(st.Problems, "no node address in the endpoints map: kubelet probes' replies go to ztunnel")
 	}
 	zt, err := set.Ztunnel.Get()
 	if err != nil {
 		return st, err
 	}
 	st.Ztunnel = ZtunnelStatus{Ifindex: int(zt.Ifindex), MAC: fmtMAC(zt.MAC),
-		Ready: zt.Flags&maps.ZtunnelReady != 0, CaptureDNS: zt.Flags&maps.ZtunnelCaptureDNS != 0, FailOpen: zt.Flags&maps.ZtunnelFailOpen != 0}
+		Ready: zt.Flags&maps.ZtunnelReady != 0, CaptureDNS: zt.Flags&maps.ZtunnelCaptureDNS != 0, FailOpen: zt.Flags&maps.ZtunnelFailOpen != 0,
+		UDP: "pass", NetnsID: -1}
+	if zt.Flags&maps.ZtunnelUDPDrop != 0 {
+		st.Ztunnel.UDP = "drop"
+	}
+	if zt.Flags&maps.ZtunnelNetnsID != 0 {
+		st.Ztunnel.NetnsID = int(zt.NetnsID)
+	} else if zt.Ifindex != 0 {
+		st.Problems = append(st.Problems, "ztunnel's netns id is unknown: the node's replies to ztunnel's connections made with a pod's address reach the pod, not ztunnel")
+	}
 	for _, raw := range [][16]byte{zt.IPv4, zt.IPv6} {
 		if raw != ([16]byte{}) {
 			st.Ztunnel.IPs = append(st.Ztunnel.IPs, netip.AddrFrom16(raw).Unmap().String())
@@ -169,15 +217,14 @@ func NodeStatus(ctx context.Context, o StatusOptions) (Status, error) {
 	}
 
 	// Pods, by veth.
-	entries, err := set.Pods.All()
-	if err != nil {
-		return st, err
-	}
 	byIf := map[int]*PodStatus{}
 	for ip, e := range entries {
+		if !e.IsPod() {
+			continue
+		}
 		p := byIf[int(e.Ifindex)]
 		if p == nil {
-			p = &PodStatus{Ifindex: int(e.Ifindex)}
+			p = &PodStatus{Ifindex: int(e.Ifindex), Policy: policyOf(e.Flags).String()}
 			byIf[int(e.Ifindex)] = p
 		}
 		p.IPs = append(p.IPs, ip.String())
@@ -199,7 +246,7 @@ func NodeStatus(ctx context.Context, o StatusOptions) (Status, error) {
 				p.PacketsOut, p.PacketsIn = s.RxPackets, s.TxPackets
 			}
 		} else {
-			st.Problems = append(st.Problems, fmt.Sprintf("pods map entries %v point at ifindex %d, which is gone", p.IPs, ifindex))
+			st.Problems = append(st.Problems, fmt.Sprintf("endpoints map entries %v point at ifindex %d, which is gone", p.IPs, ifindex))
 		}
 		p.Mode = podMode(attachments, ifindex)
 		if p.Mode == "missing" {
@@ -240,7 +287,30 @@ func NodeStatus(ctx context.Context, o StatusOptions) (Status, error) {
 	for v, c := range counters {
 		st.Verdicts[v.String()] = c
 	}
+	if n := counters[maps.VerdictAssignFailed].Packets; n > 0 {
+		// A count that still rises means ztunnel's sockets refuse
+		// assignment now (SO_REUSEPORT listeners before Linux 6.5): new
+		// connections are dropped. Look again after a moment.
+		select {
+		case <-ctx.Done():
+		case <-time.After(o.assignFailedWait()):
+		}
+		if again, err := set.Stats.Read(); err == nil && again[maps.VerdictAssignFailed].Packets > n {
+			st.Verdicts[maps.VerdictAssignFailed.String()] = again[maps.VerdictAssignFailed]
+			st.Problems = append(st.Problems, fmt.Sprintf("assign_failed is rising (%d, then %d): ztunnel's sockets refuse bpf_sk_assign "+
+				"(a listener with SO_REUSEPORT on a kernel before 6.5?) and new connections are dropped", n, again[maps.VerdictAssignFailed].Packets))
+		}
+	}
 	return st, nil
+}
+
+// policyOf is the pod policy an endpoint's flags hold.
+func policyOf(flags uint16) dataplane.Policy {
+	return dataplane.Policy{
+		BypassInbound: flags&maps.EndpointBypassInbound != 0,
+		BypassDNS:     flags&maps.EndpointBypassDNS != 0,
+		UDPDrop:       flags&maps.EndpointUDPDrop != 0,
+	}
 }
 
 func podMode(attachments []tc.Attachment, ifindex int) string {

@@ -69,7 +69,7 @@ func (a *Agent) syncZtunnel() {
 		a.log.Error("list pods", "error", err)
 		return
 	}
-	a.updateNodeIPs(pods)
+	a.updateNode()
 	zt, ready := chooseZtunnel(pods, a.policy.Ztunnel)
 
 	a.mu.Lock()
@@ -124,42 +124,39 @@ func (a *Agent) setZtunnel(zt *corev1.Pod) error {
 	return a.dp.SetZtunnel(dataplane.Ztunnel{Name: zt.Namespace + "/" + zt.Name, Netns: path, HostIfindex: iface.Ifindex, IPs: ips})
 }
 
-// updateNodeIPs sets the node's addresses in the datapath: the configured
-// ones, or the hostIPs that the kubelet reports on the node's pods (the
-// addresses its probes come from).
-func (a *Agent) updateNodeIPs(pods []*corev1.Pod) {
-	ips := a.cfg.NodeIPs
-	if len(ips) == 0 {
-		for _, p := range pods {
-			for _, h := range p.Status.HostIPs {
-				if ip, err := netip.ParseAddr(h.IP); err == nil && !slices.Contains(ips, ip.Unmap()) {
-					ips = append(ips, ip.Unmap())
-				}
-			}
-			if len(ips) > 0 {
-				break
-			}
+// updateNode writes what the datapath must know of the node itself: its
+// tunnel ports (RelayPorts), and its own addresses: every address its netns
+// holds (the host IPs, a CNI's gateway on a bridge or on each host veth:
+// whatever source the kernel picks for the node's connections to pods),
+// and the configured ones.
+func (a *Agent) updateNode() {
+	if ports, err := a.dp.RelayPorts(); err != nil {
+		a.log.Error("list the node's tunnel ports", "error", err)
+	} else if err := a.dp.SetRelayPorts(ports); err != nil {
+		a.log.Error("set the node's tunnel ports", "error", err)
+	}
+	addrs, err := a.dp.NodeAddresses()
+	if err != nil {
+		a.log.Error("list the node's addresses", "error", err)
+		return
+	}
+	for _, ip := range a.cfg.NodeIPs {
+		if !slices.Contains(addrs, ip) {
+			addrs = append(addrs, ip)
 		}
 	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
 	a.mu.Lock()
-	same := slices.Equal(ips, a.nodeIPs)
+	same := slices.Equal(addrs, a.nodeAddrs)
 	a.mu.Unlock()
-	if same || len(ips) == 0 {
+	if same {
 		return
 	}
-	var v4, v6 netip.Addr
-	for _, ip := range ips {
-		if ip.Is4() && !v4.IsValid() {
-			v4 = ip
-		} else if ip.Is6() && !v6.IsValid() {
-			v6 = ip
-		}
-	}
-	if err := a.dp.SetNodeIPs(v4, v6); err != nil {
-		a.log.Error("set node IPs", "error", err)
+	if err := a.dp.SetNodeAddresses(addrs); err != nil {
+		a.log.Error("set the node's addresses", "error", err)
 		return
 	}
 	a.mu.Lock()
-	a.nodeIPs = ips
+	a.nodeAddrs = addrs
 	a.mu.Unlock()
 }

@@ -7,226 +7,537 @@ import (
 )
 
 // appOutbound builds the program on the ingress of an ambient pod's host
-// veth, which sees every packet the pod sends.
+// veth, which sees every packet the pod sends. It keeps DESIGN §5's table
+// "from an ambient pod":
 //
-// Passed: non-IP frames (ARP), ICMP and ICMPv6 (neighbour discovery, path
-// MTU), TCP segments with ACK to the node's own address (replies to kubelet
-// probes: nothing the pod starts, so no NodePort DNAT or overlay device on
-// the node becomes a way around the mesh), and DNS (UDP to port 53) unless
-// DNS capture is on. Everything else goes to ztunnel: TCP, UDP, later
-// fragments, and any other protocol, which a pod could otherwise use to
-// tunnel past the mesh. Frames that cannot be parsed (a truncated IP header,
-// a truncated or too long IPv6 extension chain, a VLAN tag) are dropped.
-//
-// ztunnel knows a client by its source address, so what could start a new
-// flow there (a TCP SYN without ACK, UDP, any other protocol) must carry a
-// source that the pods map gives to this very veth; a forged one is dropped
-// (dropped_spoofed). Segments of established flows skip the lookup: they
-// only reach a socket that exists already.
+//   - Whatever can start a flow (a TCP SYN, UDP, ICMP, a fragment) must
+//     carry a source address that the endpoints map gives to an ambient pod
+//     on this very veth (skb->ifindex), or it is dropped (dropped_spoofed):
+//     ztunnel knows a client by its address. So must ARP (its sender
+//     address) and a neighbour advertisement (its target), which claim an
+//     address on the link.
+//   - TCP goes to ztunnel, to every destination: other pods, other hosts,
+//     the node itself. A segment of an established flow needs no source
+//     check on that way: it only reaches a socket that exists already.
+//   - Except: a TCP segment to one of the node's own addresses that belongs
+//     to a connection the node opened (a kubelet probe's reply). The node
+//     holds a socket that is not a listener for the segment's tuple
+//     (bpf_skc_lookup_tcp in the node's netns) and ztunnel holds none (its
+//     connections to the node carry the pod's address too). Never by
+//     address or flags alone: an ACK to the node must not reach a NodePort
+//     DNAT or any other relay on the node; nor with IP options or IPv6
+//     extension headers, which could route it on.
+//   - UDP to port 53 with DNS capture on (and the pod not opted out) goes to
+//     ztunnel's DNS proxy; other UDP passes (ztunnel proxies no UDP), or
+//     under the strict policy is dropped (dropped_policy) unless it is DNS
+//     to a configured resolver. Later fragments of UDP follow the same
+//     policy, by destination.
+//   - ICMP and ICMPv6 pass; ICMPv6 from a link-local or unspecified source
+//     (neighbour discovery, MLD) without the source check, since the node
+//     never forwards those, but a pod sends no router advertisement or
+//     redirect.
+//   - Any other IP protocol, and any other EtherType than IPv4, IPv6 and
+//     ARP, is dropped (dropped_protocol): no proxy carries it, and each
+//     could tunnel out of the mesh; so are later fragments of TCP
+//     (dropped_fragment), and frames that cannot be parsed (parse_error).
 //
 // With ztunnel not ready, what would go to ztunnel is dropped (fail closed)
 // or, with ZtunnelFailOpen, passed.
 func appOutbound(opts Options) asm.Instructions {
-	const (
-		v4       = "out_v4"
-		v6       = "out_v6"
-		l4       = "out_l4"
-		udp      = "out_udp"
-		checkSrc = "out_check_src"
-		capture  = "out_capture"
-		notRdy   = "out_not_ready"
-		spoofed  = "verdict_spoofed"
-	)
-	labels := l4Labels{icmp: labelPass, l4: l4, fragment: checkSrc, bad: labelParseErr}
-	return concat(
+	insns := concat(
 		loadPacket(),
-		lookupZtunnel(labelNoZtunnel),
-		parseEthernet(ethLabels{v4: v4, v6: v6, other: labelPass, vlan: labelParseErr, short: labelParseErr}),
-
-		at(v4, parseIPv4(labelParseErr)...),
-		asm.Instructions{asm.StoreImm(asm.RFP, stackFamily, 4, asm.Word)},
-		flagNode("out_v4", false, ipv4OffDaddr),
-		ipv4L4(labels),
-
-		at(v6, parseIPv6(labelParseErr)...),
-		asm.Instructions{asm.StoreImm(asm.RFP, stackFamily, 6, asm.Word)},
-		flagNode("out_v6", true, ipv6OffDaddr),
-		ipv6L4("out_v6", labels),
-
-		// R3 = protocol, R9 = L4 header. A TCP segment with ACK belongs to
-		// a flow: to the node it passes (a probe reply), elsewhere it goes
-		// to ztunnel unchecked. A SYN without ACK starts a flow.
-		at(l4,
-			asm.JNE.Imm(regProto, ipprotoTCP, udp),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, tcpOffFlags+1),
-			asm.JGT.Reg(asm.R0, regDataEnd, checkSrc),
-			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
-			asm.Mov.Reg(asm.R2, asm.R1),
-			asm.And.Imm(asm.R2, tcpFlagACK),
-			asm.JEq.Imm(asm.R2, 0, l4+"_noack"),
-			asm.LoadMem(asm.R2, asm.RFP, stackToNode, asm.Word),
-			asm.JNE.Imm(asm.R2, 0, labelPass),
-			asm.Ja.Label(capture),
-		),
-		at(l4+"_noack",
-			asm.And.Imm(asm.R1, tcpFlagSYN),
-			asm.JNE.Imm(asm.R1, 0, checkSrc),
-			asm.Ja.Label(capture),
-		),
-		// Only DNS can still pass, and only when its port is readable:
-		// what cannot be shown to be DNS is captured.
-		at(udp,
-			asm.JNE.Imm(regProto, ipprotoUDP, checkSrc),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, checkSrc),
-			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
-			asm.JNE.Imm(asm.R1, be16(portDNS), checkSrc),
-			loadZtunnel(asm.R1),
-			asm.LoadMem(asm.R1, asm.R1, maps.ZtunnelOffFlags, asm.Half),
-			asm.And.Imm(asm.R1, int32(maps.ZtunnelCaptureDNS)),
-			asm.JEq.Imm(asm.R1, 0, labelPass),
-		),
-		checkSource(checkSrc, capture, spoofed),
-
+		parseEthernet(ethLabels{v4: "out_v4", v6: "out_v6", arp: "out_arp",
+			other: labelDroppedProtocol, vlan: labelParseErr, short: labelParseErr}),
+		outboundARP(),
+	)
+	for _, f := range families {
+		insns = append(insns, outboundFamily(f)...)
+	}
+	return concat(
+		insns,
 		// To ztunnel: its eth0 MAC as destination, then straight into its
 		// netns (redirect_peer from this ingress hook).
-		at(capture,
+		at(labelCapture,
 			loadZtunnel(asm.R2),
 			asm.LoadMem(asm.R3, asm.R2, maps.ZtunnelOffFlags, asm.Half),
 			asm.And.Imm(asm.R3, int32(maps.ZtunnelReady)),
-			asm.JEq.Imm(asm.R3, 0, notRdy),
+			asm.JEq.Imm(asm.R3, 0, labelNotReady),
 		),
 		rewriteDstMAC(asm.R2, maps.ZtunnelOffMAC),
 		asm.Instructions{asm.LoadMem(regL4, asm.R2, maps.ZtunnelOffIfindex, asm.Word)},
 		redirectTo(maps.VerdictRedirectedOut, opts.RedirectPeer),
-
-		failClosed(notRdy),
-		exit(spoofed, maps.VerdictDroppedSpoofed, ActShot),
-		exits(),
+		failClosed(labelNotReady),
+		appExits(),
+		exit(labelDroppedRelay, maps.VerdictDroppedRelay, ActShot),
 	)
 }
 
-// flagNode sets the stackToNode slot to 1 when the address at field is the
-// node's, 0 otherwise.
-func flagNode(prefix string, v6 bool, field int16) asm.Instructions {
-	isNode := prefix + "_to_node"
-	done := prefix + "_node_done"
+// outboundARP passes an ARP message whose sender is this pod (or nobody:
+// an address probe, RFC 5227), so that no pod claims another's address on
+// a shared link.
+func outboundARP() asm.Instructions {
 	return concat(
-		asm.Instructions{asm.StoreImm(asm.RFP, stackToNode, 0, asm.Word)},
-		matchNode(prefix, v6, field, isNode),
-		asm.Instructions{asm.Ja.Label(done)},
-		at(isNode, asm.StoreImm(asm.RFP, stackToNode, 1, asm.Word)),
-		at(done, asm.Mov.Reg(asm.R0, asm.R0)),
-	)
-}
-
-// checkSource jumps to ok when the packet's source address is in the pods
-// map with this veth (skb->ifindex) as its interface, to spoofed otherwise.
-// The family is in the stackFamily slot. Clobbers R0-R5.
-func checkSource(label, ok, spoofed string) asm.Instructions {
-	v6 := label + "_v6"
-	lookup := label + "_lookup"
-	// The verifier does not tie the family in the stack to the bounds the
-	// parser checked on that path: each branch checks its header again.
-	return concat(
-		at(label,
-			asm.LoadMem(asm.R1, asm.RFP, stackFamily, asm.Word),
-			asm.JEq.Imm(asm.R1, 6, v6),
+		at("out_arp",
+			asm.Mov.Reg(asm.R0, regData),
+			asm.Add.Imm(asm.R0, ethHlen+arpLen),
+			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+			asm.LoadMem(asm.R1, regData, ethHlen+arpOffPtype, asm.Half),
+			asm.JNE.Imm(asm.R1, be16(ethPIPv4), labelDroppedProtocol),
+			asm.LoadMem(asm.R1, regData, ethHlen+arpOffHlen, asm.Byte),
+			asm.JNE.Imm(asm.R1, 6, labelDroppedProtocol),
+			asm.LoadMem(asm.R1, regData, ethHlen+arpOffPlen, asm.Byte),
+			asm.JNE.Imm(asm.R1, 4, labelDroppedProtocol),
+			asm.LoadMem(asm.R1, regData, ethHlen+arpOffSpa, asm.Word),
+			asm.JEq.Imm(asm.R1, 0, labelPass),
 		),
-		podKeyOfFamily(label+"_v4", v6, lookup, spoofed, ipv4OffSaddr, ipv6OffSaddr),
-		at(lookup, lookupPod()...),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, spoofed),
-			asm.LoadMem(asm.R1, asm.R0, maps.PodOffIfindex, asm.Word),
-			asm.LoadMem(asm.R2, regCtx, skbIfindex, asm.Word),
-			asm.JNE.Reg(asm.R1, asm.R2, spoofed),
-			asm.Ja.Label(ok),
-		},
+		ipv4.lookupEndpoint("out_arp_spa", arpOffSpa, labelSpoofed),
+		ownInterface(labelSpoofed),
+		asm.Instructions{asm.Ja.Label(labelPass)},
 	)
 }
 
-// appInbound builds the program on the egress of an ambient pod's host veth,
-// which sees every packet going into the pod.
-//
-// Passed: packets that ztunnel sent (they entered the node through ztunnel's
-// host veth: skb->ingress_ifindex tells, no tag needed), packets the node
-// itself sent from its own address (ingress_ifindex 0: kubelet probes; a pod
-// forging the node's address enters through its veth and is captured), non-IP
-// frames, ICMP and ICMPv6, and DNS replies (UDP from port 53) unless DNS
-// capture is on. Everything else goes to ztunnel, which listens on 15006
-// (plaintext) and 15008 (HBONE). An egress hook cannot use bpf_redirect_peer,
-// so the packet leaves through ztunnel's host veth with ztunnel's MAC.
-func appInbound(opts Options) asm.Instructions {
-	const (
-		v4      = "in_v4"
-		v4L4    = "in_v4_l4"
-		v6      = "in_v6"
-		v6L4    = "in_v6_l4"
-		l4      = "in_l4"
-		parse   = "in_parse"
-		capture = "in_capture"
-		notRdy  = "in_not_ready"
-	)
-	labels := l4Labels{icmp: labelPass, l4: l4, fragment: capture, bad: labelParseErr}
+// ownInterface jumps to other unless R0 points at an ambient pod's
+// endpoint on this veth (skb->ifindex). Clobbers R1, R2.
+func ownInterface(other string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+		asm.And.Imm(asm.R1, int32(maps.EndpointPod)),
+		asm.JEq.Imm(asm.R1, 0, other),
+		asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffIfindex, asm.Word),
+		asm.LoadMem(asm.R2, regCtx, skbIfindex, asm.Word),
+		asm.JNE.Reg(asm.R1, asm.R2, other),
+	}
+}
+
+// outboundFamily is app_outbound's code for one address family.
+func outboundFamily(f family) asm.Instructions {
+	l := func(name string) string { return f.label("out", name) }
+	icmp := l("icmp")
+	if f.v6 {
+		icmp = l("icmp6")
+	}
 	return concat(
-		loadPacket(),
-		lookupZtunnel(labelNoZtunnel),
+		at("out_"+f.name, f.parse(labelParseErr)...),
+		f.l4(l("ext"), l4Labels{icmp: icmp, l4: l("l4"), fragment: l("frag"), bad: labelParseErr}),
 
-		// From ztunnel's host veth: ztunnel is handing the packet over.
+		// R3 = protocol, R9 = its header.
+		at(l("l4"),
+			asm.JEq.Imm(regProto, ipprotoTCP, l("tcp")),
+			asm.JEq.Imm(regProto, ipprotoUDP, l("udp")),
+			asm.Ja.Label(labelDroppedProtocol),
+		),
+
+		// TCP. A connection request (SYN without ACK) is a new flow: its
+		// source is checked. Any other segment goes to ztunnel unless it
+		// is for the node.
+		at(l("tcp"),
+			asm.Mov.Reg(asm.R0, regL4),
+			asm.Add.Imm(asm.R0, tcpOffFlags+1),
+			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
+			asm.JEq.Imm(asm.R1, tcpFlagSYN, l("syn")),
+		),
+		f.lookupEndpoint(l("tcp_dst"), f.daddr, labelCapture),
 		asm.Instructions{
-			loadZtunnel(asm.R1),
-			asm.LoadMem(asm.R2, asm.R1, maps.ZtunnelOffIfindex, asm.Word),
-			asm.JEq.Imm(asm.R2, 0, parse),
-			asm.LoadMem(asm.R3, regCtx, skbIngressIfindex, asm.Word),
-			asm.JEq.Reg(asm.R3, asm.R2, labelPass),
+			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.And.Imm(asm.R1, int32(maps.EndpointNode)),
+			asm.JEq.Imm(asm.R1, 0, labelCapture),
 		},
-		at(parse, parseEthernet(ethLabels{v4: v4, v6: v6, other: labelPass, vlan: labelParseErr, short: labelParseErr})...),
-
-		at(v4, parseIPv4(labelParseErr)...),
+		// To the node: a reply of the node's own connection passes.
+		f.jumpIfOptions(labelCapture),
+		f.checkSource(l("tcp_src"), labelSpoofed),
+		f.tupleFromPacket(),
+		f.ztunnelSocket(l("tcp_zt"), labelCapture),
+		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
+		f.skcLookupTCP(),
 		asm.Instructions{
-			asm.LoadMem(asm.R1, regCtx, skbIngressIfindex, asm.Word),
-			asm.JNE.Imm(asm.R1, 0, v4L4),
+			asm.JEq.Imm(asm.R0, 0, labelCapture),
+			asm.LoadMem(asm.R2, asm.R0, sockState, asm.Word),
+			asm.StoreMem(asm.RFP, stackProto, asm.R2, asm.Word),
+			asm.Mov.Reg(asm.R1, asm.R0),
+			asm.FnSkRelease.Call(),
+			asm.LoadMem(asm.R2, asm.RFP, stackProto, asm.Word),
+			asm.JEq.Imm(asm.R2, tcpListen, labelCapture),
+			asm.Ja.Label(labelPass),
 		},
-		matchNode("in_v4", false, ipv4OffSaddr, labelPass),
-		at(v4L4, ipv4L4(labels)...),
+		at(l("syn"), f.checkSource(l("syn_src"), labelSpoofed)...),
+		asm.Instructions{asm.Ja.Label(labelCapture)},
 
-		at(v6, parseIPv6(labelParseErr)...),
+		// UDP: DNS to ztunnel when captured, the rest by the UDP policy.
+		at(l("udp"), f.checkSource(l("udp_src"), labelSpoofed)...),
 		asm.Instructions{
-			asm.LoadMem(asm.R1, regCtx, skbIngressIfindex, asm.Word),
-			asm.JNE.Imm(asm.R1, 0, v6L4),
-		},
-		matchNode("in_v6", true, ipv6OffSaddr, labelPass),
-		at(v6L4, ipv6L4("in_v6", labels)...),
-
-		// R3 = protocol, R9 = L4 header: a DNS reply passes unless DNS
-		// capture is on (then the replies come from ztunnel).
-		at(l4,
-			asm.JNE.Imm(regProto, ipprotoUDP, capture),
 			asm.Mov.Reg(asm.R0, regL4),
 			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, capture),
-			asm.LoadMem(asm.R1, regL4, l4OffSport, asm.Half),
-			asm.JNE.Imm(asm.R1, be16(portDNS), capture),
+			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+		},
+		// To the node: never to one of its tunnels, which would forward
+		// what the datagram carries.
+		f.lookupEndpoint(l("udp_dst"), f.daddr, l("udp_dns")),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.And.Imm(asm.R1, int32(maps.EndpointNode)),
+			asm.JEq.Imm(asm.R1, 0, l("udp_dns")),
+		},
+		relayPort(labelDroppedRelay),
+		at(l("udp_dns"),
+			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
+			asm.JNE.Imm(asm.R1, be16(portDNS), l("udp_policy")),
 			loadZtunnel(asm.R1),
 			asm.LoadMem(asm.R1, asm.R1, maps.ZtunnelOffFlags, asm.Half),
 			asm.And.Imm(asm.R1, int32(maps.ZtunnelCaptureDNS)),
-			asm.JEq.Imm(asm.R1, 0, labelPass),
+			asm.JEq.Imm(asm.R1, 0, l("udp_policy")),
+			asm.LoadMem(asm.R1, asm.RFP, stackFlags, asm.Word),
+			asm.And.Imm(asm.R1, int32(maps.EndpointBypassDNS)),
+			asm.JEq.Imm(asm.R1, 0, labelCapture),
 		),
+		at(l("udp_policy"), strictUDP(l("udp_strict"))...),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+		at(l("udp_strict"),
+			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
+			asm.JNE.Imm(asm.R1, be16(portDNS), labelDroppedPolicy),
+		),
+		f.jumpIfOptions(labelDroppedPolicy),
+		f.toResolver(l("udp_resolver"), f.daddr),
 
-		at(capture,
+		// A later fragment: UDP by the UDP policy, ICMP passes, the rest
+		// (TCP, whose first fragment went to ztunnel) is dropped.
+		at(l("frag"),
+			asm.JEq.Imm(regProto, ipprotoUDP, l("frag_udp")),
+			asm.JEq.Imm(regProto, f.icmpProto(), l("frag_icmp")),
+			asm.Ja.Label(labelDroppedFragment),
+		),
+		at(l("frag_udp"), f.checkSource(l("frag_udp_src"), labelSpoofed)...),
+		strictUDP(l("frag_strict")),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+		at(l("frag_strict"), f.jumpIfFragmentOptions(labelDroppedPolicy)...),
+		f.toResolver(l("frag_resolver"), f.daddr),
+		at(l("frag_icmp"), f.checkSource(l("frag_icmp_src"), labelSpoofed)...),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+
+		outboundICMP(f, icmp),
+	)
+}
+
+// outboundICMP is the ICMP block of app_outbound for f.
+func outboundICMP(f family, label string) asm.Instructions {
+	l := func(name string) string { return f.label("out", name) }
+	if !f.v6 {
+		return concat(
+			at(label, f.checkSource(l("icmp_src"), labelSpoofed)...),
+			asm.Instructions{asm.Ja.Label(labelPass)},
+		)
+	}
+	const (
+		src   = ethHlen + ipv6OffSaddr
+		check = "out_v6_icmp6_type"
+	)
+	return concat(
+		at(label,
+			asm.Mov.Reg(asm.R0, regL4),
+			asm.Add.Imm(asm.R0, 1),
+			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+			// fe80::/10 or :: as source: link-scope, never forwarded.
+			asm.LoadMem(asm.R1, regData, src, asm.Half),
+			asm.And.Imm(asm.R1, be16(0xffc0)),
+			asm.JEq.Imm(asm.R1, be16(0xfe80), check),
+			asm.LoadMem(asm.R1, regData, src, asm.DWord),
+			asm.LoadMem(asm.R2, regData, src+8, asm.DWord),
+			asm.Or.Reg(asm.R1, asm.R2),
+			asm.JEq.Imm(asm.R1, 0, check),
+		),
+		f.checkSource(l("icmp6_src"), labelSpoofed),
+		at(check,
+			asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
+			asm.JEq.Imm(asm.R1, icmp6RouterAdvert, labelSpoofed),
+			asm.JEq.Imm(asm.R1, icmp6Redirect, labelSpoofed),
+			asm.JNE.Imm(asm.R1, icmp6NeighAdvert, labelPass),
+			// A neighbour advertisement: right after the fixed header
+			// (neighbour discovery never has extension headers), its
+			// target link-local or this pod's own address.
+		),
+		f.jumpIfOptions(labelSpoofed),
+		asm.Instructions{
+			asm.Mov.Reg(asm.R0, regData),
+			asm.Add.Imm(asm.R0, ethHlen+ipv6Hlen+icmp6NDTargetOff+16),
+			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv6Hlen+icmp6NDTargetOff, asm.Half),
+			asm.And.Imm(asm.R1, be16(0xffc0)),
+			asm.JEq.Imm(asm.R1, be16(0xfe80), labelPass),
+		},
+		f.lookupEndpoint(l("na_target"), ipv6Hlen+icmp6NDTargetOff, labelSpoofed),
+		ownInterface(labelSpoofed),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+	)
+}
+
+// icmpProto is the family's ICMP: ICMP for IPv4, ICMPv6 for IPv6.
+func (f family) icmpProto() int32 {
+	if f.v6 {
+		return ipprotoICMPv6
+	}
+	return ipprotoICMP
+}
+
+// relayPort jumps to relay when the UDP destination port (R9: the ports,
+// bounds-checked) is one of the node's tunnel ports in the relays map.
+// Clobbers R1-R3.
+func relayPort(relay string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, regL4, l4OffDport, asm.Half),
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.And.Imm(asm.R2, 0xffff),
+		asm.Mov.Reg(asm.R3, asm.R2),
+		asm.RSh.Imm(asm.R3, 3),
+		asm.LoadMapValue(asm.R1, 0, 0).WithReference(maps.RelaysName),
+		asm.Add.Reg(asm.R1, asm.R3),
+		asm.LoadMem(asm.R1, asm.R1, 0, asm.Byte),
+		asm.And.Imm(asm.R2, 7),
+		asm.RSh.Reg(asm.R1, asm.R2),
+		asm.And.Imm(asm.R1, 1),
+		asm.JNE.Imm(asm.R1, 0, relay),
+	}
+}
+
+// strictUDP jumps to strict when the strict UDP policy applies: the node's
+// (ZtunnelUDPDrop) or the endpoint's whose flags are in stackFlags
+// (EndpointUDPDrop). Clobbers R1.
+func strictUDP(strict string) asm.Instructions {
+	return asm.Instructions{
+		loadZtunnel(asm.R1),
+		asm.LoadMem(asm.R1, asm.R1, maps.ZtunnelOffFlags, asm.Half),
+		asm.And.Imm(asm.R1, int32(maps.ZtunnelUDPDrop)),
+		asm.JNE.Imm(asm.R1, 0, strict),
+		asm.LoadMem(asm.R1, asm.RFP, stackFlags, asm.Word),
+		asm.And.Imm(asm.R1, int32(maps.EndpointUDPDrop)),
+		asm.JNE.Imm(asm.R1, 0, strict),
+	}
+}
+
+// toResolver passes the packet when the address at field is a configured
+// DNS resolver, and drops it by the strict policy otherwise.
+func (f family) toResolver(prefix string, field int16) asm.Instructions {
+	return concat(
+		f.checkBounds(labelParseErr),
+		f.lookupEndpoint(prefix, field, labelDroppedPolicy),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.And.Imm(asm.R1, int32(maps.EndpointResolver)),
+			asm.JEq.Imm(asm.R1, 0, labelDroppedPolicy),
+			asm.Ja.Label(labelPass),
+		},
+	)
+}
+
+// jumpIfFragmentOptions is jumpIfOptions for a later fragment: IPv4 options
+// are copied into every fragment; an IPv6 one may carry nothing but its
+// fragment header, which R9 points past.
+func (f family) jumpIfFragmentOptions(label string) asm.Instructions {
+	want := int32(ethHlen + f.hlen)
+	if f.v6 {
+		want += ipv6FragHlen
+	}
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R1, regL4),
+		asm.Sub.Reg(asm.R1, regData),
+		asm.JNE.Imm(asm.R1, want, label),
+	}
+}
+
+// appInbound builds the program on the egress of an ambient pod's host veth,
+// which sees every packet going into the pod. It keeps DESIGN §5's table
+// "to an ambient pod":
+//
+//   - What ztunnel sends passes: it entered the node through ztunnel's host
+//     veth (skb->ingress_ifindex), no tag needed.
+//   - TCP for another address than the pod's is not the pod's: on a bridge,
+//     every port sees the frames flooded to unknown MACs. It passes
+//     untouched (the pod's stack discards it), unless it is for an IPv6
+//     link-local address, which only the link can reach: that goes to
+//     ztunnel like the pod's own.
+//   - TCP from an address the endpoints map gives to an ambient pod of this
+//     node is dropped (dropped_spoofed): those pods' TCP always goes through
+//     ztunnel, which hands it over itself.
+//   - TCP the node itself sent (ingress_ifindex 0: nothing forwarded, so no
+//     pod can forge it) passes: kubelet probes, whatever source address the
+//     kernel picked (the node IP, a CNI gateway). Unless ztunnel's netns
+//     holds a socket for its tuple: then it answers a connection ztunnel
+//     opened to the node with the pod's address, and goes back to ztunnel.
+//   - TCP to port 15008 (HBONE) goes to ztunnel; any other TCP too, unless
+//     the pod bypasses inbound capture.
+//   - UDP and ICMP pass; under the strict policy they are dropped, except
+//     DNS replies from the resolvers and neighbour discovery.
+//   - Other IP protocols, other EtherTypes than IPv4, IPv6 and ARP, later
+//     fragments of TCP and unparseable frames are dropped.
+//
+// An egress hook cannot use bpf_redirect_peer, so a captured packet leaves
+// through ztunnel's host veth with ztunnel's MAC.
+func appInbound() asm.Instructions {
+	insns := concat(
+		loadPacket(),
+		asm.Instructions{
+			loadZtunnel(asm.R1),
+			asm.LoadMem(asm.R2, asm.R1, maps.ZtunnelOffIfindex, asm.Word),
+			asm.JEq.Imm(asm.R2, 0, "in_parse"),
+			asm.LoadMem(asm.R3, regCtx, skbIngressIfindex, asm.Word),
+			asm.JEq.Reg(asm.R3, asm.R2, labelPass),
+		},
+		at("in_parse", parseEthernet(ethLabels{v4: "in_v4", v6: "in_v6", arp: labelPass,
+			other: labelDroppedProtocol, vlan: labelParseErr, short: labelParseErr})...),
+	)
+	for _, f := range families {
+		insns = append(insns, inboundFamily(f)...)
+	}
+	return concat(
+		insns,
+		at(labelCapture,
 			loadZtunnel(asm.R2),
 			asm.LoadMem(asm.R3, asm.R2, maps.ZtunnelOffFlags, asm.Half),
 			asm.And.Imm(asm.R3, int32(maps.ZtunnelReady)),
-			asm.JEq.Imm(asm.R3, 0, notRdy),
+			asm.JEq.Imm(asm.R3, 0, labelNotReady),
 		),
 		rewriteDstMAC(asm.R2, maps.ZtunnelOffMAC),
 		asm.Instructions{asm.LoadMem(regL4, asm.R2, maps.ZtunnelOffIfindex, asm.Word)},
 		redirectTo(maps.VerdictRedirectedIn, false),
+		failClosed(labelNotReady),
+		appExits(),
+	)
+}
 
-		failClosed(notRdy),
-		exits(),
+// inboundFamily is app_inbound's code for one address family.
+func inboundFamily(f family) asm.Instructions {
+	l := func(name string) string { return f.label("in", name) }
+	notMine := asm.Instructions{asm.Ja.Label(labelPass)}
+	if f.v6 {
+		// fe80::/10: only the link reaches it.
+		notMine = asm.Instructions{
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv6OffDaddr, asm.Half),
+			asm.And.Imm(asm.R1, be16(0xffc0)),
+			asm.JNE.Imm(asm.R1, be16(0xfe80), labelPass),
+			asm.StoreImm(asm.RFP, stackFlags, 0, asm.Word),
+			asm.Ja.Label(l("mine")),
+		}
+	}
+	return concat(
+		at("in_"+f.name, f.parse(labelParseErr)...),
+		f.l4(l("ext"), l4Labels{icmp: l("icmp"), l4: l("l4"), fragment: l("frag"), bad: labelParseErr}),
+
+		at(l("l4"),
+			asm.JEq.Imm(regProto, ipprotoTCP, l("tcp")),
+			asm.JEq.Imm(regProto, ipprotoUDP, l("udp")),
+			asm.Ja.Label(labelDroppedProtocol),
+		),
+
+		// TCP: for this pod?
+		at(l("tcp"),
+			asm.Mov.Reg(asm.R0, regL4),
+			asm.Add.Imm(asm.R0, l4PortsLen),
+			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+		),
+		f.lookupEndpoint(l("tcp_dst"), f.daddr, l("not_mine")),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.StoreMem(asm.RFP, stackFlags, asm.R1, asm.Word),
+		},
+		ownInterface(l("not_mine")),
+		asm.Instructions{asm.Ja.Label(l("mine"))},
+		at(l("not_mine"), notMine...),
+
+		// From an ambient pod of this node, not through ztunnel: forged.
+		at(l("mine"), f.checkBounds(labelParseErr)...),
+		f.lookupEndpoint(l("tcp_src"), f.saddr, l("src_ok")),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.And.Imm(asm.R1, int32(maps.EndpointPod)),
+			asm.JNE.Imm(asm.R1, 0, labelSpoofed),
+		},
+		at(l("src_ok"),
+			asm.LoadMem(asm.R1, regCtx, skbIngressIfindex, asm.Word),
+			asm.JEq.Imm(asm.R1, 0, l("from_node")),
+			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
+			asm.JEq.Imm(asm.R1, be16(PortHBONE), labelCapture),
+			asm.LoadMem(asm.R1, asm.RFP, stackFlags, asm.Word),
+			asm.And.Imm(asm.R1, int32(maps.EndpointBypassInbound)),
+			asm.JNE.Imm(asm.R1, 0, labelPass),
+			asm.Ja.Label(labelCapture),
+		),
+		// From the node: a probe, or the reply to ztunnel's connection.
+		at(l("from_node"), f.tupleFromPacket()...),
+		f.ztunnelSocket(l("node_zt"), labelCapture),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+
+		// UDP passes unless the strict policy applies: the node's, or the
+		// destination pod's.
+		at(l("udp"), f.dstPolicy(l("udp_dst"))...),
+		strictUDP(l("udp_strict")),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+		at(l("udp_strict"),
+			asm.Mov.Reg(asm.R0, regL4),
+			asm.Add.Imm(asm.R0, l4PortsLen),
+			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+			asm.LoadMem(asm.R1, regL4, l4OffSport, asm.Half),
+			asm.JNE.Imm(asm.R1, be16(portDNS), labelDroppedPolicy),
+		),
+		f.jumpIfOptions(labelDroppedPolicy),
+		f.toResolver(l("udp_resolver"), f.saddr),
+
+		at(l("frag"),
+			asm.JEq.Imm(regProto, ipprotoUDP, l("frag_udp")),
+			asm.JEq.Imm(regProto, f.icmpProto(), l("frag_icmp")),
+			asm.Ja.Label(labelDroppedFragment),
+		),
+		at(l("frag_udp"), f.dstPolicy(l("frag_udp_dst"))...),
+		strictUDP(l("frag_strict")),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+		at(l("frag_strict"), f.jumpIfFragmentOptions(labelDroppedPolicy)...),
+		f.toResolver(l("frag_resolver"), f.saddr),
+		at(l("frag_icmp"), f.dstPolicy(l("frag_icmp_dst"))...),
+		strictUDP(labelDroppedPolicy),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+
+		// ICMP passes unless the strict policy applies; neighbour discovery
+		// (hop limit 255: it crossed no router) always does.
+		at(l("icmp"), f.dstPolicy(l("icmp_dst"))...),
+		strictUDP(l("icmp_strict")),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+		inboundICMPStrict(f, l("icmp_strict")),
+	)
+}
+
+// inboundICMPStrict is what the strict policy lets in of ICMP: neighbour
+// discovery (IPv6), nothing else.
+func inboundICMPStrict(f family, label string) asm.Instructions {
+	if !f.v6 {
+		return at(label, asm.Ja.Label(labelDroppedPolicy))
+	}
+	return at(label,
+		asm.Mov.Reg(asm.R0, regL4),
+		asm.Add.Imm(asm.R0, 1),
+		asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+		asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
+		asm.JLT.Imm(asm.R1, icmp6RouterSolicit, labelDroppedPolicy),
+		asm.JGT.Imm(asm.R1, icmp6Redirect, labelDroppedPolicy),
+		asm.LoadMem(asm.R1, regData, ethHlen+ipv6OffHopLim, asm.Byte),
+		asm.JNE.Imm(asm.R1, ndHopLimit, labelDroppedPolicy),
+		asm.Ja.Label(labelPass),
+	)
+}
+
+// dstPolicy puts the destination's endpoint flags in the stackFlags slot
+// (zero for an address the endpoints map does not hold), for strictUDP.
+func (f family) dstPolicy(prefix string) asm.Instructions {
+	none := prefix + "_none"
+	done := prefix + "_done"
+	return concat(
+		f.checkBounds(labelParseErr),
+		f.lookupEndpoint(prefix, f.daddr, none),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.StoreMem(asm.RFP, stackFlags, asm.R1, asm.Word),
+			asm.Ja.Label(done),
+		},
+		at(none, asm.StoreImm(asm.RFP, stackFlags, 0, asm.Word)),
+		at(done, asm.Mov.Reg(asm.R0, asm.R0)),
 	)
 }
 
@@ -241,11 +552,15 @@ func failClosed(label string) asm.Instructions {
 	)
 }
 
-// exits are the verdict blocks of the app programs.
-func exits() asm.Instructions {
+// appExits are the verdict blocks of the app programs.
+func appExits() asm.Instructions {
 	return concat(
 		exit(labelPass, maps.VerdictPassed, ActUnspec),
 		exit(labelParseErr, maps.VerdictParseError, ActShot),
 		exit(labelNoZtunnel, maps.VerdictDroppedNoZtunnel, ActShot),
+		exit(labelSpoofed, maps.VerdictDroppedSpoofed, ActShot),
+		exit(labelDroppedProtocol, maps.VerdictDroppedProtocol, ActShot),
+		exit(labelDroppedFragment, maps.VerdictDroppedFragment, ActShot),
+		exit(labelDroppedPolicy, maps.VerdictDroppedPolicy, ActShot),
 	)
 }

@@ -19,6 +19,7 @@ const (
 	AppOutbound    = "app_outbound"
 	AppInbound     = "app_inbound"
 	ZtunnelIngress = "ztunnel_ingress"
+	ZtunnelEgress  = "ztunnel_egress"
 	ZtunnelAssign  = "ztunnel_assign"
 )
 
@@ -38,7 +39,8 @@ type Options struct {
 	// pass through the backlog. Without it the programs use bpf_redirect to
 	// the veth's egress, which works on any kernel but costs more.
 	RedirectPeer bool
-	// PodsMaxEntries is the capacity of the pods map; zero means the default.
+	// PodsMaxEntries is the capacity of the endpoints map; zero means the
+	// default.
 	PodsMaxEntries uint32
 }
 
@@ -47,7 +49,7 @@ func DefaultOptions() Options {
 	return Options{RedirectPeer: true}
 }
 
-// Program describes one of the four programs.
+// Program describes one of the five programs.
 type Program struct {
 	// Name is the program's name, one of the constants above.
 	Name string
@@ -58,12 +60,13 @@ type Program struct {
 	build  func(Options) asm.Instructions
 }
 
-// Programs lists the four programs in the order a packet meets them.
+// Programs lists the five programs in the order a packet meets them.
 func Programs() []Program {
 	return []Program{
 		{AppOutbound, Ingress, "tc ingress of an ambient pod's host veth", appOutbound},
-		{AppInbound, Egress, "tc egress of an ambient pod's host veth", appInbound},
+		{AppInbound, Egress, "tc egress of an ambient pod's host veth", func(Options) asm.Instructions { return appInbound() }},
 		{ZtunnelIngress, Ingress, "tc ingress of ztunnel's host veth", ztunnelIngress},
+		{ZtunnelEgress, Egress, "tc egress of ztunnel's host veth", func(Options) asm.Instructions { return ztunnelEgress() }},
 		{ZtunnelAssign, Ingress, "tc ingress of eth0 in ztunnel's netns", func(Options) asm.Instructions { return ztunnelAssign() }},
 	}
 }
@@ -75,8 +78,8 @@ func LookupProgram(name string) (Program, error) {
 			return p, nil
 		}
 	}
-	return Program{}, fmt.Errorf("no program called %q (want one of %s, %s, %s, %s)",
-		name, AppOutbound, AppInbound, ZtunnelIngress, ZtunnelAssign)
+	return Program{}, fmt.Errorf("no program called %q (want one of %s, %s, %s, %s, %s)",
+		name, AppOutbound, AppInbound, ZtunnelIngress, ZtunnelEgress, ZtunnelAssign)
 }
 
 // Instructions generates the program's instructions.
@@ -95,7 +98,7 @@ func (p Program) Spec(opts Options) *ebpf.ProgramSpec {
 	}
 }
 
-// CollectionSpec returns the four programs and the four maps they use.
+// CollectionSpec returns the programs and the maps they use.
 // Load it with ebpf.NewCollectionWithOptions, passing maps opened by
 // maps.Open as MapReplacements to share pinned maps.
 func CollectionSpec(opts Options) *ebpf.CollectionSpec {

@@ -30,8 +30,8 @@ func Example() {
 	}
 	defer coll.Close()
 
-	pod := maps.Pod{Ifindex: 12, MAC: [6]byte{0x02, 0, 0, 0, 0, 0x12}}
-	if err := set.Pods.Put(netip.MustParseAddr("198.18.1.12"), pod); err != nil {
+	pod := maps.Endpoint{Ifindex: 12, MAC: [6]byte{0x02, 0, 0, 0, 0, 0x12}, Flags: maps.EndpointPod}
+	if err := set.Endpoints.Put(netip.MustParseAddr("198.18.1.12"), pod); err != nil {
 		panic(err)
 	}
 	for _, p := range mrasm.Programs() {

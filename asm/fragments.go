@@ -29,20 +29,17 @@ const (
 
 // Stack slots, as offsets from the frame pointer.
 const (
-	// stackZtunnel holds the pointer to the ztunnel map value (8 bytes).
-	stackZtunnel = -8
 	// stackKey is the 4-byte key of array map lookups.
-	stackKey = -12
-	// stackProto holds the L4 protocol across helper calls.
-	stackProto = -16
-	// stackToNode is 1 when the packet is addressed to the node's IP.
-	stackToNode = -20
-	// stackFamily is 4 or 6.
-	stackFamily = -24
-	// stackPodKey is a 16-byte pods map key.
-	stackPodKey = -40
+	stackKey = -4
+	// stackFlags keeps an endpoint's flags across helper calls.
+	stackFlags = -8
+	// stackProto keeps a small value (the L4 protocol, whether a socket
+	// was established) across helper calls.
+	stackProto = -12
+	// stackPodKey is a 16-byte endpoints map key.
+	stackPodKey = -32
 	// stackTuple is a struct bpf_sock_tuple (36 bytes for IPv6).
-	stackTuple = -80
+	stackTuple = -72
 )
 
 // maxIPv6ExtHeaders bounds the IPv6 extension header walk. Linux itself has no
@@ -84,30 +81,19 @@ func loadPacket() asm.Instructions {
 	}
 }
 
-// lookupZtunnel looks up the ztunnel map value and keeps the pointer in the
-// stackZtunnel slot. An array lookup of index 0 cannot miss, but the verifier
-// wants the check: a miss goes to onNull.
-func lookupZtunnel(onNull string) asm.Instructions {
-	return asm.Instructions{
-		asm.StoreImm(asm.RFP, stackKey, 0, asm.Word),
-		asm.LoadMapPtr(asm.R1, 0).WithReference(maps.ZtunnelName),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, stackKey),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, onNull),
-		asm.StoreMem(asm.RFP, stackZtunnel, asm.R0, asm.DWord),
-	}
-}
-
-// loadZtunnel loads the ztunnel map value pointer from its stack slot into dst.
+// loadZtunnel points dst at the ztunnel map's only value. An array of one
+// entry gives the program its value's address directly (BPF_PSEUDO_MAP_VALUE,
+// Linux 5.2): no lookup, no NULL check.
 func loadZtunnel(dst asm.Register) asm.Instruction {
-	return asm.LoadMem(dst, asm.RFP, stackZtunnel, asm.DWord)
+	return asm.LoadMapValue(dst, 0, 0).WithReference(maps.ZtunnelName)
 }
 
 // ethLabels are where parseEthernet goes.
 type ethLabels struct {
 	v4, v6 string
-	// other: a frame that is not IP (ARP, LLDP, ...).
+	// arp: an ARP frame.
+	arp string
+	// other: a frame of another EtherType (LLDP, MPLS, PPPoE, ...).
 	other string
 	// vlan: a frame with a VLAN tag, in-band or in skb metadata. The kernel
 	// drops such frames on a veth without VLAN devices, but a program that
@@ -131,6 +117,7 @@ func parseEthernet(l ethLabels) asm.Instructions {
 		asm.LoadMem(asm.R1, regData, ethOffProto, asm.Half),
 		asm.JEq.Imm(asm.R1, be16(ethPIPv4), l.v4),
 		asm.JEq.Imm(asm.R1, be16(ethPIPv6), l.v6),
+		asm.JEq.Imm(asm.R1, be16(ethPARP), l.arp),
 		asm.JEq.Imm(asm.R1, be16(ethP8021Q), l.vlan),
 		asm.JEq.Imm(asm.R1, be16(ethP8021AD), l.vlan),
 		asm.Ja.Label(l.other),
@@ -164,12 +151,14 @@ func parseIPv4(bad string) asm.Instructions {
 
 // l4Labels are where the L4 step of a parser goes, with R3 = protocol.
 type l4Labels struct {
-	// icmp: ICMP (IPv4) or ICMPv6 (IPv6), any fragment.
+	// icmp: ICMP (IPv4) or ICMPv6 (IPv6), a first or only fragment; R9
+	// points at its header.
 	icmp string
-	// l4: a first or only fragment; R9 points at the L4 header. Also any
-	// protocol other than TCP, UDP and ICMP, whose header nobody reads.
+	// l4: a first or only fragment of any other protocol; R9 points at its
+	// header (not yet bounds-checked).
 	l4 string
-	// fragment: a later fragment, without an L4 header.
+	// fragment: a later fragment, without an L4 header; R3 is the
+	// protocol its first fragment carried.
 	fragment string
 	// bad: an extension header chain that is truncated or too long.
 	bad string
@@ -180,10 +169,10 @@ type l4Labels struct {
 func ipv4L4(l l4Labels) asm.Instructions {
 	return asm.Instructions{
 		asm.LoadMem(regProto, regData, ethHlen+ipv4OffProto, asm.Byte),
-		asm.JEq.Imm(regProto, ipprotoICMP, l.icmp),
 		asm.LoadMem(asm.R1, regData, ethHlen+ipv4OffFrag, asm.Half),
 		asm.And.Imm(asm.R1, be16(0x1fff)),
 		asm.JNE.Imm(asm.R1, 0, l.fragment),
+		asm.JEq.Imm(regProto, ipprotoICMP, l.icmp),
 		asm.Ja.Label(l.l4),
 	}
 }
@@ -266,7 +255,6 @@ func ipv6L4(prefix string, l l4Labels) asm.Instructions {
 				asm.And.Imm(asm.R1, be16(0xfff8)),
 				asm.Add.Imm(regL4, ipv6FragHlen),
 				asm.JEq.Imm(asm.R1, 0, step(i+1)),
-				asm.JEq.Imm(regProto, ipprotoICMPv6, l.icmp),
 				asm.Ja.Label(l.fragment),
 			},
 		)...)
@@ -288,70 +276,7 @@ func ipv6L4(prefix string, l l4Labels) asm.Instructions {
 	)...)
 }
 
-// matchNode jumps to match when the IPv4 or IPv6 address at packet offset
-// field (from the start of the IP header) is the node's address of that
-// family. An unset IPv4 slot never matches; an unset IPv6 slot is ::, which
-// no routed packet carries. prefix keeps its labels unique. Clobbers R0-R5.
-func matchNode(prefix string, v6 bool, field int16, match string) asm.Instructions {
-	next := prefix + "_not_node"
-	idx := maps.NodeIPv4
-	if v6 {
-		idx = maps.NodeIPv6
-	}
-	insns := asm.Instructions{
-		asm.StoreImm(asm.RFP, stackKey, int64(idx), asm.Word),
-		asm.LoadMapPtr(asm.R1, 0).WithReference(maps.NodeName),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, stackKey),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, next),
-	}
-	pkt := int16(ethHlen) + field
-	if v6 {
-		insns = append(insns,
-			asm.LoadMem(asm.R1, asm.R0, maps.NodeOffAddr, asm.DWord),
-			asm.LoadMem(asm.R2, regData, pkt, asm.DWord),
-			asm.JNE.Reg(asm.R1, asm.R2, next),
-			asm.LoadMem(asm.R1, asm.R0, maps.NodeOffAddr+8, asm.DWord),
-			asm.LoadMem(asm.R2, regData, pkt+8, asm.DWord),
-			asm.JEq.Reg(asm.R1, asm.R2, match),
-		)
-	} else {
-		insns = append(insns,
-			// A 32-bit compare: the imm of a 64-bit one is sign-extended.
-			asm.LoadMem(asm.R1, asm.R0, maps.NodeOffAddr+8, asm.Word),
-			asm.JNE.Imm32(asm.R1, v4MappedWord(), next),
-			asm.LoadMem(asm.R1, asm.R0, maps.NodeOffAddr+12, asm.Word),
-			asm.LoadMem(asm.R2, regData, pkt, asm.Word),
-			asm.JEq.Reg(asm.R1, asm.R2, match),
-		)
-	}
-	return append(insns, at(next, asm.Mov.Reg(asm.R0, asm.R0))...)
-}
-
-// podKeyOfFamily writes the pods map key of the packet's address at off4
-// (IPv4, entered at v4) or off6 (IPv6, entered at v6), then goes on after the
-// block (IPv4 jumps to next, IPv6 falls through to it). A frame too short for
-// the IP header jumps to short: the verifier wants the header's bounds
-// checked on each path, whatever a parser checked before.
-func podKeyOfFamily(v4, v6, next, short string, off4, off6 int16) asm.Instructions {
-	bounds := func(hlen int32) asm.Instructions {
-		return asm.Instructions{
-			asm.Mov.Reg(asm.R0, regData),
-			asm.Add.Imm(asm.R0, ethHlen+hlen),
-			asm.JGT.Reg(asm.R0, regDataEnd, short),
-		}
-	}
-	return concat(
-		at(v4, bounds(ipv4MinHlen)...),
-		podKeyFromPacket(false, off4),
-		asm.Instructions{asm.Ja.Label(next)},
-		at(v6, bounds(ipv6Hlen)...),
-		podKeyFromPacket(true, off6),
-	)
-}
-
-// podKeyFromPacket writes the pods map key of the address at packet offset
+// podKeyFromPacket writes the endpoints map key of the address at packet offset
 // field (from the start of the IP header) to the stack at stackPodKey: the
 // IPv6 address as is, an IPv4 address v4-mapped.
 func podKeyFromPacket(v6 bool, field int16) asm.Instructions {
@@ -370,17 +295,6 @@ func podKeyFromPacket(v6 bool, field int16) asm.Instructions {
 		asm.StoreImm(asm.RFP, stackPodKey+8, int64(v4MappedWord()), asm.Word),
 		asm.LoadMem(asm.R1, regData, pkt, asm.Word),
 		asm.StoreMem(asm.RFP, stackPodKey+12, asm.R1, asm.Word),
-	}
-}
-
-// lookupPod looks up the key at stackPodKey in the pods map; R0 is the value
-// or NULL. Clobbers R1-R5.
-func lookupPod() asm.Instructions {
-	return asm.Instructions{
-		asm.LoadMapPtr(asm.R1, 0).WithReference(maps.PodsName),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, stackPodKey),
-		asm.FnMapLookupElem.Call(),
 	}
 }
 
@@ -442,9 +356,18 @@ func redirectTo(v maps.Verdict, peer bool) asm.Instructions {
 	})
 }
 
-// Labels of the verdict blocks that every program ends with.
+// Labels of the verdict blocks the programs end with, and of the blocks
+// that several of a program's paths jump to.
 const (
-	labelPass      = "verdict_pass"
-	labelParseErr  = "verdict_parse_error"
-	labelNoZtunnel = "verdict_no_ztunnel"
+	labelPass            = "verdict_pass"
+	labelParseErr        = "verdict_parse_error"
+	labelNoZtunnel       = "verdict_no_ztunnel"
+	labelSpoofed         = "verdict_spoofed"
+	labelDroppedProtocol = "verdict_dropped_protocol"
+	labelDroppedFragment = "verdict_dropped_fragment"
+	labelDroppedPolicy   = "verdict_dropped_policy"
+	labelDroppedRelay    = "verdict_dropped_relay"
+	labelNoSocket        = "verdict_no_socket"
+	labelCapture         = "capture"
+	labelNotReady        = "capture_not_ready"
 )

@@ -2,6 +2,7 @@ package asm_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,10 @@ import (
 var (
 	nodeV4 = netip.MustParseAddr("198.18.0.1")
 	nodeV6 = netip.MustParseAddr("fd10:6d72::1")
+	// gateway is another address of the node: a CNI's on a bridge or on
+	// every host veth (ptp), the source of the node's connections to pods.
+	gatewayV4 = netip.MustParseAddr("198.18.31.254")
+	gatewayV6 = netip.MustParseAddr("fd10:6d72:1::ffff")
 
 	ztV4      = netip.MustParseAddr("198.18.1.2")
 	ztV6      = netip.MustParseAddr("fd10:6d72:1::2")
@@ -31,7 +36,7 @@ var (
 	clientMAC = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x10}
 	// clientIfindex is the device BPF_PROG_TEST_RUN runs on (loopback):
 	// app_outbound checks that a new flow's source belongs to skb->ifindex.
-	clientIfindex = uint32(1)
+	clientIfindex = uint32(selfIfindex)
 
 	serverV4      = netip.MustParseAddr("198.18.1.20")
 	serverV6      = netip.MustParseAddr("fd10:6d72:1::20")
@@ -43,6 +48,10 @@ var (
 	plainV6      = netip.MustParseAddr("fd10:6d72:1::30")
 	plainIfindex = uint32(30)
 
+	// service is an address only a proxy answers.
+	serviceV4 = netip.MustParseAddr("198.19.255.10")
+	serviceV6 = netip.MustParseAddr("fd10:6d72:0:ffff::10")
+
 	// remote is a host on another node.
 	remoteV4 = netip.MustParseAddr("198.18.2.40")
 	remoteV6 = netip.MustParseAddr("fd10:6d72:2::40")
@@ -52,6 +61,26 @@ var (
 	dnsV4 = netip.MustParseAddr("198.18.3.53")
 	dnsV6 = netip.MustParseAddr("fd10:6d72:3::53")
 )
+
+// selfIfindex is skb->ifindex in BPF_PROG_TEST_RUN: loopback, the device
+// the test runner uses. The pod whose veth a program runs on is enrolled on
+// it.
+const selfIfindex = 1
+
+// pod is an enrolled pod of the fixture.
+type pod struct {
+	mac net.HardwareAddr
+	ips []netip.Addr
+}
+
+// selfOf is the pod whose veth prog runs on in the tables: the client sends
+// (app_outbound), the server receives (app_inbound).
+func selfOf(prog string) pod {
+	if prog == mrasm.AppInbound {
+		return pod{serverMAC, []netip.Addr{serverV4, serverV6}}
+	}
+	return pod{clientMAC, []netip.Addr{clientV4, clientV6}}
+}
 
 // fixture is a loaded collection with its own (unpinned) maps, configured as
 // the node above: ztunnel ready, client and server enrolled.
@@ -86,25 +115,38 @@ func newFixture(tb testing.TB, opts mrasm.Options) *fixture {
 	_, err = coll.Programs[mrasm.ZtunnelIngress].Run(&ebpf.RunOptions{Data: make([]byte, 14), Context: mrasm.SkBuff{IngressIfindex: 1}})
 	f.ingressOK = !errors.Is(err, unix.EINVAL)
 	f.setZtunnel(tb, maps.ZtunnelReady)
-	if err := set.Node.Set(nodeV4, nodeV6); err != nil {
+	for _, a := range []netip.Addr{nodeV4, nodeV6, gatewayV4, gatewayV6} {
+		f.putEndpoint(tb, a, maps.Endpoint{Flags: maps.EndpointNode})
+	}
+	for _, a := range []netip.Addr{dnsV4, dnsV6} {
+		f.putEndpoint(tb, a, maps.Endpoint{Flags: maps.EndpointResolver})
+	}
+	f.enrol(tb, clientIfindex, clientMAC, 0, clientV4, clientV6)
+	f.enrol(tb, serverIfindex, serverMAC, 0, serverV4, serverV6)
+	if err := set.Relays.Set(relayPorts); err != nil {
 		tb.Fatal(err)
 	}
-	for _, pod := range []struct {
-		ips     []netip.Addr
-		ifindex uint32
-		mac     net.HardwareAddr
-	}{
-		{[]netip.Addr{clientV4, clientV6}, clientIfindex, clientMAC},
-		{[]netip.Addr{serverV4, serverV6}, serverIfindex, serverMAC},
-	} {
-		mac, _ := maps.MAC(pod.mac)
-		for _, ip := range pod.ips {
-			if err := set.Pods.Put(ip, maps.Pod{Ifindex: pod.ifindex, MAC: mac}); err != nil {
-				tb.Fatal(err)
-			}
-		}
-	}
 	return f
+}
+
+// relayPorts are the node's tunnel ports in the fixture: VXLAN's (IANA's
+// and Linux's old default) and Geneve's.
+var relayPorts = []uint16{4789, 8472, 6081}
+
+// enrol puts a pod's endpoints with flags besides EndpointPod.
+func (f *fixture) enrol(tb testing.TB, ifindex uint32, hw net.HardwareAddr, flags uint16, ips ...netip.Addr) {
+	tb.Helper()
+	mac, _ := maps.MAC(hw)
+	for _, ip := range ips {
+		f.putEndpoint(tb, ip, maps.Endpoint{Ifindex: ifindex, MAC: mac, Flags: maps.EndpointPod | flags})
+	}
+}
+
+func (f *fixture) putEndpoint(tb testing.TB, ip netip.Addr, ep maps.Endpoint) {
+	tb.Helper()
+	if err := f.maps.Endpoints.Put(ip, ep); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // setZtunnel writes the ztunnel entry with the given flags.
@@ -258,3 +300,53 @@ var (
 	dropped      = expect{ret: mrasm.ActShot, verdict: maps.VerdictParseError}
 	failedClosed = expect{ret: mrasm.ActShot, verdict: maps.VerdictDroppedNoZtunnel}
 )
+
+// world is the fixture's state as the model of §5 sees it, for prog.
+func (f *fixture) world(tb testing.TB, prog string) world {
+	tb.Helper()
+	all, err := f.maps.Endpoints.All()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	zt, err := f.maps.Ztunnel.Get()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	relays, err := f.maps.Relays.Get()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return world{endpoints: all, ztFlags: zt.Flags, ztIfindex: zt.Ifindex, self: selfIfindex, relays: relays}
+}
+
+// model is what §5 says prog does with frame.
+func (f *fixture) model(tb testing.TB, prog string, frame []byte, ingress uint32) outcome {
+	tb.Helper()
+	if !f.ingressOK {
+		ingress = 0
+	}
+	w := f.world(tb, prog)
+	switch prog {
+	case mrasm.AppOutbound:
+		return w.appOutbound(frame)
+	case mrasm.AppInbound:
+		return w.appInbound(frame, ingress)
+	case mrasm.ZtunnelIngress:
+		return w.ztunnelIngress(frame)
+	case mrasm.ZtunnelEgress:
+		return w.ztunnelEgress(frame, ingress)
+	}
+	tb.Fatalf("no model of %s", prog)
+	return outcome{}
+}
+
+// macOf is the MAC of the enrolled pod frame is addressed to.
+func (f *fixture) macOf(tb testing.TB, frame []byte) net.HardwareAddr {
+	tb.Helper()
+	dst := addrAt(frame, binary.BigEndian.Uint16(frame[12:14]), false)
+	ep, err := f.maps.Endpoints.Get(dst)
+	if err != nil {
+		tb.Fatalf("no endpoint for %s: %v", dst, err)
+	}
+	return net.HardwareAddr(ep.MAC[:])
+}

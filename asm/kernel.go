@@ -82,6 +82,7 @@ const sockState = int16(unsafe.Offsetof(bpfSock{}.State))
 // TCP_ESTABLISHED too.
 const (
 	tcpEstablished = 1
+	tcpTimeWait    = 6
 	tcpListen      = 10
 )
 
@@ -172,6 +173,34 @@ const (
 	ethPIPv6   = 0x86dd
 	ethP8021Q  = 0x8100
 	ethP8021AD = 0x88a8
+	ethPARP    = 0x0806
+)
+
+// ARP over Ethernet for IPv4 (RFC 826): the fields read after the Ethernet
+// header, and the length of the whole message.
+const (
+	arpOffPtype = 2  // protocol type: 0x0800
+	arpOffHlen  = 4  // hardware address length: 6
+	arpOffPlen  = 5  // protocol address length: 4
+	arpOffSpa   = 14 // sender protocol address
+	arpLen      = 28
+)
+
+// ICMPv6 types a pod may not send, or whose target is checked
+// (RFC 4861): router advertisements and redirects are a router's,
+// neighbour advertisements claim an address.
+const (
+	icmp6RouterSolicit = 133
+	icmp6RouterAdvert  = 134
+	icmp6NeighAdvert   = 136
+	icmp6Redirect      = 137
+	// icmp6NDTargetOff is where a neighbour advertisement's target address
+	// starts, from the ICMPv6 header.
+	icmp6NDTargetOff = 8
+	// ndHopLimit is the hop limit of every neighbour discovery message:
+	// one that crossed a router has less, and is not on-link.
+	ndHopLimit    = 255
+	ipv6OffHopLim = 7
 )
 
 // IP protocol numbers, and the IPv6 extension headers that the parser walks.

@@ -28,8 +28,10 @@ type packet struct {
 	// ext is the chain of IPv6 extension headers before the L4 header.
 	ext []layers.IPProtocol
 	// ack makes a TCP segment of an established flow (ACK, no SYN) instead
-	// of a connection request.
-	ack bool
+	// of a connection request; synack a connection's answer (SYN+ACK).
+	ack, synack bool
+	// hopLimit is the IPv6 hop limit or IPv4 TTL; zero means 64.
+	hopLimit uint8
 	// vlan adds an 802.1Q tag in the frame.
 	vlan bool
 	// badVersion writes a wrong IP version nibble; shortIHL an IHL below 5.
@@ -73,7 +75,7 @@ func (p packet) build(tb testing.TB) []byte {
 
 	var netLayer gopacket.NetworkLayer
 	if p.family6() {
-		ip := &layers.IPv6{Version: 6, HopLimit: 64, SrcIP: p.src.AsSlice(), DstIP: p.dst.AsSlice(), NextHeader: proto}
+		ip := &layers.IPv6{Version: 6, HopLimit: p.ttl(), SrcIP: p.src.AsSlice(), DstIP: p.dst.AsSlice(), NextHeader: proto}
 		if p.badVersion {
 			ip.Version = 4
 		}
@@ -90,7 +92,7 @@ func (p packet) build(tb testing.TB) []byte {
 			}
 		}
 	} else {
-		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: proto, SrcIP: p.src.AsSlice(), DstIP: p.dst.AsSlice(),
+		ip := &layers.IPv4{Version: 4, TTL: p.ttl(), Protocol: proto, SrcIP: p.src.AsSlice(), DstIP: p.dst.AsSlice(),
 			Options: p.ipv4Options, FragOffset: p.fragOffset}
 		if p.moreFragments {
 			ip.Flags |= layers.IPv4MoreFragments
@@ -111,7 +113,7 @@ func (p packet) build(tb testing.TB) []byte {
 	}
 	switch proto {
 	case layers.IPProtocolTCP:
-		tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: !p.ack, ACK: p.ack, Window: 64240, Seq: 1}
+		tcp := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: !p.ack || p.synack, ACK: p.ack || p.synack, Window: 64240, Seq: 1}
 		tcp.SetNetworkLayerForChecksum(netLayer)
 		stack = append(stack, tcp)
 	case layers.IPProtocolUDP:
@@ -143,6 +145,13 @@ func (p packet) build(tb testing.TB) []byte {
 		out[off] = out[off]&0xf0 | 4
 	}
 	return out
+}
+
+func (p packet) ttl() uint8 {
+	if p.hopLimit == 0 {
+		return 64
+	}
+	return p.hopLimit
 }
 
 func ethHeaderLen(p packet) int {
@@ -247,4 +256,58 @@ func neighborSolicitation(tb testing.TB, src netip.Addr) []byte {
 		tb.Fatalf("serialize neighbour solicitation: %v", err)
 	}
 	return buf.Bytes()
+}
+
+// arpFrom is an ARP message with sender protocol address spa (zero: an
+// address probe) and protocol type ptype (0x0800 for IPv4).
+func arpFrom(tb testing.TB, spa netip.Addr, ptype layers.EthernetType) []byte {
+	tb.Helper()
+	sender := []byte{0, 0, 0, 0}
+	if spa.IsValid() {
+		sender = spa.AsSlice()
+	}
+	eth := &layers.Ethernet{SrcMAC: podSrcMAC, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP}
+	arp := &layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: ptype, HwAddressSize: 6, ProtAddressSize: 4,
+		Operation: layers.ARPRequest, SourceHwAddress: podSrcMAC, SourceProtAddress: sender,
+		DstHwAddress: make([]byte, 6), DstProtAddress: []byte{169, 254, 1, 1}}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true}, eth, arp); err != nil {
+		tb.Fatalf("serialize ARP: %v", err)
+	}
+	return buf.Bytes()
+}
+
+// nd is an ICMPv6 message of type typ from src to dst with the given hop
+// limit; neighbour solicitations and advertisements carry target.
+func nd(tb testing.TB, typ uint8, src, dst, target netip.Addr, hopLimit uint8) []byte {
+	tb.Helper()
+	eth := &layers.Ethernet{SrcMAC: podSrcMAC, DstMAC: net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}, EthernetType: layers.EthernetTypeIPv6}
+	ip := &layers.IPv6{Version: 6, HopLimit: hopLimit, NextHeader: layers.IPProtocolICMPv6, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(typ, 0)}
+	icmp.SetNetworkLayerForChecksum(ip)
+	// Reserved/flags (4 bytes), then the target for NS, NA and redirects.
+	body := make([]byte, 4, 20)
+	if target.IsValid() {
+		body = append(body, target.AsSlice()...)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, icmp, gopacket.Payload(body)); err != nil {
+		tb.Fatalf("serialize ICMPv6: %v", err)
+	}
+	return buf.Bytes()
+}
+
+// etherFrame is a frame of another EtherType with a small payload.
+func etherFrame(etherType uint16) []byte {
+	f := append(append([]byte{}, gatewayMAC...), podSrcMAC...)
+	f = binary.BigEndian.AppendUint16(f, etherType)
+	return append(f, make([]byte, 46)...)
+}
+
+// lsrr is an IPv4 loose source route option through via (RFC 791): a
+// packet that carries it and passes is forwarded on by a node with
+// accept_source_route on.
+func lsrr(via netip.Addr) []layers.IPv4Option {
+	data := append([]byte{4}, via.AsSlice()...)
+	return []layers.IPv4Option{{OptionType: 0x83, OptionLength: 7, OptionData: data}, {OptionType: 0}}
 }

@@ -22,38 +22,76 @@ import (
 
 func TestZtunnelIngress(t *testing.T) {
 	f := newFixture(t, mrasm.DefaultOptions())
-	bypassTo := func(mac net.HardwareAddr) expect {
-		return expect{ret: mrasm.ActRedirect, verdict: maps.VerdictBypass, mac: mac}
+	var rows []caseRow
+	add := func(r ...caseRow) { rows = append(rows, r...) }
+	add(bothFamilies("to an ambient pod: straight to that pod", func(v6 bool) caseRow {
+		return caseRow{rule: "a packet for an ambient pod of this node", frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, serverV4, serverV6), srcMAC: ztMAC}),
+			ingress: ztIfindex, want: oBypass}
+	})...)
+	add(bothFamilies("a reply to an ambient client: straight to that pod", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, remoteV4, remoteV6), dst: pick(v6, clientV4, clientV6), sport: 80, dport: 40000, srcMAC: ztMAC}),
+			ingress: ztIfindex, want: oBypass}
+	})...)
+	add(bothFamilies("UDP (a DNS answer) to an ambient pod: straight to that pod", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, dnsV4, dnsV6), dst: pick(v6, clientV4, clientV6), proto: layers.IPProtocolUDP, sport: 53, dport: 33000, srcMAC: ztMAC}),
+			ingress: ztIfindex, want: oBypass}
+	})...)
+	add(bothFamilies("to a pod outside the mesh: normal routing", func(v6 bool) caseRow {
+		return caseRow{rule: "anything else (other nodes, the node, pods outside the mesh)",
+			frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, plainV4, plainV6), srcMAC: ztMAC}), ingress: ztIfindex, want: oPass}
+	})...)
+	add(bothFamilies("to the node: normal routing", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, nodeV4, nodeV6), srcMAC: ztMAC}), ingress: ztIfindex, want: oPass}
+	})...)
+	add(bothFamilies("to another node: normal routing", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, remoteV4, remoteV6), srcMAC: ztMAC}), ingress: ztIfindex, want: oPass}
+	})...)
+	add(caseRow{name: "IPv4 with options to an ambient pod: straight to that pod", ingress: ztIfindex,
+		frame: frameOf(packet{src: remoteV4, dst: serverV4, ipv4Options: optionsOf(10), srcMAC: ztMAC}), want: oBypass})
+	add(caseRow{name: "IPv6 with extension headers to an ambient pod: straight to that pod", ingress: ztIfindex,
+		frame: frameOf(packet{src: remoteV6, dst: serverV6, ext: sixExtHeaders(), srcMAC: ztMAC}), want: oBypass})
+	add(caseRow{name: "ARP passes", ingress: ztIfindex, frame: func(tb testing.TB) []byte { return arpRequest(tb, ztV4) }, want: oPass})
+	add(caseRow{name: "ztunnel not ready changes nothing for ztunnel's own packets", ingress: ztIfindex, noZtunnel: true,
+		frame: frameOf(packet{src: clientV4, dst: serverV4, srcMAC: ztMAC}), want: oBypass})
+	for _, c := range rows {
+		t.Run(c.name, func(t *testing.T) { c.run(t, f, mrasm.ZtunnelIngress) })
+	}
+}
+
+func TestZtunnelEgress(t *testing.T) {
+	f := newFixture(t, mrasm.DefaultOptions())
+	if !f.ingressOK {
+		t.Skip("BPF_PROG_TEST_RUN takes skb->ingress_ifindex from Linux 5.15; ztunnel_egress reads it")
 	}
 	var rows []caseRow
 	add := func(r ...caseRow) { rows = append(rows, r...) }
-	add(bothFamilies("to an enrolled pod: straight to that pod", func(v6 bool) caseRow {
-		return caseRow{frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, serverV4, serverV6), srcMAC: ztMAC}),
-			ingress: ztIfindex, want: bypassTo(serverMAC)}
+	add(bothFamilies("an ambient pod's packet from its own veth passes", func(v6 bool) caseRow {
+		return caseRow{rule: "an ambient pod's packet that entered the node through that pod's veth (its UDP to ztunnel's IP)",
+			frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, ztV4, ztV6), proto: layers.IPProtocolUDP, dport: 15053}), ingress: clientIfindex, want: oPass}
 	})...)
-	add(bothFamilies("a reply to an enrolled client: straight to that pod", func(v6 bool) caseRow {
-		return caseRow{frame: frameOf(packet{src: pick(v6, remoteV4, remoteV6), dst: pick(v6, clientV4, clientV6), sport: 80, dport: 40000, srcMAC: ztMAC}),
-			ingress: ztIfindex, want: bypassTo(clientMAC)}
+	add(bothFamilies("an ambient pod's address from another veth is dropped", func(v6 bool) caseRow {
+		return caseRow{rule: "an ambient pod's address from anywhere else (a forged source, a frame another pod sent to ztunnel's MAC)",
+			frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, ztV4, ztV6), dport: 15001}), ingress: plainIfindex, want: oSpoofed}
 	})...)
-	add(bothFamilies("UDP (a DNS answer) to an enrolled pod: straight to that pod", func(v6 bool) caseRow {
-		return caseRow{frame: frameOf(packet{src: pick(v6, dnsV4, dnsV6), dst: pick(v6, clientV4, clientV6), proto: layers.IPProtocolUDP, sport: 53, dport: 33000, srcMAC: ztMAC}),
-			ingress: ztIfindex, want: bypassTo(clientMAC)}
+	add(bothFamilies("an ambient pod's address from another node is dropped", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, serverV4, serverV6), dst: pick(v6, remoteV4, remoteV6), dport: 80}), ingress: uplinkIfindex, want: oSpoofed}
 	})...)
-	add(bothFamilies("to a pod outside the mesh: normal routing", func(v6 bool) caseRow {
-		return caseRow{frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, plainV4, plainV6), srcMAC: ztMAC}), ingress: ztIfindex, want: passed}
+	add(bothFamilies("an ambient pod's address from the node itself is dropped", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, serverV4, serverV6), dst: pick(v6, ztV4, ztV6), dport: 15001}), ingress: 0, want: oSpoofed}
 	})...)
-	add(bothFamilies("to another node: normal routing", func(v6 bool) caseRow {
-		return caseRow{frame: frameOf(packet{src: pick(v6, clientV4, clientV6), dst: pick(v6, remoteV4, remoteV6), srcMAC: ztMAC}), ingress: ztIfindex, want: passed}
+	add(bothFamilies("HBONE from another node passes", func(v6 bool) caseRow {
+		return caseRow{rule: "anything else (HBONE from other nodes, the node's traffic, captured inbound traffic)",
+			frame: frameOf(packet{src: pick(v6, remoteV4, remoteV6), dst: pick(v6, ztV4, ztV6), dport: 15008}), ingress: uplinkIfindex, want: oPass}
 	})...)
-	add(caseRow{name: "IPv4 with options to an enrolled pod: straight to that pod", ingress: ztIfindex,
-		frame: frameOf(packet{src: remoteV4, dst: serverV4, ipv4Options: optionsOf(10), srcMAC: ztMAC}), want: bypassTo(serverMAC)})
-	add(caseRow{name: "IPv6 with extension headers to an enrolled pod: straight to that pod", ingress: ztIfindex,
-		frame: frameOf(packet{src: remoteV6, dst: serverV6, ext: sixExtHeaders(), srcMAC: ztMAC}), want: bypassTo(serverMAC)})
-	add(caseRow{name: "ARP passes", ingress: ztIfindex, frame: func(tb testing.TB) []byte { return arpRequest(tb, ztV4) }, want: passed})
-	add(caseRow{name: "ztunnel not ready changes nothing for ztunnel's own packets", ingress: ztIfindex, noZtunnel: true,
-		frame: frameOf(packet{src: clientV4, dst: serverV4, srcMAC: ztMAC}), want: bypassTo(serverMAC)})
+	add(bothFamilies("captured inbound traffic for an ambient pod passes", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, plainV4, plainV6), dst: pick(v6, serverV4, serverV6), dport: 8080}), ingress: plainIfindex, want: oPass}
+	})...)
+	add(bothFamilies("the node's packets pass", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, nodeV4, nodeV6), dst: pick(v6, ztV4, ztV6), dport: 15021}), ingress: 0, want: oPass}
+	})...)
+	add(caseRow{name: "ARP passes", ingress: plainIfindex, frame: func(tb testing.TB) []byte { return arpRequest(tb, clientV4) }, want: oPass})
 	for _, c := range rows {
-		t.Run(c.name, func(t *testing.T) { c.run(t, f, mrasm.ZtunnelIngress) })
+		t.Run(c.name, func(t *testing.T) { c.run(t, f, mrasm.ZtunnelEgress) })
 	}
 }
 
@@ -163,6 +201,69 @@ func (a *assignNetns) connect(t testing.TB, from, to netip.Addr) (sport, dport u
 	return sport, dport
 }
 
+// listenOn opens a TCP listener bound to addr (not the wildcard address).
+func (a *assignNetns) listenOn(t testing.TB, network string, addr netip.Addr, port int) {
+	t.Helper()
+	testutil.MustDo(t, a.ns, func() error {
+		lc := net.ListenConfig{}
+		lc.SetMultipathTCP(false)
+		var l net.Listener
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			l, err = lc.Listen(context.Background(), network, netip.AddrPortFrom(addr, uint16(port)).String())
+			if !errors.Is(err, unix.EADDRNOTAVAIL) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	})
+}
+
+// timeWait makes a connection from "from" to "to" inside the netns whose
+// accepting side closes first, so that the netns keeps a TIME_WAIT socket
+// for it, and returns the connection's ports.
+func (a *assignNetns) timeWait(t testing.TB, from, to netip.Addr) (sport, dport uint16) {
+	t.Helper()
+	testutil.MustDo(t, a.ns, func() error {
+		lc := net.ListenConfig{}
+		lc.SetMultipathTCP(false)
+		l, err := lc.Listen(context.Background(), "tcp", net.JoinHostPort(to.String(), "0"))
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: from.AsSlice()}}
+		d.SetMultipathTCP(false)
+		var c net.Conn
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			c, err = d.Dial("tcp", l.Addr().String())
+			if !errors.Is(err, unix.ENETUNREACH) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			return err
+		}
+		s, err := l.Accept()
+		if err != nil {
+			c.Close()
+			return err
+		}
+		sport = uint16(c.LocalAddr().(*net.TCPAddr).Port)
+		dport = uint16(l.Addr().(*net.TCPAddr).Port)
+		s.Close()
+		time.Sleep(20 * time.Millisecond) // the FIN reaches the client
+		c.Close()
+		time.Sleep(20 * time.Millisecond) // the client's FIN puts the server's side in TIME_WAIT
+		return nil
+	})
+	return sport, dport
+}
+
 // run runs the assign program inside the netns.
 func (a *assignNetns) run(t testing.TB, f *fixture, frame []byte) result {
 	t.Helper()
@@ -214,7 +315,9 @@ func TestZtunnelAssign(t *testing.T) {
 		listeners []listener
 		pkt       func(v6 bool) packet
 		dnsOn     bool
-		want      expect
+		// podFlags are the client's (the enrolled pod's) besides EndpointPod.
+		podFlags uint16
+		want     expect
 	}
 	rows := []row{
 		{name: "SYN from an enrolled pod goes to the outbound listener", listeners: []listener{{"tcp", 15001}},
@@ -237,6 +340,32 @@ func TestZtunnelAssign(t *testing.T) {
 			pkt: func(v6 bool) packet {
 				return packet{src: outbound(v6), dst: pick(v6, dnsV4, dnsV6), proto: layers.IPProtocolUDP, dport: 53}
 			}, want: assignedTo(false)},
+		{name: "DNS over TCP with DNS capture on goes to the DNS listener", listeners: []listener{{"tcp", 15053}, {"tcp", 15001}}, dnsOn: true,
+			pkt: func(v6 bool) packet {
+				return packet{src: outbound(v6), dst: pick(v6, dnsV4, dnsV6), dport: 53}
+			}, want: assignedTo(false)},
+		{name: "DNS over TCP with DNS capture off goes to the outbound listener", listeners: []listener{{"tcp", 15001}},
+			pkt: func(v6 bool) packet {
+				return packet{src: outbound(v6), dst: pick(v6, dnsV4, dnsV6), dport: 53}
+			}, want: assignedTo(false)},
+		{name: "DNS over TCP of a pod that bypasses DNS capture goes to the outbound listener", listeners: []listener{{"tcp", 15001}}, dnsOn: true,
+			podFlags: maps.EndpointBypassDNS,
+			pkt: func(v6 bool) packet {
+				return packet{src: outbound(v6), dst: pick(v6, dnsV4, dnsV6), dport: 53}
+			}, want: assignedTo(false)},
+		{name: "DNS of a pod that bypasses DNS capture does not go to the DNS listener", listeners: []listener{{"udp", 15053}}, dnsOn: true,
+			podFlags: maps.EndpointBypassDNS,
+			pkt: func(v6 bool) packet {
+				return packet{src: outbound(v6), dst: pick(v6, dnsV4, dnsV6), proto: layers.IPProtocolUDP, dport: 53}
+			}, want: noSocket},
+		{name: "a query to a pod's port 53 from elsewhere never reaches the DNS proxy", listeners: []listener{{"udp", 15053}}, dnsOn: true,
+			pkt: func(v6 bool) packet {
+				return packet{src: inbound(v6), dst: pick(v6, serverV4, serverV6), proto: layers.IPProtocolUDP, dport: 53}
+			}, want: noSocket},
+		{name: "UDP other than DNS gets no socket", listeners: []listener{{"udp", 15053}, {"udp", 15001}}, dnsOn: true,
+			pkt: func(v6 bool) packet {
+				return packet{src: outbound(v6), dst: pick(v6, remoteV4, remoteV6), proto: layers.IPProtocolUDP, dport: 443}
+			}, want: noSocket},
 		{name: "DNS with DNS capture off does not go to the DNS listener", listeners: []listener{{"udp", 15053}},
 			pkt: func(v6 bool) packet {
 				return packet{src: outbound(v6), dst: pick(v6, dnsV4, dnsV6), proto: layers.IPProtocolUDP, dport: 53}
@@ -280,6 +409,8 @@ func TestZtunnelAssign(t *testing.T) {
 					flags |= maps.ZtunnelCaptureDNS
 				}
 				f.setZtunnel(t, flags)
+				f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
+				t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
 				a := newAssignNetns(t)
 				for _, l := range r.listeners {
 					a.listen(t, l.proto+fam(v6), l.port)
@@ -291,6 +422,23 @@ func TestZtunnelAssign(t *testing.T) {
 	}
 
 	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("a listener bound to one address is not found by the wildcard lookup/IPv%s", fam(v6)), func(t *testing.T) {
+			f.setZtunnel(t, maps.ZtunnelReady)
+			a := newAssignNetns(t)
+			a.listenOn(t, "tcp"+fam(v6), pick(v6, remoteV4, remoteV6), mrasm.PortOutbound)
+			in := packet{src: outbound(v6), dst: pick(v6, remoteV4, remoteV6)}.build(t)
+			check(t, in, a.run(t, f, in), noSocket)
+		})
+		t.Run(fmt.Sprintf("a SYN reusing a TIME_WAIT tuple goes to the listener, not the TIME_WAIT socket/IPv%s", fam(v6)), func(t *testing.T) {
+			f.setZtunnel(t, maps.ZtunnelReady)
+			a := newAssignNetns(t)
+			a.listen(t, "tcp"+fam(v6), mrasm.PortOutbound)
+			// ztunnel's side of a proxied connection that closed first:
+			// it keeps the tuple in TIME_WAIT.
+			sport, dport := a.timeWait(t, outbound(v6), inbound(v6))
+			in := packet{src: outbound(v6), dst: inbound(v6), sport: sport, dport: dport}.build(t)
+			check(t, in, a.run(t, f, in), assignedTo(false))
+		})
 		t.Run(fmt.Sprintf("a SYN reusing the tuple of an established connection goes to its socket, marked/IPv%s", fam(v6)), func(t *testing.T) {
 			f.setZtunnel(t, maps.ZtunnelReady)
 			a := newAssignNetns(t)

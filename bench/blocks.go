@@ -89,8 +89,8 @@ func newBlockMaps(e *env, c *Copy) blockMaps {
 		return m
 	}
 	var m blockMaps
-	m.pods = mk(&ebpf.MapSpec{Name: "bench_pods", Type: ebpf.Hash, KeySize: 16, ValueSize: maps.PodSize, MaxEntries: maps.DefaultPodsMaxEntries})
-	m.pods4 = mk(&ebpf.MapSpec{Name: "bench_pods4", Type: ebpf.Hash, KeySize: 4, ValueSize: maps.PodSize, MaxEntries: maps.DefaultPodsMaxEntries})
+	m.pods = mk(&ebpf.MapSpec{Name: "bench_pods", Type: ebpf.Hash, KeySize: 16, ValueSize: maps.EndpointSize, MaxEntries: maps.DefaultPodsMaxEntries})
+	m.pods4 = mk(&ebpf.MapSpec{Name: "bench_pods4", Type: ebpf.Hash, KeySize: 4, ValueSize: maps.EndpointSize, MaxEntries: maps.DefaultPodsMaxEntries})
 	m.ztunnel = mk(&ebpf.MapSpec{Name: "bench_zt", Type: ebpf.Array, KeySize: 4, ValueSize: 64, MaxEntries: 1})
 	m.stats = mk(&ebpf.MapSpec{Name: "bench_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 8})
 	for _, p := range []*Copy{c} {
@@ -98,7 +98,7 @@ func newBlockMaps(e *env, c *Copy) blockMaps {
 			k16 := make([]byte, 16)
 			k16[10], k16[11] = 0xff, 0xff
 			copy(k16[12:], ip.a[:])
-			v := make([]byte, maps.PodSize)
+			v := make([]byte, maps.EndpointSize)
 			if err := m.pods.Put(k16, v); err != nil {
 				e.Fatalf("fill the blocks' pods map: %v", err)
 			}

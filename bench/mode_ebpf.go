@@ -47,7 +47,9 @@ func (c *Copy) setupEBPF(e *env, bpffs string) {
 			e.Errorf("copy %s: uninstall the dataplane: %v", c.Mode, err)
 		}
 	})
-	e.check(dp.SetNodeIPs(c.Node.IPv4, c.Node.IPv6))
+	nodeAddrs, err := dp.NodeAddresses()
+	e.check(err)
+	e.check(dp.SetNodeAddresses(nodeAddrs))
 	e.check(dp.SetZtunnel(dataplane.Ztunnel{Name: "istio-system/ztunnel", Netns: zt.Path(),
 		HostIfindex: zt.HostVethIndex, IPs: []netip.Addr{zt.IPv4, zt.IPv6}}))
 	e.check(dp.SetZtunnelReady(true))

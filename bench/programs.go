@@ -162,11 +162,13 @@ func loadPrograms(e *env, c *Copy, peer bool) (*ebpf.Collection, *maps.Set) {
 	zmac, _ := maps.MAC(c.Ztunnel.MAC)
 	e.check(set.Ztunnel.Set(maps.Ztunnel{Ifindex: uint32(c.Ztunnel.HostVethIndex), MAC: zmac, Flags: maps.ZtunnelReady,
 		IPv4: c.Ztunnel.IPv4.As16(), IPv6: c.Ztunnel.IPv6.As16()}))
-	e.check(set.Node.Set(c.Node.IPv4, c.Node.IPv6))
+	for _, ip := range []netip.Addr{c.Node.IPv4, c.Node.IPv6} {
+		e.check(set.Endpoints.Put(ip, maps.Endpoint{Flags: maps.EndpointNode}))
+	}
 	for _, p := range []*testenv.Pod{c.Client, c.Server} {
 		mac, _ := maps.MAC(p.MAC)
 		for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
-			e.check(set.Pods.Put(ip, maps.Pod{Ifindex: uint32(p.HostVethIndex), MAC: mac}))
+			e.check(set.Endpoints.Put(ip, maps.Endpoint{Ifindex: uint32(p.HostVethIndex), MAC: mac, Flags: maps.EndpointPod}))
 		}
 	}
 	return coll, set

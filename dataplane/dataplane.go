@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"path/filepath"
 	"sync"
 
@@ -18,8 +17,9 @@ import (
 )
 
 // Config configures a Dataplane. The zero value works: default pin
-// directory, pods map size and filter priority, tcx where the kernel has it,
-// bpf_redirect_peer where the kernel has it, DNS capture off, fail closed.
+// directory, endpoints map size and filter priority, tcx where the kernel
+// has it, bpf_redirect_peer where the kernel has it, DNS capture off, UDP
+// passed, fail closed.
 type Config struct {
 	// NodeNetns is the path of the node's network namespace; empty means
 	// the namespace of the thread calling Open (the agent runs in the
@@ -29,8 +29,8 @@ type Config struct {
 	// maps.DefaultPinDir. The maps are pinned in it, the tcx links and
 	// qdisc markers in its "tc" subdirectory.
 	PinDir string
-	// PodsMaxEntries is the capacity of the pods map (one entry per pod
-	// IP); zero means maps.DefaultPodsMaxEntries.
+	// PodsMaxEntries is the capacity of the endpoints map (one entry per
+	// pod IP and node address); zero means maps.DefaultPodsMaxEntries.
 	PodsMaxEntries uint32
 	// AttachMode chooses tcx links or legacy tc filters; ModeAuto picks tcx
 	// on kernels that have it (6.6+).
@@ -40,8 +40,13 @@ type Config struct {
 	// RedirectPeer forces bpf_redirect_peer on (true) or off (false); nil
 	// detects it.
 	RedirectPeer *bool
-	// CaptureDNS sends pods' DNS to ztunnel's port 15053.
+	// CaptureDNS sends pods' DNS (UDP and TCP to port 53) to ztunnel's
+	// DNS proxy on 15053.
 	CaptureDNS bool
+	// StrictUDP is the strict UDP policy (--udp=drop): pods' UDP is
+	// dropped, except DNS to and from the resolvers (SetResolvers), and so
+	// is ICMP to them. The default passes UDP and ICMP, as Istio does.
+	StrictUDP bool
 	// FailOpen lets captured traffic pass while ztunnel is not ready,
 	// instead of dropping it.
 	FailOpen bool
@@ -157,7 +162,7 @@ func Open(cfg Config) (*Dataplane, error) {
 		d.ztunnel = Ztunnel{HostIfindex: int(zt.Ifindex)}
 	}
 	log.Info("dataplane open", "redirect_peer", opts.RedirectPeer, "attach_mode", d.node.Mode().String(),
-		"capture_dns", cfg.CaptureDNS, "fail_open", cfg.FailOpen)
+		"capture_dns", cfg.CaptureDNS, "strict_udp", cfg.StrictUDP, "fail_open", cfg.FailOpen)
 	return d, nil
 }
 
@@ -179,18 +184,6 @@ func (d *Dataplane) Attachments() ([]tc.Attachment, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.node.ListAll()
-}
-
-// SetNodeIPs sets the node's own addresses: traffic from them (kubelet
-// probes) to an ambient pod, and a pod's traffic to them, is not captured.
-func (d *Dataplane) SetNodeIPs(v4, v6 netip.Addr) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.maps.Node.Set(v4, v6); err != nil {
-		return err
-	}
-	d.log.Info("set node IPs", "ipv4", v4, "ipv6", v6)
-	return nil
 }
 
 // Close releases the file descriptors. Everything attached or pinned stays:

@@ -4,7 +4,8 @@
 // the agent (and the demo) speak:
 //
 //	dp, err := dataplane.Open(dataplane.Config{})
-//	err = dp.SetNodeIPs(v4, v6)
+//	addrs, err := dp.NodeAddresses()
+//	err = dp.SetNodeAddresses(addrs)
 //	err = dp.SetZtunnel(dataplane.Ztunnel{Netns: path, HostIfindex: idx, IPs: ips})
 //	err = dp.SetZtunnelReady(true)
 //	err = dp.Enroll(dataplane.Pod{Name: "ns/name", IPs: ips, HostIfindex: idx, Netns: path})

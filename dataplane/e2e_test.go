@@ -135,10 +135,10 @@ func TestHundredPods(t *testing.T) {
 	if n := len(b.AmbientPods()); n != 100 {
 		t.Fatalf("%d ambient pods, want 100", n)
 	}
-	entries, err := b.DP.Maps().Pods.All()
+	entries, err := b.DP.Maps().Endpoints.Pods()
 	must(t, err)
 	if len(entries) != 200 {
-		t.Errorf("pods map has %d entries, want 200", len(entries))
+		t.Errorf("the endpoints map has %d pod entries, want 200", len(entries))
 	}
 	runFlow(t, b, flow(t, "9"))
 }
@@ -149,13 +149,13 @@ func TestReconcile(t *testing.T) {
 	b := newBox(t, scenario.Options{})
 	// The client left the mesh while nobody watched; the server lost an
 	// entry.
-	must(t, b.DP.Maps().Pods.Delete(b.Server.IPv4))
+	must(t, b.DP.Maps().Endpoints.Delete(b.Server.IPv4))
 	res, err := b.DP.Reconcile([]dataplane.Pod{scenario.PodOf(b.Server)}, nil)
 	must(t, err)
 	if len(res.Enrolled) != 1 || len(res.Deleted) != 2 || len(res.Detached) != 2 {
 		t.Errorf("reconcile: %+v", res)
 	}
-	entries, err := b.DP.Maps().Pods.All()
+	entries, err := b.DP.Maps().Endpoints.Pods()
 	must(t, err)
 	if len(entries) != 2 {
 		t.Errorf("entries after reconcile: %v", entries)

@@ -27,6 +27,8 @@ type Pod struct {
 	Netns string
 	// MAC is its eth0 address; empty means read it in Netns.
 	MAC net.HardwareAddr
+	// Policy is its own capture policy, from its annotations.
+	Policy Policy
 }
 
 func (p Pod) String() string {
@@ -71,9 +73,9 @@ var appPrograms = []struct {
 	{mrasm.AppInbound, tc.Egress},
 }
 
-// Enroll captures pod's traffic: its IPs go into the pods map (so that
-// ztunnel's packets reach it directly) and the app programs onto its host
-// veth. Enrolling an enrolled pod again changes nothing, or repairs what is
+// Enroll captures pod's traffic: its IPs go into the endpoints map (so that
+// ztunnel's packets reach it directly, and its own packets pass the source
+// check) and the app programs onto its host veth. Enrolling an enrolled pod again changes nothing, or repairs what is
 // missing. On error nothing of this call stays behind.
 func (d *Dataplane) Enroll(p Pod) error {
 	d.mu.Lock()
@@ -104,7 +106,7 @@ func (d *Dataplane) enroll(p Pod) error {
 			return fmt.Errorf("enroll pod %s: %w", p, err)
 		}
 	}
-	entry := maps.Pod{Ifindex: uint32(p.HostIfindex)}
+	entry := maps.Endpoint{Ifindex: uint32(p.HostIfindex), Flags: p.Policy.flags()}
 	if entry.MAC, err = maps.MAC(mac); err != nil {
 		return fmt.Errorf("enroll pod %s: %w", p, err)
 	}
@@ -112,17 +114,16 @@ func (d *Dataplane) enroll(p Pod) error {
 	var put []netip.Addr
 	undo := func() {
 		for _, ip := range put {
-			d.maps.Pods.Delete(ip)
+			d.clearPod(ip)
 		}
 	}
 	for _, ip := range p.IPs {
-		prev, err := d.maps.Pods.Get(ip)
-		existed := err == nil
-		if err := d.maps.Pods.Put(ip, entry); err != nil {
+		changed, err := d.putPod(ip, entry)
+		if err != nil {
 			undo()
 			return fmt.Errorf("enroll pod %s: %w", p, err)
 		}
-		if !existed || prev != entry {
+		if changed {
 			put = append(put, ip)
 		}
 	}
@@ -145,15 +146,15 @@ func (d *Dataplane) enroll(p Pod) error {
 		}
 	}
 	if len(put) > 0 {
-		d.log.Info("enrolled pod", "pod", p.Name, "ips", p.IPs, "interface", host.Attrs().Name, "mac", mac.String())
+		d.log.Info("enrolled pod", "pod", p.Name, "ips", p.IPs, "interface", host.Attrs().Name, "mac", mac.String(), "policy", p.Policy.String())
 	}
 	return nil
 }
 
-// PutEntries writes the pods map entries of pods, without attaching
-// anything: a restarted agent whose maps were replaced fills the new pods
-// map this way before ztunnel's programs, which read it, are replaced.
-// Pods whose MAC is not given are skipped.
+// PutEntries writes the endpoints map entries of pods, without attaching
+// anything: a restarted agent whose maps were replaced fills the new
+// endpoints map this way before ztunnel's programs, which read it, are
+// replaced. Pods whose MAC is not given are skipped.
 func (d *Dataplane) PutEntries(pods []Pod) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -164,7 +165,7 @@ func (d *Dataplane) PutEntries(pods []Pod) error {
 			continue
 		}
 		for _, ip := range p.IPs {
-			if err := d.maps.Pods.Put(ip, maps.Pod{Ifindex: uint32(p.HostIfindex), MAC: mac}); err != nil {
+			if _, err := d.putPod(ip, maps.Endpoint{Ifindex: uint32(p.HostIfindex), MAC: mac, Flags: p.Policy.flags()}); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -173,7 +174,8 @@ func (d *Dataplane) PutEntries(pods []Pod) error {
 }
 
 // Unenroll stops capturing pod's traffic: the app programs leave its host
-// veth, its IPs leave the pods map. The programs go first, so no packet of
+// veth, its IPs leave the endpoints map (unless the node's or a resolver's
+// role keeps them there). The programs go first, so no packet of
 // the pod is captured while ztunnel can no longer hand replies back. The
 // host veth may already be gone (the pod was deleted): that is not an error.
 func (d *Dataplane) Unenroll(p Pod) error {
@@ -194,10 +196,10 @@ func (d *Dataplane) unenroll(p Pod) error {
 	for _, ip := range p.IPs {
 		// Only entries that still point at this pod's veth: the IP may
 		// already belong to a new pod.
-		if cur, err := d.maps.Pods.Get(ip); err == nil && p.HostIfindex > 0 && int(cur.Ifindex) != p.HostIfindex {
+		if cur, err := d.maps.Endpoints.Get(ip); err == nil && (!cur.IsPod() || p.HostIfindex > 0 && int(cur.Ifindex) != p.HostIfindex) {
 			continue
 		}
-		if err := d.maps.Pods.Delete(ip); err != nil {
+		if err := d.clearPod(ip); err != nil {
 			errs = append(errs, err)
 		}
 	}

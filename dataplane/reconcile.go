@@ -23,7 +23,7 @@ type ReconcileResult struct {
 	Unchanged int
 	// Detached are the stale attachments removed.
 	Detached []tc.Attachment
-	// Deleted are the stale pods map entries removed.
+	// Deleted are the addresses of stale pod entries removed.
 	Deleted []netip.Addr
 	// Failed are the pods that could not be enrolled, with why; the others
 	// were still reconciled.
@@ -34,8 +34,8 @@ type ReconcileResult struct {
 // ambient pods of this node: pods missing their map entries or programs are
 // enrolled (and programs loaded by an earlier process replaced by this
 // one's, atomically), and what belongs to no desired pod is removed: app
-// programs on other interfaces, pods map entries of other IPs, tcx links
-// of vanished interfaces. A pod that fails does not stop the others; the
+// programs on other interfaces, pod entries of other IPs in the endpoints
+// map, tcx links of vanished interfaces. A pod that fails does not stop the others; the
 // error lists every failure.
 //
 // keep are IPs of pods that should be captured but cannot be reconciled now
@@ -50,7 +50,7 @@ func (d *Dataplane) Reconcile(desired []Pod, keep []netip.Addr) (ReconcileResult
 	if err != nil {
 		return res, fmt.Errorf("reconcile: %w", err)
 	}
-	entries, err := d.maps.Pods.All()
+	entries, err := d.maps.Endpoints.Pods()
 	if err != nil {
 		return res, fmt.Errorf("reconcile: %w", err)
 	}
@@ -87,7 +87,7 @@ func (d *Dataplane) Reconcile(desired []Pod, keep []netip.Addr) (ReconcileResult
 		switch programOf(a) {
 		case mrasm.AppOutbound, mrasm.AppInbound:
 			stale = !wantIfindex[a.Ifindex]
-		case mrasm.ZtunnelIngress:
+		case mrasm.ZtunnelIngress, mrasm.ZtunnelEgress:
 			stale = a.Ifindex != int(zt.Ifindex)
 		}
 		if !stale || a.Defunct {
@@ -103,7 +103,7 @@ func (d *Dataplane) Reconcile(desired []Pod, keep []netip.Addr) (ReconcileResult
 		if wantIP[ip] {
 			continue
 		}
-		if err := d.maps.Pods.Delete(ip); err != nil {
+		if err := d.clearPod(ip); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -128,12 +128,12 @@ func (d *Dataplane) Reconcile(desired []Pod, keep []netip.Addr) (ReconcileResult
 	return res, nil
 }
 
-// inPlace reports whether p has all its map entries and both app programs
-// of this process on its veth.
-func (d *Dataplane) inPlace(p Pod, attachments []tc.Attachment, entries map[netip.Addr]maps.Pod) bool {
+// inPlace reports whether p has all its map entries, with its policy, and
+// both app programs of this process on its veth.
+func (d *Dataplane) inPlace(p Pod, attachments []tc.Attachment, entries map[netip.Addr]maps.Endpoint) bool {
 	for _, ip := range p.IPs {
 		e, ok := entries[ip]
-		if !ok || int(e.Ifindex) != p.HostIfindex {
+		if !ok || int(e.Ifindex) != p.HostIfindex || e.Flags&podFlags != p.Policy.flags() {
 			return false
 		}
 	}

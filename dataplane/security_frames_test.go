@@ -82,12 +82,27 @@ func pseudoHeader(src, dst netip.Addr, proto uint8, length int) []byte {
 
 // tcpSYN is a connection request carrying payload (a SYN may carry data).
 func tcpSYN(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	return tcpSegment(src, dst, sport, dport, tcpSYNFlag, payload)
+}
+
+// TCP flags.
+const (
+	tcpSYNFlag = 0x02
+	tcpACKFlag = 0x10
+	tcpPSHFlag = 0x08
+)
+
+// tcpSegment is a TCP segment with the given flags, carrying payload.
+func tcpSegment(src, dst netip.Addr, sport, dport uint16, flags byte, payload []byte) []byte {
 	h := make([]byte, 20, 20+len(payload))
 	be.PutUint16(h[0:], sport)
 	be.PutUint16(h[2:], dport)
 	be.PutUint32(h[4:], 0x5ec0_0001)
+	if flags&tcpACKFlag != 0 {
+		be.PutUint32(h[8:], 0x0ac0_0001)
+	}
 	h[12] = 5 << 4
-	h[13] = 0x02 // SYN
+	h[13] = flags
 	be.PutUint16(h[14:], 64240)
 	seg := append(h, payload...)
 	be.PutUint16(seg[16:], checksum(pseudoHeader(src, dst, protoTCP, len(seg)), seg))

@@ -18,8 +18,8 @@ type trick struct {
 
 	// want lists the verdicts the app program may give the trick's frames.
 	want []maps.Verdict
-	// exception: a documented exception (ICMP, DNS with capture off), which
-	// must arrive: it proves that the sniffers see what gets through.
+	// exception: what §5 lets pass (UDP, ICMP, DNS with capture off),
+	// which must arrive: it proves that the sniffers see what gets through.
 	exception bool
 	// malformed: a forged or broken frame that a kernel forwarding it
 	// before our program (the second node's, in the inbound direction) may
@@ -30,6 +30,10 @@ type trick struct {
 	// toZtunnel: the frame is addressed to ztunnel itself, where it may
 	// arrive.
 	toZtunnel bool
+	// mayArrive: the frame passes as §5 lets it, and may reach the peer
+	// or not (whether a relay on the node forwards it is the node's
+	// business: UDP to the peer itself passes anyway).
+	mayArrive bool
 	// note explains an outcome in the table.
 	note string
 }
@@ -44,13 +48,17 @@ type trickEnv struct {
 	src, dst netip.Addr
 	// node is the ambient pods' node's IP, senderNode the sender's node's.
 	node, senderNode netip.Addr
-	// ztunnel is ztunnel's IP; other is another ambient pod's IP.
+	// ztunnel is ztunnel's IP; other is another ambient pod's IP (of the
+	// sender's node outbound, of the target's inbound).
 	ztunnel, other netip.Addr
 	// srcBoth and tunnelBoth are the sender's IPv4 and IPv6 addresses and
 	// those of the remote host, where tunnels' inner packets go.
 	srcBoth, tunnelBoth [2]netip.Addr
 	// vxlanMAC, when set, is the node's VXLAN device's MAC.
 	vxlanMAC net.HardwareAddr
+	// sourceRouting says the node accepts source routes (IPv4
+	// accept_source_route, IPv6 SRv6): it relays what carries one.
+	sourceRouting bool
 }
 
 func (e trickEnv) capture() maps.Verdict {
@@ -113,6 +121,8 @@ func (e trickEnv) tricks() []trick {
 	captured := []maps.Verdict{capture}
 	parseError := []maps.Verdict{maps.VerdictParseError}
 	passed := []maps.Verdict{maps.VerdictPassed}
+	protocol := []maps.Verdict{maps.VerdictDroppedProtocol}
+	laterDropped := []maps.Verdict{maps.VerdictDroppedFragment}
 	fam := e.family()
 	ipHdr := 20
 	if e.v6 {
@@ -124,20 +134,30 @@ func (e trickEnv) tricks() []trick {
 		return trick{name: name, want: captured, frames: func(m mark) []frame { return one(ipFrame(e.packet(m, proto, l4(m)))) }}
 	}
 
+	passes := func(name string, proto uint8, l4 func(m mark) []byte) trick {
+		return trick{name: name, want: passed, exception: true, frames: func(m mark) []frame { return one(ipFrame(e.packet(m, proto, l4(m)))) }}
+	}
+	dropped := func(name string, want []maps.Verdict, proto uint8, l4 func(m mark) []byte) trick {
+		return trick{name: name, want: want, frames: func(m mark) []frame { return one(ipFrame(e.packet(m, proto, l4(m)))) }}
+	}
+
 	// Plain protocols.
 	add(simple("TCP SYN", protoTCP, func(m mark) []byte { return e.syn(m, 8080) }))
-	add(simple("UDP to a random port", protoUDP, func(m mark) []byte { return e.udp(m, e.sport(m), 47113) }))
+	add(simple("TCP ACK with data", protoTCP, func(m mark) []byte {
+		return tcpSegment(e.src, e.dst, e.sport(m), 8080, tcpACKFlag|tcpPSHFlag, m.tag)
+	}))
+	add(passes("UDP to a random port (exception: UDP passes)", protoUDP, func(m mark) []byte { return e.udp(m, e.sport(m), 47113) }))
 	if e.outbound {
 		add(trick{name: "UDP to 53, DNS capture on", want: captured, captureDNS: true,
 			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoUDP, e.udp(m, e.sport(m), 53)))) }})
-		add(trick{name: "UDP to 53, DNS capture off (exception)", want: passed, exception: true,
-			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoUDP, e.udp(m, e.sport(m), 53)))) }})
+		add(passes("UDP to 53, DNS capture off (exception)", protoUDP, func(m mark) []byte { return e.udp(m, e.sport(m), 53) }))
 	} else {
-		add(trick{name: "UDP from 53, DNS capture on", want: captured, captureDNS: true,
+		// DNS capture is for the pod's own queries: inbound UDP passes.
+		add(trick{name: "UDP from 53, DNS capture on (exception: not the pod's query)", want: passed, exception: true, captureDNS: true,
 			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoUDP, e.udp(m, 53, e.sport(m))))) }})
-		add(trick{name: "UDP from 53, DNS capture off (exception)", want: passed, exception: true,
-			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoUDP, e.udp(m, 53, e.sport(m))))) }})
-		add(simple("UDP to 53 (not a reply)", protoUDP, func(m mark) []byte { return e.udp(m, e.sport(m), 53) }))
+		add(passes("UDP from 53, DNS capture off (exception)", protoUDP, func(m mark) []byte { return e.udp(m, 53, e.sport(m)) }))
+		add(trick{name: "UDP to 53, DNS capture on (exception: a query to the pod's own server)", want: passed, exception: true, captureDNS: true,
+			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoUDP, e.udp(m, e.sport(m), 53)))) }})
 	}
 	icmp := uint8(protoICMP)
 	if e.v6 {
@@ -158,19 +178,19 @@ func (e trickEnv) tricks() []trick {
 			return append([]byte{0, 0, byte(t >> 8), byte(t)}, e.inner(m, v6)...)
 		}
 	}
-	add(simple("GRE (47)", protoGRE, greInner(e.v6)))
-	add(simple("IPv4 in IP (4)", protoIPIP, func(m mark) []byte { return e.inner(m, false) }))
-	add(simple("IPv6 in IP (41)", protoIPv6, func(m mark) []byte { return e.inner(m, true) }))
-	add(simple("ESP (50)", protoESP, func(m mark) []byte { return append([]byte{0, 0, 1, 0, 0, 0, 0, 1}, m.tag...) }))
-	add(simple("SCTP (132)", protoSCTP, func(m mark) []byte {
+	add(dropped("GRE (47)", protocol, protoGRE, greInner(e.v6)))
+	add(dropped("IPv4 in IP (4)", protocol, protoIPIP, func(m mark) []byte { return e.inner(m, false) }))
+	add(dropped("IPv6 in IP (41)", protocol, protoIPv6, func(m mark) []byte { return e.inner(m, true) }))
+	add(dropped("ESP (50)", protocol, protoESP, func(m mark) []byte { return append([]byte{0, 0, 1, 0, 0, 0, 0, 1}, m.tag...) }))
+	add(dropped("SCTP (132)", protocol, protoSCTP, func(m mark) []byte {
 		h := make([]byte, 12)
 		be.PutUint16(h[0:], e.sport(m))
 		be.PutUint16(h[2:], 8080)
 		return append(h, m.tag...)
 	}))
-	add(simple("unassigned protocol (200)", protoUnassigned, func(m mark) []byte { return m.tag }))
+	add(dropped("unassigned protocol (200)", protocol, protoUnassigned, func(m mark) []byte { return m.tag }))
 	if e.v6 {
-		add(simple("no next header (59) with data after it", protoNoNext, func(m mark) []byte { return m.tag }))
+		add(dropped("no next header (59) with data after it", protocol, protoNoNext, func(m mark) []byte { return m.tag }))
 	}
 
 	// IPv4 options.
@@ -187,12 +207,17 @@ func (e trickEnv) tricks() []trick {
 		add(withOptions("options: timestamp", timestampOption(4)))
 		add(withOptions("options: IHL 15 (40 bytes of NOPs)", nopOptions(40)))
 		add(withOptions("options: IHL 15 (record route filling them)", recordRoute(9)))
-		add(trick{name: "options: IHL 15 with UDP to 53 behind them, DNS capture on", want: captured, captureDNS: true,
+		dnsBehindOptions := trick{name: "options: IHL 15 with UDP to 53 behind them, DNS capture on", want: captured, captureDNS: true,
 			frames: func(m mark) []frame {
 				p := e.packet(m, protoUDP, e.udp(m, e.sport(m), 53))
 				p.options = nopOptions(40)
 				return one(ipFrame(p))
-			}})
+			}}
+		if !e.outbound {
+			// Inbound UDP passes: capture is for the pod's own queries.
+			dnsBehindOptions.want, dnsBehindOptions.exception = passed, true
+		}
+		add(dnsBehindOptions)
 	}
 
 	// Fragments. IPv4 and IPv6 alike: the upper-layer bytes cut at 8-byte
@@ -216,24 +241,38 @@ func (e trickEnv) tricks() []trick {
 		}
 		return e.packet(m, protoUDP, udpDatagram(e.src, e.dst, sport, dport, bigPayload(m)))
 	}
-	frag := func(name string, build func(m mark) []frame) trick {
-		return trick{name: name, want: captured, frames: build}
+	frag := func(name string, want []maps.Verdict, build func(m mark) []frame) trick {
+		return trick{name: name, want: want, frames: build}
 	}
-	add(frag("first fragment of TCP", func(m mark) []frame { return fragments(tcpBig(m), m, [2]int{0, 40}) }))
-	add(frag("later fragment of TCP", func(m mark) []frame { return fragments(tcpBig(m), m, [2]int{40, 84}) }))
-	add(frag("first fragment of UDP", func(m mark) []frame { return fragments(udpBig(m, 47113), m, [2]int{0, 32}) }))
-	add(frag("later fragment of UDP", func(m mark) []frame { return fragments(udpBig(m, 47113), m, [2]int{32, 72}) }))
-	add(frag("later fragment of DNS, DNS capture off", func(m mark) []frame {
+	udpFrag := func(name string, build func(m mark) []frame) trick {
+		return trick{name: name + " (exception: UDP passes)", want: passed, exception: true, frames: build}
+	}
+	// A later fragment of TCP has no ports to proxy by: its first went to
+	// ztunnel, it is dropped. A TCP header cut by the first fragment's end
+	// cannot be classified: a parse error.
+	capturedOrDropped := []maps.Verdict{capture, maps.VerdictDroppedFragment}
+	cutOrDropped := []maps.Verdict{maps.VerdictParseError, maps.VerdictDroppedFragment}
+	if !e.outbound {
+		// Inbound, a TCP header with its ports is enough to capture.
+		cutOrDropped = []maps.Verdict{maps.VerdictParseError, capture, maps.VerdictDroppedFragment}
+	}
+	add(frag("first fragment of TCP", captured, func(m mark) []frame { return fragments(tcpBig(m), m, [2]int{0, 40}) }))
+	add(frag("later fragment of TCP", laterDropped, func(m mark) []frame { return fragments(tcpBig(m), m, [2]int{40, 84}) }))
+	add(udpFrag("first fragment of UDP", func(m mark) []frame { return fragments(udpBig(m, 47113), m, [2]int{0, 32}) }))
+	add(udpFrag("later fragment of UDP", func(m mark) []frame { return fragments(udpBig(m, 47113), m, [2]int{32, 72}) }))
+	add(udpFrag("later fragment of DNS, DNS capture off", func(m mark) []frame {
 		return fragments(udpBig(m, 53), m, [2]int{32, 72})
 	}))
-	add(frag("both fragments of TCP", func(m mark) []frame { return fragments(tcpBig(m), m, [2]int{0, 40}, [2]int{40, 84}) }))
-	add(frag("tiny first fragment (TCP flags in the second)", func(m mark) []frame {
+	add(frag("both fragments of TCP", capturedOrDropped, func(m mark) []frame {
+		return fragments(tcpBig(m), m, [2]int{0, 40}, [2]int{40, 84})
+	}))
+	add(frag("tiny first fragment (TCP flags in the second)", cutOrDropped, func(m mark) []frame {
 		return fragments(tcpBig(m), m, [2]int{0, 8}, [2]int{8, 84})
 	}))
-	add(frag("overlapping fragments of TCP", func(m mark) []frame {
+	add(frag("overlapping fragments of TCP", capturedOrDropped, func(m mark) []frame {
 		return fragments(tcpBig(m), m, [2]int{0, 40}, [2]int{24, 64}, [2]int{56, 84})
 	}))
-	add(frag("overlapping fragments of UDP (second rewrites the payload)", func(m mark) []frame {
+	add(udpFrag("overlapping fragments of UDP (second rewrites the payload)", func(m mark) []frame {
 		return fragments(udpBig(m, 47113), m, [2]int{0, 24}, [2]int{8, 72})
 	}))
 	add(trick{name: "later fragment claiming ICMP (exception: ICMP passes in any fragment)", want: passed, exception: true,
@@ -242,12 +281,12 @@ func (e trickEnv) tricks() []trick {
 			return fragments(e.packet(m, icmp, icmpEcho(e.src, e.dst, uint16(m.idx), bigPayload(m))), m, [2]int{32, 72})
 		}})
 	if e.v6 {
-		add(frag("atomic fragment (offset 0, no more fragments)", func(m mark) []frame {
+		add(frag("atomic fragment (offset 0, no more fragments)", captured, func(m mark) []frame {
 			p := tcpBig(m)
 			p.ext = []ext{fragmentHeader(0, false, uint32(m.idx))}
 			return one(ipFrame(p))
 		}))
-		add(frag("first fragment whose chain goes on past it", func(m mark) []frame {
+		add(frag("first fragment whose chain goes on past it", []maps.Verdict{maps.VerdictParseError, maps.VerdictDroppedFragment}, func(m mark) []frame {
 			// Fragment, then destination options of 16 bytes of which the
 			// first fragment holds 8: the upper-layer header is in the
 			// second (RFC 7112 forbids it).
@@ -315,10 +354,21 @@ func (e trickEnv) tricks() []trick {
 				return one(ipFrame(p))
 			}})
 	}
-	add(trick{name: "frame ends inside the TCP header", want: captured,
-		frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoTCP, e.syn(m, 8080)[:10]))) }})
-	add(trick{name: "frame ends inside the UDP header (53 on both ports, DNS capture off)", want: captured,
-		frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoUDP, e.udp(m, 53, 53)[:3]))) }})
+	// Outbound, a TCP segment needs its flags read, a datagram its ports:
+	// a parse error without them. Inbound, a TCP segment with its ports is
+	// captured (ztunnel's side drops what has no flags), and UDP passes
+	// unread.
+	if e.outbound {
+		add(trick{name: "frame ends inside the TCP header", want: parseError,
+			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoTCP, e.syn(m, 8080)[:10]))) }})
+		add(trick{name: "frame ends inside the UDP header (53 on both ports, DNS capture off)", want: parseError,
+			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoUDP, e.udp(m, 53, 53)[:3]))) }})
+	} else {
+		add(trick{name: "frame ends inside the TCP header", want: captured,
+			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoTCP, e.syn(m, 8080)[:10]))) }})
+		add(trick{name: "frame ends inside the UDP header (exception: UDP passes)", want: passed, exception: true,
+			frames: func(m mark) []frame { return one(ipFrame(e.packet(m, protoUDP, e.udp(m, 53, 53)[:3]))) }})
+	}
 	add(trick{name: "IP version differs from the EtherType", want: parseError, malformed: true,
 		frames: func(m mark) []frame {
 			p := e.packet(m, protoTCP, e.syn(m, 8080))
@@ -351,12 +401,12 @@ func (e trickEnv) tricks() []trick {
 	add(tagged("802.1Q priority tag (VID 0)", vlanTag{ether8021Q, 0}))
 	add(tagged("QinQ 802.1ad (VIDs 100, 200)", vlanTag{ether8021AD, 100}, vlanTag{ether8021Q, 200}))
 	add(tagged("QinQ 802.1ad (VIDs 0, 0)", vlanTag{ether8021AD, 0}, vlanTag{ether8021Q, 0}))
-	add(trick{name: "MPLS (not IP: passed, the node does not route it)", want: passed, malformed: true,
+	add(trick{name: "MPLS", want: protocol, malformed: true,
 		frames: func(m mark) []frame {
 			lse := []byte{0, 0x06, 0x41, 64} // label 100, bottom of stack, TTL 64
 			return one(frame{etype: etherMPLS, body: append(lse, ipFrame(e.packet(m, protoTCP, e.syn(m, 8080))).body...)})
 		}})
-	add(trick{name: "IP in 802.2 LLC/SNAP (not IP: passed, the node has no handler)", want: passed, malformed: true,
+	add(trick{name: "IP in 802.2 LLC/SNAP", want: protocol, malformed: true,
 		frames: func(m mark) []frame {
 			ip := ipFrame(e.packet(m, protoTCP, e.syn(m, 8080)))
 			snap := []byte{0xaa, 0xaa, 0x03, 0, 0, 0, byte(e.etype() >> 8), byte(e.etype())}
@@ -365,9 +415,10 @@ func (e trickEnv) tricks() []trick {
 		}})
 
 	// Addresses.
-	// Outbound, a SYN from an address the pods map does not give to the
-	// sender's veth is dropped before ztunnel could take it for the
-	// address's owner. Inbound, ztunnel checks the peer.
+	// Outbound, a SYN from an address the endpoints map does not give to
+	// the sender's veth is dropped before ztunnel could take it for the
+	// address's owner. Inbound, ztunnel checks the peer, but an ambient
+	// pod's address that did not come through ztunnel is forged.
 	spoofed := captured
 	if e.outbound {
 		spoofed = []maps.Verdict{maps.VerdictDroppedSpoofed}
@@ -381,6 +432,14 @@ func (e trickEnv) tricks() []trick {
 	}
 	add(from("spoofed source (neither the pod's nor a node's)", e.spoofed(), true))
 	add(from("the sender's node's IP as source", e.senderNode, true))
+	if !e.outbound {
+		add(trick{name: "an ambient pod's IP as source", want: []maps.Verdict{maps.VerdictDroppedSpoofed}, malformed: true,
+			frames: func(m mark) []frame {
+				p := e.packet(m, protoTCP, tcpSYN(e.other, e.dst, e.sport(m), 8080, m.tag))
+				p.src = e.other
+				return one(ipFrame(p))
+			}})
+	}
 	if e.outbound {
 		add(from("another ambient pod's IP as source", e.other, false))
 		add(trick{name: "to ztunnel's own IP", want: captured, toZtunnel: true,
@@ -389,7 +448,7 @@ func (e trickEnv) tricks() []trick {
 				p.dst = e.ztunnel
 				return one(ipFrame(p))
 			}})
-		add(trick{name: "UDP to ztunnel's own IP", want: captured, toZtunnel: true,
+		add(trick{name: "UDP to ztunnel's own IP", want: passed, toZtunnel: true,
 			frames: func(m mark) []frame {
 				p := e.packet(m, protoUDP, udpDatagram(e.src, e.ztunnel, e.sport(m), 47113, m.tag))
 				p.dst = e.ztunnel
@@ -403,34 +462,50 @@ func (e trickEnv) tricks() []trick {
 			return one(ipFrame(p))
 		}})
 
-	// Relays: ask the node to send the packet on. Only TCP segments with
-	// ACK (probe replies) pass to the node's own IP; these start something
-	// and are captured.
+	// Relays: ask the node to send the packet on. TCP to the node goes to
+	// ztunnel (unless it answers the node's own connection, with no option
+	// or extension header); UDP passes, as UDP to any host does, and the
+	// route changes nothing of that; a tunnel protocol is dropped.
 	if e.outbound {
-		toNode := func(name string, build func(m mark) ipPacket) trick {
-			return trick{name: name, want: captured, frames: func(m mark) []frame { return one(ipFrame(build(m))) }}
+		// arrives: the node forwards it to the remote host (source routing
+		// on), where a passed datagram must turn up.
+		toNode := func(name string, want []maps.Verdict, build func(m mark) ipPacket) trick {
+			t := trick{name: name, want: want, frames: func(m mark) []frame { return one(ipFrame(build(m))) }}
+			t.mayArrive = e.sourceRouting && slices.Equal(want, passed)
+			return t
 		}
+		add(toNode("TCP ACK to the node's IP with a source route via the remote host", captured, func(m mark) ipPacket {
+			p := e.packet(m, protoTCP, tcpSegment(e.src, e.node, e.sport(m), 8080, tcpACKFlag, m.tag))
+			p.dst = e.node
+			if e.v6 {
+				p.ext = []ext{routingHeader(4, 1, e.dst, e.node)}
+			} else {
+				p.options = looseSourceRoute(e.dst)
+			}
+			return p
+		}))
 		if e.v6 {
-			add(toNode("to the node's IP with a type 0 routing header via the remote host", func(m mark) ipPacket {
+			t := toNode("UDP to the node's IP with a type 0 routing header via the remote host (Linux never relays type 0)", passed, func(m mark) ipPacket {
 				p := e.packet(m, protoUDP, e.udp(m, e.sport(m), 47113))
 				p.dst = e.node
 				p.ext = []ext{routingHeader(0, 1, e.dst)}
 				return p
-			}))
-			add(toNode("to the node's IP with a segment routing header via the remote host", func(m mark) ipPacket {
+			})
+			add(t)
+			add(toNode("UDP to the node's IP with a segment routing header via the remote host", passed, func(m mark) ipPacket {
 				p := e.packet(m, protoUDP, e.udp(m, e.sport(m), 47113))
 				p.dst = e.node
 				p.ext = []ext{routingHeader(4, 1, e.dst, e.node)}
 				return p
 			}))
 		} else {
-			add(toNode("to the node's IP with a loose source route via the remote host", func(m mark) ipPacket {
+			add(toNode("UDP to the node's IP with a loose source route via the remote host", passed, func(m mark) ipPacket {
 				p := e.packet(m, protoUDP, e.udp(m, e.sport(m), 47113))
 				p.dst = e.node
 				p.options = looseSourceRoute(e.dst)
 				return p
 			}))
-			add(trick{name: "to ztunnel's IP with a loose source route via the remote host", want: captured, toZtunnel: true,
+			add(trick{name: "UDP to ztunnel's IP with a loose source route via the remote host", want: passed, toZtunnel: true,
 				frames: func(m mark) []frame {
 					p := e.packet(m, protoUDP, e.udp(m, e.sport(m), 47113))
 					p.dst = e.ztunnel
@@ -438,7 +513,7 @@ func (e trickEnv) tricks() []trick {
 					return one(ipFrame(p))
 				}})
 		}
-		add(toNode("IP in IP to the node's IP, inner packet to the remote host", func(m mark) ipPacket {
+		add(toNode("IP in IP to the node's IP, inner packet to the remote host", protocol, func(m mark) ipPacket {
 			p := e.packet(m, protoIPIP, e.inner(m, false))
 			if e.v6 {
 				p.proto = protoIPv6
@@ -447,7 +522,7 @@ func (e trickEnv) tricks() []trick {
 			p.dst = e.node
 			return p
 		}))
-		add(toNode("VXLAN to the node's IP (no VXLAN device there), inner packet to the remote host", func(m mark) ipPacket {
+		add(toNode("VXLAN to the node's IP (no VXLAN device there), inner packet to the remote host", passed, func(m mark) ipPacket {
 			return e.vxlanToNode(m, e.v6)
 		}))
 	}

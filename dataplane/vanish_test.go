@@ -41,9 +41,9 @@ func podOf(p *testenv.Pod) Pod {
 // no link pin.
 func nothingLeft(t *testing.T, dp *Dataplane, cfg Config) {
 	t.Helper()
-	entries, err := dp.maps.Pods.All()
+	entries, err := dp.maps.Endpoints.Pods()
 	if err != nil || len(entries) != 0 {
-		t.Errorf("pods map: %v %v", entries, err)
+		t.Errorf("pod entries: %v %v", entries, err)
 	}
 	all, err := dp.Attachments()
 	if err != nil || len(all) != 0 {

@@ -42,9 +42,10 @@ func (z Ztunnel) iface() string {
 
 // SetZtunnel makes z the node's ztunnel: its netns gets the policy routing
 // for marked packets and the ztunnel_assign program, its host veth the
-// ztunnel_ingress program, and the ztunnel map its interface, MAC and IPs.
-// A previous ztunnel's host veth loses its program. The ready flag is kept
-// as it was: call SetZtunnelReady when ztunnel is ready.
+// ztunnel_ingress and ztunnel_egress programs, and the ztunnel map its
+// interface, MAC, IPs and netns id. A previous ztunnel's host veth loses
+// its programs. The ready flag is kept as it was: call SetZtunnelReady when
+// ztunnel is ready.
 func (d *Dataplane) SetZtunnel(z Ztunnel) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -68,8 +69,10 @@ func (d *Dataplane) SetZtunnel(z Ztunnel) error {
 	if err := d.attach(inner, innerIfindex, tc.Ingress, mrasm.ZtunnelAssign); err != nil {
 		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
 	}
-	if err := d.attach(d.node, z.HostIfindex, tc.Ingress, mrasm.ZtunnelIngress); err != nil {
-		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
+	for _, zp := range ztunnelPrograms {
+		if err := d.attach(d.node, z.HostIfindex, zp.dir, zp.name); err != nil {
+			return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
+		}
 	}
 	if err := d.allowForeignSource(z.HostIfindex); err != nil {
 		d.log.Warn("could not turn reverse path filtering off on ztunnel's host veth", "ztunnel", z.Name, "error", err)
@@ -84,6 +87,18 @@ func (d *Dataplane) SetZtunnel(z Ztunnel) error {
 		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
 	}
 	entry.Flags |= d.configFlags()
+	// ztunnel's netns as the node's knows it: the peer netns id of its
+	// host veth, which the kernel allocates when a link's peer lives
+	// elsewhere. The app programs look up ztunnel's sockets by it.
+	if host, err := d.nl.LinkByIndex(z.HostIfindex); err != nil {
+		return fmt.Errorf("set ztunnel %s: find host interface %d: %w", z.Name, z.HostIfindex, err)
+	} else if id := host.Attrs().NetNsID; id >= 0 {
+		entry.NetnsID = uint32(id)
+		entry.Flags |= maps.ZtunnelNetnsID
+	} else {
+		d.log.Warn("ztunnel's host veth has no peer netns id: the node's replies to ztunnel's connections made with a pod's address will reach the pod instead",
+			"ztunnel", z.Name, "interface", host.Attrs().Name)
+	}
 	for _, ip := range z.IPs {
 		if ip.Is4() || ip.Is4In6() {
 			entry.IPv4 = ip.As16()
@@ -97,13 +112,25 @@ func (d *Dataplane) SetZtunnel(z Ztunnel) error {
 
 	// The previous ztunnel's veth, if it still exists, is ztunnel's no more.
 	if old := d.ztunnel.HostIfindex; old != 0 && old != z.HostIfindex {
-		if err := d.node.Detach(old, tc.Ingress); err != nil && !isGone(err) {
-			d.log.Warn("could not detach from the previous ztunnel's veth", "ifindex", old, "error", err)
+		for _, zp := range ztunnelPrograms {
+			if err := d.node.Detach(old, zp.dir); err != nil && !isGone(err) {
+				d.log.Warn("could not detach from the previous ztunnel's veth", "ifindex", old, "error", err)
+			}
 		}
 	}
 	d.ztunnel = z
-	d.log.Info("set ztunnel", "ztunnel", z.Name, "host_ifindex", z.HostIfindex, "mac", mac.String(), "ips", z.IPs)
+	d.log.Info("set ztunnel", "ztunnel", z.Name, "host_ifindex", z.HostIfindex, "mac", mac.String(), "ips", z.IPs,
+		"netns_id", int32(entry.NetnsID), "netns_id_known", entry.Flags&maps.ZtunnelNetnsID != 0)
 	return nil
+}
+
+// ztunnelPrograms are attached to ztunnel's host veth.
+var ztunnelPrograms = []struct {
+	name string
+	dir  tc.Direction
+}{
+	{mrasm.ZtunnelIngress, tc.Ingress},
+	{mrasm.ZtunnelEgress, tc.Egress},
 }
 
 // SetZtunnelReady sets or clears the ready flag. Without it, captured
@@ -115,7 +142,7 @@ func (d *Dataplane) SetZtunnelReady(ready bool) error {
 	if err != nil {
 		return err
 	}
-	zt.Flags = d.configFlags()
+	zt.Flags = zt.Flags&maps.ZtunnelNetnsID | d.configFlags()
 	if ready {
 		if zt.Ifindex == 0 {
 			return errors.New("set ztunnel ready: no ztunnel was set")
@@ -130,7 +157,7 @@ func (d *Dataplane) SetZtunnelReady(ready bool) error {
 }
 
 // SetCaptureDNS turns DNS capture on or off while running: with it, pods'
-// DNS (UDP port 53) goes to ztunnel's port 15053.
+// DNS (UDP and TCP to port 53) goes to ztunnel's port 15053.
 func (d *Dataplane) SetCaptureDNS(on bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -139,7 +166,7 @@ func (d *Dataplane) SetCaptureDNS(on bool) error {
 		return err
 	}
 	d.cfg.CaptureDNS = on
-	zt.Flags = zt.Flags&maps.ZtunnelReady | d.configFlags()
+	zt.Flags = zt.Flags&(maps.ZtunnelReady|maps.ZtunnelNetnsID) | d.configFlags()
 	if err := d.maps.Ztunnel.Set(zt); err != nil {
 		return err
 	}
@@ -154,6 +181,9 @@ func (d *Dataplane) configFlags() uint16 {
 	}
 	if d.cfg.FailOpen {
 		f |= maps.ZtunnelFailOpen
+	}
+	if d.cfg.StrictUDP {
+		f |= maps.ZtunnelUDPDrop
 	}
 	return f
 }

@@ -1,45 +1,120 @@
 package maps
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"unsafe"
 )
 
-// PodKey is the key of the pods map: an IP address in 16 bytes, an IPv4
-// address in its v4-mapped form (::ffff:a.b.c.d), so that one hash map holds
-// both families and the programs build the key with two stores.
-type PodKey [16]byte
+// Key is the key of the endpoints map and of a cache slot: an IP address in
+// 16 bytes, an IPv4 address in its v4-mapped form (::ffff:a.b.c.d), so that
+// one map holds both families and the programs build a key with two stores.
+type Key [16]byte
 
-// KeyFor returns the pods map key of addr.
-func KeyFor(addr netip.Addr) PodKey {
-	return PodKey(addr.As16())
+// KeyFor returns the key of addr.
+func KeyFor(addr netip.Addr) Key {
+	return Key(addr.As16())
 }
 
 // Addr returns the address the key stands for, IPv4 unmapped.
-func (k PodKey) Addr() netip.Addr {
+func (k Key) Addr() netip.Addr {
 	return netip.AddrFrom16(k).Unmap()
 }
 
-// Pod is the value of the pods map: where a pod of this node is reached.
-type Pod struct {
-	// Ifindex is the index of the pod's host-side veth in the node's netns.
+// Endpoint is the value of the endpoints map: what an address of this node
+// is to the programs. An address can have several roles at once (a node
+// address that is also a DNS resolver).
+type Endpoint struct {
+	// Ifindex is, for an ambient pod, the index of its host-side veth in
+	// the node's netns; zero for other roles.
 	Ifindex uint32
-	// MAC is the address of the pod's eth0, the destination MAC of packets
-	// that ztunnel hands back to the pod.
+	// MAC is, for an ambient pod, the address of its eth0: the destination
+	// MAC of packets that ztunnel hands back to the pod.
 	MAC [6]byte
-	// Flags is reserved for per-pod options; no program reads it yet.
+	// Flags are the address's roles (EndpointPod, EndpointNode,
+	// EndpointResolver) and, for a pod, its own policy
+	// (EndpointBypassInbound, EndpointBypassDNS, EndpointUDPDrop).
 	Flags uint16
 }
 
-// Byte offsets of the fields of [Pod], read by the programs.
+// Byte offsets of the fields of [Endpoint], read by the programs.
 const (
-	PodOffIfindex = int16(unsafe.Offsetof(Pod{}.Ifindex))
-	PodOffMAC     = int16(unsafe.Offsetof(Pod{}.MAC))
-	PodOffFlags   = int16(unsafe.Offsetof(Pod{}.Flags))
-	PodSize       = uint32(unsafe.Sizeof(Pod{}))
+	EndpointOffIfindex = int16(unsafe.Offsetof(Endpoint{}.Ifindex))
+	EndpointOffMAC     = int16(unsafe.Offsetof(Endpoint{}.MAC))
+	EndpointOffFlags   = int16(unsafe.Offsetof(Endpoint{}.Flags))
+	EndpointSize       = uint32(unsafe.Sizeof(Endpoint{}))
 )
+
+// Flags of [Endpoint].
+const (
+	// EndpointPod: an ambient pod of this node; Ifindex and MAC are set.
+	EndpointPod uint16 = 1 << iota
+	// EndpointNode: an address of the node itself (its host IPs, a CNI's
+	// gateway on a bridge or on host veths). A pod's TCP to it passes only
+	// when it belongs to a connection the node opened (a probe's reply).
+	EndpointNode
+	// EndpointResolver: a DNS resolver that pods may query under the strict
+	// UDP policy.
+	EndpointResolver
+	// EndpointBypassInbound (pod): inbound plaintext TCP is not captured
+	// (ambient.istio.io/bypass-inbound-capture: "true"); HBONE still is.
+	EndpointBypassInbound
+	// EndpointBypassDNS (pod): its DNS is never sent to ztunnel's DNS proxy
+	// (ambient.istio.io/bypass-dns-capture: "true").
+	EndpointBypassDNS
+	// EndpointUDPDrop (pod): the strict UDP policy applies to this pod
+	// whatever the node's policy.
+	EndpointUDPDrop
+)
+
+// IsPod reports whether e is an ambient pod's entry.
+func (e Endpoint) IsPod() bool { return e.Flags&EndpointPod != 0 }
+
+// Slot is a value of the endpoints cache: one address and its [Endpoint],
+// at the index [SlotOf] gives the address. The programs look an address up
+// here first: an array lookup, which the verifier inlines into a few
+// instructions, where a hash lookup costs a helper call and a hash (about 30
+// ns on the machines this was measured on). Only when the slot holds
+// another address and Overflow is set do they look in the endpoints map.
+type Slot struct {
+	Key Key
+	Endpoint
+	// Overflow is non-zero when addresses other than Key with this slot's
+	// index are in the endpoints map: a lookup that misses the slot must
+	// then ask the map.
+	Overflow uint32
+}
+
+// Byte offsets of the fields of [Slot], read by the programs.
+const (
+	SlotOffKey      = int16(unsafe.Offsetof(Slot{}.Key))
+	SlotOffEndpoint = int16(unsafe.Offsetof(Slot{}.Endpoint))
+	SlotOffOverflow = int16(unsafe.Offsetof(Slot{}.Overflow))
+	SlotSize        = uint32(unsafe.Sizeof(Slot{}))
+)
+
+// CacheSlots is the number of slots of the endpoints cache (2 MiB of
+// slots). An index keeps the low 16 bits of an address's words folded
+// together, so the addresses of one /16 (IPv4) or of one run of 65536
+// consecutive addresses (IPv6, as IPAM plugins hand them out) never share a
+// slot.
+const CacheSlots = 1 << 16
+
+// SlotOf returns the index of k's slot in the endpoints cache: the four
+// 32-bit words of the key, loaded in host byte order as the programs load
+// them, XORed together, then the high half XORed into the low half. The
+// programs compute the same (asm's slotIndex); a test checks that both
+// agree.
+func SlotOf(k Key) uint32 {
+	var x uint32
+	for i := 0; i < 16; i += 4 {
+		x ^= binary.NativeEndian.Uint32(k[i : i+4])
+	}
+	x ^= x >> 16
+	return x & (CacheSlots - 1)
+}
 
 // Ztunnel is the single value of the ztunnel map: the node's proxy.
 type Ztunnel struct {
@@ -47,13 +122,19 @@ type Ztunnel struct {
 	Ifindex uint32
 	// MAC is the address of ztunnel's eth0.
 	MAC [6]byte
-	// Flags is a set of ZtunnelReady, ZtunnelCaptureDNS and ZtunnelFailOpen.
+	// Flags is a set of the Ztunnel* flags below.
 	Flags uint16
 	// IPv4 is ztunnel's pod IPv4 address, v4-mapped; zero if it has none.
 	// The assign program passes packets addressed to ztunnel itself.
 	IPv4 [16]byte
 	// IPv6 is ztunnel's pod IPv6 address; zero if it has none.
 	IPv6 [16]byte
+	// NetnsID is the id of ztunnel's netns as the node's netns knows it
+	// (its host veth's IFLA_LINK_NETNSID), valid with ZtunnelNetnsID: the
+	// app programs look up ztunnel's sockets by it (bpf_skc_lookup_tcp's
+	// netns argument) to tell ztunnel's connections with a pod's source
+	// from the node's own.
+	NetnsID uint32
 }
 
 // Byte offsets of the fields of [Ztunnel], read by the programs.
@@ -63,6 +144,7 @@ const (
 	ZtunnelOffFlags   = int16(unsafe.Offsetof(Ztunnel{}.Flags))
 	ZtunnelOffIPv4    = int16(unsafe.Offsetof(Ztunnel{}.IPv4))
 	ZtunnelOffIPv6    = int16(unsafe.Offsetof(Ztunnel{}.IPv6))
+	ZtunnelOffNetnsID = int16(unsafe.Offsetof(Ztunnel{}.NetnsID))
 	ZtunnelSize       = uint32(unsafe.Sizeof(Ztunnel{}))
 )
 
@@ -71,27 +153,42 @@ const (
 	// ZtunnelReady is set while a Ready ztunnel serves this node. Without it,
 	// captured traffic is dropped (fail closed) unless ZtunnelFailOpen is set.
 	ZtunnelReady uint16 = 1 << iota
-	// ZtunnelCaptureDNS sends pods' DNS (UDP port 53) to ztunnel's port 15053
-	// instead of letting it pass.
+	// ZtunnelCaptureDNS sends pods' DNS (UDP and TCP to port 53) to
+	// ztunnel's DNS proxy on 15053.
 	ZtunnelCaptureDNS
 	// ZtunnelFailOpen lets captured traffic pass while ztunnel is not ready.
 	ZtunnelFailOpen
+	// ZtunnelUDPDrop is the node's strict UDP policy: pods' UDP (and
+	// inbound ICMP) is dropped, except DNS to and from the resolvers.
+	ZtunnelUDPDrop
+	// ZtunnelNetnsID says that NetnsID is set.
+	ZtunnelNetnsID
 )
 
-// NodeAddr is a value of the node map: the node's address that kubelet
-// probes come from, v4-mapped in the IPv4 slot. All zero means unset.
-type NodeAddr struct {
-	Addr [16]byte
+// RelayPorts is the single value of the relays map: a bitmap of the UDP
+// ports on which the node decapsulates what it receives and forwards the
+// inner packet (the ports of its VXLAN, Geneve and FOU tunnels), bit
+// port%8 of byte port/8, the port in host order. A pod's UDP to one of the
+// node's addresses on such a port is dropped: passed, the node would
+// forward whatever the pod put inside, past ztunnel.
+type RelayPorts [65536 / 8]byte
+
+// Set marks port as a relay.
+func (r *RelayPorts) Set(port uint16) { r[port/8] |= 1 << (port % 8) }
+
+// Has reports whether port is a relay.
+func (r *RelayPorts) Has(port uint16) bool { return r[port/8]&(1<<(port%8)) != 0 }
+
+// Ports lists the relay ports.
+func (r *RelayPorts) Ports() []uint16 {
+	var out []uint16
+	for p := 0; p < 65536; p++ {
+		if r.Has(uint16(p)) {
+			out = append(out, uint16(p))
+		}
+	}
+	return out
 }
-
-// Indexes of the node map.
-const (
-	NodeIPv4 uint32 = 0
-	NodeIPv6 uint32 = 1
-)
-
-// NodeOffAddr is the byte offset of the address in a [NodeAddr].
-const NodeOffAddr = int16(unsafe.Offsetof(NodeAddr{}.Addr))
 
 // Counter is the per-CPU value of the stats map.
 type Counter struct {
@@ -108,7 +205,8 @@ const (
 // Verdict is the key of the stats map: what a program did with a packet.
 type Verdict uint32
 
-// Verdicts, one counter each.
+// Verdicts, one counter each. Their numbers are the stats map's keys: new
+// verdicts are added at the end.
 const (
 	// VerdictRedirectedOut: an ambient pod's packet sent to ztunnel (app outbound).
 	VerdictRedirectedOut Verdict = iota
@@ -127,15 +225,29 @@ const (
 	// VerdictParseError: a packet that could not be classified safely, dropped.
 	VerdictParseError
 	// VerdictAssignFailed: a socket was found but bpf_sk_assign refused it
-	// (the socket was closing). A packet of an established socket is still
-	// marked and passed, for the stack's own lookup; a listener's is dropped.
+	// (the socket was closing, or a SO_REUSEPORT listener before Linux
+	// 6.5). A packet of an established socket is still marked and passed,
+	// for the stack's own lookup; a listener's is dropped.
 	VerdictAssignFailed
 	// VerdictMarked: a captured TCP segment of an existing flow, marked for
 	// local delivery to the socket that ztunnel's stack finds by its tuple.
 	VerdictMarked
-	// VerdictDroppedSpoofed: a pod's packet that would start a flow with a
-	// source address the pods map does not give to its veth, dropped.
+	// VerdictDroppedSpoofed: a packet whose source address is not its
+	// sender's: from a pod, one the endpoints map does not give to its
+	// veth; towards a pod or ztunnel, an ambient pod's address that did not
+	// come from that pod through ztunnel.
 	VerdictDroppedSpoofed
+	// VerdictDroppedProtocol: an IP protocol no proxy carries (SCTP, GRE,
+	// IPIP, ESP, ...) or an EtherType other than IPv4, IPv6 and ARP.
+	VerdictDroppedProtocol
+	// VerdictDroppedFragment: a later fragment of a protocol other than UDP
+	// and ICMP (its first fragment went to ztunnel or was dropped).
+	VerdictDroppedFragment
+	// VerdictDroppedPolicy: UDP or ICMP dropped by the strict UDP policy.
+	VerdictDroppedPolicy
+	// VerdictDroppedRelay: a pod's UDP to a tunnel port of the node, which
+	// would decapsulate it and forward what was inside.
+	VerdictDroppedRelay
 
 	numVerdicts
 )
@@ -152,7 +264,8 @@ func Verdicts() []Verdict {
 var verdictNames = [numVerdicts]string{
 	"redirected_out", "redirected_in", "bypass", "passed", "dropped_no_ztunnel",
 	"assigned", "no_socket", "parse_error", "assign_failed", "marked",
-	"dropped_spoofed",
+	"dropped_spoofed", "dropped_protocol", "dropped_fragment", "dropped_policy",
+	"dropped_relay",
 }
 
 // String returns the verdict's name as used in metrics and status output.

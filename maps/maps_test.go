@@ -2,6 +2,7 @@ package maps_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,24 +23,28 @@ func TestLayout(t *testing.T) {
 		name      string
 		got, want uintptr
 	}{
-		{"sizeof(PodKey)", unsafe.Sizeof(maps.PodKey{}), 16},
-		{"sizeof(Pod)", unsafe.Sizeof(maps.Pod{}), 12},
-		{"Pod.Ifindex", uintptr(maps.PodOffIfindex), 0},
-		{"Pod.MAC", uintptr(maps.PodOffMAC), 4},
-		{"Pod.Flags", uintptr(maps.PodOffFlags), 10},
-		{"sizeof(Ztunnel)", unsafe.Sizeof(maps.Ztunnel{}), 44},
+		{"sizeof(Key)", unsafe.Sizeof(maps.Key{}), 16},
+		{"sizeof(Endpoint)", unsafe.Sizeof(maps.Endpoint{}), 12},
+		{"Endpoint.Ifindex", uintptr(maps.EndpointOffIfindex), 0},
+		{"Endpoint.MAC", uintptr(maps.EndpointOffMAC), 4},
+		{"Endpoint.Flags", uintptr(maps.EndpointOffFlags), 10},
+		{"sizeof(Slot)", unsafe.Sizeof(maps.Slot{}), 32},
+		{"Slot.Key", uintptr(maps.SlotOffKey), 0},
+		{"Slot.Endpoint", uintptr(maps.SlotOffEndpoint), 16},
+		{"Slot.Overflow", uintptr(maps.SlotOffOverflow), 28},
+		{"sizeof(Ztunnel)", unsafe.Sizeof(maps.Ztunnel{}), 48},
 		{"Ztunnel.MAC", uintptr(maps.ZtunnelOffMAC), 4},
 		{"Ztunnel.Flags", uintptr(maps.ZtunnelOffFlags), 10},
 		{"Ztunnel.IPv4", uintptr(maps.ZtunnelOffIPv4), 12},
 		{"Ztunnel.IPv6", uintptr(maps.ZtunnelOffIPv6), 28},
-		{"sizeof(NodeAddr)", unsafe.Sizeof(maps.NodeAddr{}), 16},
+		{"Ztunnel.NetnsID", uintptr(maps.ZtunnelOffNetnsID), 44},
 		{"sizeof(Counter)", unsafe.Sizeof(maps.Counter{}), 16},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
 		}
 	}
-	if maps.PodOffMAC%4 != 0 || maps.ZtunnelOffMAC%4 != 0 {
+	if maps.EndpointOffMAC%4 != 0 || (maps.SlotOffEndpoint+maps.EndpointOffMAC)%4 != 0 || maps.ZtunnelOffMAC%4 != 0 {
 		t.Error("the programs load a MAC with a 4-byte and a 2-byte load: keep it 4-byte aligned")
 	}
 }
@@ -47,7 +52,7 @@ func TestLayout(t *testing.T) {
 func TestKeyFor(t *testing.T) {
 	v4 := netip.MustParseAddr("198.18.1.10")
 	k := maps.KeyFor(v4)
-	want := maps.PodKey{10: 0xff, 11: 0xff, 12: 198, 13: 18, 14: 1, 15: 10}
+	want := maps.Key{10: 0xff, 11: 0xff, 12: 198, 13: 18, 14: 1, 15: 10}
 	if k != want {
 		t.Errorf("KeyFor(%s) = %x, want %x (v4-mapped)", v4, k, want)
 	}
@@ -93,10 +98,10 @@ func TestPinAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(first.Created) != 4 {
-		t.Errorf("first open created %v, want all four maps", first.Created)
+	if len(first.Created) != 5 {
+		t.Errorf("first open created %v, want all five maps", first.Created)
 	}
-	for _, name := range []string{"pods", "ztunnel", "node", "stats"} {
+	for _, name := range []string{"endpoints", "epcache", "ztunnel", "relays", "stats"} {
 		info, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatalf("pin %s: %v", name, err)
@@ -107,8 +112,8 @@ func TestPinAndReopen(t *testing.T) {
 		t.Errorf("pin directory mode %v (%v), want 0700", st.Mode().Perm(), err)
 	}
 	ip := netip.MustParseAddr("198.18.1.10")
-	pod := maps.Pod{Ifindex: 7, MAC: [6]byte{2, 0, 0, 0, 0, 7}}
-	if err := first.Pods.Put(ip, pod); err != nil {
+	pod := maps.Endpoint{Ifindex: 7, MAC: [6]byte{2, 0, 0, 0, 0, 7}, Flags: maps.EndpointPod}
+	if err := first.Endpoints.Put(ip, pod); err != nil {
 		t.Fatal(err)
 	}
 	first.Close()
@@ -122,9 +127,12 @@ func TestPinAndReopen(t *testing.T) {
 	if len(second.Created) != 0 {
 		t.Errorf("reopen created %v, want none", second.Created)
 	}
-	got, err := second.Pods.Get(ip)
+	got, err := second.Endpoints.Get(ip)
 	if err != nil || got != pod {
 		t.Errorf("after reopen Get(%s) = %+v, %v; want %+v", ip, got, err, pod)
+	}
+	if got, ok, err := second.Endpoints.Lookup(ip); err != nil || !ok || got != pod {
+		t.Errorf("after reopen the cache gives %+v, %v, %v; want %+v", got, ok, err, pod)
 	}
 }
 
@@ -135,7 +143,7 @@ func TestIncompatiblePinIsRefused(t *testing.T) {
 		want   string
 	}{
 		{"another value size", func(s *ebpf.MapSpec) { s.ValueSize += 4 }, "ValueSize"},
-		{"another layout version", func(s *ebpf.MapSpec) { s.Name = "mr_pods_v0" }, "layout version"},
+		{"another layout version", func(s *ebpf.MapSpec) { s.Name = "mr_endpoints_v0" }, "layout version"},
 		{"another capacity", func(s *ebpf.MapSpec) { s.MaxEntries = 1024 }, "MaxEntries"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -143,14 +151,14 @@ func TestIncompatiblePinIsRefused(t *testing.T) {
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				t.Fatal(err)
 			}
-			spec := maps.Specs(0)[maps.PodsName].Copy()
+			spec := maps.Specs(0)[maps.EndpointsName].Copy()
 			c.mutate(spec)
 			old, err := ebpf.NewMap(spec)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer old.Close()
-			if err := old.Pin(filepath.Join(dir, maps.PodsName)); err != nil {
+			if err := old.Pin(filepath.Join(dir, maps.EndpointsName)); err != nil {
 				t.Fatal(err)
 			}
 
@@ -162,14 +170,14 @@ func TestIncompatiblePinIsRefused(t *testing.T) {
 			if !errors.Is(err, maps.ErrIncompatiblePin) {
 				t.Errorf("error %v does not wrap ErrIncompatiblePin", err)
 			}
-			for _, part := range []string{filepath.Join(dir, maps.PodsName), c.want, "uninstall"} {
+			for _, part := range []string{filepath.Join(dir, maps.EndpointsName), c.want, "uninstall"} {
 				if !strings.Contains(err.Error(), part) {
 					t.Errorf("error %q does not mention %q", err, part)
 				}
 			}
 			// Nothing half-made: the other maps were closed, the pin is
 			// still the old map.
-			if _, err := os.Stat(filepath.Join(dir, maps.PodsName)); err != nil {
+			if _, err := os.Stat(filepath.Join(dir, maps.EndpointsName)); err != nil {
 				t.Errorf("the incompatible pin was removed: %v", err)
 			}
 		})
@@ -196,34 +204,51 @@ func TestAccessors(t *testing.T) {
 	}
 	defer set.Close()
 
-	// Pods: put, get, all, delete (twice: idempotent), a full map.
+	// Endpoints: put, get, all, delete (twice: idempotent), a full map.
 	ips := []netip.Addr{netip.MustParseAddr("198.18.1.10"), netip.MustParseAddr("fd10:6d72:1::10")}
 	for i, ip := range ips {
-		if err := set.Pods.Put(ip, maps.Pod{Ifindex: uint32(i + 1)}); err != nil {
+		if err := set.Endpoints.Put(ip, maps.Endpoint{Ifindex: uint32(i + 1), Flags: maps.EndpointPod}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	all, err := set.Pods.All()
+	all, err := set.Endpoints.All()
 	if err != nil || len(all) != 2 || all[ips[1]].Ifindex != 2 {
 		t.Errorf("All() = %v, %v", all, err)
 	}
+	if err := set.Endpoints.Put(netip.MustParseAddr("198.18.0.1"), maps.Endpoint{Flags: maps.EndpointNode}); err != nil {
+		t.Fatal(err)
+	}
+	if pods, err := set.Endpoints.Pods(); err != nil || len(pods) != 2 {
+		t.Errorf("Pods() = %v, %v; want the two pod entries only", pods, err)
+	}
+	if err := set.Endpoints.Delete(netip.MustParseAddr("198.18.0.1")); err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 2; i++ {
-		if err := set.Pods.Delete(ips[0]); err != nil {
+		if err := set.Endpoints.Delete(ips[0]); err != nil {
 			t.Errorf("delete #%d: %v", i+1, err)
 		}
 	}
-	if _, err := set.Pods.Get(ips[0]); !errors.Is(err, maps.ErrNotFound) {
+	if _, err := set.Endpoints.Get(ips[0]); !errors.Is(err, maps.ErrNotFound) {
 		t.Errorf("Get after Delete: %v, want ErrNotFound", err)
 	}
+	if _, ok, _ := set.Endpoints.Lookup(ips[0]); ok {
+		t.Error("the cache still finds a deleted address")
+	}
 	for i := 0; i < 3; i++ {
-		if err := set.Pods.Put(netip.AddrFrom4([4]byte{198, 18, 9, byte(i)}), maps.Pod{}); err != nil {
+		if err := set.Endpoints.Put(netip.AddrFrom4([4]byte{198, 18, 9, byte(i)}), maps.Endpoint{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := set.Pods.Put(netip.MustParseAddr("198.18.9.200"), maps.Pod{}); err == nil {
-		t.Error("Put into a full pods map succeeded")
-	} else if !strings.Contains(err.Error(), "198.18.9.200") {
-		t.Errorf("error %q does not name the IP", err)
+	if err := set.Endpoints.Put(netip.MustParseAddr("198.18.9.200"), maps.Endpoint{}); err == nil {
+		t.Error("Put into a full endpoints map succeeded")
+	} else if !strings.Contains(err.Error(), "198.18.9.200") || !errors.Is(err, maps.ErrMapFull) {
+		t.Errorf("error %q does not name the IP or wrap ErrMapFull", err)
+	}
+	for _, bad := range []netip.Addr{{}, netip.IPv4Unspecified(), netip.IPv6Unspecified()} {
+		if err := set.Endpoints.Put(bad, maps.Endpoint{}); err == nil {
+			t.Errorf("Put(%v) succeeded", bad)
+		}
 	}
 
 	// Ztunnel.
@@ -235,22 +260,12 @@ func TestAccessors(t *testing.T) {
 		t.Errorf("ztunnel = %+v, %v", got, err)
 	}
 
-	// Node: both families, unset, wrong family.
-	v4, v6 := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("fd10:6d72::1")
-	if err := set.Node.Set(v4, v6); err != nil {
+	// Relays.
+	if err := set.Relays.Set([]uint16{4789, 8472, 6081, 0, 65535}); err != nil {
 		t.Fatal(err)
 	}
-	if g4, g6, err := set.Node.Get(); err != nil || g4 != v4 || g6 != v6 {
-		t.Errorf("node = %s %s %v", g4, g6, err)
-	}
-	if err := set.Node.Set(v4, netip.Addr{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, g6, _ := set.Node.Get(); g6.IsValid() {
-		t.Errorf("IPv6 slot not cleared: %s", g6)
-	}
-	if err := set.Node.Set(v6, netip.Addr{}); err == nil {
-		t.Error("an IPv6 address was accepted as the IPv4 one")
+	if got, err := set.Relays.Get(); err != nil || fmt.Sprint(got) != "[0 4789 6081 8472 65535]" {
+		t.Errorf("relay ports = %v, %v", got, err)
 	}
 
 	// Stats: per-CPU values summed.
@@ -290,7 +305,7 @@ func TestOpenPinned(t *testing.T) {
 		t.Fatal(err)
 	}
 	must := netip.MustParseAddr("198.18.1.1")
-	if err := set.Pods.Put(must, maps.Pod{Ifindex: 3}); err != nil {
+	if err := set.Endpoints.Put(must, maps.Endpoint{Ifindex: 3}); err != nil {
 		t.Fatal(err)
 	}
 	set.Close()
@@ -299,7 +314,7 @@ func TestOpenPinned(t *testing.T) {
 		t.Fatalf("OpenPinned of a 1024-entry pods map: %v", err)
 	}
 	defer ro.Close()
-	if p, err := ro.Pods.Get(must); err != nil || p.Ifindex != 3 {
+	if p, err := ro.Endpoints.Get(must); err != nil || p.Ifindex != 3 {
 		t.Errorf("entry through OpenPinned: %+v %v", p, err)
 	}
 }
@@ -312,7 +327,7 @@ func TestReplaceIncompatible(t *testing.T) {
 	}
 	defer old.Close()
 	ip := netip.MustParseAddr("198.18.1.1")
-	if err := old.Pods.Put(ip, maps.Pod{Ifindex: 3}); err != nil {
+	if err := old.Endpoints.Put(ip, maps.Endpoint{Ifindex: 3}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -321,18 +336,22 @@ func TestReplaceIncompatible(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer set.Close()
-	if len(set.Replaced) != 1 || !strings.Contains(set.Replaced[0], "MaxEntries") {
+	// The endpoints map of another size, and with it its cache.
+	if len(set.Replaced) != 2 || !strings.Contains(set.Replaced[0], "MaxEntries") || !strings.Contains(set.Replaced[1], "cache") {
 		t.Errorf("Replaced = %v", set.Replaced)
 	}
-	if set.Pods.MaxEntries() != 2048 {
-		t.Errorf("new pods map holds %d", set.Pods.MaxEntries())
+	if set.Endpoints.Map.MaxEntries() != 2048 {
+		t.Errorf("new endpoints map holds %d", set.Endpoints.Map.MaxEntries())
 	}
-	if _, err := set.Pods.Get(ip); !errors.Is(err, maps.ErrNotFound) {
+	if _, err := set.Endpoints.Get(ip); !errors.Is(err, maps.ErrNotFound) {
 		t.Errorf("the new map is not empty: %v", err)
 	}
-	// The old map lives on for whoever still holds it (attached programs).
-	if p, err := old.Pods.Get(ip); err != nil || p.Ifindex != 3 {
-		t.Errorf("old map after replacement: %+v %v", p, err)
+	if _, ok, _ := set.Endpoints.Lookup(ip); ok {
+		t.Error("the new cache still holds the old map's entry")
+	}
+	// The old pair lives on for whoever still holds it (attached programs).
+	if p, ok, err := old.Endpoints.Lookup(ip); err != nil || !ok || p.Ifindex != 3 {
+		t.Errorf("old pair after replacement: %+v %v %v", p, ok, err)
 	}
 	ro, err := maps.OpenPinned(dir)
 	if err != nil {

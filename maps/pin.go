@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -15,7 +16,7 @@ import (
 )
 
 // ErrIncompatiblePin is returned when a pinned map does not match the spec this
-// build expects: an older or newer layout, or another pods map size.
+// build expects: an older or newer layout, or another endpoints map size.
 var ErrIncompatiblePin = errors.New("pinned map is incompatible")
 
 // ErrNotBPFFS is returned when the pin directory is not on a bpffs mount.
@@ -26,7 +27,8 @@ type Options struct {
 	// PinDir is the bpffs directory of the pins. Empty means no pinning: the
 	// maps live as long as the process holds them (tests, dump).
 	PinDir string
-	// PodsMaxEntries is the capacity of the pods map; zero means the default.
+	// PodsMaxEntries is the capacity of the endpoints map; zero means the
+	// default.
 	PodsMaxEntries uint32
 	// ReplaceIncompatible replaces a pinned map whose spec differs (another
 	// layout version, another size) with a new, empty one, instead of
@@ -35,12 +37,12 @@ type Options struct {
 	ReplaceIncompatible bool
 }
 
-// Set holds the four maps of a node.
+// Set holds the maps of a node.
 type Set struct {
-	Pods    *Pods
-	Ztunnel *ZtunnelMap
-	Node    *Node
-	Stats   *Stats
+	Endpoints *Endpoints
+	Ztunnel   *ZtunnelMap
+	Relays    *Relays
+	Stats     *Stats
 
 	// Created lists the reference names of the maps that Open created, as
 	// opposed to re-opened from pins.
@@ -72,15 +74,18 @@ func Open(opts Options) (*Set, error) {
 		}
 		return nil, err
 	}
+	replace := func(name string, why error) (*ebpf.Map, bool, error) {
+		path := filepath.Join(opts.PinDir, name)
+		if err := os.Remove(path); err != nil {
+			return nil, false, fmt.Errorf("replace %s: %w", path, err)
+		}
+		s.Replaced = append(s.Replaced, why.Error())
+		return openOne(opts.PinDir, name, specs[name])
+	}
 	for _, name := range sortedNames(specs) {
 		m, created, err := openOne(opts.PinDir, name, specs[name])
 		if errors.Is(err, ErrIncompatiblePin) && opts.ReplaceIncompatible {
-			path := filepath.Join(opts.PinDir, name)
-			if rerr := os.Remove(path); rerr != nil {
-				return fail(fmt.Errorf("replace %s: %w", path, rerr))
-			}
-			s.Replaced = append(s.Replaced, err.Error())
-			m, created, err = openOne(opts.PinDir, name, specs[name])
+			m, created, err = replace(name, err)
 		}
 		if err != nil {
 			return fail(err)
@@ -90,10 +95,39 @@ func Open(opts Options) (*Set, error) {
 			s.Created = append(s.Created, name)
 		}
 	}
-	s.Pods = &Pods{opened[PodsName]}
+	// The cache is only valid with the map it was filled from: a new
+	// endpoints map (another size) gets a new cache too, while programs
+	// attached earlier keep the old pair until they are replaced.
+	if slices.Contains(s.Created, EndpointsName) && !slices.Contains(s.Created, CacheName) && opts.PinDir != "" {
+		old := opened[CacheName]
+		m, _, err := replace(CacheName, fmt.Errorf("pinned map %s: %w: it caches an endpoints map that was replaced",
+			filepath.Join(opts.PinDir, CacheName), ErrIncompatiblePin))
+		if err != nil {
+			return fail(err)
+		}
+		old.Close()
+		opened[CacheName] = m
+		s.Created = append(s.Created, CacheName)
+	}
+	if opts.PinDir != "" && opts.ReplaceIncompatible {
+		// An earlier layout's pins: their maps live on while programs
+		// attached with them do, which this build replaces.
+		for _, name := range legacyPins {
+			os.Remove(filepath.Join(opts.PinDir, name))
+		}
+	}
+	s.Endpoints = &Endpoints{Map: opened[EndpointsName], Cache: opened[CacheName]}
 	s.Ztunnel = &ZtunnelMap{opened[ZtunnelName]}
-	s.Node = &Node{opened[NodeName]}
+	s.Relays = &Relays{opened[RelaysName]}
 	s.Stats = &Stats{opened[StatsName]}
+	if !slices.Contains(s.Created, CacheName) {
+		// Heal a cache that an earlier writer left out of step (it was
+		// killed between a map write and a slot write); rewrites nothing
+		// when the two agree.
+		if _, err := s.Endpoints.Sync(); err != nil {
+			return fail(err)
+		}
+	}
 	return s, nil
 }
 
@@ -126,7 +160,7 @@ func OpenPinned(dir string) (*Set, error) {
 			return fail(fmt.Errorf("open pinned map %s: %w", path, err))
 		}
 		opened[name] = m
-		if name == PodsName {
+		if name == EndpointsName {
 			// Any size the agent was configured with.
 			spec = spec.Copy()
 			spec.MaxEntries = m.MaxEntries()
@@ -135,18 +169,19 @@ func OpenPinned(dir string) (*Set, error) {
 			return fail(fmt.Errorf("pinned map %s: %w", path, err))
 		}
 	}
-	return &Set{Pods: &Pods{opened[PodsName]}, Ztunnel: &ZtunnelMap{opened[ZtunnelName]},
-		Node: &Node{opened[NodeName]}, Stats: &Stats{opened[StatsName]}}, nil
+	return &Set{Endpoints: &Endpoints{Map: opened[EndpointsName], Cache: opened[CacheName]},
+		Ztunnel: &ZtunnelMap{opened[ZtunnelName]}, Relays: &Relays{opened[RelaysName]}, Stats: &Stats{opened[StatsName]}}, nil
 }
 
 // Maps returns the maps by reference name, the form that
 // ebpf.CollectionOptions.MapReplacements takes.
 func (s *Set) Maps() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
-		PodsName:    s.Pods.Map,
-		ZtunnelName: s.Ztunnel.Map,
-		NodeName:    s.Node.Map,
-		StatsName:   s.Stats.Map,
+		EndpointsName: s.Endpoints.Map,
+		CacheName:     s.Endpoints.Cache,
+		ZtunnelName:   s.Ztunnel.Map,
+		RelaysName:    s.Relays.Map,
+		StatsName:     s.Stats.Map,
 	}
 }
 
@@ -164,11 +199,12 @@ func (s *Set) Close() error {
 	return errors.Join(errs...)
 }
 
-// Unpin removes the pins of all four maps from dir, and dir itself when it is
-// empty afterwards. Missing pins are not an error.
+// Unpin removes the pins of all the maps from dir (and those of earlier
+// layouts), and dir itself when it is empty afterwards. Missing pins are not
+// an error.
 func Unpin(dir string) error {
 	var errs []error
-	for name := range Specs(0) {
+	for _, name := range append(sortedNames(Specs(0)), legacyPins...) {
 		path := filepath.Join(dir, name)
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove pin %s: %w", path, err))

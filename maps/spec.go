@@ -9,37 +9,53 @@ import (
 
 // Names by which programs reference the maps, and the file names of their pins.
 const (
-	PodsName    = "pods"
-	ZtunnelName = "ztunnel"
-	NodeName    = "node"
-	StatsName   = "stats"
+	EndpointsName = "endpoints"
+	CacheName     = "epcache"
+	ZtunnelName   = "ztunnel"
+	RelaysName    = "relays"
+	StatsName     = "stats"
 )
 
 // LayoutVersion is part of every map's kernel name. Bump it whenever a key or
 // value changes meaning, even at the same size: an agent then refuses pins of
 // the older layout instead of reading them wrongly.
-const LayoutVersion = 1
+//
+// Version 2 replaced the pods and node maps of version 1 with the endpoints
+// map and its cache, which hold the node's own addresses beside its pods'.
+const LayoutVersion = 2
 
-// DefaultPodsMaxEntries is the default capacity of the pods map: one entry per
-// pod IP, so 65536 is 32768 dual-stack pods, far above any node's pod limit.
+// legacyPins are the pin names of earlier layouts: replaced by this one,
+// removed with it.
+var legacyPins = []string{"pods", "node"}
+
+// DefaultPodsMaxEntries is the default capacity of the endpoints map: one
+// entry per pod IP and node address, so 65536 is 32768 dual-stack pods, far
+// above any node's pod limit.
 const DefaultPodsMaxEntries = 65536
 
 // DefaultPinDir is where the maps are pinned unless configured otherwise.
 const DefaultPinDir = "/sys/fs/bpf/meshredirect"
 
-// Specs returns the specs of the four maps, keyed by reference name. A
+// Specs returns the specs of the maps, keyed by reference name. A
 // podsMaxEntries of zero means DefaultPodsMaxEntries.
 func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 	if podsMaxEntries == 0 {
 		podsMaxEntries = DefaultPodsMaxEntries
 	}
 	return map[string]*ebpf.MapSpec{
-		PodsName: {
-			Name:       kernelName("pods"),
+		EndpointsName: {
+			Name:       kernelName("endpoints"),
 			Type:       ebpf.Hash,
-			KeySize:    uint32(unsafe.Sizeof(PodKey{})),
-			ValueSize:  PodSize,
+			KeySize:    uint32(unsafe.Sizeof(Key{})),
+			ValueSize:  EndpointSize,
 			MaxEntries: podsMaxEntries,
+		},
+		CacheName: {
+			Name:       kernelName("epcache"),
+			Type:       ebpf.Array,
+			KeySize:    4,
+			ValueSize:  SlotSize,
+			MaxEntries: CacheSlots,
 		},
 		ZtunnelName: {
 			Name:       kernelName("ztunnel"),
@@ -48,12 +64,12 @@ func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 			ValueSize:  ZtunnelSize,
 			MaxEntries: 1,
 		},
-		NodeName: {
-			Name:       kernelName("node"),
+		RelaysName: {
+			Name:       kernelName("relays"),
 			Type:       ebpf.Array,
 			KeySize:    4,
-			ValueSize:  uint32(unsafe.Sizeof(NodeAddr{})),
-			MaxEntries: 2,
+			ValueSize:  uint32(unsafe.Sizeof(RelayPorts{})),
+			MaxEntries: 1,
 		},
 		StatsName: {
 			Name:       kernelName("stats"),

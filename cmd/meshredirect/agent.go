@@ -36,6 +36,8 @@ type agentFlags struct {
 	priority        uint16
 	redirectPeer    string
 	captureDNS      bool
+	udp             string
+	dnsResolvers    []string
 	failOpen        bool
 	ztunnelSelector string
 	excluded        []string
@@ -61,16 +63,18 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.nodeNetns, "node-netns", "", "the node's network namespace as a path, if the agent does not run in it (default: this process's; the DaemonSet runs on the host network)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
 	fl.StringVar(&f.pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
-	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", maps.DefaultPodsMaxEntries, "capacity of the pods map, one entry per pod IP (changing it needs meshredirect uninstall first)")
+	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", maps.DefaultPodsMaxEntries, "capacity of the endpoints map: one entry per pod IP and node address (a new size replaces the pinned map without dropping capture)")
 	fl.StringVar(&f.attachMode, "attach-mode", "auto", "attach programs as tcx links (kernel 6.6+) or legacy tc filters: auto, tcx or tc")
 	fl.Uint16Var(&f.priority, "priority", tc.DefaultPriority, "priority of the legacy tc filters (Cilium uses 1)")
 	fl.StringVar(&f.redirectPeer, "redirect-peer", "auto", "use bpf_redirect_peer (kernel 5.10+) from ingress hooks: auto, true or false")
-	fl.BoolVar(&f.captureDNS, "capture-dns", false, "send pods' DNS (UDP port 53) to ztunnel's DNS proxy on 15053")
+	fl.BoolVar(&f.captureDNS, "capture-dns", false, "send pods' DNS (UDP and TCP to port 53) to ztunnel's DNS proxy on 15053 (a pod opts out with ambient.istio.io/bypass-dns-capture: \"true\")")
+	fl.StringVar(&f.udp, "udp", "pass", "what becomes of pods' UDP other than captured DNS: pass (as Istio does: ztunnel proxies no UDP) or drop (strict: only DNS to --dns-resolvers leaves a pod, and inbound UDP and ICMP are dropped too); a pod tightens it with meshredirect.io/udp: drop")
+	fl.StringSliceVar(&f.dnsResolvers, "dns-resolvers", nil, "DNS servers pods may still query under --udp=drop (the cluster DNS Service IP, a node-local cache)")
 	fl.BoolVar(&f.failOpen, "fail-open", false, "let captured traffic pass while ztunnel is not ready (default: drop it, fail closed)")
 	fl.StringVar(&f.ztunnelSelector, "ztunnel-selector", agent.DefaultZtunnelSelector, "label selector of ztunnel's pods")
 	fl.StringSliceVar(&f.excluded, "exclude-namespaces", agent.DefaultExcludedNamespaces, "namespaces whose pods are never captured")
 	fl.StringVar(&f.configFile, "config-file", agent.DefaultConfigFile, "where the ambient config ({\"ztunnelReady\":...}) is written")
-	fl.StringSliceVar(&f.nodeIPs, "node-ip", nil, "the node's own IPs, which kubelet probes come from (default: the hostIPs the kubelet reports on this node's pods)")
+	fl.StringSliceVar(&f.nodeIPs, "node-ip", nil, "addresses of the node besides those its network namespace holds, which the agent reads and follows itself (a pod's TCP to the node passes only as a reply of the node's own connection, such as a kubelet probe)")
 	fl.StringSliceVar(&f.netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's")
 	fl.DurationVar(&f.resyncPeriod, "resync-period", agent.DefaultResyncPeriod, "how often the whole node is reconciled besides on every change")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
@@ -111,18 +115,21 @@ func (f *agentFlags) config() (agent.Config, error) {
 		return cfg, fmt.Errorf("invalid --mount-bpffs %q: want auto, always or never", f.mountBPFFS)
 	}
 	if f.podsMaxEntries == 0 {
-		return cfg, fmt.Errorf("invalid --pods-max-entries 0: the pods map needs room")
+		return cfg, fmt.Errorf("invalid --pods-max-entries 0: the endpoints map needs room")
 	}
 	if f.resyncPeriod < time.Second {
 		return cfg, fmt.Errorf("invalid --resync-period %s: at least 1s", f.resyncPeriod)
 	}
-	var nodeIPs []netip.Addr
-	for _, s := range f.nodeIPs {
-		ip, err := netip.ParseAddr(s)
-		if err != nil {
-			return cfg, fmt.Errorf("invalid --node-ip %q: %w", s, err)
-		}
-		nodeIPs = append(nodeIPs, ip.Unmap())
+	nodeIPs, err := parseIPs("--node-ip", f.nodeIPs)
+	if err != nil {
+		return cfg, err
+	}
+	resolvers, err := parseIPs("--dns-resolvers", f.dnsResolvers)
+	if err != nil {
+		return cfg, err
+	}
+	if f.udp != agent.UDPPass && f.udp != agent.UDPDrop {
+		return cfg, fmt.Errorf("invalid --udp %q: want %s or %s", f.udp, agent.UDPPass, agent.UDPDrop)
 	}
 	log, err := newLogger(f.logFormat, f.logLevel)
 	if err != nil {
@@ -131,12 +138,13 @@ func (f *agentFlags) config() (agent.Config, error) {
 	cfg = agent.Config{
 		NodeName: f.nodeName,
 		Dataplane: dataplane.Config{NodeNetns: f.nodeNetns, PinDir: f.pinDir, PodsMaxEntries: f.podsMaxEntries, AttachMode: mode, Priority: f.priority,
-			RedirectPeer: peer, CaptureDNS: f.captureDNS, FailOpen: f.failOpen,
+			RedirectPeer: peer, CaptureDNS: f.captureDNS, StrictUDP: f.udp == agent.UDPDrop, FailOpen: f.failOpen,
 			MountBPFFS: f.mountBPFFS, ReplaceIncompatiblePins: f.replacePins},
 		ExcludedNamespaces: f.excluded,
 		ZtunnelSelector:    f.ztunnelSelector,
 		ConfigFile:         f.configFile,
 		NodeIPs:            nodeIPs,
+		DNSResolvers:       resolvers,
 		ResyncPeriod:       f.resyncPeriod,
 		Log:                log,
 	}
@@ -146,6 +154,22 @@ func (f *agentFlags) config() (agent.Config, error) {
 		return cfg, fmt.Errorf("--cni-install needs --cni-socket: the plugin must reach the agent")
 	}
 	return cfg, nil
+}
+
+// parseIPs parses the addresses of a flag.
+func parseIPs(flag string, values []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range values {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("invalid %s %q: %w", flag, s, err)
+		}
+		if !ip.IsGlobalUnicast() && !ip.IsLinkLocalUnicast() {
+			return nil, fmt.Errorf("invalid %s %q: not a unicast address", flag, s)
+		}
+		out = append(out, ip.Unmap())
+	}
+	return out, nil
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {
@@ -190,7 +214,7 @@ func newAgentCmd() *cobra.Command {
 		Long: `agent watches the pods of this node (spec.nodeName = --node-name) and the
 namespaces, and keeps the datapath in step: every ambient pod (label
 istio.io/dataplane-mode=ambient on the pod or its namespace) gets the
-redirection programs on its veth and its IPs in the pods map; pods that leave
+redirection programs on its veth and its IPs in the endpoints map; pods that leave
 the mesh or go away lose them. It tracks the node's ztunnel (the newest Ready
 pod matching --ztunnel-selector) and fails closed without one.
 

@@ -30,7 +30,7 @@ func TestDumpJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &progs); err != nil {
 		t.Fatalf("dump --json is not JSON: %v\n%s", err, out)
 	}
-	want := []string{"app_outbound", "app_inbound", "ztunnel_ingress", "ztunnel_assign"}
+	want := []string{"app_outbound", "app_inbound", "ztunnel_ingress", "ztunnel_egress", "ztunnel_assign"}
 	if len(progs) != len(want) {
 		t.Fatalf("%d programs, want %d", len(progs), len(want))
 	}

@@ -66,19 +66,21 @@ when it can be reached (--kubeconfig or the in-cluster account, and
 func writeStatus(w io.Writer, st agent.Status) error {
 	f := st.Features
 	fmt.Fprintf(w, "kernel %s: bpf_redirect_peer %s, tcx %s; attached as %s\n", st.Kernel, yesNo(f.RedirectPeer), yesNo(f.TCX), orNone(strings.Join(f.AttachModes, ", ")))
-	fmt.Fprintf(w, "node IPs: %s\n", orNone(strings.Join(st.NodeIPs, ", ")))
+	fmt.Fprintf(w, "node addresses: %s\n", orNone(strings.Join(st.NodeAddresses, ", ")))
+	fmt.Fprintf(w, "DNS resolvers: %s\n", orNone(strings.Join(st.Resolvers, ", ")))
+	fmt.Fprintf(w, "tunnel ports of the node (pods' UDP to them dropped): %s\n", orNone(strings.Trim(fmt.Sprint(st.RelayPorts), "[]")))
 	z := st.Ztunnel
-	fmt.Fprintf(w, "ztunnel: %s (ifindex %d), MAC %s, IPs %s; ready %s, DNS capture %s, fail open %s\n\n",
-		orNone(z.Interface), z.Ifindex, z.MAC, orNone(strings.Join(z.IPs, ", ")), yesNo(z.Ready), yesNo(z.CaptureDNS), yesNo(z.FailOpen))
+	fmt.Fprintf(w, "ztunnel: %s (ifindex %d, netns id %d), MAC %s, IPs %s; ready %s, DNS capture %s, UDP %s, fail open %s\n\n",
+		orNone(z.Interface), z.Ifindex, z.NetnsID, z.MAC, orNone(strings.Join(z.IPs, ", ")), yesNo(z.Ready), yesNo(z.CaptureDNS), z.UDP, yesNo(z.FailOpen))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "POD\tIPS\tINTERFACE\tMODE\tPKTS OUT\tPKTS IN")
+	fmt.Fprintln(tw, "POD\tIPS\tINTERFACE\tMODE\tPOLICY\tPKTS OUT\tPKTS IN")
 	for _, p := range st.Pods {
 		name := "?"
 		if p.Name != "" {
 			name = p.Namespace + "/" + p.Name
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", name, strings.Join(p.IPs, ","), orNone(p.Interface), p.Mode, p.PacketsOut, p.PacketsIn)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", name, strings.Join(p.IPs, ","), orNone(p.Interface), p.Mode, orNone(p.Policy), p.PacketsOut, p.PacketsIn)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%d pods enrolled\n\n", len(st.Pods))

@@ -55,6 +55,8 @@ type Options struct {
 	// NoDataplane builds the node, the pods and the stand-in only: the
 	// datapath is left to someone else (an agent under test). DP stays nil.
 	NoDataplane bool
+	// Wiring is how both nodes' pods are wired (testenv.NodeOptions).
+	Wiring testenv.Wiring
 }
 
 // New builds the box, opens the dataplane in its node, sets ztunnel up and
@@ -63,7 +65,7 @@ type Options struct {
 // dataplane.Uninstall.
 func New(tb testenv.TB, o Options) *Box {
 	tb.Helper()
-	b := &Box{Node: testenv.NewNode(tb, testenv.NodeOptions{}), echos: map[string]*testenv.Echo{}}
+	b := &Box{Node: testenv.NewNode(tb, testenv.NodeOptions{Wiring: o.Wiring}), echos: map[string]*testenv.Echo{}}
 	b.Client = b.Node.AddPod("client", testenv.Ambient)
 	b.Server = b.Node.AddPod("server", testenv.Ambient)
 	b.Plain = b.Node.AddPod("plain", testenv.NotAmbient)
@@ -109,7 +111,7 @@ func New(tb testenv.TB, o Options) *Box {
 			tb.Fatal(err)
 		}
 	}
-	check(dp.SetNodeIPs(b.Node.IPv4, b.Node.IPv6))
+	check(b.SyncNode())
 	check(dp.SetZtunnel(dataplane.Ztunnel{Name: "istio-system/ztunnel", Netns: b.Ztunnel.Path(),
 		HostIfindex: b.Ztunnel.HostVethIndex, IPs: []netip.Addr{b.Ztunnel.IPv4, b.Ztunnel.IPv6}}))
 	check(dp.SetZtunnelReady(true))

@@ -172,13 +172,13 @@ func (b *Box) leftovers(pod *testenv.Pod) error {
 			return fmt.Errorf("still attached to %s: %s", pod.HostVeth, a)
 		}
 	}
-	entries, err := b.DP.Maps().Pods.All()
+	entries, err := b.DP.Maps().Endpoints.Pods()
 	if err != nil {
 		return err
 	}
 	for _, ip := range []netip.Addr{pod.IPv4, pod.IPv6} {
 		if _, ok := entries[ip]; ok {
-			return fmt.Errorf("the pods map still holds %s", ip)
+			return fmt.Errorf("the endpoints map still holds %s as a pod", ip)
 		}
 	}
 	return nil

@@ -1,8 +1,10 @@
 package ztunnel
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 
@@ -69,6 +71,44 @@ func (s *Server) answer(c *net.UDPConn, port int, from, dst netip.AddrPort, quer
 		reply = nil
 	}
 	s.rec.end(id, int64(len(query)), int64(len(reply)), err)
+}
+
+// serveDNSTCP answers the queries of a DNS-over-TCP connection accepted on
+// 15053 (RFC 7766: each message behind a two-byte length), as ztunnel's DNS
+// proxy does; the original destination is the accepted socket's local
+// address. The connection's record counts the queries' and replies' bytes.
+func (s *Server) serveDNSTCP(port int, c *net.TCPConn) {
+	defer s.untrack(c)
+	src, dst := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
+	id := s.rec.begin(Record{Listener: port, Proto: "dns-tcp", Source: src, OrigDst: dst})
+	var in, out int64
+	var err error
+	for {
+		var hdr [2]byte
+		if _, err = io.ReadFull(c, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			break
+		}
+		query := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+		if _, err = io.ReadFull(c, query); err != nil {
+			break
+		}
+		in += int64(len(query)) + 2
+		reply, q, rerr := s.resolve(query)
+		s.rec.update(id, func(r *Record) { r.DNS = q })
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		msg := binary.BigEndian.AppendUint16(nil, uint16(len(reply)))
+		if _, err = c.Write(append(msg, reply...)); err != nil {
+			break
+		}
+		out += int64(len(msg) + len(reply))
+	}
+	s.rec.end(id, in, out, err)
 }
 
 // resolve builds the reply to a query.

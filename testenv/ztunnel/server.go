@@ -78,8 +78,8 @@ type Server struct {
 	wg        sync.WaitGroup
 }
 
-// Start opens the listeners (15001, 15006, 15008 TCP and 15053 UDP, each on
-// 0.0.0.0 and ::) and serves them until Close.
+// Start opens the listeners (15001, 15006, 15008 TCP and 15053 UDP and TCP,
+// each on 0.0.0.0 and ::) and serves them until Close.
 func Start(opts Options) (*Server, error) {
 	if opts.DialTimeout == 0 {
 		opts.DialTimeout = 5 * time.Second
@@ -105,7 +105,7 @@ func Start(opts Options) (*Server, error) {
 	ulc := &net.ListenConfig{Control: (optTransparent | optReuseAddr | optOrigDst).control()}
 	err := inNetns(opts.Netns, func() error {
 		for _, fam := range []string{"4", "6"} {
-			for _, port := range []int{PortOutbound, PortInbound, PortHBONE} {
+			for _, port := range []int{PortOutbound, PortInbound, PortHBONE, PortDNS} {
 				l, err := lc.Listen(s.ctx, "tcp"+fam, fmt.Sprintf(":%d", port))
 				if err != nil {
 					return fmt.Errorf("listen on tcp%s port %d: %w", fam, port, err)
@@ -250,8 +250,11 @@ func (s *Server) acceptLoop(port int, l *net.TCPListener) {
 			return
 		}
 		handle := s.proxy
-		if port == PortHBONE {
+		switch port {
+		case PortHBONE:
 			handle = s.serveHBONE
+		case PortDNS:
+			handle = s.serveDNSTCP
 		}
 		if !s.goTracked(func() { handle(port, c) }) {
 			s.untrack(c)

@@ -1,0 +1,333 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/maps"
+)
+
+// An address's entry in the endpoints map carries up to three roles: an
+// ambient pod's (with its interface, MAC and policy), the node's own, a DNS
+// resolver's. Each verb of the dataplane sets or clears its own role and
+// keeps the others, so that, say, a node-local DNS cache on a node address
+// is both.
+const (
+	podFlags  = maps.EndpointPod | maps.EndpointBypassInbound | maps.EndpointBypassDNS | maps.EndpointUDPDrop
+	roleFlags = maps.EndpointNode | maps.EndpointResolver
+)
+
+// Policy is a pod's own capture policy (DESIGN §5), from its annotations.
+type Policy struct {
+	// BypassInbound leaves inbound plaintext TCP uncaptured; HBONE still
+	// goes to ztunnel (ambient.istio.io/bypass-inbound-capture: "true").
+	BypassInbound bool
+	// BypassDNS keeps the pod's DNS away from ztunnel's DNS proxy
+	// (ambient.istio.io/bypass-dns-capture: "true").
+	BypassDNS bool
+	// UDPDrop applies the strict UDP policy to this pod whatever the
+	// node's.
+	UDPDrop bool
+}
+
+func (p Policy) flags() uint16 {
+	f := maps.EndpointPod
+	if p.BypassInbound {
+		f |= maps.EndpointBypassInbound
+	}
+	if p.BypassDNS {
+		f |= maps.EndpointBypassDNS
+	}
+	if p.UDPDrop {
+		f |= maps.EndpointUDPDrop
+	}
+	return f
+}
+
+// String lists the policy's settings, for logs.
+func (p Policy) String() string {
+	var s []string
+	if p.BypassInbound {
+		s = append(s, "bypass-inbound-capture")
+	}
+	if p.BypassDNS {
+		s = append(s, "bypass-dns-capture")
+	}
+	if p.UDPDrop {
+		s = append(s, "udp=drop")
+	}
+	return strings.Join(s, ",")
+}
+
+// podEntry is the entry of a pod's address: ep's pod part, the roles cur
+// already has.
+func podEntry(cur, ep maps.Endpoint) maps.Endpoint {
+	ep.Flags = ep.Flags&podFlags | cur.Flags&roleFlags
+	return ep
+}
+
+// putPod writes the pod part of addr's entry, keeping its other roles. It
+// reports whether the entry changed.
+func (d *Dataplane) putPod(addr netip.Addr, ep maps.Endpoint) (bool, error) {
+	cur, err := d.maps.Endpoints.Get(addr)
+	if err != nil && !errors.Is(err, maps.ErrNotFound) {
+		return false, err
+	}
+	next := podEntry(cur, ep)
+	if err == nil && next == cur {
+		return false, nil
+	}
+	return true, d.maps.Endpoints.Put(addr, next)
+}
+
+// clearPod removes the pod part of addr's entry, and the entry with it
+// unless another role keeps it.
+func (d *Dataplane) clearPod(addr netip.Addr) error {
+	cur, err := d.maps.Endpoints.Get(addr)
+	if errors.Is(err, maps.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if cur.Flags&roleFlags == 0 {
+		return d.maps.Endpoints.Delete(addr)
+	}
+	return d.maps.Endpoints.Put(addr, maps.Endpoint{Flags: cur.Flags & roleFlags})
+}
+
+// setRole makes addrs exactly the addresses with role: it is added to each
+// of them and taken from every other entry.
+func (d *Dataplane) setRole(role uint16, addrs []netip.Addr) (added, removed []netip.Addr, err error) {
+	all, err := d.maps.Endpoints.All()
+	if err != nil {
+		return nil, nil, err
+	}
+	want := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		want[a.Unmap()] = true
+	}
+	var errs []error
+	for a, ep := range all {
+		if ep.Flags&role == 0 || want[a] {
+			continue
+		}
+		ep.Flags &^= role
+		if ep.Flags == 0 {
+			err = d.maps.Endpoints.Delete(a)
+		} else {
+			err = d.maps.Endpoints.Put(a, ep)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, a)
+	}
+	for a := range want {
+		ep := all[a]
+		if ep.Flags&role != 0 {
+			continue
+		}
+		ep.Flags |= role
+		if err := d.maps.Endpoints.Put(a, ep); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		added = append(added, a)
+	}
+	slices.SortFunc(added, netip.Addr.Compare)
+	slices.SortFunc(removed, netip.Addr.Compare)
+	return added, removed, errors.Join(errs...)
+}
+
+// SetNodeAddresses makes addrs the node's own addresses: a pod's TCP to one
+// of them passes when it answers a connection the node opened (a probe's
+// reply), and is captured otherwise. Every address the node's connections
+// to pods can leave with belongs here: its host IPs, and a CNI's gateway
+// on a bridge or on each host veth. NodeAddresses lists them.
+func (d *Dataplane) SetNodeAddresses(addrs []netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	added, removed, err := d.setRole(maps.EndpointNode, addrs)
+	if len(added)+len(removed) > 0 {
+		d.log.Info("set node addresses", "addresses", addrs, "added", added, "removed", removed)
+	}
+	if err != nil {
+		return fmt.Errorf("set node addresses: %w", err)
+	}
+	return nil
+}
+
+// SetResolvers makes addrs the DNS resolvers that pods may still query
+// under the strict UDP policy.
+func (d *Dataplane) SetResolvers(addrs []netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	added, removed, err := d.setRole(maps.EndpointResolver, addrs)
+	if len(added)+len(removed) > 0 {
+		d.log.Info("set DNS resolvers", "resolvers", addrs, "added", added, "removed", removed)
+	}
+	if err != nil {
+		return fmt.Errorf("set DNS resolvers: %w", err)
+	}
+	return nil
+}
+
+// NodeAddresses lists the node's own addresses as its netns shows them:
+// every address of every interface, but loopback, link-local (a pod never
+// reaches a link-local address of another link) and the Service addresses
+// that kube-proxy's IPVS mode puts on its dummy interface (those are not
+// the node's, and none of their connections is the node's own).
+func (d *Dataplane) NodeAddresses() ([]netip.Addr, error) {
+	var links []netlink.Link
+	var addrs []netlink.Addr
+	err := retryDump(func() (err error) {
+		if links, err = d.nl.LinkList(); err != nil {
+			return err
+		}
+		addrs, err = d.nl.AddrList(nil, netlink.FAMILY_ALL)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list the node's addresses: %w", err)
+	}
+	skip := map[int]bool{}
+	for _, l := range links {
+		if l.Attrs().Flags&net.FlagLoopback != 0 || l.Attrs().Name == "kube-ipvs0" {
+			skip[l.Attrs().Index] = true
+		}
+	}
+	seen := map[netip.Addr]bool{}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || skip[a.LinkIndex] || a.Scope == unix.RT_SCOPE_HOST {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() || seen[ip] {
+			continue
+		}
+		seen[ip] = true
+		out = append(out, ip)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
+}
+
+// WatchNode calls changed after every change of an address or a link of
+// the node's netns, until ctx ends: the caller reads the node's addresses
+// and relay ports again (NodeAddresses, RelayPorts). It returns once the
+// subscriptions are in place.
+func (d *Dataplane) WatchNode(ctx context.Context, changed func()) error {
+	ns := d.nodeNS
+	errCB := func(err error) {
+		// Closing the subscription at the end makes its read fail too.
+		if ctx.Err() == nil {
+			d.log.Warn("updates from the node's netns stopped; the node is read again at every resync only", "error", err)
+		}
+	}
+	addrs := make(chan netlink.AddrUpdate, 64)
+	links := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: &ns, ErrorCallback: errCB}); err != nil {
+		close(done)
+		return fmt.Errorf("subscribe to the node's address changes: %w", err)
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: &ns, ErrorCallback: errCB}); err != nil {
+		close(done)
+		return fmt.Errorf("subscribe to the node's link changes: %w", err)
+	}
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case _, ok := <-addrs:
+				if !ok {
+					return
+				}
+			case _, ok := <-links:
+				if !ok {
+					return
+				}
+			}
+			changed()
+		}
+	}()
+	return nil
+}
+
+// RelayPorts lists the UDP ports on which the node decapsulates and
+// forwards: those of its VXLAN and Geneve devices and of its FOU
+// receivers. Their traffic is an overlay's, and a pod's datagram to one of
+// them would have the node forward whatever it carries past ztunnel.
+// (bareudp devices are not read: the netlink library in use does not
+// parse them.)
+func (d *Dataplane) RelayPorts() ([]uint16, error) {
+	var links []netlink.Link
+	if err := retryDump(func() (err error) {
+		links, err = d.nl.LinkList()
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("list the node's links: %w", err)
+	}
+	set := map[uint16]bool{}
+	for _, l := range links {
+		switch t := l.(type) {
+		case *netlink.Vxlan:
+			set[uint16(t.Port)] = true
+		case *netlink.Geneve:
+			set[t.Dport] = true
+		}
+	}
+	// FOU receivers are listed over generic netlink, from inside the
+	// node's netns. An error means no fou module, so no receivers.
+	inNetns(d.nodeNS, func() error {
+		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+			fous, err := netlink.FouList(fam)
+			if err != nil {
+				return err
+			}
+			for _, f := range fous {
+				set[uint16(f.Port)] = true
+			}
+		}
+		return nil
+	})
+	delete(set, 0)
+	out := make([]uint16, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// SetRelayPorts makes ports the node's relay ports (see RelayPorts).
+func (d *Dataplane) SetRelayPorts(ports []uint16) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur, err := d.maps.Relays.Get()
+	if err != nil {
+		return err
+	}
+	if slices.Equal(cur, ports) {
+		return nil
+	}
+	if err := d.maps.Relays.Set(ports); err != nil {
+		return err
+	}
+	d.log.Info("set the node's tunnel ports", "udp_ports", ports)
+	return nil
+}

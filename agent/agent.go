@@ -62,7 +62,10 @@ type Agent struct {
 	// decisions remember the last decision per pod, so that a skip is
 	// logged once, not at every update.
 	decisions map[string]string
-	ztunnel   ztunnelState
+	// tornDown are the sandboxes CNI DELs tore down, by pod namespace/name,
+	// until the pod's next ADD, other IPs or its deletion (see cniDel).
+	tornDown map[string]sandbox
+	ztunnel  ztunnelState
 	// nodeAddrs are the node addresses last written to the datapath.
 	nodeAddrs []netip.Addr
 
@@ -96,6 +99,7 @@ func New(cfg Config) (*Agent, error) {
 		conf:      configWriter{path: cfg.ConfigFile, log: cfg.Log},
 		enrolled:  map[string]enrolledPod{},
 		decisions: map[string]string{},
+		tornDown:  map[string]sandbox{},
 	}
 	if a.loc, err = resolve.New(cfg.Resolve); err != nil {
 		return nil, fmt.Errorf("open the pod resolver: %w", err)

@@ -100,6 +100,11 @@ func (a *Agent) cniHandler(fn func(context.Context, cni.PodRequest) (cni.Reply, 
 // the primary CNI's result, which the kubelet has not reported yet.
 func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, error) {
 	key := req.Namespace + "/" + req.Name
+	// A new sandbox: whatever a DEL tore down before no longer holds the
+	// pod back, whether or not this one is captured.
+	a.mu.Lock()
+	delete(a.tornDown, key)
+	a.mu.Unlock()
 	pod, d, err := a.decideCNI(ctx, req)
 	if err != nil {
 		return cni.Reply{}, err
@@ -141,24 +146,83 @@ func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, erro
 
 // cniDel lets a pod's sandbox go. A DEL for an old sandbox of a pod that
 // has a new one (other IPs) leaves the new one's capture alone.
+//
+// The kubelet runs the chain's DELs in reverse, ours before the primary
+// plugin's, which deletes the veth, and the pod object stays Running with
+// the sandbox's IPs meanwhile (the kubelet recreates the sandbox, or the
+// pod's deletion is not finished). The informer or a resync would capture
+// the pod again: on the veth about to go, leaving entries that point at a
+// deleted interface, or on none, retrying "interface not found". So the
+// sandbox is remembered as torn down, and the pod is not captured while its
+// IPs are that sandbox's: until an ADD (a new sandbox, captured by the ADD),
+// other IPs (a new sandbox whose ADD this agent missed) or the pod's
+// deletion. A restarted agent remembers none: it retries such a pod until
+// its object is updated or deleted, as before.
 func (a *Agent) cniDel(_ context.Context, req cni.PodRequest) (cni.Reply, error) {
 	key := req.Namespace + "/" + req.Name
+	var ips []netip.Addr
+	for _, s := range req.IPs {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			ips = append(ips, ip.Unmap())
+		}
+	}
 	a.work.Lock()
 	defer a.work.Unlock()
 	a.mu.Lock()
 	prev, had := a.enrolled[key]
 	a.mu.Unlock()
+	if had && len(ips) > 0 && !slices.ContainsFunc(prev.dp.IPs, func(ip netip.Addr) bool { return slices.Contains(ips, ip) }) {
+		return cni.Reply{Captured: true, Reason: "the DEL is for an older sandbox"}, nil
+	}
+	if len(ips) == 0 && had {
+		ips = prev.dp.IPs // no result cached for this DEL: the sandbox we captured
+	}
+	if len(ips) > 0 {
+		a.mu.Lock()
+		a.tornDown[key] = sandbox{containerID: req.ContainerID, netns: req.Netns, ips: ips}
+		a.mu.Unlock()
+	}
 	if !had {
 		return cni.Reply{Reason: "not captured"}, nil
-	}
-	if len(req.IPs) > 0 && !slices.ContainsFunc(prev.dp.IPs, func(ip netip.Addr) bool { return slices.Contains(req.IPs, ip.String()) }) {
-		return cni.Reply{Captured: true, Reason: "the DEL is for an older sandbox"}, nil
 	}
 	pod, _ := a.pods.Pods(req.Namespace).Get(req.Name)
 	if err := a.leave(key, pod, "CNI DEL"); err != nil {
 		return cni.Reply{}, err
 	}
 	return cni.Reply{Reason: "released"}, nil
+}
+
+// sandbox is a pod's sandbox as a CNI DEL described it.
+type sandbox struct {
+	containerID string
+	netns       string
+	ips         []netip.Addr
+}
+
+func (s sandbox) String() string {
+	if s.netns == "" { // DEL may come after the netns is gone
+		return s.containerID
+	}
+	return s.containerID + " (netns " + s.netns + ")"
+}
+
+// tornDownSandbox returns the sandbox of pod key that a CNI DEL tore down,
+// if ips, the pod's IPs in the API, are still that sandbox's. Other IPs
+// are a new sandbox's, whose ADD this agent missed: the record is dropped.
+func (a *Agent) tornDownSandbox(key string, ips []netip.Addr) (sandbox, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb, ok := a.tornDown[key]
+	if !ok {
+		return sandbox{}, false
+	}
+	for _, ip := range ips {
+		if !slices.Contains(sb.ips, ip) {
+			delete(a.tornDown, key)
+			return sandbox{}, false
+		}
+	}
+	return sb, true
 }
 
 // cniCheck verifies that an ambient pod's capture is in place.

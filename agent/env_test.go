@@ -111,6 +111,13 @@ func newEnv(t *testing.T) *env {
 // newEnvOn is newEnv on an API server of the test's own.
 func newEnvOn(t *testing.T, srv *kubeapi.Server) *env {
 	t.Helper()
+	return newEnvWith(t, srv, scenario.Options{})
+}
+
+// newEnvWith is newEnv with a box of other options (its wiring, policy
+// pods), on srv. Policy pods get the annotations of their policies.
+func newEnvWith(t *testing.T, srv *kubeapi.Server, o scenario.Options) *env {
+	t.Helper()
 	e := &env{t: t, srv: srv, nodeName: "node-" + rand.String(6), log: &testWriter{t: t}}
 	var err error
 	e.admin, err = cluster.Client(srv, kubeapi.AdminUser)
@@ -120,7 +127,8 @@ func newEnvOn(t *testing.T, srv *kubeapi.Server) *env {
 	bindAgentRBAC(t, e.admin)
 
 	e.pinDir = filepath.Join(testutil.BPFFS(t), "meshredirect")
-	e.box = scenario.New(t, scenario.Options{NoDataplane: true, PinDir: e.pinDir})
+	o.NoDataplane, o.PinDir = true, e.pinDir
+	e.box = scenario.New(t, o)
 	c, err := cluster.New(t, srv, e.box.Node, e.nodeName)
 	must(t, err)
 	e.Cluster = c
@@ -144,8 +152,29 @@ func newEnvOn(t *testing.T, srv *kubeapi.Server) *env {
 	e.createPod(e.box.Server, e.ns, nil)
 	e.createPod(e.box.Plain, e.plainNS, nil)
 	e.createPod(e.box.Ztunnel, e.plainNS, map[string]string{"app": "ztunnel"})
+	for _, p := range []*testenv.Pod{e.box.DNSBypass, e.box.Strict, e.box.BypassIn} {
+		if p != nil {
+			e.createPod(p, e.ns, nil)
+			must(t, e.AnnotatePod(e.ns, p.Name, annotationsOf(e.box.Policies[p.Name])))
+		}
+	}
 	e.setReady(e.plainNS, e.box.Ztunnel.Name, true)
 	return e
+}
+
+// annotationsOf are the annotations that ask for pol.
+func annotationsOf(pol dataplane.Policy) map[string]string {
+	a := map[string]string{}
+	if pol.BypassInbound {
+		a[agent.BypassInboundAnnotation] = "true"
+	}
+	if pol.BypassDNS {
+		a[agent.BypassDNSAnnotation] = "true"
+	}
+	if pol.UDPDrop {
+		a[agent.UDPAnnotation] = agent.UDPDrop
+	}
+	return a
 }
 
 // bindNetns makes pod's netns findable by the agent as netnsDir/name, the

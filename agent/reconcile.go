@@ -52,6 +52,11 @@ func (a *Agent) syncPod(key string) error {
 		a.noteDecision(key, "waiting for an IP", func() { a.log.Info("waiting for the pod's IP", "pod", key, "reason", d.Reason) })
 		return nil
 	}
+	if sb, ok := a.tornDownSandbox(key, ips); ok {
+		// Still Running with the IPs of a sandbox a CNI DEL tore down
+		// (see cniDel): not captured again until its new sandbox is.
+		return a.leave(key, pod, fmt.Sprintf("sandbox %s torn down by CNI DEL; waiting for a new sandbox", sb))
+	}
 	return a.enrol(key, pod, ips, d)
 }
 
@@ -182,6 +187,7 @@ func (a *Agent) noteDecision(key, state string, log func()) {
 func (a *Agent) forget(key string) {
 	a.mu.Lock()
 	delete(a.decisions, key)
+	delete(a.tornDown, key)
 	a.mu.Unlock()
 }
 
@@ -263,6 +269,10 @@ func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []net
 		}
 		ips := podIPs(pod)
 		if len(ips) == 0 {
+			continue
+		}
+		if _, ok := a.tornDownSandbox(key, ips); ok {
+			// Neither captured nor kept: what is left of the sandbox goes.
 			continue
 		}
 		p, err := a.locate(key, pod, ips)

@@ -138,11 +138,11 @@ func outboundFamily(f family) asm.Instructions {
 			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
 			asm.JEq.Imm(asm.R1, tcpFlagSYN, l("syn")),
 		),
-		f.lookupEndpoint(l("tcp_dst"), f.daddr, labelCapture),
+		f.lookupEndpoint(l("tcp_dst"), f.daddr, l("tcp_bypass")),
 		asm.Instructions{
 			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
 			asm.And.Imm(asm.R1, int32(maps.EndpointNode)),
-			asm.JEq.Imm(asm.R1, 0, labelCapture),
+			asm.JEq.Imm(asm.R1, 0, l("tcp_bypass")),
 		},
 		// To the node: a reply of the node's own connection passes.
 		f.jumpIfOptions(labelCapture),
@@ -163,6 +163,23 @@ func outboundFamily(f family) asm.Instructions {
 		},
 		at(l("syn"), f.checkSource(l("syn_src"), labelSpoofed)...),
 		asm.Instructions{asm.Ja.Label(labelCapture)},
+
+		// A pod that bypasses inbound capture answers its direct inbound
+		// connections directly (Istio's rules let such replies out as
+		// conntrack's ESTABLISHED): its segments pass unless ztunnel holds
+		// their tuple (its own connections through ztunnel). Any other
+		// pod's go to ztunnel.
+		at(l("tcp_bypass"), f.checkBounds(labelParseErr)...),
+		f.lookupEndpoint(l("tcp_bypass_src"), f.saddr, labelCapture),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.And.Imm(asm.R1, int32(maps.EndpointBypassInbound)),
+			asm.JEq.Imm(asm.R1, 0, labelCapture),
+		},
+		ownInterface(labelCapture),
+		f.tupleFromPacket(),
+		f.ztunnelSocket(l("tcp_bypass_zt"), labelCapture),
+		asm.Instructions{asm.Ja.Label(labelPass)},
 
 		// UDP: DNS to ztunnel when captured, the rest by the UDP policy.
 		at(l("udp"), f.checkSource(l("udp_src"), labelSpoofed)...),

@@ -206,6 +206,17 @@ func appOutboundCases() []caseRow {
 		}
 		return caseRow{frame: frameOf(p), want: oOut}
 	})...)
+	add(bothFamilies("a pod that bypasses inbound capture answers its direct inbound connections directly", func(v6 bool) caseRow {
+		return caseRow{rule: "TCP segments of a direct inbound connection of a pod annotated ambient.istio.io/bypass-inbound-capture: \"true\" (ztunnel holds no socket for them)",
+			frame: frameOf(packet{src: from(v6), dst: to(v6, remoteV4, remoteV6), sport: 8080, dport: 40000, synack: true}), podFlags: maps.EndpointBypassInbound, want: oPass}
+	})...)
+	add(bothFamilies("a pod that bypasses inbound capture still connects out through ztunnel", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: from(v6), dst: to(v6, remoteV4, remoteV6), dport: 8080}), podFlags: maps.EndpointBypassInbound, want: oOut}
+	})...)
+	add(bothFamilies("a segment with a forged source from a pod that bypasses inbound capture goes to ztunnel", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: pick(v6, serverV4, serverV6), dst: to(v6, remoteV4, remoteV6), sport: 8080, dport: 40000, ack: true}),
+			podFlags: maps.EndpointBypassInbound, want: oOut}
+	})...)
 	add(bothFamilies("TCP to port 53 goes to ztunnel", func(v6 bool) caseRow {
 		return caseRow{frame: frameOf(packet{src: from(v6), dst: to(v6, dnsV4, dnsV6), dport: 53}), want: oOut}
 	})...)

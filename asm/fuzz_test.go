@@ -193,6 +193,9 @@ func meshRule(w world, prog string, frame []byte, ingress uint32) error {
 			return nil
 		case x.proto == 6 && failOpen:
 			return nil // --fail-open: captured traffic passes while ztunnel is down
+		case x.proto == 6 && w.has(x.src, maps.EndpointBypassInbound) && !w.has(x.dst, maps.EndpointNode) &&
+			x.l4+14 <= len(frame) && frame[x.l4+13]&0x12 != 0x02:
+			return nil // a bypassing pod's answer on a direct inbound connection
 		}
 		return fmt.Errorf("protocol %d from the pod", x.proto)
 	case mrasm.AppInbound:

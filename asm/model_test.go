@@ -291,14 +291,22 @@ func (w world) appOutbound(frame []byte) outcome {
 			}
 			return w.capture(oOut)
 		}
-		if !w.has(x.dst, maps.EndpointNode) || x.options {
+		sport, dport, _ := ports(frame, x.l4)
+		t := tuple{x.src, x.dst, sport, dport}
+		if !w.has(x.dst, maps.EndpointNode) {
+			// A pod that bypasses inbound capture answers its direct
+			// inbound connections directly.
+			if w.own(x.src) && w.has(x.src, maps.EndpointBypassInbound) && (w.ztunnelSocket == nil || !w.ztunnelSocket(t)) {
+				return oPass
+			}
+			return w.capture(oOut)
+		}
+		if x.options {
 			return w.capture(oOut)
 		}
 		if !w.own(x.src) {
 			return oSpoofed
 		}
-		sport, dport, _ := ports(frame, x.l4)
-		t := tuple{x.src, x.dst, sport, dport}
 		if w.ztunnelSocket != nil && w.ztunnelSocket(t) {
 			return w.capture(oOut)
 		}

@@ -292,8 +292,13 @@ func (d *Dataplane) RelayPorts() ([]uint16, error) {
 		}
 	}
 	// FOU receivers are listed over generic netlink, from inside the
-	// node's netns. An error means no fou module, so no receivers.
+	// node's netns, if the fou family exists: asked for by name, a family
+	// the kernel lacks makes it load the module.
 	inNetns(d.nodeNS, func() error {
+		families, err := netlink.GenlFamilyList()
+		if err != nil || !slices.ContainsFunc(families, func(f *netlink.GenlFamily) bool { return f.Name == "fou" }) {
+			return err
+		}
 		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 			fous, err := netlink.FouList(fam)
 			if err != nil {

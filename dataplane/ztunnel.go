@@ -190,7 +190,8 @@ func (d *Dataplane) configFlags() uint16 {
 
 // setupZtunnelNetns installs, in ztunnel's netns, what delivers a marked
 // packet to a local socket whatever its destination address, and turns off
-// reverse path filtering (a captured packet's source is routed elsewhere).
+// reverse path filtering (a captured packet's source is routed elsewhere),
+// forwarding and TIME_WAIT.
 // It returns the MAC of ztunnel's interface. Repeating it changes nothing.
 func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 	ns, err := netns.GetFromPath(z.Netns)
@@ -229,11 +230,23 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 		// No forwarding: a netns starts with the host's ip_forward, and
 		// ztunnel, a proxy, routes nothing (ztunnel_assign drops what
 		// it cannot give a socket; this is the second line).
+		//
+		// No TIME_WAIT: ztunnel's side of a proxied connection lives here,
+		// not in the pod's netns, so the pod's kernel cannot see that a
+		// tuple is still held (in the pod's own netns connect() would
+		// avoid it). A client that reuses the tuple within the minute
+		// would meet the TIME_WAIT socket: the kernel drops a SYN given to
+		// the listener while one holds its tuple (Linux 6.11+, the
+		// duplicate request check), and given to the TIME_WAIT socket it
+		// is answered with an ACK (a reset dance, or with tcp_rfc1337 no
+		// answer at all). Timestamps (PAWS) still guard a new connection
+		// against an old one's segments.
 		return writeSysctls(map[string]string{
 			"net/ipv4/conf/all/rp_filter":               "0",
 			"net/ipv4/conf/" + z.iface() + "/rp_filter": "0",
 			"net/ipv4/ip_forward":                       "0",
 			"net/ipv6/conf/all/forwarding":              "0",
+			"net/ipv4/tcp_max_tw_buckets":               "0",
 		})
 	}); err != nil {
 		return nil, fmt.Errorf("set sysctls in ztunnel's netns: %w", err)

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -87,6 +88,16 @@ func (c *Cluster) LabelNamespace(ns, mode string) error {
 func (c *Cluster) LabelPod(ns, name, mode string) error {
 	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, agent.DataplaneModeLabel, mode)
 	_, err := c.Admin.CoreV1().Pods(ns).Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	return err
+}
+
+// AnnotatePod sets annotations on a pod.
+func (c *Cluster) AnnotatePod(ns, name string, annotations map[string]string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+	if err != nil {
+		return err
+	}
+	_, err = c.Admin.CoreV1().Pods(ns).Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{})
 	return err
 }
 

@@ -59,7 +59,8 @@ func Cleanup() {
 	}
 }
 
-// Chain is a conflist of ptp and meshredirect-cni for one node.
+// Chain is a conflist of a primary plugin (ptp or bridge) and
+// meshredirect-cni for one node.
 type Chain struct {
 	node *testenv.Node
 	path []string
@@ -75,6 +76,23 @@ type Chain struct {
 // (testenv numbers its pods from the bottom), so other nodes route them
 // back; the host side of each veth gets a gateway address no pod has.
 func New(node *testenv.Node, socket, ipamDir string) (*Chain, error) {
+	return newChain(node, socket, ipamDir, `"type": "ptp"`)
+}
+
+// NewBridge is New with the reference bridge plugin in place of ptp: each
+// pod's host veth is a port of testenv.BridgeName, which holds the
+// gateways with the pod CIDRs' lengths (isGateway), so the node routes the
+// pods' addresses to the bridge, not to a veth. Not on a node whose own
+// pods are wired by the bridge plugin (testenv.WiringBridge): that bridge
+// holds other gateways, and the plugin refuses a second address in a
+// subnet.
+func NewBridge(node *testenv.Node, socket, ipamDir string) (*Chain, error) {
+	return newChain(node, socket, ipamDir, fmt.Sprintf(`"type": "bridge", "bridge": %q, "isGateway": true`, testenv.BridgeName))
+}
+
+// newChain builds the conflist whose first plugin is primary, the fields
+// of its entry before "mtu" and "ipam".
+func newChain(node *testenv.Node, socket, ipamDir, primary string) (*Chain, error) {
 	ref, err := ReferencePlugins()
 	if err != nil {
 		return nil, err
@@ -104,13 +122,13 @@ func New(node *testenv.Node, socket, ipamDir string) (*Chain, error) {
   "cniVersion": "1.0.0",
   "name": %q,
   "plugins": [
-    {"type": "ptp", "mtu": 1500, "ipam": {"type": "host-local", "dataDir": %q,
+    {%s, "mtu": 1500, "ipam": {"type": "host-local", "dataDir": %q,
       "ranges": [[{"subnet": %q, "rangeStart": %q, "rangeEnd": %q, "gateway": %q}],
                  [{"subnet": %q, "rangeStart": %q, "rangeEnd": %q, "gateway": %q}]],
       "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
     {"type": "meshredirect-cni", "socket": %q, "excludeNamespaces": ["kube-system"], "timeoutSeconds": 10}
   ]
-}`, c.Name, ipamDir, v4, start4, end4, gw4, v6, start6, end6, gw6, socket)
+}`, c.Name, primary, ipamDir, v4, start4, end4, gw4, v6, start6, end6, gw6, socket)
 	if c.list, err = libcni.ConfListFromBytes([]byte(conf)); err != nil {
 		return nil, err
 	}

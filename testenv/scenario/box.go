@@ -33,8 +33,20 @@ type Box struct {
 	Config                dataplane.Config
 	Standin               *ztunnel.Server
 
+	// With Options.PolicyPods, three more ambient pods, each with a
+	// policy of its own (Policies): DNSBypass bypasses DNS capture,
+	// Strict has the strict UDP policy (and bypasses DNS capture),
+	// BypassIn bypasses inbound capture.
+	DNSBypass, Strict, BypassIn *testenv.Pod
+	// Policies are the ambient pods' own policies, by pod name.
+	Policies map[string]dataplane.Policy
+
+	tb    testenv.TB
 	mu    sync.Mutex
 	echos map[string]*testenv.Echo
+	dns   *DNSServer
+	// closers is the remote host's Closer, once started.
+	closers *Closer
 }
 
 // Options shape a Box.
@@ -57,6 +69,9 @@ type Options struct {
 	NoDataplane bool
 	// Wiring is how both nodes' pods are wired (testenv.NodeOptions).
 	Wiring testenv.Wiring
+	// PolicyPods adds the ambient pods DNSBypass, Strict and BypassIn, and
+	// makes the remote host's addresses the DNS resolvers.
+	PolicyPods bool
 }
 
 // New builds the box, opens the dataplane in its node, sets ztunnel up and
@@ -65,10 +80,21 @@ type Options struct {
 // dataplane.Uninstall.
 func New(tb testenv.TB, o Options) *Box {
 	tb.Helper()
-	b := &Box{Node: testenv.NewNode(tb, testenv.NodeOptions{Wiring: o.Wiring}), echos: map[string]*testenv.Echo{}}
+	b := &Box{Node: testenv.NewNode(tb, testenv.NodeOptions{Wiring: o.Wiring}), echos: map[string]*testenv.Echo{},
+		Policies: map[string]dataplane.Policy{}, tb: tb}
 	b.Client = b.Node.AddPod("client", testenv.Ambient)
 	b.Server = b.Node.AddPod("server", testenv.Ambient)
 	b.Plain = b.Node.AddPod("plain", testenv.NotAmbient)
+	if o.PolicyPods {
+		b.DNSBypass = b.Node.AddPod("dnsbypass", testenv.Ambient)
+		b.Strict = b.Node.AddPod("strict", testenv.Ambient)
+		b.BypassIn = b.Node.AddPod("bypassin", testenv.Ambient)
+		b.Policies[b.DNSBypass.Name] = dataplane.Policy{BypassDNS: true}
+		// Strict also bypasses DNS capture: its queries go to the
+		// resolvers themselves, which the strict policy lets through.
+		b.Policies[b.Strict.Name] = dataplane.Policy{UDPDrop: true, BypassDNS: true}
+		b.Policies[b.BypassIn.Name] = dataplane.Policy{BypassInbound: true}
+	}
 	for i := 0; i < o.ExtraPods; i++ {
 		b.Node.AddPod(fmt.Sprintf("pod%03d", i), testenv.Ambient)
 	}
@@ -115,17 +141,33 @@ func New(tb testenv.TB, o Options) *Box {
 	check(dp.SetZtunnel(dataplane.Ztunnel{Name: "istio-system/ztunnel", Netns: b.Ztunnel.Path(),
 		HostIfindex: b.Ztunnel.HostVethIndex, IPs: []netip.Addr{b.Ztunnel.IPv4, b.Ztunnel.IPv6}}))
 	check(dp.SetZtunnelReady(true))
+	if o.PolicyPods {
+		check(dp.SetResolvers(b.Resolvers()))
+	}
 
 	b.startStandin(tb, o)
 
 	if !o.NoEnrolment {
 		for _, p := range b.Node.Pods() {
 			if p.Ambient {
-				check(dp.Enroll(PodOf(p)))
+				check(dp.Enroll(b.PodOf(p)))
 			}
 		}
 	}
 	return b
+}
+
+// Resolvers are the DNS resolvers of a box with policy pods: the remote
+// host, where the flows' DNS server runs.
+func (b *Box) Resolvers() []netip.Addr {
+	return []netip.Addr{b.Remote.IPv4, b.Remote.IPv6}
+}
+
+// PodOf is what the dataplane needs of a pod of the box, with its policy.
+func (b *Box) PodOf(p *testenv.Pod) dataplane.Pod {
+	dp := PodOf(p)
+	dp.Policy = b.Policies[p.Name]
+	return dp
 }
 
 func (b *Box) startStandin(tb testenv.TB, o Options) {
@@ -155,13 +197,19 @@ func (b *Box) AmbientPods() []*testenv.Pod {
 
 // Echo starts (once) an echo server on port in pod and returns it.
 func (b *Box) Echo(pod *testenv.Pod, port int) *testenv.Echo {
+	return b.EchoIn(&pod.Namespace, pod.Name, port)
+}
+
+// EchoIn starts (once) an echo server on port in ns, named name, and
+// returns it: the node's, or a pod's.
+func (b *Box) EchoIn(ns *testenv.Namespace, name string, port int) *testenv.Echo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	key := pod.Name + ":" + strconv.Itoa(port)
+	key := name + ":" + strconv.Itoa(port)
 	if e, ok := b.echos[key]; ok {
 		return e
 	}
-	e := pod.StartEcho(port)
+	e := ns.StartEcho(port)
 	b.echos[key] = e
 	return e
 }

@@ -229,12 +229,11 @@ func hbone(b *Box, v6 bool) Observation {
 	return Observation{Path: ViaZtunnel(r.Listener), Bytes: 2 * int64(len(msg))}
 }
 
-// dns sends a DNS query from the client to a server on the second node (an
-// echo server: it answers with the query itself, no records) with DNS
-// capture on or off. With capture on the stand-in answers, with records,
+// dns sends a DNS query from the client to the DNS server on the second
+// node with DNS capture on or off. With capture on the stand-in answers,
 // from the server's address.
 func dns(b *Box, v6, capture bool) Observation {
-	b.Echo(b.Remote, 53)
+	b.DNS()
 	if err := b.DP.SetCaptureDNS(capture); err != nil {
 		return Observation{Err: err}
 	}

@@ -29,8 +29,9 @@ import (
 // must not capture the pod again from the informer or a resync: no map
 // entry or program on the veth that goes, no "interface not found" retries,
 // no enrolment error; one log line says why the pod is skipped. The new
-// sandbox's ADD captures the pod again (a flow goes through ztunnel), and
-// IPs of a sandbox whose ADD the agent missed are captured too.
+// sandbox's ADD captures the pod again (a flow goes through ztunnel), also
+// when the new sandbox has the IPs of the one torn down, and the IPs of a
+// sandbox whose ADD the agent missed are captured too.
 func TestCNIDelWhilePodRunning(t *testing.T) {
 	for _, plugin := range []string{"ptp", "bridge"} {
 		t.Run(plugin, func(t *testing.T) { testCNIDelWhilePodRunning(t, plugin) })

@@ -268,7 +268,7 @@ func appOutboundCases() []caseRow {
 		frame: frameOf(packet{src: clientV6, dst: dnsV6, proto: layers.IPProtocolUDP, dport: 53,
 			ext: []layers.IPProtocol{layers.IPProtocolIPv6HopByHop, layers.IPProtocolIPv6Destination}}), want: oOut})
 	add(bothFamilies("strict UDP policy: UDP is dropped", func(v6 bool) caseRow {
-		return caseRow{rule: "other UDP under the strict policy (--udp=drop, or the pod's ambient.meshredirect.io/udp: drop)",
+		return caseRow{rule: "other UDP under the strict policy (--udp=drop, or the pod's meshredirect.io/udp: drop)",
 			frame:   frameOf(packet{src: from(v6), dst: to(v6, remoteV4, remoteV6), proto: layers.IPProtocolUDP, dport: 443}),
 			ztFlags: maps.ZtunnelReady | maps.ZtunnelUDPDrop, want: oPolicy}
 	})...)

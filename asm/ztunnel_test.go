@@ -22,6 +22,12 @@ import (
 
 func TestZtunnelIngress(t *testing.T) {
 	f := newFixture(t, mrasm.DefaultOptions())
+	for _, c := range ztunnelIngressCases() {
+		t.Run(c.name, func(t *testing.T) { c.run(t, f, mrasm.ZtunnelIngress) })
+	}
+}
+
+func ztunnelIngressCases() []caseRow {
 	var rows []caseRow
 	add := func(r ...caseRow) { rows = append(rows, r...) }
 	add(bothFamilies("to an ambient pod: straight to that pod", func(v6 bool) caseRow {
@@ -53,9 +59,7 @@ func TestZtunnelIngress(t *testing.T) {
 	add(caseRow{name: "ARP passes", ingress: ztIfindex, frame: func(tb testing.TB) []byte { return arpRequest(tb, ztV4) }, want: oPass})
 	add(caseRow{name: "ztunnel not ready changes nothing for ztunnel's own packets", ingress: ztIfindex, noZtunnel: true,
 		frame: frameOf(packet{src: clientV4, dst: serverV4, srcMAC: ztMAC}), want: oBypass})
-	for _, c := range rows {
-		t.Run(c.name, func(t *testing.T) { c.run(t, f, mrasm.ZtunnelIngress) })
-	}
+	return rows
 }
 
 func TestZtunnelEgress(t *testing.T) {
@@ -63,6 +67,12 @@ func TestZtunnelEgress(t *testing.T) {
 	if !f.ingressOK {
 		t.Skip("BPF_PROG_TEST_RUN takes skb->ingress_ifindex from Linux 5.15; ztunnel_egress reads it")
 	}
+	for _, c := range ztunnelEgressCases() {
+		t.Run(c.name, func(t *testing.T) { c.run(t, f, mrasm.ZtunnelEgress) })
+	}
+}
+
+func ztunnelEgressCases() []caseRow {
 	var rows []caseRow
 	add := func(r ...caseRow) { rows = append(rows, r...) }
 	add(bothFamilies("an ambient pod's packet from its own veth passes", func(v6 bool) caseRow {
@@ -90,9 +100,7 @@ func TestZtunnelEgress(t *testing.T) {
 		return caseRow{frame: frameOf(packet{src: pick(v6, nodeV4, nodeV6), dst: pick(v6, ztV4, ztV6), dport: 15021}), ingress: 0, want: oPass}
 	})...)
 	add(caseRow{name: "ARP passes", ingress: plainIfindex, frame: func(tb testing.TB) []byte { return arpRequest(tb, clientV4) }, want: oPass})
-	for _, c := range rows {
-		t.Run(c.name, func(t *testing.T) { c.run(t, f, mrasm.ZtunnelEgress) })
-	}
+	return rows
 }
 
 // assignNetns is a network namespace standing in for ztunnel's: the test's

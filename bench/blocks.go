@@ -19,11 +19,15 @@ type block struct {
 	build func(m blockMaps) asm.Instructions
 }
 
-// blockMaps are the maps the blocks look up: the pods map (16-byte keys,
-// as meshredirect's), a hash map with 4-byte IPv4 keys (what an IPv4-only
-// map would cost), the ztunnel array and a per-CPU counter array.
+// blockMaps are the maps the blocks look up: the endpoints map (a hash
+// with 16-byte keys, as meshredirect's), a hash map with 4-byte IPv4 keys
+// (what an IPv4-only map would cost), the endpoints cache (an array the
+// programs index with a hash of the address), the ztunnel array and a
+// per-CPU counter array.
 type blockMaps struct {
-	pods, pods4, ztunnel, stats *ebpf.Map
+	pods, pods4, cache, ztunnel, stats *ebpf.Map
+	// slot is the cache slot of key4's address.
+	slot uint32
 	// key4 is an IPv4 address that both pods maps hold, in network order
 	// as the packet carries it.
 	key4 uint32
@@ -41,7 +45,7 @@ func blocks() []block {
 		}
 	}
 	return []block{
-		{"pods map lookup (hash, 16-byte key: the IPv4 address v4-mapped), hit", func(m blockMaps) asm.Instructions {
+		{"endpoints map lookup (hash, 16-byte key: the IPv4 address v4-mapped), hit", func(m blockMaps) asm.Instructions {
 			insns := asm.Instructions{
 				asm.StoreImm(asm.RFP, -16, 0, asm.Word),
 				asm.StoreImm(asm.RFP, -12, 0, asm.Word),
@@ -50,9 +54,13 @@ func blocks() []block {
 			}
 			return append(append(insns, lookup(m.pods, -16)...), ret...)
 		}},
-		{"hash lookup with a 4-byte key (an IPv4-only pods map), hit", func(m blockMaps) asm.Instructions {
+		{"hash lookup with a 4-byte key (an IPv4-only endpoints map), hit", func(m blockMaps) asm.Instructions {
 			insns := asm.Instructions{asm.StoreImm(asm.RFP, -4, int64(int32(m.key4)), asm.Word)}
 			return append(append(insns, lookup(m.pods4, -4)...), ret...)
+		}},
+		{"endpoints cache lookup (array indexed by the address's slot: inlined by the verifier), hit", func(m blockMaps) asm.Instructions {
+			insns := asm.Instructions{asm.StoreImm(asm.RFP, -4, int64(int32(m.slot)), asm.Word)}
+			return append(append(insns, lookup(m.cache, -4)...), ret...)
 		}},
 		{"ztunnel map lookup (array: inlined by the verifier)", func(m blockMaps) asm.Instructions {
 			insns := asm.Instructions{asm.StoreImm(asm.RFP, -4, 0, asm.Word)}
@@ -91,6 +99,7 @@ func newBlockMaps(e *env, c *Copy) blockMaps {
 	var m blockMaps
 	m.pods = mk(&ebpf.MapSpec{Name: "bench_pods", Type: ebpf.Hash, KeySize: 16, ValueSize: maps.EndpointSize, MaxEntries: maps.DefaultPodsMaxEntries})
 	m.pods4 = mk(&ebpf.MapSpec{Name: "bench_pods4", Type: ebpf.Hash, KeySize: 4, ValueSize: maps.EndpointSize, MaxEntries: maps.DefaultPodsMaxEntries})
+	m.cache = mk(maps.Specs(maps.DefaultPodsMaxEntries)[maps.CacheName].Copy())
 	m.ztunnel = mk(&ebpf.MapSpec{Name: "bench_zt", Type: ebpf.Array, KeySize: 4, ValueSize: 64, MaxEntries: 1})
 	m.stats = mk(&ebpf.MapSpec{Name: "bench_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 8})
 	for _, p := range []*Copy{c} {
@@ -108,6 +117,7 @@ func newBlockMaps(e *env, c *Copy) blockMaps {
 		}
 	}
 	a := c.Server.IPv4.As4()
+	m.slot = maps.SlotOf(maps.KeyFor(c.Server.IPv4))
 	m.key4 = binary.LittleEndian.Uint32(a[:]) // stored as the packet's bytes
 	return m
 }

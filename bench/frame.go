@@ -96,3 +96,47 @@ func fold(acc uint32) uint16 {
 	}
 	return uint16(acc)
 }
+
+// programFrame is a TCP segment of t (IPv4 or IPv6, by t's addresses) with
+// the given flags and valid checksums, for the per-program measure: the
+// programs read no checksum, but what they pass stays well-formed.
+func programFrame(dstMAC, srcMAC net.HardwareAddr, t tuple, flags byte) []byte {
+	if t.Src.Addr().Is4() {
+		b := ackFrame(dstMAC, srcMAC, t)
+		tcp := b[34:]
+		tcp[13] = flags
+		tcp[16], tcp[17] = 0, 0
+		binary.BigEndian.PutUint16(tcp[16:18], tcpChecksum(t.Src.Addr(), t.Dst.Addr(), tcp))
+		return b
+	}
+	const ethLen, ipLen, tcpLen = 14, 40, 20
+	b := make([]byte, ethLen+ipLen+tcpLen)
+	copy(b[0:6], dstMAC)
+	copy(b[6:12], srcMAC)
+	binary.BigEndian.PutUint16(b[12:14], 0x86dd)
+	ip := b[ethLen : ethLen+ipLen]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:6], tcpLen)
+	ip[6] = 6
+	ip[7] = 64
+	src, dst := t.Src.Addr().As16(), t.Dst.Addr().As16()
+	copy(ip[8:24], src[:])
+	copy(ip[24:40], dst[:])
+	tcp := b[ethLen+ipLen:]
+	binary.BigEndian.PutUint16(tcp[0:2], t.Src.Port())
+	binary.BigEndian.PutUint16(tcp[2:4], t.Dst.Port())
+	binary.BigEndian.PutUint32(tcp[4:8], 0x6d720001)
+	if flags&0x10 != 0 {
+		binary.BigEndian.PutUint32(tcp[8:12], 0x6d720002)
+	}
+	tcp[12] = 5 << 4
+	tcp[13] = flags
+	binary.BigEndian.PutUint16(tcp[14:16], 502)
+	var pseudo [40]byte
+	copy(pseudo[0:16], src[:])
+	copy(pseudo[16:32], dst[:])
+	binary.BigEndian.PutUint32(pseudo[32:36], tcpLen)
+	pseudo[39] = 6
+	binary.BigEndian.PutUint16(tcp[16:18], ^fold(sum(sum(0, pseudo[:]), tcp)))
+	return b
+}

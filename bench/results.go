@@ -148,8 +148,13 @@ type Ratio struct {
 // Program is one datapath program measured with BPF_PROG_TEST_RUN.
 type Program struct {
 	Name string `json:"name"`
+	// Family (IPv4, IPv6) and Segment (SYN, established) of the packet.
+	Family  string `json:"family,omitempty"`
+	Segment string `json:"segment,omitempty"`
 	// Packet says what the program was given.
-	Packet               string  `json:"packet"`
+	Packet string `json:"packet"`
+	// Verdict is what the program counted on it: the path measured.
+	Verdict              string  `json:"verdict,omitempty"`
 	NsAboveEmpty         float64 `json:"ns_above_empty"`
 	NsPerPacket          float64 `json:"ns_per_packet"`
 	EmptyNs              float64 `json:"empty_ns"`

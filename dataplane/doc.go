@@ -3,14 +3,18 @@
 // package maps, attaches programs through package tc, and offers the verbs
 // the agent (and the demo) speak:
 //
-//	dp, err := dataplane.Open(dataplane.Config{})
-//	addrs, err := dp.NodeAddresses()
-//	err = dp.SetNodeAddresses(addrs)
+//	dp, err := dataplane.Open(dataplane.Config{StrictUDP: false})
+//	addrs, err := dp.NodeAddresses()       // every address of the node's netns but lo, link-local, kube-ipvs0
+//	err = dp.SetNodeAddresses(addrs)       // the source of probes, the node-local agents' destination
+//	ports, err := dp.RelayPorts()          // the node's VXLAN, Geneve and FOU ports
+//	err = dp.SetRelayPorts(ports)
+//	err = dp.SetResolvers(resolvers)       // DNS servers of the strict UDP policy
+//	err = dp.WatchNode(ctx, changed)       // netlink: addresses or links changed
 //	err = dp.SetZtunnel(dataplane.Ztunnel{Netns: path, HostIfindex: idx, IPs: ips})
 //	err = dp.SetZtunnelReady(true)
-//	err = dp.Enroll(dataplane.Pod{Name: "ns/name", IPs: ips, HostIfindex: idx, Netns: path})
+//	err = dp.Enroll(dataplane.Pod{Name: "ns/name", IPs: ips, HostIfindex: idx, Netns: path, Policy: policy})
 //	err = dp.Unenroll(pod)
-//	res, err := dp.Reconcile(desired)
+//	res, err := dp.Reconcile(desired, keep)
 //
 // Everything it makes lives in the kernel: the maps are pinned, legacy
 // filters stay on their hooks and tcx links are pinned, so a Dataplane
@@ -22,6 +26,11 @@
 // ztunnel's network namespace gets the policy routing that delivers marked
 // packets locally (fwmark TProxyMark/TProxyMask lookup TProxyTable, with
 // `local 0.0.0.0/0 dev lo` and `local ::/0 dev lo` in that table), reverse
-// path filtering off on its interface, the ztunnel_assign program on the
-// ingress of its eth0, and ztunnel_ingress on the ingress of its host veth.
+// path filtering off on its interface, no TIME_WAIT sockets
+// (net.ipv4.tcp_max_tw_buckets=0: since Linux 6.11 a SYN assigned to a
+// listener is dropped while a TIME_WAIT socket holds its tuple, so a client
+// reconnecting from the same port would wait for a retransmission), the
+// ztunnel_assign program on the ingress of its eth0, and ztunnel_ingress and
+// ztunnel_egress on its host veth. The map records ztunnel's netns id as the
+// node sees it, so the programs on the node's side look up ztunnel's sockets.
 package dataplane

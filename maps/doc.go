@@ -3,14 +3,29 @@
 //
 // The layouts are defined once, here, as Go structs. The programs in package
 // asm read fields by the offsets exported from this package (for example
-// [PodOffMAC]), so the kernel side and the Go side cannot drift apart.
+// [EndpointOffMAC]), so the kernel side and the Go side cannot drift apart.
+// [LayoutVersion] names the layout; pins of another version are replaced.
 //
-// Four maps exist (DESIGN.md §1):
+// Five maps exist (DESIGN.md §1, §5):
 //
-//	pods     hash      16-byte IP (IPv4 as v4-mapped)  -> [Pod]
-//	ztunnel  array[1]  0                               -> [Ztunnel]
-//	node     array[2]  0 = IPv4, 1 = IPv6              -> [NodeAddr]
-//	stats    percpu    [Verdict]                       -> [Counter]
+//	endpoints  hash          [Key] (16-byte IP, IPv4 v4-mapped)  -> [Endpoint]
+//	epcache    array[65536]  [SlotOf] the key                    -> [Slot]
+//	ztunnel    array[1]      0                                   -> [Ztunnel]
+//	relays     array[1]      0                                   -> [RelayPorts]
+//	stats      percpu        [Verdict]                           -> [Counter]
+//
+// endpoints holds every address of this node the programs must know: the
+// ambient pods' (with their veth, MAC and policy), the node's own (the
+// source of kubelet probes, the destination of node-local agents) and the
+// DNS resolvers of the strict UDP policy. epcache is a copy of it that the
+// programs can read without a helper call: each address goes to the slot
+// its key hashes to; when two addresses share a slot, one is in the slot,
+// and Overflow tells the programs to ask the hash map for the other. The
+// Go side ([Endpoints]) writes both, the map first and the slot last, so a
+// program never finds a slot that names an address the map does not have;
+// [Endpoints.Sync] rebuilds the cache from the map (on reopening pins).
+// relays is a bitmap of the node's tunnel ports (VXLAN, Geneve, FOU), which
+// pods' UDP must not reach.
 //
 // Integers in values are in host byte order (as cilium/ebpf marshals them);
 // addresses and MACs are in network byte order, as they appear in packets, so

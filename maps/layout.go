@@ -75,8 +75,9 @@ func (e Endpoint) IsPod() bool { return e.Flags&EndpointPod != 0 }
 // Slot is a value of the endpoints cache: one address and its [Endpoint],
 // at the index [SlotOf] gives the address. The programs look an address up
 // here first: an array lookup, which the verifier inlines into a few
-// instructions, where a hash lookup costs a helper call and a hash (about 30
-// ns on the machines this was measured on). Only when the slot holds
+// instructions, where a hash lookup costs a helper call and a hash (the
+// benchmark's building blocks: 0.5 ns against 5.5 ns above an empty
+// program on a quiet machine, 1 against 31 on a loaded one). Only when the slot holds
 // another address and Overflow is set do they look in the endpoints map.
 type Slot struct {
 	Key Key

@@ -17,12 +17,13 @@ import (
 // pairs, the clsact qdisc, bpf filters, the bridge testenv joins its nodes
 // with, the VXLAN device of the security tests' overlay, the Geneve device
 // and FOU receiver whose ports the dataplane reads as the node's tunnel
-// ports, and the netlink families that vishvananda/netlink opens in every
+// ports, the socket diagnostics (inet_diag, tcp_diag) the semantics flows
+// list ztunnel's sockets with, and the netlink families that vishvananda/netlink opens in every
 // handle (NETLINK_XFRM, NETLINK_NETFILTER), which a full system would load
 // on demand. clsact lives in sch_ingress, named here rather than by an
 // alias: 5.10 and 6.1 have the alias sch_clsact, 6.12 only net-sch-clsact.
 // A module the kernel has built in is skipped.
-var DefaultModules = []string{"veth", "sch_ingress", "cls_bpf", "bridge", "vxlan", "geneve", "fou", "xfrm_user", "nfnetlink"}
+var DefaultModules = []string{"veth", "sch_ingress", "cls_bpf", "bridge", "vxlan", "geneve", "fou", "inet_diag", "tcp_diag", "xfrm_user", "nfnetlink"}
 
 // ModuleIndex is what depmod wrote for one kernel: where each module is,
 // what it depends on, its aliases, and which modules are built in.

@@ -29,13 +29,15 @@ func fakeModules(tb testing.TB) string {
 		"kernel/net/ipv4/fou.ko: kernel/net/ipv6/ip6_udp_tunnel.ko kernel/net/ipv4/udp_tunnel.ko",
 		"kernel/net/ipv6/ip6_udp_tunnel.ko:",
 		"kernel/net/ipv4/udp_tunnel.ko:",
+		"kernel/net/ipv4/inet_diag.ko:",
+		"kernel/net/ipv4/tcp_diag.ko: kernel/net/ipv4/inet_diag.ko",
 		"kernel/net/xfrm/xfrm_user.ko: kernel/net/xfrm/xfrm_algo.ko",
 		"kernel/net/xfrm/xfrm_algo.ko:",
 		"kernel/drivers/net/wireguard/wire-guard.ko:",
 	}, "\n")+"\n")
 	mustWrite(tb, filepath.Join(dir, "modules.alias"), "alias net-sch-clsact sch_ingress\nalias net-pf-16-proto-6 xfrm_user\nalias pci:v00008086d*sv*sd*bc*sc*i* e1000e\n")
 	mustWrite(tb, filepath.Join(dir, "modules.builtin"), "kernel/net/netfilter/nfnetlink.ko\n")
-	for _, m := range []string{"drivers/net/veth", "net/sched/sch_ingress", "net/bridge/bridge", "net/802/stp", "net/llc/llc", "drivers/net/vxlan/vxlan", "drivers/net/geneve", "net/ipv4/fou", "net/ipv6/ip6_udp_tunnel", "net/ipv4/udp_tunnel", "net/xfrm/xfrm_user", "net/xfrm/xfrm_algo"} {
+	for _, m := range []string{"drivers/net/veth", "net/sched/sch_ingress", "net/bridge/bridge", "net/802/stp", "net/llc/llc", "drivers/net/vxlan/vxlan", "drivers/net/geneve", "net/ipv4/fou", "net/ipv6/ip6_udp_tunnel", "net/ipv4/udp_tunnel", "net/ipv4/inet_diag", "net/ipv4/tcp_diag", "net/xfrm/xfrm_user", "net/xfrm/xfrm_algo"} {
 		mustWrite(tb, filepath.Join(dir, "kernel", m+".ko"), "ELF "+filepath.Base(m))
 	}
 	var gz bytes.Buffer
@@ -61,7 +63,7 @@ func TestModuleLoadOrder(t *testing.T) {
 		{"an alias names its module", []string{"net-sch-clsact", "sch_ingress"}, []string{"sch_ingress"}},
 		{"a built-in module is left out", []string{"veth", "nfnetlink"}, []string{"veth"}},
 		{"dashes and underscores are the same", []string{"wire_guard", "xfrm-user"}, []string{"wire_guard", "xfrm_algo", "xfrm_user"}},
-		{"the defaults", DefaultModules, []string{"veth", "sch_ingress", "cls_bpf", "llc", "stp", "bridge", "ip6_udp_tunnel", "udp_tunnel", "vxlan", "geneve", "fou", "xfrm_algo", "xfrm_user"}},
+		{"the defaults", DefaultModules, []string{"veth", "sch_ingress", "cls_bpf", "llc", "stp", "bridge", "ip6_udp_tunnel", "udp_tunnel", "vxlan", "geneve", "fou", "inet_diag", "tcp_diag", "xfrm_algo", "xfrm_user"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, err := ix.Load(c.ask)

@@ -85,20 +85,44 @@ func run(pods int, modeFlag string) (err error) {
 	start := time.Now()
 	pinDir := env.bpffs()
 	box := scenario.New(env, scenario.Options{
-		Dataplane: dataplane.Config{AttachMode: mode},
-		PinDir:    pinDir,
-		ExtraPods: pods - 2,
-		DNSAnswer: []netip.Addr{netip.MustParseAddr("198.19.255.53"), netip.MustParseAddr("fd10:6d72:0:ffff::53")},
+		Dataplane:  dataplane.Config{AttachMode: mode, CaptureDNS: true},
+		PinDir:     pinDir,
+		ExtraPods:  pods - 2,
+		PolicyPods: true,
+		DNSAnswer:  []netip.Addr{netip.MustParseAddr("198.19.255.53"), netip.MustParseAddr("fd10:6d72:0:ffff::53")},
 	})
 	opts := box.DP.Options()
 	fmt.Printf("node in a box: %d ambient pods, a pod outside the mesh, ztunnel (stand-in), a host on a second node; built in %s\n",
 		len(box.AmbientPods()), time.Since(start).Round(time.Millisecond))
 	fmt.Printf("dataplane: attach mode %s, bpf_redirect_peer %v, pins in a private bpffs (%s)\n\n", box.DP.AttachMode(), opts.RedirectPeer, pinDir)
 
+	fmt.Println("the flows of the design's first sections:")
+	bad := printFlows(box, scenario.Flows())
+	fmt.Println("\nwhat each kind of traffic becomes (DESIGN §5), on the same node:")
+	bad += printFlows(box, scenario.Semantics())
+
+	fmt.Println("\ncounters of the programs (stats map, all CPUs):")
+	if err := printStats(box.DP.Maps()); err != nil {
+		return err
+	}
+
+	fmt.Println("\nfirst packets of a new pod, chained CNI plugin (agent, kube-apiserver, ptp + meshredirect-cni):")
+	bad += firstPacket(env)
+
+	fmt.Printf("\nflows done in %s; removing the node in a box\n", time.Since(start).Round(time.Millisecond))
+	if bad > 0 {
+		return fmt.Errorf("%d flows did not take the expected path", bad)
+	}
+	return nil
+}
+
+// printFlows runs flows over IPv4 and IPv6 on box, prints a row for each
+// with the path it was expected to take and the one observed, and returns
+// the number of rows that did not take it.
+func printFlows(box *scenario.Box, flows []scenario.Flow) (bad int) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "FLOW\tFAMILY\tWHAT\tEXPECTED PATH\tOBSERVED PATH\tBYTES\tOK")
-	bad := 0
-	for _, f := range scenario.Flows() {
+	for _, f := range flows {
 		for _, v6 := range []bool{false, true} {
 			o := f.Run(box, v6)
 			ok := "OK"
@@ -118,20 +142,7 @@ func run(pods int, modeFlag string) (err error) {
 	}
 	fmt.Fprint(os.Stderr, "\r")
 	w.Flush()
-
-	fmt.Println("\ncounters of the programs (stats map, all CPUs):")
-	if err := printStats(box.DP.Maps()); err != nil {
-		return err
-	}
-
-	fmt.Println("\nfirst packets of a new pod, chained CNI plugin (agent, kube-apiserver, ptp + meshredirect-cni):")
-	bad += firstPacket(env)
-
-	fmt.Printf("\nflows done in %s; removing the node in a box\n", time.Since(start).Round(time.Millisecond))
-	if bad > 0 {
-		return fmt.Errorf("%d flows did not take the expected path", bad)
-	}
-	return nil
+	return bad
 }
 
 // firstPacket runs the CNI flow on a second box: a real kube-apiserver, an

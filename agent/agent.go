@@ -65,7 +65,10 @@ type Agent struct {
 	// tornDown are the sandboxes CNI DELs tore down, by pod namespace/name,
 	// until the pod's next ADD, other IPs or its deletion (see cniDel).
 	tornDown map[string]sandbox
-	ztunnel  ztunnelState
+	// added are the sandboxes CNI ADDs captured, by pod namespace/name,
+	// until the pod's status shows their IPs (see cniAdd).
+	added   map[string]addedSandbox
+	ztunnel ztunnelState
 	// nodeAddrs are the node addresses last written to the datapath.
 	nodeAddrs []netip.Addr
 
@@ -100,6 +103,7 @@ func New(cfg Config) (*Agent, error) {
 		enrolled:  map[string]enrolledPod{},
 		decisions: map[string]string{},
 		tornDown:  map[string]sandbox{},
+		added:     map[string]addedSandbox{},
 	}
 	if a.loc, err = resolve.New(cfg.Resolve); err != nil {
 		return nil, fmt.Errorf("open the pod resolver: %w", err)

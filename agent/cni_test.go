@@ -30,9 +30,19 @@ type cniEnv struct {
 
 func newCNIEnv(t *testing.T) *cniEnv {
 	t.Helper()
+	return newCNIEnvOn(t, "ptp")
+}
+
+// newCNIEnvOn is newCNIEnv with the primary plugin ptp or bridge.
+func newCNIEnvOn(t *testing.T, plugin string) *cniEnv {
+	t.Helper()
 	e := &cniEnv{env: newEnv(t)}
 	e.socket = filepath.Join(t.TempDir(), "cni.sock")
-	chain, err := cnichain.New(e.box.Node, e.socket, t.TempDir())
+	newChain := cnichain.New
+	if plugin == "bridge" {
+		newChain = cnichain.NewBridge
+	}
+	chain, err := newChain(e.box.Node, e.socket, t.TempDir())
 	if errors.Is(err, cnichain.ErrNoReferencePlugins) {
 		testutil.SkipOrFail(t, err.Error())
 	}

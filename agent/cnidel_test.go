@@ -2,11 +2,9 @@ package agent_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,10 +12,8 @@ import (
 
 	"github.com/meshredirect/meshredirect/agent"
 	"github.com/meshredirect/meshredirect/cni"
-	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/testenv"
-	"github.com/meshredirect/meshredirect/testenv/cnichain"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
 	"github.com/meshredirect/meshredirect/testenv/ztunnel"
 )
@@ -39,19 +35,7 @@ func TestCNIDelWhilePodRunning(t *testing.T) {
 }
 
 func testCNIDelWhilePodRunning(t *testing.T, plugin string) {
-	e := &cniEnv{env: newEnv(t)}
-	e.socket = filepath.Join(t.TempDir(), "cni.sock")
-	newChain := cnichain.New
-	if plugin == "bridge" {
-		newChain = cnichain.NewBridge
-	}
-	chain, err := newChain(e.box.Node, e.socket, t.TempDir())
-	if errors.Is(err, cnichain.ErrNoReferencePlugins) {
-		testutil.SkipOrFail(t, err.Error())
-	}
-	must(t, err)
-	e.chain = chain
-
+	e := newCNIEnvOn(t, plugin)
 	e.labelNamespace(e.ns, agent.ModeAmbient)
 	reg := agent.NewRegistry()
 	// A resync every second: the DEL is watched through more than one.

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshredirect/meshredirect/cni"
 )
@@ -98,11 +99,25 @@ func (a *Agent) cniHandler(fn func(context.Context, cni.PodRequest) (cni.Reply, 
 // cniAdd captures a new pod before its first packet: decided from the
 // informer cache, or the API for a pod the cache has not seen yet; IPs from
 // the primary CNI's result, which the kubelet has not reported yet.
+//
+// Until it does, the pod's status shows no IPs (a new pod) or those of the
+// sandbox a CNI DEL tore down (a recreated one), and a resync or an
+// informer event deciding from the status would take the capture away
+// again, or retry "interface not found" at the old IPs. So the sandbox is
+// remembered (see addedSandbox) and stands for the status until the status
+// shows its IPs, other IPs, or the pod or the sandbox is deleted. A
+// restarted agent remembers none: the pins keep the capture, and its
+// reconciles keep the entries that no pod's status claims while their
+// veth still leads to them and an ambient pod waits for its IPs (see
+// unclaimedCapture); the status then enrols the pod as usual. Until then
+// it does not count the pod as enrolled: a CHECK says it is not captured.
 func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, error) {
 	key := req.Namespace + "/" + req.Name
 	// A new sandbox: whatever a DEL tore down before no longer holds the
-	// pod back, whether or not this one is captured.
+	// pod back, whether or not this one is captured; its IPs may stay in
+	// the status for a while yet.
 	a.mu.Lock()
+	replaced := a.tornDown[key].ips
 	delete(a.tornDown, key)
 	a.mu.Unlock()
 	pod, d, err := a.decideCNI(ctx, req)
@@ -135,6 +150,17 @@ func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, erro
 	}
 	a.work.Lock()
 	err = a.enrol(key, pod, ips, d)
+	if err == nil {
+		// Recorded before the lock goes: a resync waiting for it must find
+		// the sandbox.
+		a.mu.Lock()
+		a.added[key] = addedSandbox{
+			sandbox:  sandbox{containerID: req.ContainerID, netns: req.Netns, ips: ips},
+			uid:      pod.UID,
+			replaced: replaced,
+		}
+		a.mu.Unlock()
+	}
 	a.work.Unlock()
 	if err != nil {
 		return cni.Reply{}, fmt.Errorf("capture pod %s: %w", key, err)
@@ -170,18 +196,25 @@ func (a *Agent) cniDel(_ context.Context, req cni.PodRequest) (cni.Reply, error)
 	defer a.work.Unlock()
 	a.mu.Lock()
 	prev, had := a.enrolled[key]
+	added, pending := a.added[key]
 	a.mu.Unlock()
 	if had && len(ips) > 0 && !slices.ContainsFunc(prev.dp.IPs, func(ip netip.Addr) bool { return slices.Contains(ips, ip) }) {
+		return cni.Reply{Captured: true, Reason: "the DEL is for an older sandbox"}, nil
+	}
+	if pending && req.ContainerID != "" && added.containerID != "" && req.ContainerID != added.containerID {
+		// The last ADD was another container's: this DEL is an older
+		// sandbox's, whatever IPs the IPAM gave both.
 		return cni.Reply{Captured: true, Reason: "the DEL is for an older sandbox"}, nil
 	}
 	if len(ips) == 0 && had {
 		ips = prev.dp.IPs // no result cached for this DEL: the sandbox we captured
 	}
+	a.mu.Lock()
+	delete(a.added, key)
 	if len(ips) > 0 {
-		a.mu.Lock()
 		a.tornDown[key] = sandbox{containerID: req.ContainerID, netns: req.Netns, ips: ips}
-		a.mu.Unlock()
 	}
+	a.mu.Unlock()
 	if !had {
 		return cni.Reply{Reason: "not captured"}, nil
 	}
@@ -223,6 +256,49 @@ func (a *Agent) tornDownSandbox(key string, ips []netip.Addr) (sandbox, bool) {
 		}
 	}
 	return sb, true
+}
+
+// addedSandbox is the sandbox a CNI ADD captured, kept until the pod's
+// status catches up with it (see cniAdd).
+type addedSandbox struct {
+	sandbox
+	// uid is the pod's: a pod of the same name created since is another.
+	uid types.UID
+	// replaced are the IPs of the sandbox a CNI DEL tore down before the
+	// ADD, which the status may still show.
+	replaced []netip.Addr
+}
+
+// addedSandbox returns the sandbox the last CNI ADD of pod captured while
+// the pod's status, ips, has not caught up with it: it shows no IPs, or
+// only those of the sandbox torn down before the ADD. Once it shows the
+// ADD's IPs (the normal path takes over) or others (a newer sandbox: the
+// status wins), the record is dropped.
+func (a *Agent) addedSandbox(pod *corev1.Pod, ips []netip.Addr) (addedSandbox, bool) {
+	key := pod.Namespace + "/" + pod.Name
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sb, ok := a.added[key]
+	if !ok {
+		return addedSandbox{}, false
+	}
+	caughtUp := len(ips) > 0 && subset(ips, sb.ips)
+	behind := len(ips) == 0 || subset(ips, sb.replaced)
+	if sb.uid == pod.UID && behind && !caughtUp {
+		return sb, true
+	}
+	delete(a.added, key)
+	return addedSandbox{}, false
+}
+
+// subset reports whether every one of ips is in of.
+func subset(ips, of []netip.Addr) bool {
+	for _, ip := range ips {
+		if !slices.Contains(of, ip) {
+			return false
+		}
+	}
+	return true
 }
 
 // cniCheck verifies that an ambient pod's capture is in place.

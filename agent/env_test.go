@@ -239,6 +239,14 @@ func (e *env) agentConfig() agent.Config {
 // until it is ready.
 func (e *env) startAgent(change ...func(*agent.Config)) *agent.Agent {
 	e.t.Helper()
+	a, _ := e.runAgent(change...)
+	return a
+}
+
+// runAgent is startAgent, and returns a function that stops the agent
+// earlier (SIGTERM's way: capture stays) and waits until Run returned.
+func (e *env) runAgent(change ...func(*agent.Config)) (*agent.Agent, func()) {
+	e.t.Helper()
 	cfg := e.agentConfig()
 	for _, c := range change {
 		c(&cfg)
@@ -250,14 +258,18 @@ func (e *env) startAgent(change ...func(*agent.Config)) *agent.Agent {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("agent: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				e.t.Errorf("agent: %v", err)
+			}
+		})
+	}
+	e.t.Cleanup(stop)
 	e.waitFor("the agent to be ready", 30*time.Second, func() bool { return a.Ready() })
-	return a
+	return a, stop
 }
 
 // waitFor polls cond until it holds or timeout passes.

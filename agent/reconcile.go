@@ -48,6 +48,11 @@ func (a *Agent) syncPod(key string) error {
 		return a.leave(key, pod, d.Reason)
 	}
 	ips := podIPs(pod)
+	if sb, ok := a.addedSandbox(pod, ips); ok {
+		// Captured by a CNI ADD whose IPs the kubelet has not reported yet
+		// (see cniAdd): the ADD's IPs stand for the status.
+		return a.enrol(key, pod, sb.ips, d)
+	}
 	if len(ips) == 0 {
 		a.noteDecision(key, "waiting for an IP", func() { a.log.Info("waiting for the pod's IP", "pod", key, "reason", d.Reason) })
 		return nil
@@ -188,6 +193,7 @@ func (a *Agent) forget(key string) {
 	a.mu.Lock()
 	delete(a.decisions, key)
 	delete(a.tornDown, key)
+	delete(a.added, key)
 	a.mu.Unlock()
 }
 
@@ -260,15 +266,28 @@ func (a *Agent) reconcileAll() error {
 // their capture), the desired pods by namespace/name, and those to retry.
 func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []netip.Addr, byName map[string]*corev1.Pod, retry []string) {
 	byName = map[string]*corev1.Pod{}
+	claimed := map[netip.Addr]bool{} // every IP a pod's status, or its CNI ADD, gives it
+	waiting := false                 // an ambient pod has no IPs yet
 	for _, pod := range pods {
 		key := pod.Namespace + "/" + pod.Name
+		ips := podIPs(pod)
+		for _, ip := range ips {
+			claimed[ip] = true
+		}
 		ns, _ := a.namespaces.Get(pod.Namespace)
 		d := a.policy.Decide(pod, ns)
 		if !d.Ambient {
 			continue
 		}
-		ips := podIPs(pod)
+		if sb, ok := a.addedSandbox(pod, ips); ok {
+			// The status has not caught up with a CNI ADD (see cniAdd).
+			ips = sb.ips
+			for _, ip := range ips {
+				claimed[ip] = true
+			}
+		}
 		if len(ips) == 0 {
+			waiting = true
 			continue
 		}
 		if _, ok := a.tornDownSandbox(key, ips); ok {
@@ -285,7 +304,35 @@ func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []net
 		desired = append(desired, p)
 		byName[key] = pod
 	}
+	if waiting {
+		keep = append(keep, a.unclaimedCapture(claimed)...)
+	}
 	return desired, keep, byName, retry
+}
+
+// unclaimedCapture returns the IPs of the endpoints map's pod entries that
+// no pod's status claims but whose veth is still there and still the
+// route to them. While an ambient pod waits for its IPs, these may be its
+// capture, made at its CNI ADD by an agent that has since restarted and
+// taken its record of the ADD with it: they are kept rather than removed
+// until the status says whose they are. An entry of a deleted veth, or of
+// an IP that now leads elsewhere, is not kept.
+func (a *Agent) unclaimedCapture(claimed map[netip.Addr]bool) []netip.Addr {
+	entries, err := a.dp.Maps().Endpoints.Pods()
+	if err != nil {
+		a.log.Error("read the endpoints map", "error", err)
+		return nil
+	}
+	var keep []netip.Addr
+	for ip, ep := range entries {
+		if claimed[ip] {
+			continue
+		}
+		if iface, err := a.loc.Resolve([]netip.Addr{ip}); err == nil && iface.Ifindex == int(ep.Ifindex) {
+			keep = append(keep, ip)
+		}
+	}
+	return keep
 }
 
 // prefill writes the ambient pods' map entries before ztunnel's programs

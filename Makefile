@@ -83,7 +83,7 @@ cni-bins:
 KERNELS ?= bullseye,bookworm,trixie
 KERNEL_PKGS ?= ./asm,./maps,./tc,./dataplane,./testenv
 KERNEL_SUMMARY ?= bin/kernels.md
-test-kernels:
+test-kernels: cni-bins
 	@mkdir -p $(dir $(KERNEL_SUMMARY))
 	$(GO) run ./testenv/cmd/kernel-matrix -kernels $(KERNELS) -pkgs $(KERNEL_PKGS) -summary $(KERNEL_SUMMARY)
 

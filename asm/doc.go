@@ -45,9 +45,9 @@
 // # Helpers and the licence string
 //
 // The programs call bpf_map_lookup_elem, bpf_redirect, bpf_redirect_peer
-// (kernel 5.10), bpf_skc_lookup_tcp and bpf_sk_lookup_udp (in the caller's
-// netns, or in ztunnel's by its netns id), bpf_sk_release and bpf_sk_assign
-// (kernel 5.7). None of them is GPL-only in the kernel (the
+// (kernel 5.10) with bpf_skb_change_type before it, bpf_skc_lookup_tcp and
+// bpf_sk_lookup_udp (in the caller's netns, or in ztunnel's by its netns
+// id), bpf_sk_release and bpf_sk_assign (kernel 5.7). None of them is GPL-only in the kernel (the
 // helper protos have gpl_only = false), and bpf_trace_printk, which is, is
 // not used: counters in the stats map say what the programs did. The kernel
 // therefore loads the programs under any licence string, and they carry the

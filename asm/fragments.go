@@ -343,15 +343,33 @@ func exit(label string, v maps.Verdict, action int32) asm.Instructions {
 // redirectTo counts the packet under v and hands it to the interface whose
 // index is in R9: into its peer's netns with bpf_redirect_peer when peer is
 // set (only from an ingress hook), else out of it with bpf_redirect.
+//
+// Into the peer, the packet keeps the type the host side gave it, and the
+// peer's IP layer drops anything but PACKET_HOST. A frame for another MAC
+// (on a bridge: for the other pod or the bridge's gateway, flooded or not)
+// is PACKET_OTHERHOST on the host veth; kernels since 6.7 (and the stable
+// kernels it went back to) scrub the packet on a peer redirect, which makes
+// it PACKET_HOST, but 5.10 does not: every captured flow of a bridge node
+// failed there. So the program makes it PACKET_HOST itself, with
+// bpf_skb_change_type, only when it is not.
 func redirectTo(v maps.Verdict, peer bool) asm.Instructions {
-	fn := asm.FnRedirect
-	if peer {
-		fn = asm.FnRedirectPeer
+	if !peer {
+		return concat(countVerdict(v), asm.Instructions{
+			asm.Mov.Reg(asm.R1, regL4),
+			asm.Mov.Imm(asm.R2, 0),
+			asm.FnRedirect.Call(),
+			asm.Return(),
+		})
 	}
 	return concat(countVerdict(v), asm.Instructions{
-		asm.Mov.Reg(asm.R1, regL4),
+		asm.LoadMem(asm.R1, regCtx, skbPktType, asm.Word),
+		asm.JEq.Imm(asm.R1, packetHost, "redirect_peer"),
+		asm.Mov.Reg(asm.R1, regCtx),
+		asm.Mov.Imm(asm.R2, packetHost),
+		asm.FnSkbChangeType.Call(),
+		asm.Mov.Reg(asm.R1, regL4).WithSymbol("redirect_peer"),
 		asm.Mov.Imm(asm.R2, 0),
-		fn.Call(),
+		asm.FnRedirectPeer.Call(),
 		asm.Return(),
 	})
 }

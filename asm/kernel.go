@@ -49,6 +49,7 @@ type SkBuff struct {
 // Offsets of the __sk_buff fields that the programs use.
 const (
 	skbLen            = int16(unsafe.Offsetof(SkBuff{}.Len))
+	skbPktType        = int16(unsafe.Offsetof(SkBuff{}.PktType))
 	skbMark           = int16(unsafe.Offsetof(SkBuff{}.Mark))
 	skbVlanPresent    = int16(unsafe.Offsetof(SkBuff{}.VlanPresent))
 	skbIngressIfindex = int16(unsafe.Offsetof(SkBuff{}.IngressIfindex))
@@ -56,6 +57,10 @@ const (
 	skbData           = int16(unsafe.Offsetof(SkBuff{}.Data))
 	skbDataEnd        = int16(unsafe.Offsetof(SkBuff{}.DataEnd))
 )
+
+// packetHost is PACKET_HOST (include/uapi/linux/if_packet.h): a packet
+// for this host, the only type the IP layer accepts.
+const packetHost = 0
 
 // bpfSock mirrors the start of the kernel's struct bpf_sock, enough to read
 // the state of a socket returned by a lookup helper.

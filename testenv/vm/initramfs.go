@@ -37,7 +37,15 @@ type Workload struct {
 	Tests []TestBinary
 	// Args are given to every test binary.
 	Args []string
+	// CNIPlugins, if set, is a host directory with the reference CNI
+	// plugins (ptp, bridge, host-local: static Go binaries), installed as
+	// GuestCNIDir and named to the tests by MESHREDIRECT_CNI_CACHE, so that
+	// nodes of the ptp and bridge wirings run in the guest too.
+	CNIPlugins string
 }
+
+// cniPlugins are the plugins CNIPlugins must hold (testenv.ReferencePlugins).
+var cniPlugins = []string{"ptp", "bridge", "host-local"}
 
 // Write writes the workload as a cpio archive: /init, /vm/plan.json, and
 // each test binary with its testdata under /pkg/<name>, the binary's
@@ -65,6 +73,18 @@ func (wl *Workload) Write(w io.Writer) error {
 		}
 	}
 	plan := wl.Plan
+	if wl.CNIPlugins != "" {
+		for _, p := range cniPlugins {
+			host := filepath.Join(wl.CNIPlugins, p)
+			if err := checkStatic(host); err != nil {
+				return fmt.Errorf("add CNI plugin %s to initramfs: %w", p, err)
+			}
+			if err := cw.CopyFile(path.Join(GuestCNIDir, p), host); err != nil {
+				return fmt.Errorf("add CNI plugin %s to initramfs: %w", p, err)
+			}
+		}
+		plan.Env = append(plan.Env, "MESHREDIRECT_CNI_CACHE=/"+GuestCNIDir)
+	}
 	for _, t := range wl.Tests {
 		dir := path.Join(GuestPkgDir, t.Name)
 		bin := path.Join(dir, path.Base(t.Name)+".test")

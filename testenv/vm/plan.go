@@ -5,6 +5,7 @@ const (
 	GuestPlanPath   = "vm/plan.json" // the Plan, as JSON
 	GuestModulesDir = "modules"      // <name>.ko and load.txt, the load order
 	GuestPkgDir     = "pkg"          // pkg/<name>/<name>.test and its testdata
+	GuestCNIDir     = "opt/cni-ref"  // the reference CNI plugins, if given
 	GuestOutput     = "/dev/ttyS1"   // where the tests' output goes
 	// GuestModprobe is the kernel's usermode modprobe (the default of
 	// /proc/sys/kernel/modprobe), a link to init, which notes each request

@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/vm"
 )
 
@@ -303,6 +304,13 @@ func writeWorkload(cfg *config, file, initBin string, tests []vm.TestBinary) err
 	}
 	if cfg.busybox {
 		wl.Busybox = vm.Busybox
+	}
+	// The ptp and bridge wirings need the reference plugins (make
+	// cni-bins); without them those nodes are skipped in the guest.
+	if dir, err := testenv.ReferencePlugins(); err == nil {
+		wl.CNIPlugins = dir
+	} else {
+		fmt.Fprintf(os.Stderr, "no reference CNI plugins (%v): the ptp and bridge wirings are skipped in the guests; make cni-bins builds them\n", err)
 	}
 	if cfg.run != "" {
 		wl.Args = append(wl.Args, "-test.run="+cfg.run)

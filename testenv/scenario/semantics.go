@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -211,18 +212,28 @@ func udpStream(src *testenv.Namespace, v6 bool, dst netip.AddrPort, n int) Obser
 		return Observation{Err: err}
 	}
 	defer c.Close()
+	// The reader stops when every datagram came back, or when none came
+	// for quietAfter once all were sent: a slow machine (the kernel
+	// matrix's emulated CPUs) may pause longer than that while sending,
+	// which must not end the count.
+	const quietAfter = 3 * time.Second
+	var sent atomic.Bool
 	got := make(chan int, n)
 	go func() {
+		defer close(got)
 		buf := make([]byte, 2*QUICSize)
-		for {
-			c.SetReadDeadline(time.Now().Add(time.Second))
+		for received := 0; received < n; {
+			c.SetReadDeadline(time.Now().Add(quietAfter))
 			k, err := c.Read(buf)
+			if errors.Is(err, os.ErrDeadlineExceeded) && !sent.Load() {
+				continue
+			}
 			if err != nil {
-				close(got)
 				return
 			}
 			if k == QUICSize {
 				got <- int(buf[0])<<8 | int(buf[1])
+				received++
 			}
 		}
 	}()
@@ -234,6 +245,7 @@ func udpStream(src *testenv.Namespace, v6 bool, dst netip.AddrPort, n int) Obser
 		}
 		time.Sleep(time.Millisecond)
 	}
+	sent.Store(true)
 	seen := map[int]bool{}
 	for i := range got {
 		seen[i] = true

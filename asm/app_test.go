@@ -491,6 +491,10 @@ func appInboundCases() []caseRow {
 		return caseRow{frame: frameOf(packet{src: from(v6, remoteV4, remoteV6), dst: to(v6), proto: layers.IPProtocolUDP, sport: 53, dport: 33000}),
 			ingress: uplinkIfindex, ztFlags: maps.ZtunnelReady | maps.ZtunnelUDPDrop, want: oPolicy}
 	})...)
+	add(bothFamilies("strict UDP policy: UDP from another port of a resolver is dropped", func(v6 bool) caseRow {
+		return caseRow{frame: frameOf(packet{src: from(v6, dnsV4, dnsV6), dst: to(v6), proto: layers.IPProtocolUDP, sport: 5353, dport: 33000}),
+			ingress: uplinkIfindex, ztFlags: maps.ZtunnelReady | maps.ZtunnelUDPDrop, want: oPolicy}
+	})...)
 	add(bothFamilies("strict UDP policy: ICMP is dropped", func(v6 bool) caseRow {
 		return caseRow{frame: frameOf(packet{src: from(v6, remoteV4, remoteV6), dst: to(v6), proto: icmpOf(v6)}),
 			ingress: uplinkIfindex, ztFlags: maps.ZtunnelReady | maps.ZtunnelUDPDrop, want: oPolicy}

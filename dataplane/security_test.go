@@ -296,9 +296,46 @@ func outboundEnv(b *scenario.Box, v6 bool) trickEnv {
 		node = b.Node.IPv6
 	}
 	return trickEnv{v6: v6, outbound: true, src: ip(b.Client), dst: ip(b.Remote), node: node, senderNode: node,
-		ztunnel: ip(b.Ztunnel), other: ip(b.Server),
+		ztunnel: ip(b.Ztunnel), other: ip(b.Server), vacant: vacantPodIP(b.Node, v6),
 		srcBoth:    [2]netip.Addr{b.Client.IPv4, b.Client.IPv6},
 		tunnelBoth: [2]netip.Addr{b.Remote.IPv4, b.Remote.IPv6}}
+}
+
+// vacantPodIP is an address of n's pod CIDR that no pod of a box has: pod
+// number 4000's (testenv numbers pods from 1, never reusing a number, and
+// a box has at most about a hundred; the plugin wirings' gateways are
+// number 4094).
+func vacantPodIP(n *testenv.Node, v6 bool) netip.Addr {
+	const number = 4000
+	if v6 {
+		b := n.PodCIDRv6.Addr().As16()
+		b[14], b[15] = number>>8, number&0xff
+		return netip.AddrFrom16(b)
+	}
+	b := n.PodCIDRv4.Addr().As4()
+	be.PutUint32(b[:], be.Uint32(b[:])+number)
+	return netip.AddrFrom4(b)
+}
+
+// nodeConnection opens a TCP connection from the node to port of pod, as
+// a kubelet probe does (the kernel picks the source), keeps it open until
+// the test ends and returns the node's end of it. Keepalives are off: the
+// connection stays silent while the tricks are counted.
+func nodeConnection(t *testing.T, b *scenario.Box, pod *testenv.Pod, port uint16, v6 bool) netip.AddrPort {
+	t.Helper()
+	network := "tcp4"
+	if v6 {
+		network = "tcp6"
+	}
+	var c net.Conn
+	must(t, b.Node.Do(func() (err error) {
+		d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}
+		d.SetMultipathTCP(false)
+		c, err = d.Dial(network, netip.AddrPortFrom(scenario.IP(pod, v6), port).String())
+		return err
+	}))
+	t.Cleanup(func() { c.Close() })
+	return scenario.Unmap(c.LocalAddr().(*net.TCPAddr).AddrPort())
 }
 
 // inboundEnv is the tricks' setting for the remote host sending to the
@@ -412,14 +449,41 @@ func TestNoWayAroundTheMesh(t *testing.T) {
 			"net/ipv4/conf/eth0/accept_source_route", "1", "net/ipv4/conf/"+b.Client.HostVeth+"/accept_source_route", "1",
 			"net/ipv6/conf/all/seg6_enabled", "1", "net/ipv6/conf/eth0/seg6_enabled", "1",
 			"net/ipv6/conf/"+b.Client.HostVeth+"/seg6_enabled", "1"))
+		// The node's own connection to the client (a probe): its reply
+		// segments carrying a route must not pass as the probe's. With
+		// IPv4 early demux on, the node's kernel gives such a segment its
+		// socket and then refuses to forward it (ip_forward drops what
+		// has a socket): off, as on routers, the node relays what it is
+		// given.
+		must(t, sysctl(&b.Node.Namespace, "net/ipv4/ip_early_demux", "0"))
+		b.Echo(b.Client, scenario.EchoPort)
 		var tricks []trick
 		for _, v6 := range []bool{false, true} {
 			e := outboundEnv(b, v6)
 			e.sourceRouting = true
+			e.nodeConn, e.nodeConnPort = nodeConnection(t, b, b.Client, scenario.EchoPort, v6), scenario.EchoPort
 			for _, tr := range e.tricks() {
 				if strings.Contains(tr.name, "source route") || strings.Contains(tr.name, "routing header") {
 					tricks = append(tricks, tr)
 				}
+			}
+		}
+		runOutbound(t, b, tricks)
+	})
+	t.Run("no reverse path filter on the pod's veth", func(t *testing.T) {
+		// The node's IPv4 reverse path filter drops a foreign source
+		// from a host veth, which holds no address, in loose mode too;
+		// a node may filter nothing there (rp_filter 0, as some CNIs set
+		// their host veths). Then app_outbound alone stops a forged
+		// source. IPv6 has no such filter.
+		b := newBox(t, scenario.Options{DNSAnswer: dnsAnswers})
+		warmUp(t, b)
+		must(t, sysctl(&b.Node.Namespace, "net/ipv4/conf/all/rp_filter", "0",
+			"net/ipv4/conf/"+b.Client.HostVeth+"/rp_filter", "0"))
+		var tricks []trick
+		for _, tr := range bothFamilies(func(v6 bool) trickEnv { return outboundEnv(b, v6) }) {
+			if tr.forged {
+				tricks = append(tricks, tr)
 			}
 		}
 		runOutbound(t, b, tricks)

@@ -34,6 +34,9 @@ type trick struct {
 	// or not (whether a relay on the node forwards it is the node's
 	// business: UDP to the peer itself passes anyway).
 	mayArrive bool
+	// forged: the frames carry a source address that is not the
+	// sender's.
+	forged bool
 	// note explains an outcome in the table.
 	note string
 }
@@ -59,6 +62,16 @@ type trickEnv struct {
 	// sourceRouting says the node accepts source routes (IPv4
 	// accept_source_route, IPv6 SRv6): it relays what carries one.
 	sourceRouting bool
+	// vacant, when valid, is an address of the sender's node's pod CIDR
+	// that no pod has: a forged source that looks like a pod's.
+	vacant netip.Addr
+	// nodeConn, when valid, is the node's end of a TCP connection the node
+	// opened to the sender's port nodeConnPort, as a kubelet probe does:
+	// its segments from the sender are the one TCP to the node that
+	// app_outbound passes, and only without IP options or extension
+	// headers.
+	nodeConn     netip.AddrPort
+	nodeConnPort uint16
 }
 
 func (e trickEnv) capture() maps.Verdict {
@@ -424,7 +437,7 @@ func (e trickEnv) tricks() []trick {
 		spoofed = []maps.Verdict{maps.VerdictDroppedSpoofed}
 	}
 	from := func(name string, src netip.Addr, malformed bool) trick {
-		return trick{name: name, want: spoofed, malformed: malformed, frames: func(m mark) []frame {
+		return trick{name: name, want: spoofed, malformed: malformed, forged: true, frames: func(m mark) []frame {
 			p := e.packet(m, protoTCP, tcpSYN(src, e.dst, e.sport(m), 8080, m.tag))
 			p.src = src
 			return one(ipFrame(p))
@@ -433,7 +446,7 @@ func (e trickEnv) tricks() []trick {
 	add(from("spoofed source (neither the pod's nor a node's)", e.spoofed(), true))
 	add(from("the sender's node's IP as source", e.senderNode, true))
 	if !e.outbound {
-		add(trick{name: "an ambient pod's IP as source", want: []maps.Verdict{maps.VerdictDroppedSpoofed}, malformed: true,
+		add(trick{name: "an ambient pod's IP as source", want: []maps.Verdict{maps.VerdictDroppedSpoofed}, malformed: true, forged: true,
 			frames: func(m mark) []frame {
 				p := e.packet(m, protoTCP, tcpSYN(e.other, e.dst, e.sport(m), 8080, m.tag))
 				p.src = e.other
@@ -442,6 +455,34 @@ func (e trickEnv) tricks() []trick {
 	}
 	if e.outbound {
 		add(from("another ambient pod's IP as source", e.other, false))
+		// What §5 lets pass by design, DNS (with capture off too) and
+		// ICMP, passes only with the pod's own source: with another
+		// pod's, or one no pod has, it is dropped before any rule that
+		// lets it pass or sends it to ztunnel.
+		type source struct {
+			name string
+			src  netip.Addr
+		}
+		forgedSources := []source{{"another ambient pod's IP", e.other}}
+		if e.vacant.IsValid() {
+			forgedSources = append(forgedSources, source{"an address of the pod CIDR that no pod has", e.vacant})
+		}
+		for _, forged := range forgedSources {
+			src := forged.src
+			dns := func(m mark) []frame {
+				p := e.packet(m, protoUDP, udpDatagram(src, e.dst, e.sport(m), 53, m.tag))
+				p.src = src
+				return one(ipFrame(p))
+			}
+			add(trick{name: "UDP to 53 from " + forged.name + ", DNS capture off", want: spoofed, forged: true, frames: dns})
+			add(trick{name: "UDP to 53 from " + forged.name + ", DNS capture on", want: spoofed, forged: true, captureDNS: true, frames: dns})
+			add(trick{name: "ICMP echo from " + forged.name, want: spoofed, forged: true,
+				frames: func(m mark) []frame {
+					p := e.packet(m, icmp, icmpEcho(src, e.dst, uint16(m.idx), m.tag))
+					p.src = src
+					return one(ipFrame(p))
+				}})
+		}
 		add(trick{name: "to ztunnel's own IP", want: captured, toZtunnel: true,
 			frames: func(m mark) []frame {
 				p := e.packet(m, protoTCP, tcpSYN(e.src, e.ztunnel, e.sport(m), 8080, m.tag))
@@ -484,6 +525,26 @@ func (e trickEnv) tricks() []trick {
 			}
 			return p
 		}))
+		if e.nodeConn.IsValid() {
+			// A probe's reply passes only without a route in it: on the
+			// node's own tuple, a source route goes to ztunnel like any
+			// other segment to the node, or the node would relay it.
+			name := "TCP ACK of the node's own connection to the pod (a probe's reply) with a source route via the remote host"
+			if e.v6 {
+				name = "TCP ACK of the node's own connection to the pod (a probe's reply) with a segment routing header via the remote host"
+			}
+			add(toNode(name, captured, func(m mark) ipPacket {
+				node := e.nodeConn.Addr()
+				p := e.packet(m, protoTCP, tcpSegment(e.src, node, e.nodeConnPort, e.nodeConn.Port(), tcpACKFlag, m.tag))
+				p.dst = node
+				if e.v6 {
+					p.ext = []ext{routingHeader(4, 1, e.dst, node)}
+				} else {
+					p.options = looseSourceRoute(e.dst)
+				}
+				return p
+			}))
+		}
 		if e.v6 {
 			t := toNode("UDP to the node's IP with a type 0 routing header via the remote host (Linux never relays type 0)", passed, func(m mark) ipPacket {
 				p := e.packet(m, protoUDP, e.udp(m, e.sport(m), 47113))

@@ -149,12 +149,13 @@ func (s *sender) send(f frame) error {
 	return unix.Sendto(s.fd, f.ether(s.dst, s.src), 0, sa)
 }
 
-// sniffer records the marked frames an interface receives (AF_PACKET,
-// every frame but those it sends itself).
+// sniffer counts, by number, the frames an interface receives (AF_PACKET,
+// every frame but those it sends itself) that its match numbers: the
+// tricks' marked frames, by trick.
 type sniffer struct {
 	where string
 	fd    int
-	book  *markBook
+	match func(frame []byte) int
 	stop  atomic.Bool
 	wg    sync.WaitGroup
 
@@ -165,7 +166,15 @@ type sniffer struct {
 
 func startSniffer(t *testing.T, ns *testenv.Namespace, ifname, where string, book *markBook) *sniffer {
 	t.Helper()
-	s := &sniffer{where: where, book: book, hits: map[int]int{}}
+	return startMatchSniffer(t, ns, ifname, where, book.match)
+}
+
+// startMatchSniffer is startSniffer counting the frames match numbers
+// (-1: none of the sniffer's), such as the kernel's own segments of a
+// connection, which carry no mark.
+func startMatchSniffer(t *testing.T, ns *testenv.Namespace, ifname, where string, match func(frame []byte) int) *sniffer {
+	t.Helper()
+	s := &sniffer{where: where, match: match, hits: map[int]int{}}
 	must(t, ns.Do(func() error {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
@@ -205,7 +214,7 @@ func (s *sniffer) loop() {
 		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
 			continue
 		}
-		if idx := s.book.match(buf[:n]); idx >= 0 {
+		if idx := s.match(buf[:n]); idx >= 0 {
 			s.mu.Lock()
 			s.hits[idx]++
 			s.mu.Unlock()

@@ -28,7 +28,7 @@ type blockMaps struct {
 	pods, pods4, cache, ztunnel, stats *ebpf.Map
 	// slot is the cache slot of key4's address.
 	slot uint32
-	// key4 is an IPv4 address that both pods maps hold, in network order
+	// key4 is an IPv4 address that both endpoints maps hold, in network order
 	// as the packet carries it.
 	key4 uint32
 }
@@ -109,10 +109,10 @@ func newBlockMaps(e *env, c *Copy) blockMaps {
 			copy(k16[12:], ip.a[:])
 			v := make([]byte, maps.EndpointSize)
 			if err := m.pods.Put(k16, v); err != nil {
-				e.Fatalf("fill the blocks' pods map: %v", err)
+				e.Fatalf("fill the blocks' endpoints map: %v", err)
 			}
 			if err := m.pods4.Put(ip.a[:], v); err != nil {
-				e.Fatalf("fill the blocks' IPv4 pods map: %v", err)
+				e.Fatalf("fill the blocks' IPv4 endpoints map: %v", err)
 			}
 		}
 	}

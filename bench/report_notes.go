@@ -76,9 +76,9 @@ func (r *reporter) meaning() {
 		}
 		r.p("- **The programs are a small part of a path**: above an empty program, %s on an IPv4 segment of a flow.", strings.Join(parts, ", "))
 		r.p("  A redirected segment meets one program at the app's veth (`app_outbound`) and one in ztunnel's netns")
-		r.p("  (`ztunnel_assign`), a segment from ztunnel two (`ztunnel_egress` as it leaves ztunnel, `ztunnel_ingress` on its host")
-		r.p("  veth): what makes the path cheap is what the kernel no longer does (conntrack, netfilter chains, policy routing,")
-		r.p("  forwarding), not the programs.")
+		r.p("  (`ztunnel_assign`), a segment from ztunnel one (`ztunnel_ingress` on its host veth); what the node routes into")
+		r.p("  ztunnel's netns (HBONE from other nodes) meets `ztunnel_egress`: what makes the path cheap is what the kernel no")
+		r.p("  longer does (conntrack, netfilter chains, policy routing, forwarding), not the programs.")
 		var hash16, hash4, cache, arr, cnt float64
 		for k, v := range blocks {
 			switch {
@@ -100,8 +100,9 @@ func (r *reporter) meaning() {
 			r.p("  inlines costs %.0f ns (the endpoints cache, indexed by a hash of the address the program computes itself), %.0f ns", cache, arr)
 			r.p("  for the ztunnel map; the verdict counter %.0f ns. So the programs look an address up in the cache, compare the", cnt)
 			r.p("  16-byte key stored in the slot, and call the hash map only when the slot holds another address and is marked")
-			r.p("  as shared (`maps/doc.go`): a source check on every SYN, `ztunnel_ingress`'s and `ztunnel_egress`'s lookup on every")
-			r.p("  segment from ztunnel and `ztunnel_assign`'s direction cost an inlined array access, not a helper call.")
+			r.p("  as shared (`maps/doc.go`): a source check on every SYN, `ztunnel_ingress`'s lookup on every segment from ztunnel,")
+			r.p("  `ztunnel_egress`'s on every packet routed into ztunnel and `ztunnel_assign`'s direction cost an inlined array")
+			r.p("  access, not a helper call.")
 			r.p("  `ztunnel_assign`'s SYN is dominated by its socket lookups (the established table to find a TIME_WAIT or a")
 			r.p("  connection, then the listener by a wildcard tuple), each a helper call into the TCP hash tables.")
 		}

@@ -28,7 +28,7 @@ func newDumpCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dump",
 		Short: "Print each program's disassembly, or with --json its size as the kernel verified it",
-		Long: `dump generates the four programs, loads them into the kernel (with maps of
+		Long: `dump generates the five programs, loads them into the kernel (with maps of
 their own, nothing pinned or attached) and prints each one's disassembly.
 With --json it prints instead a JSON array of
 {"name", "instructions", "verified_instructions", "attach"}, where

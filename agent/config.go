@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshredirect/meshredirect/agent/resolve"
+	"github.com/meshredirect/meshredirect/resolve"
 	"github.com/meshredirect/meshredirect/dataplane"
 )
 

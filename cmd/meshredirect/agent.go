@@ -17,7 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshredirect/meshredirect/agent"
-	"github.com/meshredirect/meshredirect/agent/resolve"
+	"github.com/meshredirect/meshredirect/resolve"
 	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/maps"

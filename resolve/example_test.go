@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/meshredirect/meshredirect/agent/resolve"
+	"github.com/meshredirect/meshredirect/resolve"
 )
 
 // Example finds a dual-stack pod's veth and MAC on the node, and a path to

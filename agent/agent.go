@@ -21,13 +21,12 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
-	"github.com/meshredirect/meshredirect/resolve"
 	"github.com/meshredirect/meshredirect/dataplane"
 )
 
-// locator finds a pod's host interface; *resolve.Resolver is one.
+// locator finds a pod's host interface; *dataplane.Locator is one.
 type locator interface {
-	Resolve(ips []netip.Addr) (resolve.Interface, error)
+	Resolve(ips []netip.Addr) (dataplane.PodInterface, error)
 	NetnsPath(nsid int) (string, error)
 	Close() error
 }
@@ -105,7 +104,7 @@ func New(cfg Config) (*Agent, error) {
 		tornDown:  map[string]sandbox{},
 		added:     map[string]addedSandbox{},
 	}
-	if a.loc, err = resolve.New(cfg.Resolve); err != nil {
+	if a.loc, err = dataplane.NewLocator(cfg.Resolve); err != nil {
 		return nil, fmt.Errorf("open the pod resolver: %w", err)
 	}
 	if a.dp, err = dataplane.Open(cfg.Dataplane); err != nil {
@@ -114,7 +113,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 
 	if cfg.Metrics != nil {
-		cfg.Metrics.MustRegister(newStatsCollector(a.dp.Maps().Stats))
+		cfg.Metrics.MustRegister(newStatsCollector(a.dp.Stats))
 	}
 
 	a.bcast = record.NewBroadcaster()
@@ -151,9 +150,6 @@ func New(cfg Config) (*Agent, error) {
 	})
 	return a, nil
 }
-
-// Dataplane returns the datapath the agent drives (for status and metrics).
-func (a *Agent) Dataplane() *dataplane.Dataplane { return a.dp }
 
 // Ready reports whether the caches have synced and the first reconcile is
 // done.
@@ -324,4 +320,4 @@ func podIPs(pod *corev1.Pod) []netip.Addr {
 
 // isNotFound tells "the pod's interface is not there (yet)" from other
 // resolver failures.
-func isNotFound(err error) bool { return errors.Is(err, resolve.ErrNotFound) }
+func isNotFound(err error) bool { return errors.Is(err, dataplane.ErrPodNotFound) }

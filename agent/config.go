@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshredirect/meshredirect/resolve"
 	"github.com/meshredirect/meshredirect/dataplane"
 )
 
@@ -35,7 +34,7 @@ type Config struct {
 	Dataplane dataplane.Config
 	// Resolve configures how pods' interfaces are found; its NodeNetns is
 	// taken from Dataplane.NodeNetns.
-	Resolve resolve.Config
+	Resolve dataplane.LocatorConfig
 	// ExcludedNamespaces are never captured; nil means DefaultExcludedNamespaces.
 	ExcludedNamespaces []string
 	// ZtunnelSelector is the label selector of ztunnel's pods; empty means

@@ -21,10 +21,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshredirect/meshredirect/agent"
-	"github.com/meshredirect/meshredirect/resolve"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/resolve"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/cluster"
 	"github.com/meshredirect/meshredirect/testenv/cnichain"

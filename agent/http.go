@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/dataplane"
 )
 
 // NewRegistry returns a Prometheus registry with the Go runtime and process
@@ -26,16 +27,16 @@ func NewRegistry() *prometheus.Registry {
 // statsCollector exports the programs' per-verdict counters, read from the
 // stats map at each scrape (summed over CPUs).
 type statsCollector struct {
-	stats   *maps.Stats
+	read    func() (map[dataplane.Verdict]dataplane.Counter, error)
 	packets *prometheus.Desc
 	bytes   *prometheus.Desc
 }
 
-func newStatsCollector(stats *maps.Stats) *statsCollector {
+func newStatsCollector(read func() (map[dataplane.Verdict]dataplane.Counter, error)) *statsCollector {
 	return &statsCollector{
-		stats: stats,
+		read: read,
 		packets: prometheus.NewDesc("meshredirect_datapath_packets_total",
-			"Packets the redirection programs handled, by verdict (redirected_out, redirected_in, bypass, passed, dropped_no_ztunnel, assigned, marked, no_socket, assign_failed, parse_error).",
+			"Packets the redirection programs handled, by verdict ("+verdictNames()+").",
 			[]string{"verdict"}, nil),
 		bytes: prometheus.NewDesc("meshredirect_datapath_bytes_total",
 			"Bytes of the packets the redirection programs handled, by verdict.",
@@ -49,7 +50,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
-	counters, err := c.stats.Read()
+	counters, err := c.read()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.packets, err)
 		return
@@ -67,7 +68,7 @@ func (a *Agent) Handler(gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if _, err := a.dp.Maps().Stats.Read(); err != nil {
+		if _, err := a.dp.Stats(); err != nil {
 			http.Error(w, "stats map unreadable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
@@ -101,4 +102,14 @@ func (a *Agent) Serve(ctx context.Context, addr string, gatherer prometheus.Gath
 		return err
 	}
 	return nil
+}
+
+// verdictNames lists the verdicts for the metrics' help, as the programs
+// number them.
+func verdictNames() string {
+	var names []string
+	for _, v := range dataplane.Verdicts() {
+		names = append(names, v.String())
+	}
+	return strings.Join(names, ", ")
 }

@@ -19,7 +19,6 @@ import (
 	kscheme "k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/meshredirect/meshredirect/dataplane"
-	"github.com/meshredirect/meshredirect/maps"
 )
 
 func scheme() *runtime.Scheme { return kscheme.Scheme }
@@ -93,7 +92,7 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, d Decision)
 			return err
 		}
 		reason := reasonAttach
-		if errors.Is(err, maps.ErrMapFull) {
+		if errors.Is(err, dataplane.ErrMapFull) {
 			reason = reasonMapFull
 		}
 		a.m.enrolErrors.WithLabelValues(reason).Inc()
@@ -318,17 +317,17 @@ func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []net
 // until the status says whose they are. An entry of a deleted veth, or of
 // an IP that now leads elsewhere, is not kept.
 func (a *Agent) unclaimedCapture(claimed map[netip.Addr]bool) []netip.Addr {
-	entries, err := a.dp.Maps().Endpoints.Pods()
+	entries, err := a.dp.PodEntries()
 	if err != nil {
 		a.log.Error("read the endpoints map", "error", err)
 		return nil
 	}
 	var keep []netip.Addr
-	for ip, ep := range entries {
+	for ip, ifindex := range entries {
 		if claimed[ip] {
 			continue
 		}
-		if iface, err := a.loc.Resolve([]netip.Addr{ip}); err == nil && iface.Ifindex == int(ep.Ifindex) {
+		if iface, err := a.loc.Resolve([]netip.Addr{ip}); err == nil && iface.Ifindex == ifindex {
 			keep = append(keep, ip)
 		}
 	}

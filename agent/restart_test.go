@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
@@ -335,7 +336,7 @@ func TestStatusWhileAgentDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("status --json: %v", err)
 	}
-	var st agent.Status
+	var st dataplane.Status
 	must(t, json.Unmarshal(out, &st))
 	if len(st.Pods) != 2 {
 		t.Fatalf("status shows %d pods, want 2: %+v", len(st.Pods), st.Pods)

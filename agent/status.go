@@ -2,402 +2,45 @@ package agent
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"net/netip"
-	"path/filepath"
-	"slices"
 	"sort"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/dataplane"
-	"github.com/meshredirect/meshredirect/maps"
-	"github.com/meshredirect/meshredirect/tc"
 )
 
-// Status is what `meshredirect status` shows: the node's datapath as the
-// kernel and the pins hold it, whether or not an agent runs.
-type Status struct {
-	Kernel   string   `json:"kernel"`
-	Features Features `json:"features"`
-	// NodeAddresses are the node's own addresses in the endpoints map:
-	// a pod's TCP to one of them passes only as a reply of the node's own
-	// connection.
-	NodeAddresses []string `json:"nodeAddresses"`
-	// Resolvers are the DNS resolvers the strict UDP policy lets pods
-	// query.
-	Resolvers []string `json:"resolvers"`
-	// RelayPorts are the node's UDP tunnel ports, to which a pod's
-	// datagrams are dropped.
-	RelayPorts []uint16                `json:"relayPorts"`
-	Ztunnel    ZtunnelStatus           `json:"ztunnel"`
-	Pods       []PodStatus             `json:"pods"`
-	Programs   []ProgramStatus         `json:"programs"`
-	Verdicts   map[string]maps.Counter `json:"verdicts"`
-	// Problems are inconsistencies worth a look (a pod without its
-	// programs, programs without a pod, ztunnel not ready, ...).
-	Problems []string `json:"problems"`
-}
-
-// Features are the kernel features the datapath picks at run time.
-type Features struct {
-	RedirectPeer bool `json:"redirectPeer"`
-	TCX          bool `json:"tcx"`
-	// AttachModes are the modes of the attachments found (tc, tcx).
-	AttachModes []string `json:"attachModes"`
-}
-
-// ZtunnelStatus is the ztunnel map's entry.
-type ZtunnelStatus struct {
-	Interface  string   `json:"interface"`
-	Ifindex    int      `json:"ifindex"`
-	MAC        string   `json:"mac"`
-	IPs        []string `json:"ips"`
-	Ready      bool     `json:"ready"`
-	CaptureDNS bool     `json:"captureDNS"`
-	FailOpen   bool     `json:"failOpen"`
-	// UDP is the node's UDP policy: "pass" (Istio's) or "drop" (strict).
-	UDP string `json:"udp"`
-	// NetnsID is ztunnel's netns id as the node's netns knows it; -1 when
-	// unknown.
-	NetnsID int `json:"netnsID"`
-}
-
-// PodStatus is one enrolled pod: its entries in the endpoints map grouped
-// by host veth, the programs on that veth, and the veth's counters.
-type PodStatus struct {
-	// Namespace and Name come from the API; empty when it is not reachable.
-	Namespace string   `json:"namespace,omitempty"`
-	Name      string   `json:"name,omitempty"`
-	IPs       []string `json:"ips"`
-	Interface string   `json:"interface"`
-	Ifindex   int      `json:"ifindex"`
-	// Mode is the attach mode of its programs: tc, tcx, or "missing".
-	Mode string `json:"mode"`
-	// Policy is the pod's own capture policy (bypass-inbound-capture,
-	// bypass-dns-capture, udp=drop); empty for none.
-	Policy string `json:"policy,omitempty"`
-	// PacketsOut and PacketsIn are the veth's counters: packets the pod
-	// sent (the app_outbound program saw each one) and packets sent to
-	// it. The per-verdict split is node-wide (Verdicts).
-	PacketsOut uint64 `json:"packetsOut"`
-	PacketsIn  uint64 `json:"packetsIn"`
-}
-
-// ProgramStatus is one program found attached.
-type ProgramStatus struct {
-	Name        string    `json:"name"`
-	ID          uint32    `json:"id"`
-	Tag         string    `json:"tag"`
-	LoadedAt    time.Time `json:"loadedAt,omitzero"`
-	Attachments int       `json:"attachments"`
-	// Current says whether its instructions are those this binary
-	// generates for this kernel: false after an upgrade until the new agent
-	// has replaced it.
-	Current bool `json:"current"`
-}
-
-// StatusOptions say where to look.
+// StatusOptions say where to look and how to name what is found.
 type StatusOptions struct {
-	NodeNetns string
-	PinDir    string
+	dataplane.InspectOptions
 	// Client and NodeName, if set, name the pods from the API.
 	Client   kubernetes.Interface
 	NodeName string
-	// AssignFailedWait is how long status waits to see whether a non-zero
-	// assign_failed count rises; zero means a second.
-	AssignFailedWait time.Duration
 }
 
-func (o StatusOptions) assignFailedWait() time.Duration {
-	if o.AssignFailedWait == 0 {
-		return time.Second
-	}
-	return o.AssignFailedWait
-}
-
-// NodeStatus gathers the node's Status.
-func NodeStatus(ctx context.Context, o StatusOptions) (Status, error) {
-	st := Status{Verdicts: map[string]maps.Counter{}}
-	var uts unix.Utsname
-	if unix.Uname(&uts) == nil {
-		st.Kernel = unix.ByteSliceToString(uts.Release[:])
-	}
-	opts, err := mrasm.Detect()
+// NodeStatus is what `meshredirect status` shows: the node's datapath as
+// dataplane.Inspect reads it from the kernel and the pins, with each pod
+// named from the API when it answers.
+func NodeStatus(ctx context.Context, o StatusOptions) (dataplane.Status, error) {
+	st, err := dataplane.Inspect(ctx, o.InspectOptions)
 	if err != nil {
 		return st, err
-	}
-	st.Features.RedirectPeer = opts.RedirectPeer
-
-	set, err := maps.OpenPinned(o.PinDir)
-	if err != nil {
-		return st, err
-	}
-	defer set.Close()
-
-	h, closeNS, err := nodeHandle(o.NodeNetns)
-	if err != nil {
-		return st, err
-	}
-	defer closeNS()
-	st.Features.TCX = haveTCX()
-
-	m, err := tc.New(tc.Config{NetnsPath: o.NodeNetns, PinDir: filepath.Join(o.PinDir, "tc")})
-	if err != nil {
-		return st, err
-	}
-	defer m.Close()
-	attachments, err := m.ListAll()
-	if err != nil {
-		return st, err
-	}
-
-	// The node's addresses, resolvers and pods, from the endpoints map.
-	entries, err := set.Endpoints.All()
-	if err != nil {
-		return st, err
-	}
-	for ip, e := range entries {
-		if e.Flags&maps.EndpointNode != 0 {
-			st.NodeAddresses = append(st.NodeAddresses, ip.String())
-		}
-		if e.Flags&maps.EndpointResolver != 0 {
-			st.Resolvers = append(st.Resolvers, ip.String())
-		}
-	}
-	sort.Strings(st.NodeAddresses)
-	sort.Strings(st.Resolvers)
-	if st.RelayPorts, err = set.Relays.Get(); err != nil {
-		return st, err
-	}
-	if len(st.NodeAddresses) == 0 {
-		st.Problems = append(st.Problems, "no node address in the endpoints map: kubelet probes' replies go to ztunnel")
-	}
-	zt, err := set.Ztunnel.Get()
-	if err != nil {
-		return st, err
-	}
-	st.Ztunnel = ZtunnelStatus{Ifindex: int(zt.Ifindex), MAC: fmtMAC(zt.MAC),
-		Ready: zt.Flags&maps.ZtunnelReady != 0, CaptureDNS: zt.Flags&maps.ZtunnelCaptureDNS != 0, FailOpen: zt.Flags&maps.ZtunnelFailOpen != 0,
-		UDP: "pass", NetnsID: -1}
-	if zt.Flags&maps.ZtunnelUDPDrop != 0 {
-		st.Ztunnel.UDP = "drop"
-	}
-	if zt.Flags&maps.ZtunnelNetnsID != 0 {
-		st.Ztunnel.NetnsID = int(zt.NetnsID)
-	} else if zt.Ifindex != 0 {
-		st.Problems = append(st.Problems, "ztunnel's netns id is unknown: the node's replies to ztunnel's connections made with a pod's address reach the pod, not ztunnel")
-	}
-	for _, raw := range [][16]byte{zt.IPv4, zt.IPv6} {
-		if raw != ([16]byte{}) {
-			st.Ztunnel.IPs = append(st.Ztunnel.IPs, netip.AddrFrom16(raw).Unmap().String())
-		}
-	}
-	if l, err := h.LinkByIndex(int(zt.Ifindex)); err == nil {
-		st.Ztunnel.Interface = l.Attrs().Name
-	} else if zt.Ifindex != 0 {
-		st.Problems = append(st.Problems, fmt.Sprintf("ztunnel's veth (ifindex %d) is gone", zt.Ifindex))
-	}
-	switch {
-	case zt.Ifindex == 0:
-		st.Problems = append(st.Problems, "no ztunnel set up: ambient pods' traffic is dropped")
-	case !st.Ztunnel.Ready && !st.Ztunnel.FailOpen:
-		st.Problems = append(st.Problems, "ztunnel not ready: ambient pods' traffic is dropped (fail closed)")
-	case !st.Ztunnel.Ready:
-		st.Problems = append(st.Problems, "ztunnel not ready: ambient pods' traffic passes uncaptured (fail open)")
-	}
-
-	// Pods, by veth.
-	byIf := map[int]*PodStatus{}
-	for ip, e := range entries {
-		if !e.IsPod() {
-			continue
-		}
-		p := byIf[int(e.Ifindex)]
-		if p == nil {
-			p = &PodStatus{Ifindex: int(e.Ifindex), Policy: policyOf(e.Flags).String()}
-			byIf[int(e.Ifindex)] = p
-		}
-		p.IPs = append(p.IPs, ip.String())
 	}
 	names := podNames(ctx, o)
-	modes := map[string]bool{}
-	for _, a := range attachments {
-		modes[a.Mode.String()] = true
-	}
-	for mode := range modes {
-		st.Features.AttachModes = append(st.Features.AttachModes, mode)
-	}
-	sort.Strings(st.Features.AttachModes)
-	for ifindex, p := range byIf {
-		sort.Strings(p.IPs)
-		if l, err := h.LinkByIndex(ifindex); err == nil {
-			p.Interface = l.Attrs().Name
-			if s := l.Attrs().Statistics; s != nil {
-				p.PacketsOut, p.PacketsIn = s.RxPackets, s.TxPackets
-			}
-		} else {
-			st.Problems = append(st.Problems, fmt.Sprintf("endpoints map entries %v point at ifindex %d, which is gone", p.IPs, ifindex))
-		}
-		p.Mode = podMode(attachments, ifindex)
-		if p.Mode == "missing" {
-			st.Problems = append(st.Problems, fmt.Sprintf("pod %v on %s has its map entries but not both programs", p.IPs, p.Interface))
-		}
+	for i := range st.Pods {
+		p := &st.Pods[i]
 		for _, ip := range p.IPs {
 			if n, ok := names[ip]; ok {
 				p.Namespace, p.Name = n[0], n[1]
 			}
 		}
-		st.Pods = append(st.Pods, *p)
 	}
-	sort.Slice(st.Pods, func(i, j int) bool {
+	sort.SliceStable(st.Pods, func(i, j int) bool {
 		a, b := st.Pods[i], st.Pods[j]
-		if a.Namespace+a.Name != b.Namespace+b.Name {
-			return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
-		}
-		return a.Ifindex < b.Ifindex
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
 	})
-	for _, a := range attachments {
-		prog := a.Name
-		if prog == "" {
-			prog = a.ProgramName
-		}
-		if (prog == mrasm.AppOutbound || prog == mrasm.AppInbound) && byIf[a.Ifindex] == nil {
-			st.Problems = append(st.Problems, fmt.Sprintf("%s on %s belongs to no enrolled pod (the agent removes it at its next reconcile)", prog, a.Ifname))
-		}
-		if a.Defunct {
-			st.Problems = append(st.Problems, fmt.Sprintf("defunct tcx link %s (its interface is gone)", a.PinPath))
-		}
-	}
-
-	st.Programs = programStatus(attachments)
-	counters, err := set.Stats.Read()
-	if err != nil {
-		return st, err
-	}
-	for v, c := range counters {
-		st.Verdicts[v.String()] = c
-	}
-	if n := counters[maps.VerdictAssignFailed].Packets; n > 0 {
-		// A count that still rises means ztunnel's sockets refuse
-		// assignment now (SO_REUSEPORT listeners before Linux 6.5): new
-		// connections are dropped. Look again after a moment.
-		select {
-		case <-ctx.Done():
-		case <-time.After(o.assignFailedWait()):
-		}
-		if again, err := set.Stats.Read(); err == nil && again[maps.VerdictAssignFailed].Packets > n {
-			st.Verdicts[maps.VerdictAssignFailed.String()] = again[maps.VerdictAssignFailed]
-			st.Problems = append(st.Problems, fmt.Sprintf("assign_failed is rising (%d, then %d): ztunnel's sockets refuse bpf_sk_assign "+
-				"(a listener with SO_REUSEPORT on a kernel before 6.5?) and new connections are dropped", n, again[maps.VerdictAssignFailed].Packets))
-		}
-	}
 	return st, nil
-}
-
-// policyOf is the pod policy an endpoint's flags hold.
-func policyOf(flags uint16) dataplane.Policy {
-	return dataplane.Policy{
-		BypassInbound: flags&maps.EndpointBypassInbound != 0,
-		BypassDNS:     flags&maps.EndpointBypassDNS != 0,
-		UDPDrop:       flags&maps.EndpointUDPDrop != 0,
-	}
-}
-
-func podMode(attachments []tc.Attachment, ifindex int) string {
-	var modes []string
-	dirs := 0
-	for _, a := range attachments {
-		if a.Ifindex == ifindex && !a.Defunct {
-			dirs++
-			if !slices.Contains(modes, a.Mode.String()) {
-				modes = append(modes, a.Mode.String())
-			}
-		}
-	}
-	if dirs < 2 || len(modes) == 0 {
-		return "missing"
-	}
-	sort.Strings(modes)
-	out := modes[0]
-	for _, m := range modes[1:] {
-		out += "+" + m
-	}
-	return out
-}
-
-// programStatus describes each attached program and whether it is this
-// build's (its kernel tag matches the instructions generated here).
-func programStatus(attachments []tc.Attachment) []ProgramStatus {
-	want := buildTags()
-	byID := map[ebpf.ProgramID]*ProgramStatus{}
-	var order []ebpf.ProgramID
-	for _, a := range attachments {
-		ps := byID[a.ProgramID]
-		if ps == nil {
-			ps = &ProgramStatus{ID: uint32(a.ProgramID), Name: a.ProgramName}
-			if prog, err := ebpf.NewProgramFromID(a.ProgramID); err == nil {
-				if info, err := prog.Info(); err == nil {
-					ps.Name, ps.Tag = info.Name, info.Tag
-					if d, ok := info.LoadTime(); ok {
-						ps.LoadedAt = bootTime().Add(d)
-					}
-				}
-				prog.Close()
-			}
-			ps.Current = ps.Tag != "" && want[ps.Name+"/"+ps.Tag]
-			byID[a.ProgramID] = ps
-			order = append(order, a.ProgramID)
-		}
-		ps.Attachments++
-	}
-	out := make([]ProgramStatus, 0, len(order))
-	for _, id := range order {
-		out = append(out, *byID[id])
-	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].Name < out[j].Name || out[i].Name == out[j].Name && out[i].ID < out[j].ID
-	})
-	return out
-}
-
-// buildTags returns "name/tag" of every program this binary generates, in
-// both redirect variants, as the kernel tags them: loaded here with
-// throwaway maps (the kernel's tag leaves map references out, so their size
-// does not matter) and read back.
-func buildTags() map[string]bool {
-	out := map[string]bool{}
-	for _, peer := range []bool{true, false} {
-		coll, err := ebpf.NewCollection(mrasm.CollectionSpec(mrasm.Options{RedirectPeer: peer, PodsMaxEntries: 1}))
-		if err != nil {
-			continue
-		}
-		for name, prog := range coll.Programs {
-			if info, err := prog.Info(); err == nil {
-				out[name+"/"+info.Tag] = true
-			}
-		}
-		coll.Close()
-	}
-	return out
-}
-
-// bootTime is when the machine booted (program load times count from it).
-func bootTime() time.Time {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return time.Time{}
-	}
-	return time.Now().Add(-time.Duration(ts.Nano()))
 }
 
 // podNames maps pod IPs to namespace and name from the API, when a client
@@ -419,32 +62,4 @@ func podNames(ctx context.Context, o StatusOptions) map[string][2]string {
 		}
 	}
 	return out
-}
-
-// nodeHandle is a netlink handle in the node's netns (path, or ours).
-func nodeHandle(path string) (*netlink.Handle, func(), error) {
-	if path == "" {
-		return &netlink.Handle{}, func() {}, nil
-	}
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
-		return nil, nil, err
-	}
-	return h, func() { h.Close(); ns.Close() }, nil
-}
-
-// haveTCX asks the kernel for the tcx programs of lo (ifindex 1 in every
-// netns): kernels without tcx (before 6.6) refuse the attach type.
-func haveTCX() bool {
-	_, err := link.QueryPrograms(link.QueryOptions{Target: 1, Attach: ebpf.AttachTCXIngress})
-	return err == nil || !(errors.Is(err, unix.EINVAL) || errors.Is(err, ebpf.ErrNotSupported))
-}
-
-func fmtMAC(m [6]byte) string {
-	return fmt.Sprintf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5])
 }

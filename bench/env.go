@@ -6,7 +6,7 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/meshredirect/meshredirect/internal/bpffs"
 )
 
 // env is the testenv.TB of the benchmark program: it collects cleanups and
@@ -88,19 +88,14 @@ func (e *env) close() {
 // bpffs mounts a private bpffs for the pins of the eBPF copies, so that
 // the machine's /sys/fs/bpf is never touched; it is unmounted at the end.
 func (e *env) bpffs() string {
-	dir, err := os.MkdirTemp("", "meshredirect-bench-bpffs-")
+	dir, unmount, err := bpffs.MountPrivate("meshredirect-bench-bpffs-")
 	if err != nil {
-		e.Fatalf("create a directory for the bpffs: %v", err)
-	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		os.Remove(dir)
-		e.Fatalf("mount bpffs on %s: %v", dir, err)
+		e.Fatalf("%v", err)
 	}
 	e.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			e.Errorf("unmount bpffs %s: %v", dir, err)
+		if err := unmount(); err != nil {
+			e.Errorf("%v", err)
 		}
-		os.Remove(dir)
 	})
 	return dir
 }

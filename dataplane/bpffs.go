@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshredirect/meshredirect/internal/bpffs"
 	"github.com/meshredirect/meshredirect/maps"
 )
 
@@ -56,8 +57,8 @@ func openMaps(cfg Config) (*maps.Set, error) {
 	default:
 		return nil, fmt.Errorf("mount bpffs: unknown mode %q (want auto, always or never)", mode)
 	}
-	if merr := unix.Mount("bpf", BPFFSRoot, "bpf", 0, "mode=0700"); merr != nil {
-		return nil, fmt.Errorf("%w; mounting one at %s failed: %v; %s", err, BPFFSRoot, merr, hint)
+	if merr := bpffs.Mount(BPFFSRoot); merr != nil {
+		return nil, fmt.Errorf("%w; %v; %s", err, merr, hint)
 	}
 	if cfg.Log != nil {
 		cfg.Log.Info("mounted a bpffs for the pins", "at", BPFFSRoot)

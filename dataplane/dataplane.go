@@ -4,12 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/maps"
@@ -68,7 +67,17 @@ func (c Config) pinDir() string {
 	return c.PinDir
 }
 
-func (c Config) tcPinDir() string { return filepath.Join(c.pinDir(), "tc") }
+func (c Config) tcPinDir() string { return TCPinDir(c.pinDir()) }
+
+// TCPinDir is where, under the pin directory pinDir, the tcx links and the
+// clsact qdisc markers are pinned: the pin layout is spelled here only.
+func TCPinDir(pinDir string) string { return filepath.Join(pinDir, "tc") }
+
+// tcConfig is the tc manager's configuration for the netns at path (the
+// node's, ztunnel's or, for uninstall, any).
+func (c Config) tcConfig(path string) tc.Config {
+	return tc.Config{NetnsPath: path, Mode: c.AttachMode, Priority: c.Priority, PinDir: c.tcPinDir()}
+}
 
 // Dataplane is the datapath of one node. Its methods may be called from
 // several goroutines; they run one at a time.
@@ -84,10 +93,9 @@ type Dataplane struct {
 	progIDs map[string]ebpf.ProgramID
 	// node attaches in the node's network namespace.
 	node *tc.Manager
-	// nodeNS and nl are the node's network namespace and a netlink handle
-	// in it, usable from any thread.
-	nodeNS netns.NsHandle
-	nl     *netlink.Handle
+	// nl is the node's network namespace and a netlink handle in it,
+	// usable from any thread.
+	nl *nsLink
 	// ztunnel is what SetZtunnel last set up; zero before.
 	ztunnel Ztunnel
 }
@@ -95,6 +103,7 @@ type Dataplane struct {
 // Open loads the programs, opens or creates the pinned maps and prepares to
 // attach in the node's network namespace.
 func Open(cfg Config) (*Dataplane, error) {
+	liftMemlock()
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -112,21 +121,13 @@ func Open(cfg Config) (*Dataplane, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Dataplane{cfg: cfg, log: log, opts: opts, maps: set, progIDs: map[string]ebpf.ProgramID{}, nodeNS: -1}
+	d := &Dataplane{cfg: cfg, log: log, opts: opts, maps: set, progIDs: map[string]ebpf.ProgramID{}}
 	fail := func(err error) (*Dataplane, error) {
 		d.Close()
 		return nil, err
 	}
-	if cfg.NodeNetns == "" {
-		d.nodeNS, err = netns.Get()
-	} else {
-		d.nodeNS, err = netns.GetFromPath(cfg.NodeNetns)
-	}
-	if err != nil {
-		return fail(fmt.Errorf("open the node's netns: %w", err))
-	}
-	if d.nl, err = netlink.NewHandleAt(d.nodeNS); err != nil {
-		return fail(fmt.Errorf("netlink in the node's netns: %w", err))
+	if d.nl, err = openNetns(cfg.NodeNetns); err != nil {
+		return fail(fmt.Errorf("the node's netns: %w", err))
 	}
 	if len(set.Created) > 0 {
 		log.Info("created maps", "pins", cfg.pinDir(), "maps", set.Created)
@@ -152,7 +153,9 @@ func Open(cfg Config) (*Dataplane, error) {
 		d.progIDs[name] = id
 	}
 
-	d.node, err = tc.New(tc.Config{NetnsFD: int(d.nodeNS), Mode: cfg.AttachMode, Priority: cfg.Priority, PinDir: cfg.tcPinDir()})
+	tcCfg := cfg.tcConfig("")
+	tcCfg.NetnsFD = int(d.nl.ns)
+	d.node, err = tc.New(tcCfg)
 	if err != nil {
 		return fail(fmt.Errorf("open tc manager for the node: %w", err))
 	}
@@ -166,21 +169,35 @@ func Open(cfg Config) (*Dataplane, error) {
 	return d, nil
 }
 
-// MapsReplaced reports whether Open replaced incompatible pinned maps: their
-// new copies are empty until refilled.
-func (d *Dataplane) MapsReplaced() bool { return len(d.maps.Replaced) > 0 }
-
 // Options returns the program variants this Dataplane loaded.
 func (d *Dataplane) Options() mrasm.Options { return d.opts }
 
-// Maps returns the maps, for status and metrics.
+// Maps returns the maps, for tests and benchmarks that run the programs on
+// them; the agent uses Stats and PodEntries.
 func (d *Dataplane) Maps() *maps.Set { return d.maps }
 
+// Stats reads the programs' per-verdict counters, summed over CPUs.
+func (d *Dataplane) Stats() (map[Verdict]Counter, error) { return d.maps.Stats.Read() }
+
+// PodEntries returns the endpoints map's pod entries: each enrolled IP and
+// the index of the host interface it is enrolled on.
+func (d *Dataplane) PodEntries() (map[netip.Addr]int, error) {
+	entries, err := d.maps.Endpoints.Pods()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[netip.Addr]int, len(entries))
+	for ip, ep := range entries {
+		out[ip] = int(ep.Ifindex)
+	}
+	return out, nil
+}
+
 // AttachMode returns the attach mode in use (legacy or tcx).
-func (d *Dataplane) AttachMode() tc.Mode { return d.node.Mode() }
+func (d *Dataplane) AttachMode() Mode { return d.node.Mode() }
 
 // Attachments lists our attachments in the node's network namespace.
-func (d *Dataplane) Attachments() ([]tc.Attachment, error) {
+func (d *Dataplane) Attachments() ([]Attachment, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.node.ListAll()
@@ -201,9 +218,6 @@ func (d *Dataplane) Close() error {
 	}
 	if d.nl != nil {
 		d.nl.Close()
-	}
-	if d.nodeNS.IsOpen() {
-		d.nodeNS.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -236,13 +250,6 @@ func (d *Dataplane) Attach(ifindex int, program string, dir tc.Direction) (tc.At
 		return tc.Attachment{}, err
 	}
 	return d.node.Attach(ifindex, dir, program, prog)
-}
-
-// Detach takes our program off a hook of an interface of the node.
-func (d *Dataplane) Detach(ifindex int, dir tc.Direction) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.node.Detach(ifindex, dir)
 }
 
 // Interface finds an interface of the node by name.

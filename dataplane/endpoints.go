@@ -229,7 +229,7 @@ func (d *Dataplane) NodeAddresses() ([]netip.Addr, error) {
 // and relay ports again (NodeAddresses, RelayPorts). It returns once the
 // subscriptions are in place.
 func (d *Dataplane) WatchNode(ctx context.Context, changed func()) error {
-	ns := d.nodeNS
+	ns := d.nl.ns
 	errCB := func(err error) {
 		// Closing the subscription at the end makes its read fail too.
 		if ctx.Err() == nil {
@@ -294,7 +294,7 @@ func (d *Dataplane) RelayPorts() ([]uint16, error) {
 	// FOU receivers are listed over generic netlink, from inside the
 	// node's netns, if the fou family exists: asked for by name, a family
 	// the kernel lacks makes it load the module.
-	inNetns(d.nodeNS, func() error {
+	d.nl.Do(func() error {
 		families, err := netlink.GenlFamilyList()
 		if err != nil || !slices.ContainsFunc(families, func(f *netlink.GenlFamily) bool { return f.Name == "fou" }) {
 			return err

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/maps"
@@ -216,14 +215,9 @@ func podMAC(path string, host netlink.Link) (net.HardwareAddr, error) {
 	if peer == 0 {
 		return nil, fmt.Errorf("host interface %s: no peer index", host.Attrs().Name)
 	}
-	ns, err := netns.GetFromPath(path)
+	h, err := openNetns(path)
 	if err != nil {
-		return nil, fmt.Errorf("open pod netns %s: %w", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in pod netns %s: %w", path, err)
+		return nil, fmt.Errorf("pod netns: %w", err)
 	}
 	defer h.Close()
 	l, err := h.LinkByIndex(peer)

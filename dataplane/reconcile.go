@@ -4,11 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
-
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/maps"
@@ -154,101 +150,4 @@ func programOf(a tc.Attachment) string {
 		return a.Name
 	}
 	return a.ProgramName
-}
-
-// Uninstall removes everything meshredirect made on the node: every program
-// attachment of ours in the node's netns and in the given ztunnel netns
-// (whose policy routing rules go too), the tcx link pins and qdisc markers,
-// and the maps' pins. It works whether or not an agent runs, and repeating
-// it is harmless.
-func Uninstall(cfg Config, ztunnelNetns ...string) error {
-	var errs []error
-	detachAll := func(tcCfg tc.Config) {
-		m, err := tc.New(tcCfg)
-		if err != nil {
-			errs = append(errs, err)
-			return
-		}
-		defer m.Close()
-		all, err := m.ListAll()
-		if err != nil {
-			errs = append(errs, err)
-		}
-		for _, a := range all {
-			if err := m.Detach(a.Ifindex, a.Direction); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if _, err := m.Prune(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	pinDir := cfg.tcPinDir()
-	detachAll(tc.Config{NetnsPath: cfg.NodeNetns, Priority: cfg.Priority, PinDir: pinDir})
-	for _, path := range ztunnelNetns {
-		detachAll(tc.Config{NetnsPath: path, Priority: cfg.Priority, PinDir: pinDir})
-		if err := removeZtunnelRouting(path); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := os.RemoveAll(pinDir); err != nil {
-		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
-	}
-	if err := maps.Unpin(cfg.pinDir()); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
-// removeZtunnelRouting removes what setupZtunnelNetns added.
-func removeZtunnelRouting(path string) error {
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", path, err)
-	}
-	defer h.Close()
-	var errs []error
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		var rules []netlink.Rule
-		err := retryDump(func() (err error) {
-			rules, err = h.RuleList(fam)
-			return err
-		})
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, r := range rules {
-			if r.Mark == mrasm.TProxyMark && r.Table == mrasm.TProxyTable {
-				r := r
-				if err := h.RuleDel(&r); err != nil {
-					errs = append(errs, fmt.Errorf("delete rule fwmark %#x lookup %d in %s: %w", r.Mark, r.Table, path, err))
-				}
-			}
-		}
-		var routes []netlink.Route
-		err = retryDump(func() (err error) {
-			routes, err = h.RouteListFiltered(fam, &netlink.Route{Table: mrasm.TProxyTable}, netlink.RT_FILTER_TABLE)
-			return err
-		})
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, r := range routes {
-			r := r
-			if err := h.RouteDel(&r); err != nil {
-				errs = append(errs, fmt.Errorf("delete route %s table %d in %s: %w", r.Dst, mrasm.TProxyTable, path, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
@@ -57,12 +56,12 @@ func (d *Dataplane) SetZtunnel(z Ztunnel) error {
 	if err != nil {
 		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
 	}
-	inner, err := tc.New(tc.Config{NetnsPath: z.Netns, Mode: d.cfg.AttachMode, Priority: d.cfg.Priority, PinDir: d.cfg.tcPinDir()})
+	inner, err := tc.New(d.cfg.tcConfig(z.Netns))
 	if err != nil {
 		return fmt.Errorf("set ztunnel %s: open tc manager in its netns: %w", z.Name, err)
 	}
 	defer inner.Close()
-	innerIfindex, err := ifindexIn(z.Netns, z.iface())
+	innerIfindex, err := interfaceIndex(z.Netns, z.iface())
 	if err != nil {
 		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
 	}
@@ -194,14 +193,9 @@ func (d *Dataplane) configFlags() uint16 {
 // forwarding and TIME_WAIT.
 // It returns the MAC of ztunnel's interface. Repeating it changes nothing.
 func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
-	ns, err := netns.GetFromPath(z.Netns)
+	h, err := openNetns(z.Netns)
 	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", z.Netns, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", z.Netns, err)
+		return nil, err
 	}
 	defer h.Close()
 
@@ -214,7 +208,7 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 		return nil, fmt.Errorf("find lo in ztunnel's netns: %w", err)
 	}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		if err := ensureMarkRule(h, fam); err != nil {
+		if err := ensureMarkRule(h.Handle, fam); err != nil {
 			return nil, err
 		}
 		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
@@ -226,7 +220,7 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 			return nil, fmt.Errorf("add route local %s dev lo table %d in ztunnel's netns: %w", dst, mrasm.TProxyTable, err)
 		}
 	}
-	if err := inNetns(ns, func() error {
+	if err := h.Do(func() error {
 		// No forwarding: a netns starts with the host's ip_forward, and
 		// ztunnel, a proxy, routes nothing (ztunnel_assign drops what
 		// it cannot give a socket; this is the second line).
@@ -282,25 +276,6 @@ func ensureMarkRule(h *netlink.Handle, family int) error {
 	return nil
 }
 
-// ifindexIn returns the index of interface name in the netns at path.
-func ifindexIn(path, name string) (int, error) {
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return 0, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return 0, fmt.Errorf("netlink in %s: %w", path, err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return 0, fmt.Errorf("find %s in %s: %w", name, path, err)
-	}
-	return l.Attrs().Index, nil
-}
-
 // allowForeignSource turns IPv4 reverse path filtering off for packets
 // that enter the node from ztunnel's host veth: ztunnel sends with its
 // clients' addresses as source (IP_TRANSPARENT), which the node routes
@@ -319,7 +294,7 @@ func (d *Dataplane) allowForeignSource(ifindex int) error {
 		return err
 	}
 	zt := l.Attrs().Name
-	return inNetns(d.nodeNS, func() error {
+	return d.nl.Do(func() error {
 		const conf = "/proc/sys/net/ipv4/conf"
 		all, err := readSysctlInt(filepath.Join(conf, "all", "rp_filter"))
 		if err != nil {

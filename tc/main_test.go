@@ -10,8 +10,7 @@ import (
 
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/meshredirect/meshredirect/internal/bpffs"
 	"github.com/meshredirect/meshredirect/tc"
 )
 
@@ -70,29 +69,19 @@ func runTests(m *testing.M) int {
 // does nothing: the tests that pin skip.
 func setUpBPFFS() (unmount func() error, err error) {
 	nothing := func() error { return nil }
-	var st unix.Statfs_t
-	if unix.Statfs("/sys/fs/bpf", &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+	if bpffs.Is("/sys/fs/bpf") {
 		bpffsRoot = "/sys/fs/bpf"
 		return nothing, nil
 	}
 	if os.Geteuid() != 0 {
 		return nothing, nil
 	}
-	dir, err := os.MkdirTemp("", "meshredirect-tc-bpffs-")
+	dir, unmount, err := bpffs.MountPrivate("meshredirect-tc-bpffs-")
 	if err != nil {
-		return nil, fmt.Errorf("create bpffs mount point: %w", err)
-	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		os.Remove(dir)
-		return nil, fmt.Errorf("mount bpffs at %s: %w", dir, err)
+		return nil, err
 	}
 	bpffsRoot = dir
-	return func() error {
-		if err := unix.Unmount(dir, 0); err != nil {
-			return fmt.Errorf("unmount bpffs at %s: %w", dir, err)
-		}
-		return os.Remove(dir)
-	}, nil
+	return unmount, nil
 }
 
 func openFDs() int {

@@ -197,3 +197,7 @@ func linkAttachment(ifc iface, dir Direction, path string, info *link.Info) Atta
 		Defunct:   linkDefunct(info),
 	}
 }
+
+// HaveTCX reports whether the kernel has tcx links (6.6+), by the same
+// probe ModeAuto uses.
+func HaveTCX() bool { return haveTCX() == nil }

@@ -17,11 +17,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshredirect/meshredirect/agent"
-	"github.com/meshredirect/meshredirect/resolve"
 	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/dataplane"
-	"github.com/meshredirect/meshredirect/maps"
-	"github.com/meshredirect/meshredirect/tc"
 )
 
 // agentFlags are the flags of `meshredirect agent`; each has an environment
@@ -62,10 +59,10 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this agent serves (default $NODE_NAME, from the downward API)")
 	fl.StringVar(&f.nodeNetns, "node-netns", "", "the node's network namespace as a path, if the agent does not run in it (default: this process's; the DaemonSet runs on the host network)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
-	fl.StringVar(&f.pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
-	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", maps.DefaultPodsMaxEntries, "capacity of the endpoints map: one entry per pod IP and node address (a new size replaces the pinned map without dropping capture)")
+	fl.StringVar(&f.pinDir, "pin-dir", dataplane.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
+	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", dataplane.DefaultPodsMaxEntries, "capacity of the endpoints map: one entry per pod IP and node address (a new size replaces the pinned map without dropping capture)")
 	fl.StringVar(&f.attachMode, "attach-mode", "auto", "attach programs as tcx links (kernel 6.6+) or legacy tc filters: auto, tcx or tc")
-	fl.Uint16Var(&f.priority, "priority", tc.DefaultPriority, "priority of the legacy tc filters (Cilium uses 1)")
+	fl.Uint16Var(&f.priority, "priority", dataplane.DefaultPriority, "priority of the legacy tc filters (Cilium uses 1)")
 	fl.StringVar(&f.redirectPeer, "redirect-peer", "auto", "use bpf_redirect_peer (kernel 5.10+) from ingress hooks: auto, true or false")
 	fl.BoolVar(&f.captureDNS, "capture-dns", false, "send pods' DNS (UDP and TCP to port 53) to ztunnel's DNS proxy on 15053 (a pod opts out with ambient.istio.io/bypass-dns-capture: \"true\")")
 	fl.StringVar(&f.udp, "udp", "pass", "what becomes of pods' UDP other than captured DNS: pass (as Istio does: ztunnel proxies no UDP) or drop (strict: only DNS to --dns-resolvers leaves a pod, and inbound UDP and ICMP are dropped too); a pod tightens it with meshredirect.io/udp: drop")
@@ -96,7 +93,7 @@ func (f *agentFlags) config() (agent.Config, error) {
 	if f.nodeName == "" {
 		return cfg, fmt.Errorf("no node name: set --node-name or NODE_NAME (the downward API's spec.nodeName)")
 	}
-	mode, err := tc.ParseMode(f.attachMode)
+	mode, err := dataplane.ParseMode(f.attachMode)
 	if err != nil {
 		return cfg, fmt.Errorf("invalid --attach-mode: %w", err)
 	}
@@ -286,11 +283,12 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
 			var errs []string
-			ztNetns, err := ztunnelNetns(nodeNetns, pinDir, netnsDirs)
+			dpCfg := dataplane.Config{NodeNetns: nodeNetns, PinDir: pinDir}
+			ztNetns, err := dataplane.FindZtunnelNetns(dpCfg, netnsDirs)
 			if err != nil {
 				fmt.Fprintf(out, "ztunnel's netns not found (%v): its rules stay until its pod goes\n", err)
 			}
-			if err := dataplane.Uninstall(dataplane.Config{NodeNetns: nodeNetns, PinDir: pinDir}, ztNetns...); err != nil {
+			if err := dataplane.Uninstall(dpCfg, ztNetns...); err != nil {
 				errs = append(errs, err.Error())
 			} else {
 				fmt.Fprintf(out, "removed programs, links and pins (%s)\n", pinDir)
@@ -323,7 +321,7 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 		},
 	}
 	cmd.Flags().StringVar(&nodeNetns, "node-netns", "", "the node's network namespace as a path, if this process does not run in it")
-	cmd.Flags().StringVar(&pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
+	cmd.Flags().StringVar(&pinDir, "pin-dir", dataplane.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
 	cmd.Flags().StringSliceVar(&netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's")
 	cmd.Flags().StringVar(&configFile, "config-file", agent.DefaultConfigFile, "the ambient config file to remove")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
@@ -331,9 +329,4 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 	cmd.Flags().StringVar(&cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory, to take the plugin out of")
 	cmd.Flags().StringVar(&cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory, to remove the plugin from")
 	return cmd
-}
-
-// ztunnelNetns finds ztunnel's netns from the kernel (see agent.ZtunnelNetns).
-func ztunnelNetns(nodeNetns, pinDir string, netnsDirs []string) ([]string, error) {
-	return agent.ZtunnelNetns(tcPinDir(pinDir), resolve.Config{NodeNetns: nodeNetns, NetnsDirs: netnsDirs})
 }

@@ -7,13 +7,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
-	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/dataplane"
-	"github.com/meshredirect/meshredirect/maps"
-	"github.com/meshredirect/meshredirect/tc"
 )
 
 // hookFlags are the flags that say where the programs and pins are.
@@ -26,27 +21,19 @@ type hookFlags struct {
 
 func (f *hookFlags) register(cmd *cobra.Command, withMode bool) {
 	cmd.Flags().StringVar(&f.netns, "netns", "", "network namespace to work in, as a path (/proc/<pid>/ns/net, /run/netns/<name>); default: this process's")
-	cmd.Flags().StringVar(&f.pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
-	cmd.Flags().Uint16Var(&f.priority, "priority", tc.DefaultPriority, "priority of the legacy tc filters")
+	cmd.Flags().StringVar(&f.pinDir, "pin-dir", dataplane.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
+	cmd.Flags().Uint16Var(&f.priority, "priority", dataplane.DefaultPriority, "priority of the legacy tc filters")
 	if withMode {
 		cmd.Flags().StringVar(&f.mode, "mode", "auto", "attach as a tcx link (kernel 6.6+) or a legacy tc filter: auto, tcx or tc")
 	}
 }
 
 func (f *hookFlags) config() (dataplane.Config, error) {
-	mode, err := tc.ParseMode(f.mode)
+	mode, err := dataplane.ParseMode(f.mode)
 	if err != nil {
 		return dataplane.Config{}, fmt.Errorf("invalid --mode: %w", err)
 	}
 	return dataplane.Config{NodeNetns: f.netns, PinDir: f.pinDir, AttachMode: mode, Priority: f.priority}, nil
-}
-
-func parseDirection(s string) (tc.Direction, error) {
-	switch d := tc.Direction(s); d {
-	case tc.Ingress, tc.Egress:
-		return d, nil
-	}
-	return "", fmt.Errorf("invalid direction %q: want ingress or egress", s)
 }
 
 func newAttachCmd() *cobra.Command {
@@ -70,13 +57,12 @@ The agent does this itself for every ambient pod; attach is for operators
 and experiments.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := mrasm.LookupProgram(program)
+			dir, err := dataplane.ProgramDirection(program)
 			if err != nil {
 				return err
 			}
-			dir := tc.Direction(p.Direction)
 			if direction != "" {
-				if dir, err = parseDirection(direction); err != nil {
+				if dir, err = dataplane.ParseDirection(direction); err != nil {
 					return err
 				}
 			}
@@ -125,25 +111,20 @@ links stay; the clsact qdisc goes only if meshredirect created it and it is
 left empty.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dirs := []tc.Direction{tc.Ingress, tc.Egress}
+			dirs := []dataplane.Direction{dataplane.Ingress, dataplane.Egress}
 			if direction != "" {
-				d, err := parseDirection(direction)
+				d, err := dataplane.ParseDirection(direction)
 				if err != nil {
 					return err
 				}
-				dirs = []tc.Direction{d}
+				dirs = []dataplane.Direction{d}
 			}
-			m, err := tc.New(tc.Config{NetnsPath: hf.netns, Priority: hf.priority, PinDir: tcPinDir(hf.pinDir)})
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			ifindex, err := interfaceIn(hf.netns, iface)
+			cfg, err := hf.config()
 			if err != nil {
 				return err
 			}
 			for _, d := range dirs {
-				if err := m.Detach(ifindex, d); err != nil {
+				if err := dataplane.Detach(cfg, iface, d); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "detached: %s %s\n", iface, d)
@@ -173,22 +154,12 @@ and the filter's priority or the link's pin. It reads the kernel, so it
 works whether or not the agent runs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			m, err := tc.New(tc.Config{NetnsPath: hf.netns, Priority: hf.priority, PinDir: tcPinDir(hf.pinDir)})
+			cfg, err := hf.config()
 			if err != nil {
 				return err
 			}
-			defer m.Close()
-			var all []tc.Attachment
-			if iface != "" {
-				ifindex, err := interfaceIn(hf.netns, iface)
-				if err != nil {
-					return err
-				}
-				all, err = m.List(ifindex)
-				if err != nil {
-					return err
-				}
-			} else if all, err = m.ListAll(); err != nil {
+			all, err := dataplane.ListAttachments(cfg, iface)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -217,7 +188,7 @@ type attachmentJSON struct {
 	Defunct   bool   `json:"defunct,omitempty"`
 }
 
-func writeAttachmentsJSON(w io.Writer, all []tc.Attachment) error {
+func writeAttachmentsJSON(w io.Writer, all []dataplane.Attachment) error {
 	out := make([]attachmentJSON, 0, len(all))
 	for _, a := range all {
 		name := a.Name
@@ -232,7 +203,7 @@ func writeAttachmentsJSON(w io.Writer, all []tc.Attachment) error {
 	return enc.Encode(out)
 }
 
-func writeAttachments(w io.Writer, all []tc.Attachment) error {
+func writeAttachments(w io.Writer, all []dataplane.Attachment) error {
 	if len(all) == 0 {
 		_, err := fmt.Fprintln(w, "no meshredirect program is attached here")
 		return err
@@ -245,7 +216,7 @@ func writeAttachments(w io.Writer, all []tc.Attachment) error {
 			name = a.ProgramName
 		}
 		place := fmt.Sprintf("pref %d handle %#x", a.Priority, a.Handle)
-		if a.Mode == tc.ModeTCX {
+		if a.Mode == dataplane.ModeTCX {
 			place = a.PinPath
 		}
 		ifname := a.Ifname
@@ -255,28 +226,4 @@ func writeAttachments(w io.Writer, all []tc.Attachment) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", ifname, a.Direction, a.Mode, name, a.ProgramID, place)
 	}
 	return tw.Flush()
-}
-
-func tcPinDir(pinDir string) string { return pinDir + "/tc" }
-
-// interfaceIn finds an interface by name in the netns at path (or this
-// process's).
-func interfaceIn(path, name string) (int, error) {
-	h := &netlink.Handle{}
-	if path != "" {
-		ns, err := netns.GetFromPath(path)
-		if err != nil {
-			return 0, fmt.Errorf("open netns %s: %w", path, err)
-		}
-		defer ns.Close()
-		if h, err = netlink.NewHandleAt(ns); err != nil {
-			return 0, fmt.Errorf("netlink in %s: %w", path, err)
-		}
-		defer h.Close()
-	}
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return 0, fmt.Errorf("find interface %s: %w", name, err)
-	}
-	return l.Attrs().Index, nil
 }

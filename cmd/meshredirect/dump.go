@@ -2,23 +2,13 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 
-	"github.com/cilium/ebpf"
 	"github.com/spf13/cobra"
 
-	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/dataplane"
 )
-
-// programDump is one element of `dump --json`.
-type programDump struct {
-	Name                 string `json:"name"`
-	Instructions         int    `json:"instructions"`
-	VerifiedInstructions uint32 `json:"verified_instructions"`
-	Attach               string `json:"attach"`
-}
 
 func newDumpCmd() *cobra.Command {
 	var (
@@ -35,18 +25,18 @@ With --json it prints instead a JSON array of
 verified_instructions is what the kernel's verifier reports after loading.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts, err := programOptions(peer)
+			force, err := redirectPeer(peer)
 			if err != nil {
 				return err
 			}
-			dumps, err := loadAndMeasure(opts)
+			peerOn, progs, err := dataplane.DescribePrograms(force)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), dumps)
+				return writeJSON(cmd.OutOrStdout(), progs)
 			}
-			return writeListing(cmd.OutOrStdout(), opts, dumps)
+			return writeListing(cmd.OutOrStdout(), peerOn, progs)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of the programs' sizes instead of their disassembly (verified_instructions is 0 on kernels before 5.16, which do not report it)")
@@ -54,63 +44,30 @@ verified_instructions is what the kernel's verifier reports after loading.`,
 	return cmd
 }
 
-// programOptions turns the --redirect-peer flag into program options.
-func programOptions(peer string) (mrasm.Options, error) {
+// redirectPeer turns the --redirect-peer flag into DescribePrograms's
+// argument.
+func redirectPeer(peer string) (*bool, error) {
 	switch peer {
 	case "auto":
-		return mrasm.Detect()
+		return nil, nil
 	case "true", "false":
-		opts := mrasm.DefaultOptions()
-		opts.RedirectPeer = peer == "true"
-		return opts, nil
+		on := peer == "true"
+		return &on, nil
 	}
-	return mrasm.Options{}, fmt.Errorf("invalid --redirect-peer %q: want auto, true or false", peer)
+	return nil, fmt.Errorf("invalid --redirect-peer %q: want auto, true or false", peer)
 }
 
-// loadAndMeasure loads every program and reads the verified instruction
-// count from the kernel's program info.
-func loadAndMeasure(opts mrasm.Options) ([]programDump, error) {
-	spec := mrasm.CollectionSpec(opts)
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load programs: %-20v", ve)
-		}
-		return nil, fmt.Errorf("load programs: %w (run as root, or with CAP_BPF and CAP_NET_ADMIN)", err)
-	}
-	defer coll.Close()
-
-	var out []programDump
-	for _, p := range mrasm.Programs() {
-		info, err := coll.Programs[p.Name].Info()
-		if err != nil {
-			return nil, fmt.Errorf("read program info of %s: %w", p.Name, err)
-		}
-		// Kernels before 5.16 do not report it: 0 then.
-		verified, _ := info.VerifiedInstructions()
-		out = append(out, programDump{
-			Name:                 p.Name,
-			Instructions:         len(spec.Programs[p.Name].Instructions),
-			VerifiedInstructions: verified,
-			Attach:               p.Attach,
-		})
-	}
-	return out, nil
-}
-
-func writeJSON(w io.Writer, dumps []programDump) error {
+func writeJSON(w io.Writer, progs []dataplane.ProgramInfo) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(dumps)
+	return enc.Encode(progs)
 }
 
-func writeListing(w io.Writer, opts mrasm.Options, dumps []programDump) error {
-	for i, p := range mrasm.Programs() {
-		d := dumps[i]
+func writeListing(w io.Writer, redirectPeer bool, progs []dataplane.ProgramInfo) error {
+	for _, p := range progs {
 		fmt.Fprintf(w, "; %s: %s\n; %d instructions, %d verified by the kernel, licence %q, redirect_peer %v\n",
-			d.Name, d.Attach, d.Instructions, d.VerifiedInstructions, mrasm.License, opts.RedirectPeer)
-		if _, err := fmt.Fprintf(w, "%v\n", p.Instructions(opts)); err != nil {
+			p.Name, p.Attach, p.Instructions, p.VerifiedInstructions, dataplane.License, redirectPeer)
+		if _, err := fmt.Fprintf(w, "%s\n", p.Listing); err != nil {
 			return err
 		}
 	}

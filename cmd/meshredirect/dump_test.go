@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
 )
 
@@ -26,7 +27,7 @@ func TestDumpJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var progs []programDump
+	var progs []dataplane.ProgramInfo
 	if err := json.Unmarshal([]byte(out), &progs); err != nil {
 		t.Fatalf("dump --json is not JSON: %v\n%s", err, out)
 	}

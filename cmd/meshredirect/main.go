@@ -6,15 +6,10 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/spf13/cobra"
 )
 
 func main() {
-	// Kernels before 5.11 charge BPF maps and programs against
-	// RLIMIT_MEMLOCK (64 KiB by default); later ones ignore it. Commands
-	// that load nothing do not care if this fails.
-	_ = rlimit.RemoveMemlock()
 	if err := newRootCmd().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "meshredirect:", err)
 		os.Exit(1)
@@ -26,7 +21,7 @@ func newRootCmd() *cobra.Command {
 		Use:   "meshredirect",
 		Short: "Redirect ambient pods' traffic into the node's ztunnel with eBPF on TC hooks",
 		Long: `meshredirect moves every ambient pod's traffic into the node's proxy (ztunnel)
-with four eBPF programs on the TC hooks of the pods' veths. The programs are
+with five eBPF programs on the TC hooks of the pods' veths. The programs are
 generated in Go (no C, no clang) and loaded by this same binary.
 
 Most commands need root, or CAP_BPF and CAP_NET_ADMIN.`,

@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshredirect/meshredirect/agent"
-	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/dataplane"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -35,7 +35,7 @@ when it can be reached (--kubeconfig or the in-cluster account, and
 --node-name).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := agent.StatusOptions{NodeNetns: nodeNetns, PinDir: pinDir, NodeName: nodeName}
+			o := agent.StatusOptions{InspectOptions: dataplane.InspectOptions{NodeNetns: nodeNetns, PinDir: pinDir}, NodeName: nodeName}
 			if nodeName != "" {
 				if c, err := kubeClient(kubeconfig); err == nil {
 					o.Client = c
@@ -55,7 +55,7 @@ when it can be reached (--kubeconfig or the in-cluster account, and
 			return writeStatus(cmd.OutOrStdout(), st)
 		},
 	}
-	cmd.Flags().StringVar(&pinDir, "pin-dir", maps.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
+	cmd.Flags().StringVar(&pinDir, "pin-dir", dataplane.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
 	cmd.Flags().StringVar(&nodeNetns, "node-netns", "", "the node's network namespace as a path, if this process does not run in it")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig for pod names; empty: the in-cluster service account")
 	cmd.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, to look pod names up in the API (empty: no names)")
@@ -63,7 +63,7 @@ when it can be reached (--kubeconfig or the in-cluster account, and
 	return cmd
 }
 
-func writeStatus(w io.Writer, st agent.Status) error {
+func writeStatus(w io.Writer, st dataplane.Status) error {
 	f := st.Features
 	fmt.Fprintf(w, "kernel %s: bpf_redirect_peer %s, tcx %s; attached as %s\n", st.Kernel, yesNo(f.RedirectPeer), yesNo(f.TCX), orNone(strings.Join(f.AttachModes, ", ")))
 	fmt.Fprintf(w, "node addresses: %s\n", orNone(strings.Join(st.NodeAddresses, ", ")))
@@ -95,7 +95,7 @@ func writeStatus(w io.Writer, st agent.Status) error {
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "verdict\tpackets\tbytes\t")
-	for _, v := range maps.Verdicts() {
+	for _, v := range dataplane.Verdicts() {
 		n := v.String()
 		c := st.Verdicts[n]
 		fmt.Fprintf(tw, "%s\t%d\t%d\t\n", n, c.Packets, c.Bytes)

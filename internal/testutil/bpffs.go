@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/bpffs"
 )
 
 var sweepOnce sync.Once
@@ -26,19 +28,14 @@ func BPFFS(tb testing.TB) string {
 	tb.Helper()
 	RequirePrivileged(tb)
 	sweepOnce.Do(sweepBPFFS)
-	dir, err := os.MkdirTemp("", fmt.Sprintf("meshredirect-bpffs-%d-", os.Getpid()))
+	dir, unmount, err := bpffs.MountPrivate(fmt.Sprintf("meshredirect-bpffs-%d-", os.Getpid()))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		os.Remove(dir)
-		tb.Fatalf("mount bpffs on %s: %v", dir, err)
-	}
 	tb.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			tb.Errorf("unmount bpffs %s: %v", dir, err)
+		if err := unmount(); err != nil {
+			tb.Error(err)
 		}
-		os.Remove(dir)
 	})
 	return dir
 }

@@ -21,11 +21,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/meshredirect/meshredirect/agent"
-	"github.com/meshredirect/meshredirect/resolve"
 	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/internal/bpffs"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv/cluster"
@@ -196,7 +194,7 @@ func firstPacket(e *env) int {
 	socket := filepath.Join(dir, "cni.sock")
 	a, err := agent.New(agent.Config{NodeName: c.NodeName, Client: c.Admin,
 		Dataplane:  dataplane.Config{NodeNetns: box.Node.Path(), PinDir: box.Config.PinDir},
-		Resolve:    resolve.Config{NetnsDirs: []string{c.NetnsDir}},
+		Resolve:    dataplane.LocatorConfig{NetnsDirs: []string{c.NetnsDir}},
 		ConfigFile: filepath.Join(dir, "config.json"), CNI: agent.CNIConfig{Socket: socket}})
 	if !step("start the agent", err) {
 		return 1
@@ -308,19 +306,14 @@ func (e *env) close() {
 // bpffs mounts a private bpffs for the demo's pins, so that the machine's
 // /sys/fs/bpf is never touched.
 func (e *env) bpffs() string {
-	dir, err := os.MkdirTemp("", "meshredirect-demo-")
+	dir, unmount, err := bpffs.MountPrivate("meshredirect-demo-")
 	if err != nil {
 		e.Fatal(err)
 	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		os.Remove(dir)
-		e.Fatalf("mount bpffs on %s: %v", dir, err)
-	}
 	e.Cleanup(func() {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			e.Errorf("unmount %s: %v", dir, err)
+		if err := unmount(); err != nil {
+			e.Errorf("%v", err)
 		}
-		os.Remove(dir)
 	})
 	return filepath.Join(dir, "meshredirect")
 }

@@ -1,4 +1,4 @@
-package agent_test
+package dataplane_test
 
 import (
 	"context"
@@ -13,14 +13,14 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
-	"github.com/meshredirect/meshredirect/agent"
 	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
 )
 
-// TestStatusAssignFailedRising: `status` reports a problem while ztunnel's
+// TestStatusAssignFailedRising: Inspect (what `status` shows) reports a problem while ztunnel's
 // sockets refuse bpf_sk_assign, and none once the refusals stop (a count
 // that stays where it is). The refusals are the kernel's own: the
 // ztunnel_assign program, on the node's maps, run with BPF_PROG_TEST_RUN in
@@ -39,7 +39,7 @@ func TestStatusAssignFailedRising(t *testing.T) {
 	assign := coll.Programs[mrasm.ZtunnelAssign]
 	syn := synFrame(t, b.Client.MAC, netip.AddrPortFrom(b.Client.IPv4, 40000), netip.AddrPortFrom(b.Remote.IPv4, 80))
 
-	opts := agent.StatusOptions{NodeNetns: b.Node.Path(), PinDir: pinDir, AssignFailedWait: 300 * time.Millisecond}
+	opts := dataplane.InspectOptions{NodeNetns: b.Node.Path(), PinDir: pinDir, AssignFailedWait: 300 * time.Millisecond}
 	refuse := func(ctx context.Context) {
 		for ctx.Err() == nil {
 			err := b.Ztunnel.Do(func() error {
@@ -53,7 +53,7 @@ func TestStatusAssignFailedRising(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	problem := func(st agent.Status) string {
+	problem := func(st dataplane.Status) string {
 		for _, p := range st.Problems {
 			if strings.Contains(p, "assign_failed is rising") {
 				return p
@@ -67,7 +67,7 @@ func TestStatusAssignFailedRising(t *testing.T) {
 	wg.Add(1)
 	go func() { defer wg.Done(); refuse(ctx) }()
 	time.Sleep(50 * time.Millisecond) // a non-zero count to start from
-	st, err := agent.NodeStatus(context.Background(), opts)
+	st, err := dataplane.Inspect(context.Background(), opts)
 	cancel()
 	wg.Wait()
 	must(t, err)
@@ -77,7 +77,7 @@ func TestStatusAssignFailedRising(t *testing.T) {
 		t.Logf("problem: %s", problem(st))
 	}
 
-	st, err = agent.NodeStatus(context.Background(), opts)
+	st, err = dataplane.Inspect(context.Background(), opts)
 	must(t, err)
 	if n := st.Verdicts[maps.VerdictAssignFailed.String()].Packets; n == 0 {
 		t.Fatalf("assign_failed is 0 after the refusals: the program did not take the path the test needs")

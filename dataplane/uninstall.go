@@ -1,0 +1,167 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/vishvananda/netlink"
+
+	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/resolve"
+	"github.com/meshredirect/meshredirect/tc"
+)
+
+// Uninstall removes everything meshredirect made on the node: every program
+// attachment of ours in the node's netns and in the given ztunnel netns
+// (whose policy routing rules go too), the tcx link pins and qdisc markers,
+// and the maps' pins. It works whether or not an agent runs, and repeating
+// it is harmless.
+func Uninstall(cfg Config, ztunnelNetns ...string) error {
+	liftMemlock()
+	var errs []error
+	detachAll := func(tcCfg tc.Config) {
+		m, err := tc.New(tcCfg)
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		defer m.Close()
+		all, err := m.ListAll()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, a := range all {
+			if err := m.Detach(a.Ifindex, a.Direction); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if _, err := m.Prune(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	pinDir := cfg.tcPinDir()
+	detachAll(cfg.tcConfig(cfg.NodeNetns))
+	for _, path := range ztunnelNetns {
+		detachAll(cfg.tcConfig(path))
+		if err := removeZtunnelRouting(path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(pinDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
+	}
+	if err := maps.Unpin(cfg.pinDir()); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// removeZtunnelRouting removes what setupZtunnelNetns added.
+func removeZtunnelRouting(path string) error {
+	h, err := openNetns(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer h.Close()
+	var errs []error
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		var rules []netlink.Rule
+		err := retryDump(func() (err error) {
+			rules, err = h.RuleList(fam)
+			return err
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, r := range rules {
+			if r.Mark == mrasm.TProxyMark && r.Table == mrasm.TProxyTable {
+				r := r
+				if err := h.RuleDel(&r); err != nil {
+					errs = append(errs, fmt.Errorf("delete rule fwmark %#x lookup %d in %s: %w", r.Mark, r.Table, path, err))
+				}
+			}
+		}
+		var routes []netlink.Route
+		err = retryDump(func() (err error) {
+			routes, err = h.RouteListFiltered(fam, &netlink.Route{Table: mrasm.TProxyTable}, netlink.RT_FILTER_TABLE)
+			return err
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, r := range routes {
+			r := r
+			if err := h.RouteDel(&r); err != nil {
+				errs = append(errs, fmt.Errorf("delete route %s table %d in %s: %w", r.Dst, mrasm.TProxyTable, path, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FindZtunnelNetns finds the network namespaces of the ztunnels the
+// datapath was set up for, from the kernel alone (uninstall must work
+// without the API and without an agent): the interfaces of the node
+// carrying ztunnel_ingress are ztunnel's host veths, and their peers'
+// netns ids lead to a path, searched in netnsDirs and /proc.
+func FindZtunnelNetns(cfg Config, netnsDirs []string) ([]string, error) {
+	liftMemlock()
+	m, err := tc.New(cfg.tcConfig(cfg.NodeNetns))
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	all, err := m.ListAll()
+	if err != nil {
+		return nil, err
+	}
+	r, err := resolve.New(resolve.Config{NodeNetns: cfg.NodeNetns, NetnsDirs: netnsDirs})
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	node, err := openNetns(cfg.NodeNetns)
+	if err != nil {
+		return nil, err
+	}
+	defer node.Close()
+	var (
+		paths []string
+		errs  []error
+	)
+	for _, a := range all {
+		if programOf(a) != mrasm.ZtunnelIngress {
+			continue
+		}
+		nsid, err := peerNetnsID(node, a.Ifindex)
+		if err == nil {
+			var path string
+			if path, err = r.NetnsPath(nsid); err == nil {
+				paths = append(paths, path)
+				continue
+			}
+		}
+		errs = append(errs, fmt.Errorf("ztunnel's veth %s: %w", a.Ifname, err))
+	}
+	return paths, errors.Join(errs...)
+}
+
+// peerNetnsID returns the netns id (as the node's netns numbers them) of
+// the peer of veth ifindex.
+func peerNetnsID(node *nsLink, ifindex int) (int, error) {
+	l, err := node.LinkByIndex(ifindex)
+	if err != nil {
+		return 0, err
+	}
+	if l.Attrs().NetNsID < 0 {
+		return 0, fmt.Errorf("interface %s: its peer is in the same netns", l.Attrs().Name)
+	}
+	return l.Attrs().NetNsID, nil
+}

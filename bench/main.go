@@ -26,10 +26,12 @@
 //   - per program: ns above an empty program with BPF_PROG_TEST_RUN, and
 //     the verified instruction counts.
 //
-// It writes bench/results/latest.json, PNG charts beside it, and
-// BENCHMARKS.md; it removes everything it made (namespaces with their
-// rules, cgroups, its bpffs), also on Ctrl-C or failure. Run it as root
-// (make bench, make bench-quick).
+// It writes bench/results/latest.json, and with bench/report the PNG
+// charts beside it and BENCHMARKS.md; it removes everything it made
+// (namespaces with their rules, cgroups, its bpffs), also on Ctrl-C or
+// failure. Run it as root (make bench, make bench-quick). With -render it
+// measures nothing and only draws the charts and the report again from a
+// results file (make bench-report).
 package main
 
 import (

@@ -101,6 +101,7 @@ func (r *reporter) header() {
 	r.p("# both run bench/run.sh, which installs iptables and ipset (Debian) if missing, builds bin/bench and")
 	r.p("# bin/ztunnel-standin and runs the benchmark; by hand, with any of its flags:")
 	r.p("sudo bench/run.sh [-quick] [-modes direct,ebpf-tcx,...] [-cpu 1] [-kernel-rounds 20] [-e2e-rounds 5] [-e2e-duration 5s]")
+	r.p("make bench-report # no root, no run: this file and the charts drawn again from bench/results/latest.json")
 	r.p("```")
 	r.p("")
 	r.p("It writes `bench/results/latest.json`, the charts (`bench/results/*.png`) and this file, and removes everything it made")

@@ -3,7 +3,7 @@ GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 PKGS ?= ./...
 
-.PHONY: all build test lint demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image bench bench-quick
+.PHONY: all build test lint demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image bench bench-quick bench-report
 
 all: build
 
@@ -58,6 +58,11 @@ bench:
 ## bench-quick: the same report in under 5 minutes, fewer rounds.
 bench-quick:
 	bench/run.sh -quick $(BENCH_FLAGS)
+
+## bench-report: BENCHMARKS.md and the charts drawn again from bench/results/latest.json, without a run
+## (after a change to bench/report; no root needed).
+bench-report:
+	$(GO) run ./bench -render bench/results/latest.json
 
 ## manifests: render deploy/meshredirect.yaml from the chart with its default values.
 manifests:

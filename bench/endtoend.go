@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/meshredirect/meshredirect/bench/report"
 )
 
 // e2eRun is one fortio run of one copy: max QPS at some connections, or
@@ -20,7 +22,7 @@ type e2eRun struct {
 // process of the copy shares that CPU, one of them always has work; on a
 // quiet machine the share is 0.95 or more), or a fixed-rate run that
 // missed its rate by more than 10%. Other work on the machine had the CPU.
-func starved(run Run, spec e2eRun) bool {
+func starved(run report.Run, spec e2eRun) bool {
 	if spec.QPS < 0 {
 		return run.CPUShare != nil && *run.CPUShare < minCPUShare
 	}
@@ -34,7 +36,7 @@ const minCPUShare = 0.8
 // runE2EFair runs spec on copy c, again (at most twice more) while the run
 // was starved, so that a round's modes are compared on runs that had their
 // CPU.
-func runE2EFair(c *Copy, spec e2eRun, round int, d time.Duration) (Run, error) {
+func runE2EFair(c *Copy, spec e2eRun, round int, d time.Duration) (report.Run, error) {
 	for try := 0; ; try++ {
 		run, err := runE2E(c, spec, round, d)
 		if err != nil {
@@ -54,7 +56,7 @@ func runE2EFair(c *Copy, spec e2eRun, round int, d time.Duration) (Run, error) {
 // runE2E runs req on copy c's load generator and returns the Run, with
 // the CPU the whole copy used (its cgroup's cpu.stat usage_usec, load
 // generator, server and stand-ins) per request.
-func runE2E(c *Copy, spec e2eRun, round int, d time.Duration) (Run, error) {
+func runE2E(c *Copy, spec e2eRun, round int, d time.Duration) (report.Run, error) {
 	req := loadRequest{
 		URL:         fmt.Sprintf("http://%s:%d/", c.Server.IPv4, c.ServerPort()),
 		QPS:         spec.QPS,
@@ -62,7 +64,7 @@ func runE2E(c *Copy, spec e2eRun, round int, d time.Duration) (Run, error) {
 		Connections: spec.Connections,
 	}
 	b, _ := json.Marshal(req)
-	run := Run{Mode: c.Mode, Workload: WorkloadE2E, Path: spec.Path, Connections: spec.Connections, Round: round, LoadAvg1: loadAvg()[0]}
+	run := report.Run{Mode: c.Mode, Workload: report.WorkloadE2E, Path: spec.Path, Connections: spec.Connections, Round: round, LoadAvg1: loadAvg()[0]}
 	u0, err := c.Cgroup.usage()
 	if err != nil {
 		return run, err

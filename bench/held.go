@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/ztunnel"
 )
@@ -88,11 +89,11 @@ func holdConnection(e *env, c *Copy) *held {
 	h.Leg1 = tuple{Src: addrPort(cl.LocalAddr()), Dst: dst}
 	h.Leg2 = tuple{Src: addrPort(sv.RemoteAddr()), Dst: dst}
 	switch c.Mode {
-	case ModeDirect:
+	case report.ModeDirect:
 		if h.Leg2 != h.Leg1 {
 			e.Fatalf("copy %s: the server saw %s, the client sent %s: something is in the way", c.Mode, h.Leg2, h.Leg1)
 		}
-	case ModeIptablesInpod:
+	case report.ModeIptablesInpod:
 		// The client pod's proxy carried Leg1 to the server pod's proxy,
 		// which carried it to the server: the crossing is the first's
 		// upstream, the second's client.

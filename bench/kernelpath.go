@@ -3,18 +3,9 @@ package main
 import (
 	"fmt"
 
+	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/testenv"
 )
-
-// The kernel paths, named by the hop of a proxied request they measure.
-const (
-	PathClientProxy = "client->proxy"
-	PathProxyServer = "proxy->server"
-	PathServerProxy = "server->proxy"
-	PathProxyClient = "proxy->client"
-)
-
-var kernelPaths = []string{PathClientProxy, PathProxyServer, PathServerProxy, PathProxyClient}
 
 // injection is one path of one copy: which host veth the segments arrive
 // on, which flow they belong to, and where they must land.
@@ -51,22 +42,22 @@ func injections(c *Copy, h *held) (out []injection, skipped []string) {
 			frame: ackFrame(pod.HostVethMAC, pod.MAC, flow)})
 	}
 	switch c.Mode {
-	case ModeDirect:
-		add(PathClientProxy, c.Client, h.Leg1, "server")
-		add(PathProxyServer, c.Ztunnel, h.Leg1, "server")
-		add(PathServerProxy, c.Server, h.Leg1.reverse(), "client")
-		add(PathProxyClient, c.Ztunnel, h.Leg1.reverse(), "client")
-	case ModeIptablesInpod:
-		add(PathClientProxy, c.Client, h.Crossing, "server")
-		add(PathServerProxy, c.Server, h.Crossing.reverse(), "client")
-		for _, p := range []string{PathProxyServer, PathProxyClient} {
+	case report.ModeDirect:
+		add(report.PathClientProxy, c.Client, h.Leg1, "server")
+		add(report.PathProxyServer, c.Ztunnel, h.Leg1, "server")
+		add(report.PathServerProxy, c.Server, h.Leg1.reverse(), "client")
+		add(report.PathProxyClient, c.Ztunnel, h.Leg1.reverse(), "client")
+	case report.ModeIptablesInpod:
+		add(report.PathClientProxy, c.Client, h.Crossing, "server")
+		add(report.PathServerProxy, c.Server, h.Crossing.reverse(), "client")
+		for _, p := range []string{report.PathProxyServer, report.PathProxyClient} {
 			skipped = append(skipped, fmt.Sprintf("kernel path %s of %s: a loopback hop inside the pod's netns, on no host veth", p, c.Mode))
 		}
 	default:
-		add(PathClientProxy, c.Client, h.Leg1, "ztunnel")
-		add(PathProxyServer, c.Ztunnel, h.Leg2, "server")
-		add(PathServerProxy, c.Server, h.Leg2.reverse(), "ztunnel")
-		add(PathProxyClient, c.Ztunnel, h.Leg1.reverse(), "client")
+		add(report.PathClientProxy, c.Client, h.Leg1, "ztunnel")
+		add(report.PathProxyServer, c.Ztunnel, h.Leg2, "server")
+		add(report.PathServerProxy, c.Server, h.Leg2.reverse(), "ztunnel")
+		add(report.PathProxyClient, c.Ztunnel, h.Leg1.reverse(), "client")
 	}
 	return out, skipped
 }
@@ -109,8 +100,8 @@ func (in *injector) measure(c *Copy, inj injection, repeat int) (measured, error
 
 // prove runs a short injection of every path of c and records where the
 // segments landed, with the programs' verdict counters of an eBPF copy.
-func (in *injector) prove(c *Copy, injs []injection, repeat int) ([]Proof, error) {
-	var out []Proof
+func (in *injector) prove(c *Copy, injs []injection, repeat int) ([]report.Proof, error) {
+	var out []report.Proof
 	for _, inj := range injs {
 		v0, err := verdicts(c)
 		if err != nil {
@@ -124,7 +115,7 @@ func (in *injector) prove(c *Copy, injs []injection, repeat int) ([]Proof, error
 		if err != nil {
 			return nil, err
 		}
-		p := Proof{Mode: c.Mode, Path: inj.Path, Inject: "tc ingress of " + inj.Pod.HostVeth + " (" + inj.Pod.Name + "'s host veth)",
+		p := report.Proof{Mode: c.Mode, Path: inj.Path, Inject: "tc ingress of " + inj.Pod.HostVeth + " (" + inj.Pod.Name + "'s host veth)",
 			Packet: "TCP ACK " + inj.Flow.String() + ", bad checksum", Expected: inj.Expect, Landed: m.deltas, OK: m.ok}
 		if v1 != nil {
 			p.Counters = map[string]uint64{}

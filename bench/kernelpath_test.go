@@ -4,6 +4,7 @@ import (
 	"net"
 	"testing"
 
+	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/testenv"
 )
 
@@ -24,17 +25,17 @@ func TestInjections(t *testing.T) {
 		paths   map[string]want
 		skipped int
 	}{
-		{ModeDirect, map[string]want{
-			PathClientProxy: {"client", "server"}, PathProxyServer: {"ztunnel", "server"},
-			PathServerProxy: {"server", "client"}, PathProxyClient: {"ztunnel", "client"}}, 0},
-		{ModeIptablesNode, map[string]want{
-			PathClientProxy: {"client", "ztunnel"}, PathProxyServer: {"ztunnel", "server"},
-			PathServerProxy: {"server", "ztunnel"}, PathProxyClient: {"ztunnel", "client"}}, 0},
-		{ModeEBPFTCX, map[string]want{
-			PathClientProxy: {"client", "ztunnel"}, PathProxyServer: {"ztunnel", "server"},
-			PathServerProxy: {"server", "ztunnel"}, PathProxyClient: {"ztunnel", "client"}}, 0},
-		{ModeIptablesInpod, map[string]want{
-			PathClientProxy: {"client", "server"}, PathServerProxy: {"server", "client"}}, 2},
+		{report.ModeDirect, map[string]want{
+			report.PathClientProxy: {"client", "server"}, report.PathProxyServer: {"ztunnel", "server"},
+			report.PathServerProxy: {"server", "client"}, report.PathProxyClient: {"ztunnel", "client"}}, 0},
+		{report.ModeIptablesNode, map[string]want{
+			report.PathClientProxy: {"client", "ztunnel"}, report.PathProxyServer: {"ztunnel", "server"},
+			report.PathServerProxy: {"server", "ztunnel"}, report.PathProxyClient: {"ztunnel", "client"}}, 0},
+		{report.ModeEBPFTCX, map[string]want{
+			report.PathClientProxy: {"client", "ztunnel"}, report.PathProxyServer: {"ztunnel", "server"},
+			report.PathServerProxy: {"server", "ztunnel"}, report.PathProxyClient: {"ztunnel", "client"}}, 0},
+		{report.ModeIptablesInpod, map[string]want{
+			report.PathClientProxy: {"client", "server"}, report.PathServerProxy: {"server", "client"}}, 2},
 	} {
 		c := &Copy{Mode: tc.mode, Client: pod("client"), Server: pod("server"), Ztunnel: pod("ztunnel")}
 		injs, skipped := injections(c, h)
@@ -49,10 +50,10 @@ func TestInjections(t *testing.T) {
 		}
 		// The node-level modes' proxy legs use the proxy's own tuples.
 		for _, inj := range injs {
-			if tc.mode == ModeEBPFTCX && inj.Path == PathServerProxy && inj.Flow != h.Leg2.reverse() {
+			if tc.mode == report.ModeEBPFTCX && inj.Path == report.PathServerProxy && inj.Flow != h.Leg2.reverse() {
 				t.Errorf("%s: server->proxy injects %s, want the upstream leg's reply %s", tc.mode, inj.Flow, h.Leg2.reverse())
 			}
-			if tc.mode == ModeIptablesInpod && inj.Path == PathClientProxy && inj.Flow != h.Crossing {
+			if tc.mode == report.ModeIptablesInpod && inj.Path == report.PathClientProxy && inj.Flow != h.Crossing {
 				t.Errorf("%s: client->proxy injects %s, want the crossing %s", tc.mode, inj.Flow, h.Crossing)
 			}
 		}

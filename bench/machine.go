@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/bench/report"
 )
 
 // loadAvg returns /proc/loadavg's 1, 5 and 15 minute load averages.
@@ -27,8 +29,8 @@ func loadAvg() []float64 {
 }
 
 // describeMachine says what the machine is.
-func describeMachine(cpu int) Machine {
-	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), LoadAvg: loadAvg(), PinnedCPU: cpu}
+func describeMachine(cpu int) report.Machine {
+	m := report.Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), LoadAvg: loadAvg(), PinnedCPU: cpu}
 	m.Hostname, _ = os.Hostname()
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {

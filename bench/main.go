@@ -26,14 +26,15 @@
 //   - per program: ns above an empty program with BPF_PROG_TEST_RUN, and
 //     the verified instruction counts.
 //
-// It writes bench/results/latest.json, PNG charts beside it, and
-// BENCHMARKS.md; it removes everything it made (namespaces with their
-// rules, cgroups, its bpffs), also on Ctrl-C or failure. Run it as root
-// (make bench, make bench-quick).
+// It writes bench/results/latest.json, and with bench/report the PNG
+// charts beside it and BENCHMARKS.md; it removes everything it made
+// (namespaces with their rules, cgroups, its bpffs), also on Ctrl-C or
+// failure. Run it as root (make bench, make bench-quick). With -render it
+// measures nothing and only draws the charts and the report again from a
+// results file (make bench-report).
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -48,6 +49,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/meshredirect/meshredirect/bench/report"
 )
 
 func main() {
@@ -223,13 +226,10 @@ func benchMain(args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := writeJSON(filepath.Join(o.out, "latest.json"), res); err != nil {
+	if err := report.WriteResults(filepath.Join(o.out, "latest.json"), res); err != nil {
 		return err
 	}
-	if err := writeCharts(res, o.out); err != nil {
-		return err
-	}
-	if err := writeReport(res, o.report, o.out); err != nil {
+	if err := report.Render(res, report.Output{Markdown: o.report, Charts: o.out}); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "bench: wrote %s, charts in %s, %s (%s)\n", filepath.Join(o.out, "latest.json"), o.out, o.report, res.Config.Elapsed)
@@ -241,19 +241,12 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
-// render draws the charts and writes the report from a results file.
+// render draws the charts and writes the report from a results file, with
+// no measurement: the charts go beside the file, as a run puts them.
 func render(o options) error {
-	b, err := os.ReadFile(o.render)
+	res, err := report.ReadResults(o.render)
 	if err != nil {
-		return fmt.Errorf("read results: %w", err)
-	}
-	var res Results
-	if err := json.Unmarshal(b, &res); err != nil {
-		return fmt.Errorf("decode results %s: %w", o.render, err)
-	}
-	dir := filepath.Dir(o.render)
-	if err := writeCharts(&res, dir); err != nil {
 		return err
 	}
-	return writeReport(&res, o.report, dir)
+	return report.Render(res, report.Output{Markdown: o.report, Charts: filepath.Dir(o.render)})
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
@@ -12,11 +13,11 @@ import (
 // ebpfConfig returns the dataplane configuration of an eBPF mode.
 func ebpfConfig(mode string) (attach tc.Mode, peer bool) {
 	switch mode {
-	case ModeEBPFTC:
+	case report.ModeEBPFTC:
 		return tc.ModeLegacy, true
-	case ModeEBPFTCX:
+	case report.ModeEBPFTCX:
 		return tc.ModeTCX, true
-	case ModeEBPFTCRedirect:
+	case report.ModeEBPFTCRedirect:
 		return tc.ModeLegacy, false
 	default:
 		return tc.ModeTCX, false

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/testenv"
 )
@@ -93,7 +94,7 @@ func programCases(c *Copy, assignNS *testenv.Namespace) []programCase {
 // ready). ztunnel_assign's runs happen in the ztunnel netns of an eBPF
 // copy, where the stand-in listens. Each case is run once first and must
 // count its expected verdict.
-func measurePrograms(e *env, c *Copy, assignNS *testenv.Namespace, cpu, rounds, repeat int) (progs, blockRuns []Program) {
+func measurePrograms(e *env, c *Copy, assignNS *testenv.Namespace, cpu, rounds, repeat int) (progs, blockRuns []report.Program) {
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "bench_empty",
 		Type:         ebpf.SchedCLS,
@@ -105,11 +106,11 @@ func measurePrograms(e *env, c *Copy, assignNS *testenv.Namespace, cpu, rounds, 
 	}
 	defer empty.Close()
 
-	var out []Program
+	var out []report.Program
 	coll, set := loadPrograms(e, c, true)
 	for _, pc := range programCases(c, assignNS) {
 		prog := coll.Programs[pc.name]
-		p := Program{Name: pc.name, Family: pc.family, Segment: pc.segment, Packet: pc.packet, Rounds: rounds}
+		p := report.Program{Name: pc.name, Family: pc.family, Segment: pc.segment, Packet: pc.packet, Rounds: rounds}
 		p.Instructions = len(mrasm.CollectionSpec(mrasm.DefaultOptions()).Programs[pc.name].Instructions)
 		if info, err := prog.Info(); err == nil {
 			p.VerifiedInstructions, _ = info.VerifiedInstructions()
@@ -139,7 +140,7 @@ func measurePrograms(e *env, c *Copy, assignNS *testenv.Namespace, cpu, rounds, 
 		if err != nil {
 			e.Fatal(err)
 		}
-		p := Program{Name: b.name, Packet: "TCP ACK client -> server", Rounds: rounds, Instructions: len(b.build(bm))}
+		p := report.Program{Name: b.name, Packet: "TCP ACK client -> server", Rounds: rounds, Instructions: len(b.build(bm))}
 		if info, err := prog.Info(); err == nil {
 			p.VerifiedInstructions, _ = info.VerifiedInstructions()
 		}
@@ -214,7 +215,7 @@ func aboveEmpty(ns *testenv.Namespace, cpu int, prog, empty *ebpf.Program, frame
 			progNs = append(progNs, pn)
 			diff = append(diff, pn-en)
 		}
-		progMed, emptyMed, diffMed = median(progNs), median(emptyNs), median(diff)
+		progMed, emptyMed, diffMed = report.Median(progNs), report.Median(emptyNs), report.Median(diff)
 		return nil
 	})
 	return progMed, emptyMed, diffMed, err

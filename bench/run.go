@@ -6,20 +6,22 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/meshredirect/meshredirect/bench/report"
 )
 
 // baselines are the modes every other is compared with: the two iptables
 // modes (the goals), no mesh and the explicit proxy (the floors), and
 // ebpf-tcx (to show what the attach mode and the redirect helper change).
-var baselines = []string{ModeIptablesNode, ModeIptablesInpod, ModeDirect, ModeExplicit, ModeEBPFTCX, ModeEBPFTC}
+var baselines = []string{report.ModeIptablesNode, report.ModeIptablesInpod, report.ModeDirect, report.ModeExplicit, report.ModeEBPFTCX, report.ModeEBPFTC}
 
 // runBench builds a copy per mode and measures: per program, the kernel
 // path, end to end.
-func runBench(e *env, o options) (*Results, error) {
+func runBench(e *env, o options) (*report.Results, error) {
 	start := time.Now()
-	res := &Results{Machine: describeMachine(o.cpu)}
+	res := &report.Results{Machine: describeMachine(o.cpu)}
 	res.Machine.Start = start
-	res.Config = RunConfig{Quick: o.quick, Modes: o.modes, KernelRounds: o.kernelRounds, KernelPackets: o.kernelPackets,
+	res.Config = report.RunConfig{Quick: o.quick, Modes: o.modes, KernelRounds: o.kernelRounds, KernelPackets: o.kernelPackets,
 		E2ERounds: o.e2eRounds, E2EDuration: o.e2eDuration.String(), Connections: o.connections,
 		FixedQPS: o.fixedQPS, FixedQPSConns: o.fixedConns, MinCPUShare: minCPUShare, ProgramRounds: o.programRounds, ProgramRepeats: o.programRepeat}
 	logf("load average %v; pinning to CPU %d", res.Machine.LoadAvg, o.cpu)
@@ -74,7 +76,7 @@ func runBench(e *env, o options) (*Results, error) {
 		}
 		res.Runs = append(res.Runs, runs...)
 	}
-	res.Ratios = computeRatios(res.Runs, baselines)
+	res.Ratios = report.ComputeRatios(res.Runs, baselines)
 	res.Machine.End = time.Now()
 	res.Machine.LoadAvgEnd = loadAvg()
 	res.Config.Elapsed = time.Since(start).Round(time.Second).String()
@@ -91,13 +93,16 @@ func runBench(e *env, o options) (*Results, error) {
 
 // firstEBPF returns an eBPF copy, ebpf-tcx if it ran.
 func firstEBPF(copies map[string]*Copy) *Copy {
-	for _, m := range []string{ModeEBPFTCX, ModeEBPFTC, ModeEBPFTCXRedir, ModeEBPFTCRedirect} {
+	for _, m := range []string{report.ModeEBPFTCX, report.ModeEBPFTC, report.ModeEBPFTCXRedir, report.ModeEBPFTCRedirect} {
 		if c, ok := copies[m]; ok {
 			return c
 		}
 	}
 	return nil
 }
+
+// f64 returns a pointer to v, for the nullable fields of report.Run.
+func f64(v float64) *float64 { return &v }
 
 // rotate returns modes starting at the round's offset, so that no mode is
 // always measured first (or right after the same other).
@@ -113,11 +118,11 @@ func rotate(modes []string, round int) []string {
 // runKernelPath holds a connection open in each copy, proves where each
 // path's segments land, then measures every path of every mode, modes
 // interleaved within each round.
-func runKernelPath(e *env, o options, copies map[string]*Copy) ([]Run, []Proof, []string, float64, error) {
+func runKernelPath(e *env, o options, copies map[string]*Copy) ([]report.Run, []report.Proof, []string, float64, error) {
 	in := newInjector(e, o.cpu)
 	var modes []string
 	injs := map[string][]injection{}
-	var proofs []Proof
+	var proofs []report.Proof
 	var skipped []string
 	for _, m := range o.modes {
 		if !hasKernelPath(m) {
@@ -142,7 +147,7 @@ func runKernelPath(e *env, o options, copies map[string]*Copy) ([]Run, []Proof, 
 		modes = append(modes, m)
 	}
 	logf("kernel path: %d rounds of %d packets per mode and path", o.kernelRounds, o.kernelPackets)
-	var runs []Run
+	var runs []report.Run
 	var floors []float64
 	for round := 1; round <= o.kernelRounds; round++ {
 		if len(modes) > 0 {
@@ -153,7 +158,7 @@ func runKernelPath(e *env, o options, copies map[string]*Copy) ([]Run, []Proof, 
 			}
 			floors = append(floors, f)
 		}
-		for _, path := range kernelPaths {
+		for _, path := range report.KernelPaths {
 			for _, m := range rotate(modes, round) {
 				for _, inj := range injs[m] {
 					if inj.Path != path {
@@ -168,7 +173,7 @@ func runKernelPath(e *env, o options, copies map[string]*Copy) ([]Run, []Proof, 
 						return nil, nil, nil, 0, fmt.Errorf("copy %s, path %s, round %d: %d of %d segments landed in the %s's netns, expected the %s's (%v)",
 							m, path, round, got.packets, o.kernelPackets, got.landed, inj.Expect, got.deltas)
 					}
-					runs = append(runs, Run{Mode: m, Workload: WorkloadKernel, Path: path, Round: round,
+					runs = append(runs, report.Run{Mode: m, Workload: report.WorkloadKernel, Path: path, Round: round,
 						NsPerPacket: f64(got.ns), Packets: uint64(o.kernelPackets), Landed: got.landed, LandedPackets: got.packets, LoadAvg1: la})
 				}
 			}
@@ -176,19 +181,19 @@ func runKernelPath(e *env, o options, copies map[string]*Copy) ([]Run, []Proof, 
 		fmt.Fprint(os.Stderr, ".")
 	}
 	fmt.Fprintln(os.Stderr)
-	return runs, proofs, skipped, median(floors), nil
+	return runs, proofs, skipped, report.Median(floors), nil
 }
 
 // runEndToEnd runs fortio in every copy: for each round, each connection
 // count at max QPS, then the fixed-rate latency run, modes interleaved.
-func runEndToEnd(o options, copies map[string]*Copy) ([]Run, error) {
+func runEndToEnd(o options, copies map[string]*Copy) ([]report.Run, error) {
 	var specs []e2eRun
 	for _, c := range o.connections {
-		specs = append(specs, e2eRun{Path: PathMaxQPS, Connections: c, QPS: -1})
+		specs = append(specs, e2eRun{Path: report.PathMaxQPS, Connections: c, QPS: -1})
 	}
-	specs = append(specs, e2eRun{Path: PathFixedQPS, Connections: o.fixedConns, QPS: o.fixedQPS})
+	specs = append(specs, e2eRun{Path: report.PathFixedQPS, Connections: o.fixedConns, QPS: o.fixedQPS})
 	logf("end to end: %d rounds of %d runs per mode, %s each", o.e2eRounds, len(specs), o.e2eDuration)
-	var runs []Run
+	var runs []report.Run
 	for round := 1; round <= o.e2eRounds; round++ {
 		for _, spec := range specs {
 			for _, m := range rotate(o.modes, round) {

@@ -5,46 +5,24 @@ import (
 	"net/netip"
 	"path/filepath"
 
+	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/testenv"
 )
 
-// Mode names. The eBPF modes are meshredirect's dataplane with an attach
-// mode (legacy tc filters or tcx links) and a redirect helper
-// (bpf_redirect_peer, or bpf_redirect with a MAC rewrite).
-const (
-	ModeDirect         = "direct"
-	ModeExplicit       = "explicit"
-	ModeIptablesNode   = "iptables-node"
-	ModeIptablesInpod  = "iptables-inpod"
-	ModeEBPFTC         = "ebpf-tc"
-	ModeEBPFTCX        = "ebpf-tcx"
-	ModeEBPFTCRedirect = "ebpf-tc-redirect"
-	ModeEBPFTCXRedir   = "ebpf-tcx-redirect"
-)
-
 // allModes lists every mode in the order tables show them.
 var allModes = []string{
-	ModeDirect, ModeExplicit, ModeIptablesNode, ModeIptablesInpod,
-	ModeEBPFTC, ModeEBPFTCX, ModeEBPFTCRedirect, ModeEBPFTCXRedir,
-}
-
-// isEBPF reports whether mode is one of meshredirect's.
-func isEBPF(mode string) bool {
-	switch mode {
-	case ModeEBPFTC, ModeEBPFTCX, ModeEBPFTCRedirect, ModeEBPFTCXRedir:
-		return true
-	}
-	return false
+	report.ModeDirect, report.ModeExplicit, report.ModeIptablesNode, report.ModeIptablesInpod,
+	report.ModeEBPFTC, report.ModeEBPFTCX, report.ModeEBPFTCRedirect, report.ModeEBPFTCXRedir,
 }
 
 // hasKernelPath reports whether the kernel path is measured for mode: the
 // explicit mode is measured end to end only (the choice: it is the
 // floor of a redirection, which only the whole request shows).
-func hasKernelPath(mode string) bool { return mode != ModeExplicit }
+func hasKernelPath(mode string) bool { return mode != report.ModeExplicit }
 
 // hasProxy reports whether mode's traffic goes through the stand-in.
-func hasProxy(mode string) bool { return mode != ModeDirect }
+func hasProxy(mode string) bool { return mode != report.ModeDirect }
 
 // Ports of the benchmark's servers.
 const (
@@ -101,7 +79,7 @@ func (c *Copy) namespaces() map[string]*testenv.Namespace {
 
 // ServerPort is the port the copy's client dials.
 func (c *Copy) ServerPort() int {
-	if c.Mode == ModeExplicit {
+	if c.Mode == report.ModeExplicit {
 		return explicitPort
 	}
 	return HTTPPort
@@ -158,26 +136,26 @@ func buildCopy(e *env, mode string, o buildOptions) *Copy {
 	c.ClientCG = c.Cgroup.child(e, "client")
 
 	switch mode {
-	case ModeDirect:
-	case ModeExplicit:
+	case report.ModeDirect:
+	case report.ModeExplicit:
 		c.setupExplicit(e)
-	case ModeIptablesNode:
+	case report.ModeIptablesNode:
 		c.setupIptablesNode(e)
-	case ModeIptablesInpod:
+	case report.ModeIptablesInpod:
 		c.setupIptablesInpod(e)
 	default:
 		c.setupEBPF(e, o.BPFFS)
 	}
 
 	ports := fmt.Sprint(HTTPPort)
-	if mode == ModeExplicit {
+	if mode == report.ModeExplicit {
 		ports += fmt.Sprintf(",%d", explicitPort)
 	}
 	goenv := "GODEBUG=multipathtcp=0"
 	startProcess(e, &c.Server.Namespace, c.ServerCG, o.CPU, mode+" server",
 		[]string{o.Self, "serve", "-ports", ports}, goenv)
 	switch {
-	case mode == ModeIptablesInpod:
+	case mode == report.ModeIptablesInpod:
 		// ztunnel in-pod: its listeners inside each pod's netns, its
 		// sockets marked 0x539 (set for it by the proxy cgroup).
 		markSockets(e, c.Proxy, inpodMark)

@@ -1,24 +1,46 @@
-package main
+package report
 
 import (
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 )
 
-// writeReport writes BENCHMARKS.md: the machine and its load, the goals
-// and whether they were met, the tables of every measure with their
-// ratios, where the packets landed, what each mode ran, and what the
-// numbers mean. chartDir is where the charts are, as seen from the
-// report's directory.
-func writeReport(res *Results, path, chartDir string) error {
-	rel, err := filepath.Rel(filepath.Dir(path), chartDir)
-	if err != nil {
-		rel = chartDir
+// Output says where Render writes.
+type Output struct {
+	// Markdown is the report's file (BENCHMARKS.md).
+	Markdown string
+	// Charts is the directory for the PNG charts; the report links them
+	// relative to its own directory.
+	Charts string
+}
+
+// Render draws the charts into out.Charts and writes the report to
+// out.Markdown. It reads nothing but res, so a report can be drawn again
+// from a results file without a run.
+func Render(res *Results, out Output) error {
+	if err := os.MkdirAll(out.Charts, 0o755); err != nil {
+		return fmt.Errorf("create chart directory %s: %w", out.Charts, err)
 	}
+	if err := writeCharts(res, out.Charts); err != nil {
+		return err
+	}
+	rel, err := filepath.Rel(filepath.Dir(out.Markdown), out.Charts)
+	if err != nil {
+		rel = out.Charts
+	}
+	return writeFileAtomic(out.Markdown, markdown(res, filepath.ToSlash(rel)))
+}
+
+// markdown is the report: the machine and its load, the goals and whether
+// they were met, the tables of every measure with their ratios, where the
+// packets landed, what each mode ran, and what the numbers mean. charts is
+// where the charts are, as seen from the report's directory.
+func markdown(res *Results, charts string) []byte {
 	var b strings.Builder
-	r := &reporter{res: res, b: &b, charts: filepath.ToSlash(rel)}
+	r := &reporter{res: res, b: &b, charts: charts}
 	r.header()
 	r.machine()
 	r.goals()
@@ -28,9 +50,10 @@ func writeReport(res *Results, path, chartDir string) error {
 	r.meaning()
 	r.rules()
 	r.limits()
-	return writeFileAtomic(path, []byte(b.String()))
+	return []byte(b.String())
 }
 
+// reporter writes the report's sections, in order, into b.
 type reporter struct {
 	res    *Results
 	b      *strings.Builder
@@ -78,6 +101,7 @@ func (r *reporter) header() {
 	r.p("# both run bench/run.sh, which installs iptables and ipset (Debian) if missing, builds bin/bench and")
 	r.p("# bin/ztunnel-standin and runs the benchmark; by hand, with any of its flags:")
 	r.p("sudo bench/run.sh [-quick] [-modes direct,ebpf-tcx,...] [-cpu 1] [-kernel-rounds 20] [-e2e-rounds 5] [-e2e-duration 5s]")
+	r.p("make bench-report # no root, no run: this file and the charts drawn again from bench/results/latest.json")
 	r.p("```")
 	r.p("")
 	r.p("It writes `bench/results/latest.json`, the charts (`bench/results/*.png`) and this file, and removes everything it made")
@@ -128,7 +152,7 @@ func fmtLoad(l []float64) string {
 func (r *reporter) ebpfModes() []string {
 	var out []string
 	for _, m := range r.res.Config.Modes {
-		if isEBPF(m) {
+		if IsEBPF(m) {
 			out = append(out, m)
 		}
 	}

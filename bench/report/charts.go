@@ -1,4 +1,4 @@
-package main
+package report
 
 import (
 	"fmt"
@@ -51,8 +51,8 @@ func kernelChart(res *Results, file string) error {
 	w := vg.Points(130 / float64(len(modes)))
 	top := 0.0
 	for i, m := range modes {
-		vals := make(plotter.Values, len(kernelPaths))
-		for j, path := range kernelPaths {
+		vals := make(plotter.Values, len(KernelPaths))
+		for j, path := range KernelPaths {
 			v, n := medianOf(res.Runs, m, WorkloadKernel, path, 0, func(r Run) *float64 { return r.NsPerPacket })
 			if n == 0 || math.IsNaN(v) {
 				v = 0 // not measured for this mode
@@ -73,7 +73,7 @@ func kernelChart(res *Results, file string) error {
 	p.Legend.Top = true
 	p.Y.Min = 0
 	p.Y.Max = top / 0.62 // room for the legend above the bars
-	p.NominalX(kernelPaths...)
+	p.NominalX(KernelPaths...)
 	if err := p.Save(10*vg.Inch, 5*vg.Inch, file); err != nil {
 		return fmt.Errorf("save chart %s: %w", file, err)
 	}

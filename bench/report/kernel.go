@@ -1,4 +1,4 @@
-package main
+package report
 
 import (
 	"fmt"
@@ -41,11 +41,11 @@ func (r *reporter) kernel() {
 	r.p("Median over %d rounds [min–max]; the injection itself (the frame restored and dropped by the XDP program, no stack)", rounds)
 	r.p("costs %.0f ns of each figure.", r.res.Machine.InjectFloorNs)
 	r.p("")
-	r.p("| mode | %s |", strings.Join(kernelPaths, " | "))
-	r.p("|---|%s", strings.Repeat("---:|", len(kernelPaths)))
+	r.p("| mode | %s |", strings.Join(KernelPaths, " | "))
+	r.p("|---|%s", strings.Repeat("---:|", len(KernelPaths)))
 	for _, m := range modes {
 		var cells []string
-		for _, path := range kernelPaths {
+		for _, path := range KernelPaths {
 			cells = append(cells, r.nsCell(m, path))
 		}
 		r.p("| `%s` | %s |", m, strings.Join(cells, " | "))
@@ -62,14 +62,14 @@ func (r *reporter) kernel() {
 		r.p("Median of the per-round ratio ns(mode) / ns(%s) [min–max over rounds]; in parentheses the same with the injection", base)
 		r.p("floor taken off both sides (the cost of the path alone).")
 		r.p("")
-		r.p("| mode | %s |", strings.Join(kernelPaths, " | "))
-		r.p("|---|%s", strings.Repeat("---:|", len(kernelPaths)))
+		r.p("| mode | %s |", strings.Join(KernelPaths, " | "))
+		r.p("|---|%s", strings.Repeat("---:|", len(KernelPaths)))
 		for _, m := range modes {
 			if m == base {
 				continue
 			}
 			var cells []string
-			for _, path := range kernelPaths {
+			for _, path := range KernelPaths {
 				cells = append(cells, r.ratioCell(m, base, path))
 			}
 			r.p("| `%s` | %s |", m, strings.Join(cells, " | "))
@@ -92,7 +92,7 @@ func (r *reporter) nsCell(mode, path string) string {
 		return "–"
 	}
 	lo, hi := minMax(xs)
-	return fmt.Sprintf("%.0f [%.0f–%.0f]", median(xs), lo, hi)
+	return fmt.Sprintf("%.0f [%.0f–%.0f]", Median(xs), lo, hi)
 }
 
 // ratioCell is the ratio of mode against base on path, with its spread
@@ -124,7 +124,7 @@ func (r *reporter) netRatio(mode, base, path string) float64 {
 			}
 		}
 	}
-	return median(xs)
+	return Median(xs)
 }
 
 // effects shows what each choice of meshredirect changes on the kernel
@@ -149,11 +149,11 @@ func (r *reporter) effects() {
 	r.p("")
 	r.p("Median of per-round differences in ns per packet (positive: the first costs more) and the ratio.")
 	r.p("")
-	r.p("| change | %s |", strings.Join(kernelPaths, " | "))
-	r.p("|---|%s", strings.Repeat("---:|", len(kernelPaths)))
+	r.p("| change | %s |", strings.Join(KernelPaths, " | "))
+	r.p("|---|%s", strings.Repeat("---:|", len(KernelPaths)))
 	for _, p := range pairs {
 		var cells []string
-		for _, path := range kernelPaths {
+		for _, path := range KernelPaths {
 			d, ok := r.diff(p.mode, p.base, path)
 			ratio, rok := r.kernelRatio(p.mode, p.base, path)
 			if !ok || !rok {
@@ -186,7 +186,7 @@ func (r *reporter) diff(mode, base, path string) (float64, bool) {
 	if len(xs) == 0 {
 		return 0, false
 	}
-	return median(xs), true
+	return Median(xs), true
 }
 
 func (r *reporter) proofs() {

@@ -1,4 +1,4 @@
-package main
+package report
 
 import (
 	"fmt"
@@ -161,6 +161,12 @@ func (r *reporter) e2eMeaning() {
 	}
 	r.p("  With every process on one CPU, CPU per request and max QPS move together; at low concurrency QPS also")
 	r.p("  depends on wake-up latency, and one-CPU runs of %s on a busy machine are the noisiest figures here.", r.res.Config.E2EDuration)
+}
+
+// inpodIstioOriginal is the line bench/mode_iptables_inpod.go changes
+// (marked CHANGED there), as Istio has it: the report shows both.
+var inpodIstioOriginal = []string{
+	"-t nat -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001",
 }
 
 // rules prints what each mode ran.

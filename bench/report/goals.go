@@ -1,4 +1,4 @@
-package main
+package report
 
 import (
 	"fmt"
@@ -19,7 +19,7 @@ func (r *reporter) kernelRatio(mode, base, path string) (float64, bool) {
 // paths both have, and that path.
 func (r *reporter) worstKernelRatio(mode, base string) (float64, string, int) {
 	worst, wpath, n := -1.0, "", 0
-	for _, path := range kernelPaths {
+	for _, path := range KernelPaths {
 		if v, ok := r.kernelRatio(mode, base, path); ok {
 			n++
 			if v > worst {
@@ -66,7 +66,7 @@ func (r *reporter) goals() {
 			continue
 		}
 		var cells []string
-		for _, p := range kernelPaths {
+		for _, p := range KernelPaths {
 			if x, ok := r.kernelRatio(m, g.base, p); ok {
 				cells = append(cells, fmt.Sprintf("%s %.2f", p, x))
 			}

@@ -1,0 +1,54 @@
+package report
+
+// Mode names, as latest.json records them. The eBPF modes are
+// meshredirect's dataplane with an attach mode (legacy tc filters or tcx
+// links) and a redirect helper (bpf_redirect_peer, or bpf_redirect with a
+// MAC rewrite).
+const (
+	ModeDirect         = "direct"
+	ModeExplicit       = "explicit"
+	ModeIptablesNode   = "iptables-node"
+	ModeIptablesInpod  = "iptables-inpod"
+	ModeEBPFTC         = "ebpf-tc"
+	ModeEBPFTCX        = "ebpf-tcx"
+	ModeEBPFTCRedirect = "ebpf-tc-redirect"
+	ModeEBPFTCXRedir   = "ebpf-tcx-redirect"
+)
+
+// IsEBPF reports whether mode is one of meshredirect's.
+func IsEBPF(mode string) bool {
+	switch mode {
+	case ModeEBPFTC, ModeEBPFTCX, ModeEBPFTCRedirect, ModeEBPFTCXRedir:
+		return true
+	}
+	return false
+}
+
+// Workloads: what a run measured.
+const (
+	// WorkloadKernel is the kernel path: packets injected on a host veth
+	// with XDP live frames, ns per packet until the destination's TCP layer.
+	WorkloadKernel = "kernel-path"
+	// WorkloadE2E is HTTP through the stand-in with fortio.
+	WorkloadE2E = "end-to-end"
+)
+
+// The kernel paths, named by the hop of a proxied request they measure.
+const (
+	PathClientProxy = "client->proxy"
+	PathProxyServer = "proxy->server"
+	PathServerProxy = "server->proxy"
+	PathProxyClient = "proxy->client"
+)
+
+// KernelPaths lists the kernel paths in the order of a request's hops,
+// the order of the tables' columns.
+var KernelPaths = []string{PathClientProxy, PathProxyServer, PathServerProxy, PathProxyClient}
+
+// End-to-end "paths": which kind of fortio run.
+const (
+	// PathMaxQPS is a run at the highest rate fortio reaches (-qps -1).
+	PathMaxQPS = "max-qps"
+	// PathFixedQPS is a run at a fixed rate, for latency percentiles.
+	PathFixedQPS = "fixed-qps"
+)

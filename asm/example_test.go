@@ -3,6 +3,9 @@ package asm_test
 import (
 	"fmt"
 	"net/netip"
+	"testing"
+
+	"github.com/meshredirect/meshredirect/internal/testutil"
 
 	"github.com/cilium/ebpf"
 
@@ -37,4 +40,13 @@ func Example() {
 	for _, p := range mrasm.Programs() {
 		fmt.Println(p.Name, "->", p.Attach)
 	}
+}
+
+// TestExample runs Example on a node of its own (a new netns, a private
+// bpffs at /sys/fs/bpf), so that what it shows is run, not only compiled.
+func TestExample(t *testing.T) {
+	testutil.Isolated(t, func() error {
+		Example()
+		return nil
+	})
 }

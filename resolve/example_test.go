@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"testing"
+
+	"github.com/meshredirect/meshredirect/internal/testutil"
 
 	"github.com/meshredirect/meshredirect/resolve"
 )
@@ -12,7 +15,9 @@ import (
 // its network namespace; ErrNotFound means "not wired yet (or any more):
 // try again later".
 func Example() {
-	r, err := resolve.New(resolve.Config{NodeNetns: "/proc/1/ns/net"})
+	// The node's netns is this process's (the agent runs with
+	// hostNetwork); NodeNetns names another, such as /proc/1/ns/net.
+	r, err := resolve.New(resolve.Config{})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -33,4 +38,14 @@ func Example() {
 
 	path, err := r.NetnsPath(iface.PeerNetnsID)
 	fmt.Println(path, err)
+}
+
+// TestExample runs Example in a netns of its own, so that what it shows is
+// run, not only compiled: no interface leads to the pod, which is the
+// "retry later" branch.
+func TestExample(t *testing.T) {
+	testutil.Isolated(t, func() error {
+		Example()
+		return nil
+	})
 }

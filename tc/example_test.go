@@ -3,6 +3,11 @@ package tc_test
 import (
 	"fmt"
 	"log"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/meshredirect/meshredirect/internal/testutil"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -58,4 +63,21 @@ func Example() {
 			log.Fatal(err)
 		}
 	}
+}
+
+// TestExample runs Example on a node of its own (a new netns whose
+// interface 12 is a veth called veth12ab, a private bpffs at
+// /sys/fs/bpf), so that what it shows is run, not only compiled.
+func TestExample(t *testing.T) {
+	testutil.Isolated(t, func() error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "veth12ab", Index: 12}, PeerName: "eth0"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth12ab with index 12: %w", err)
+		}
+		if err := netlink.LinkSetUp(veth); err != nil {
+			return fmt.Errorf("set veth12ab up: %w", err)
+		}
+		Example()
+		return nil
+	})
 }

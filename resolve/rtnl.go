@@ -1,40 +1,53 @@
 package resolve
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 
+	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// This file holds the raw rtnetlink requests the package makes, one function
-// per request, over a mdlayher/netlink Conn opened in the node's netns with
+// This file holds the rtnetlink requests the package makes, one function per
+// request, over a mdlayher/netlink Conn opened in the node's netns with
 // strict checking on (NETLINK_GET_STRICT_CHK, kernel 4.20+). Strict checking
 // is not only hygiene: without it the kernel ignores IFA_TARGET_NETNSID in an
 // address dump (inet_dump_ifaddr reads it in inet_valid_dump_ifaddr_req, which
 // runs only for strict sockets) and would list the node's own addresses.
+//
+// The messages are github.com/jsimonetti/rtnetlink/v2's (LinkMessage,
+// AddressMessage, RouteMessage), encoded and decoded by the library. The
+// socket is not the library's Conn: its Execute returns only what its types
+// decode, and its requests carry only attributes its types have. What v2.3.0
+// lacks is added by hand, at the request that needs it, with appendAttrs and
+// scanAttrs:
+//
+//   - IFLA_TARGET_NETNSID in RTM_GETLINK and IFA_TARGET_NETNSID in
+//     RTM_GETADDR: LinkAttributes and AddressAttributes have no field for
+//     them (and an AddressMessage with attributes always sends IFA_UNSPEC,
+//     IFA_ADDRESS and IFA_FLAGS, which a strict dump request may not carry);
+//   - IFLA_LINK_NETNSID in RTM_NEWLINK: LinkAttributes does not decode it;
+//   - RTA_NH_ID in RTM_NEWROUTE: RouteAttributes does not decode it;
+//   - RTM_GETNSID and RTM_NEWNSID (nsidMessage): the library has no netns
+//     id messages at all.
 
 // rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS (include/uapi/linux/rtnetlink.h,
-// not in x/sys): leave IFLA_STATS and IFLA_STATS64 out of link replies, which
-// are most of their size and of no use here. Older kernels ignore the bit.
+// not in x/sys): leave the per-family statistics out of link replies
+// (inet6_fill_ifla6_attrs skips IFLA_INET6_STATS and IFLA_INET6_ICMP6STATS),
+// about a quarter of their size and of no use here. IFLA_STATS and
+// IFLA_STATS64 stay whatever the mask. Older kernels ignore the bit.
 const rtextFilterSkipStats = 1 << 3
 
 // rtaNhID is RTA_NH_ID (kernel 5.3+, not in x/sys): the route uses a
 // nexthop object.
 const rtaNhID = 30
 
-// Wire sizes of the fixed headers (unix.Sizeof*), and of rtgenmsg padded to
-// the 4-byte alignment the kernel parses attributes from.
-const (
-	sizeofIfInfomsg = unix.SizeofIfInfomsg // family, pad, type u16, index s32, flags u32, change u32
-	sizeofIfAddrmsg = unix.SizeofIfAddrmsg // family, prefixlen, flags, scope, index u32
-	sizeofRtMsg     = unix.SizeofRtMsg     // family, dst_len, src_len, tos, table, protocol, scope, type, flags u32
-	sizeofRtGenmsg  = 4
-)
+// sizeofRtGenmsg is struct rtgenmsg (one byte, the family) padded to the
+// 4-byte alignment the kernel parses attributes from.
+const sizeofRtGenmsg = 4
 
 // link is what the package reads of an interface from RTM_NEWLINK.
 type link struct {
@@ -118,61 +131,69 @@ type route struct {
 // /32 or /128. The lookup goes through the policy rules like an output
 // packet without a mark would.
 func getRoute(c *netlink.Conn, ip netip.Addr) (route, error) {
-	family, bits := uint8(unix.AF_INET), uint8(32)
-	if ip.Is6() {
-		family, bits = unix.AF_INET6, 128
+	req := rtnetlink.RouteMessage{
+		Family:     unix.AF_INET,
+		DstLength:  uint8(ip.BitLen()),
+		Flags:      unix.RTM_F_FIB_MATCH,
+		Attributes: rtnetlink.RouteAttributes{Dst: ip.AsSlice()},
 	}
-	hdr := make([]byte, sizeofRtMsg)
-	hdr[0] = family
-	hdr[1] = bits // rtm_dst_len
-	binary.NativeEndian.PutUint32(hdr[8:], unix.RTM_F_FIB_MATCH)
-	ae := netlink.NewAttributeEncoder()
-	ae.Bytes(unix.RTA_DST, ip.AsSlice())
-	msgs, err := execute(c, unix.RTM_GETROUTE, netlink.Request, hdr, ae)
+	if ip.Is6() {
+		req.Family = unix.AF_INET6
+	}
+	data, err := req.MarshalBinary()
+	if err != nil {
+		return route{}, fmt.Errorf("encode RTM_GETROUTE for %s: %w", ip, err)
+	}
+	msgs, err := execute(c, unix.RTM_GETROUTE, netlink.Request, data)
 	if err != nil {
 		return route{}, err
 	}
-	if len(msgs) != 1 || msgs[0].Header.Type != unix.RTM_NEWROUTE || len(msgs[0].Data) < sizeofRtMsg {
+	if len(msgs) != 1 || msgs[0].Header.Type != unix.RTM_NEWROUTE {
 		return route{}, fmt.Errorf("unexpected reply to RTM_GETROUTE (%d messages)", len(msgs))
 	}
-	b := msgs[0].Data
-	r := route{typ: b[7], table: uint32(b[4])}
-	dstLen := int(b[1])
-	ad, err := netlink.NewAttributeDecoder(b[sizeofRtMsg:])
-	if err != nil {
-		return route{}, err
-	}
-	dst := netip.IPv4Unspecified()
-	if family == unix.AF_INET6 {
-		dst = netip.IPv6Unspecified()
-	}
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.RTA_DST:
-			if a, ok := netip.AddrFromSlice(ad.Bytes()); ok {
-				dst = a
-			}
-		case unix.RTA_OIF:
-			r.oif = int(ad.Uint32())
-		case unix.RTA_GATEWAY:
-			r.gateway, _ = netip.AddrFromSlice(ad.Bytes())
-		case unix.RTA_VIA:
-			// struct rtvia: family u16, then the address.
-			if v := ad.Bytes(); len(v) > 2 {
-				r.gateway, _ = netip.AddrFromSlice(v[2:])
-			}
-		case unix.RTA_MULTIPATH:
-			r.multipath = true
-		case rtaNhID:
-			r.nhid = ad.Uint32()
-		case unix.RTA_TABLE:
-			r.table = ad.Uint32()
-		}
-	}
-	if err := ad.Err(); err != nil {
+	return parseRoute(msgs[0].Data)
+}
+
+// parseRoute decodes an RTM_NEWROUTE message.
+func parseRoute(b []byte) (route, error) {
+	var m rtnetlink.RouteMessage
+	if err := m.UnmarshalBinary(b); err != nil {
 		return route{}, fmt.Errorf("decode RTM_NEWROUTE: %w", err)
 	}
-	r.dst = netip.PrefixFrom(dst.Unmap(), dstLen)
+	a := m.Attributes
+	r := route{
+		typ:       m.Type,
+		table:     uint32(m.Table),
+		oif:       int(a.OutIface),
+		multipath: len(a.Multipath) > 0,
+	}
+	if a.Table != 0 { // RTA_TABLE: rtm_table holds only ids below 256
+		r.table = a.Table
+	}
+	if gw, ok := netip.AddrFromSlice(a.Gateway); ok {
+		r.gateway = gw
+	}
+	if a.Via != nil { // RTA_VIA: an IPv4 route via an IPv6 gateway
+		if gw, ok := netip.AddrFromSlice(a.Via.Addr); ok {
+			r.gateway = gw
+		}
+	}
+	dst := netip.IPv4Unspecified()
+	if m.Family == unix.AF_INET6 {
+		dst = netip.IPv6Unspecified()
+	}
+	if d, ok := netip.AddrFromSlice(a.Dst); ok {
+		dst = d
+	}
+	r.dst = netip.PrefixFrom(dst.Unmap(), int(m.DstLength))
+	err := scanAttrs(b, unix.SizeofRtMsg, func(ad *netlink.AttributeDecoder) {
+		if ad.Type() == rtaNhID {
+			r.nhid = ad.Uint32()
+		}
+	})
+	if err != nil {
+		return route{}, fmt.Errorf("decode RTM_NEWROUTE: %w", err)
+	}
 	return r, nil
 }
 
@@ -181,15 +202,11 @@ func getRoute(c *netlink.Conn, ip netip.Addr) (route, error) {
 // has id nsid in the node's netns (kernel 4.15+, as IFLA_IF_NETNSID). The
 // latter reads a pod's eth0 without entering or even naming its netns.
 func getLink(c *netlink.Conn, index, nsid int) (link, error) {
-	hdr := make([]byte, sizeofIfInfomsg)
-	hdr[0] = unix.AF_UNSPEC
-	binary.NativeEndian.PutUint32(hdr[4:], uint32(index))
-	ae := netlink.NewAttributeEncoder()
-	ae.Uint32(unix.IFLA_EXT_MASK, rtextFilterSkipStats)
-	if nsid >= 0 {
-		ae.Int32(unix.IFLA_TARGET_NETNSID, int32(nsid))
+	data, err := linkRequest(rtnetlink.LinkMessage{Index: uint32(index)}, nil, nsid)
+	if err != nil {
+		return link{}, fmt.Errorf("encode RTM_GETLINK for ifindex %d: %w", index, err)
 	}
-	msgs, err := execute(c, unix.RTM_GETLINK, netlink.Request, hdr, ae)
+	msgs, err := execute(c, unix.RTM_GETLINK, netlink.Request, data)
 	if err != nil {
 		return link{}, err
 	}
@@ -204,12 +221,12 @@ func getLink(c *netlink.Conn, index, nsid int) (link, error) {
 // (rtnl_dump_ifinfo, kernel 4.6+), so that a node with many interfaces
 // sends only the bridge's ports.
 func bridgePorts(c *netlink.Conn, master int) ([]link, error) {
-	hdr := make([]byte, sizeofIfInfomsg)
-	hdr[0] = unix.AF_UNSPEC
-	ae := netlink.NewAttributeEncoder()
-	ae.Uint32(unix.IFLA_EXT_MASK, rtextFilterSkipStats)
-	ae.Uint32(unix.IFLA_MASTER, uint32(master))
-	msgs, err := execute(c, unix.RTM_GETLINK, netlink.Request|netlink.Dump, hdr, ae)
+	filter := uint32(master)
+	data, err := linkRequest(rtnetlink.LinkMessage{}, &filter, -1)
+	if err != nil {
+		return nil, fmt.Errorf("encode RTM_GETLINK for the ports of ifindex %d: %w", master, err)
+	}
+	msgs, err := execute(c, unix.RTM_GETLINK, netlink.Request|netlink.Dump, data)
 	if err != nil {
 		return nil, err
 	}
@@ -226,45 +243,57 @@ func bridgePorts(c *netlink.Conn, master int) ([]link, error) {
 	return links, nil
 }
 
+// linkRequest encodes an RTM_GETLINK request for m without the per-family
+// statistics, filtered on master if it is not nil, in the netns with id
+// nsid if nsid >= 0.
+func linkRequest(m rtnetlink.LinkMessage, master *uint32, nsid int) ([]byte, error) {
+	skipStats := uint32(rtextFilterSkipStats)
+	m.Attributes = &rtnetlink.LinkAttributes{ExtMask: &skipStats, Master: master}
+	data, err := m.MarshalBinary()
+	if err != nil || nsid < 0 {
+		return data, err
+	}
+	return appendAttrs(data, func(ae *netlink.AttributeEncoder) {
+		ae.Int32(unix.IFLA_TARGET_NETNSID, int32(nsid))
+	})
+}
+
 func parseLink(m netlink.Message) (link, error) {
-	if m.Header.Type != unix.RTM_NEWLINK || len(m.Data) < sizeofIfInfomsg {
+	if m.Header.Type != unix.RTM_NEWLINK {
 		return link{}, fmt.Errorf("unexpected reply to RTM_GETLINK (type %d, %d bytes)", m.Header.Type, len(m.Data))
 	}
-	b := m.Data
+	// The library fails a message with an attribute of a size it does not
+	// expect, which no request can leave out: IFLA_STATS64 from a kernel
+	// whose struct rtnl_link_stats64 grew past 5.19's (v2.3.0 knows those
+	// sizes), or the IFLA_ADDRESS of a device whose hardware address is
+	// under 4 bytes (ARCnet, Phonet).
+	var lm rtnetlink.LinkMessage
+	if err := lm.UnmarshalBinary(m.Data); err != nil {
+		return link{}, fmt.Errorf("decode RTM_NEWLINK: %w", err)
+	}
 	l := link{
-		arphrd:   binary.NativeEndian.Uint16(b[2:]),
-		index:    int(int32(binary.NativeEndian.Uint32(b[4:]))),
-		up:       binary.NativeEndian.Uint32(b[8:])&unix.IFF_UP != 0,
+		arphrd:   lm.Type,
+		index:    int(int32(lm.Index)),
+		up:       lm.Flags&unix.IFF_UP != 0,
 		peerNsid: -1,
 	}
-	ad, err := netlink.NewAttributeDecoder(b[sizeofIfInfomsg:])
-	if err != nil {
-		return link{}, err
-	}
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.IFLA_IFNAME:
-			l.name = ad.String()
-		case unix.IFLA_ADDRESS:
-			l.mac = net.HardwareAddr(ad.Bytes())
-		case unix.IFLA_LINK:
-			l.peer = int(int32(ad.Uint32()))
-		case unix.IFLA_LINK_NETNSID:
-			l.peerNsid = int(ad.Int32())
-		case unix.IFLA_MASTER:
-			l.master = int(ad.Uint32())
-		case unix.IFLA_LINKINFO:
-			ad.Nested(func(nad *netlink.AttributeDecoder) error {
-				for nad.Next() {
-					if nad.Type() == unix.IFLA_INFO_KIND {
-						l.kind = nad.String()
-					}
-				}
-				return nil
-			})
+	if a := lm.Attributes; a != nil {
+		l.name = a.Name
+		l.mac = a.Address
+		l.peer = int(int32(a.Type)) // the library's name for IFLA_LINK
+		if a.Master != nil {
+			l.master = int(*a.Master)
+		}
+		if a.Info != nil {
+			l.kind = a.Info.Kind
 		}
 	}
-	if err := ad.Err(); err != nil {
+	err := scanAttrs(m.Data, unix.SizeofIfInfomsg, func(ad *netlink.AttributeDecoder) {
+		if ad.Type() == unix.IFLA_LINK_NETNSID {
+			l.peerNsid = int(ad.Int32())
+		}
+	})
+	if err != nil {
 		return link{}, fmt.Errorf("decode RTM_NEWLINK: %w", err)
 	}
 	return l, nil
@@ -276,85 +305,149 @@ func parseLink(m netlink.Message) (link, error) {
 // family rather than AF_UNSPEC, whose dump also asks every other family
 // that registered one (MCTP, ...) to accept the target attribute.
 func addresses(c *netlink.Conn, nsid int, family uint8) ([]netip.Addr, error) {
-	hdr := make([]byte, sizeofIfAddrmsg)
-	hdr[0] = family
-	ae := netlink.NewAttributeEncoder()
-	ae.Int32(unix.IFA_TARGET_NETNSID, int32(nsid))
-	msgs, err := execute(c, unix.RTM_GETADDR, netlink.Request|netlink.Dump, hdr, ae)
+	data, err := addressRequest(family, nsid)
+	if err != nil {
+		return nil, fmt.Errorf("encode RTM_GETADDR for netns id %d: %w", nsid, err)
+	}
+	msgs, err := execute(c, unix.RTM_GETADDR, netlink.Request|netlink.Dump, data)
 	if err != nil {
 		return nil, err
 	}
 	addrs := make([]netip.Addr, 0, len(msgs))
 	for _, m := range msgs {
-		if m.Header.Type != unix.RTM_NEWADDR || len(m.Data) < sizeofIfAddrmsg {
+		if m.Header.Type != unix.RTM_NEWADDR {
 			return nil, fmt.Errorf("unexpected reply to RTM_GETADDR (type %d, %d bytes)", m.Header.Type, len(m.Data))
 		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[sizeofIfAddrmsg:])
-		if err != nil {
-			return nil, err
+		var am rtnetlink.AddressMessage
+		if err := am.UnmarshalBinary(m.Data); err != nil {
+			return nil, fmt.Errorf("decode RTM_NEWADDR: %w", err)
+		}
+		if am.Attributes == nil {
+			continue
 		}
 		// IFA_LOCAL is the interface's own address where it differs from
 		// IFA_ADDRESS (the far end of a point-to-point address); IPv6
 		// sends IFA_ADDRESS alone.
-		var local, address netip.Addr
-		for ad.Next() {
-			switch ad.Type() {
-			case unix.IFA_LOCAL:
-				local, _ = netip.AddrFromSlice(ad.Bytes())
-			case unix.IFA_ADDRESS:
-				address, _ = netip.AddrFromSlice(ad.Bytes())
-			}
-		}
-		if err := ad.Err(); err != nil {
-			return nil, fmt.Errorf("decode RTM_NEWADDR: %w", err)
-		}
-		if local.IsValid() {
-			addrs = append(addrs, local.Unmap())
-		} else if address.IsValid() {
-			addrs = append(addrs, address.Unmap())
+		if a, ok := netip.AddrFromSlice(am.Attributes.Local); ok {
+			addrs = append(addrs, a.Unmap())
+		} else if a, ok := netip.AddrFromSlice(am.Attributes.Address); ok {
+			addrs = append(addrs, a.Unmap())
 		}
 	}
 	return addrs, nil
+}
+
+// addressRequest encodes an RTM_GETADDR dump request for the addresses of
+// family in the netns with id nsid.
+func addressRequest(family uint8, nsid int) ([]byte, error) {
+	// The header alone: the library's attributes would include
+	// IFA_ADDRESS, which inet_valid_dump_ifaddr_req refuses.
+	data, err := (&rtnetlink.AddressMessage{Family: family}).MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	return appendAttrs(data, func(ae *netlink.AttributeEncoder) {
+		ae.Int32(unix.IFA_TARGET_NETNSID, int32(nsid))
+	})
 }
 
 // nsidOf returns the id that the node's netns gives the netns fd refers to,
 // or unix.NETNSA_NSID_NOT_ASSIGNED (-1) if it has none: RTM_GETNSID with
 // NETNSA_FD (rtnl_net_getid, kernel 4.0+). It never assigns one.
 func nsidOf(c *netlink.Conn, fd int) (int, error) {
-	hdr := make([]byte, sizeofRtGenmsg)
-	hdr[0] = unix.AF_UNSPEC
-	ae := netlink.NewAttributeEncoder()
-	ae.Uint32(unix.NETNSA_FD, uint32(fd))
-	msgs, err := execute(c, unix.RTM_GETNSID, netlink.Request, hdr, ae)
+	data, err := nsidMessage{fd: fd, nsid: unix.NETNSA_NSID_NOT_ASSIGNED}.marshal()
+	if err != nil {
+		return 0, fmt.Errorf("encode RTM_GETNSID for fd %d: %w", fd, err)
+	}
+	msgs, err := execute(c, unix.RTM_GETNSID, netlink.Request, data)
 	if err != nil {
 		return 0, err
 	}
-	if len(msgs) != 1 || msgs[0].Header.Type != unix.RTM_NEWNSID || len(msgs[0].Data) < sizeofRtGenmsg {
+	if len(msgs) != 1 || msgs[0].Header.Type != unix.RTM_NEWNSID {
 		return 0, fmt.Errorf("unexpected reply to RTM_GETNSID (%d messages)", len(msgs))
 	}
-	ad, err := netlink.NewAttributeDecoder(msgs[0].Data[sizeofRtGenmsg:])
+	m, err := parseNsidMessage(msgs[0].Data)
 	if err != nil {
 		return 0, err
 	}
-	nsid := unix.NETNSA_NSID_NOT_ASSIGNED
-	for ad.Next() {
-		if ad.Type() == unix.NETNSA_NSID {
-			nsid = int(ad.Int32())
-		}
-	}
-	if err := ad.Err(); err != nil {
-		return 0, fmt.Errorf("decode RTM_NEWNSID: %w", err)
-	}
-	return nsid, nil
+	return m.nsid, nil
 }
 
-func execute(c *netlink.Conn, typ netlink.HeaderType, flags netlink.HeaderFlags, hdr []byte, ae *netlink.AttributeEncoder) ([]netlink.Message, error) {
+// nsidMessage is an RTM_GETNSID request or an RTM_NEWNSID reply: struct
+// rtgenmsg, then NETNSA_* attributes (rtnl_net_getid and rtnl_net_fill in
+// net/core/net_namespace.c). Hand-written: jsimonetti/rtnetlink v2.3.0 has
+// no netns id messages.
+type nsidMessage struct {
+	// fd is NETNSA_FD, a descriptor of the netns asked about; not sent
+	// when negative.
+	fd int
+	// nsid is NETNSA_NSID, the id; not sent when NETNSA_NSID_NOT_ASSIGNED,
+	// the value the kernel also replies with for a netns without one.
+	nsid int
+}
+
+func (m nsidMessage) marshal() ([]byte, error) {
+	hdr := make([]byte, sizeofRtGenmsg)
+	hdr[0] = unix.AF_UNSPEC
+	return appendAttrs(hdr, func(ae *netlink.AttributeEncoder) {
+		if m.fd >= 0 {
+			ae.Uint32(unix.NETNSA_FD, uint32(m.fd))
+		}
+		if m.nsid != unix.NETNSA_NSID_NOT_ASSIGNED {
+			ae.Int32(unix.NETNSA_NSID, int32(m.nsid))
+		}
+	})
+}
+
+func parseNsidMessage(b []byte) (nsidMessage, error) {
+	m := nsidMessage{fd: -1, nsid: unix.NETNSA_NSID_NOT_ASSIGNED}
+	err := scanAttrs(b, sizeofRtGenmsg, func(ad *netlink.AttributeDecoder) {
+		switch ad.Type() {
+		case unix.NETNSA_FD:
+			m.fd = int(ad.Uint32())
+		case unix.NETNSA_NSID:
+			m.nsid = int(ad.Int32())
+		}
+	})
+	if err != nil {
+		return nsidMessage{}, fmt.Errorf("decode RTM_NEWNSID: %w", err)
+	}
+	return m, nil
+}
+
+// appendAttrs appends attributes the library cannot encode to a message's
+// fixed header or to a message it encoded: both end on the 4-byte boundary
+// (NLMSG_ALIGN, NLA_ALIGN) where the kernel reads the next attribute.
+func appendAttrs(msg []byte, encode func(*netlink.AttributeEncoder)) ([]byte, error) {
+	ae := netlink.NewAttributeEncoder()
+	encode(ae)
 	attrs, err := ae.Encode()
 	if err != nil {
 		return nil, err
 	}
+	return append(msg, attrs...), nil
+}
+
+// scanAttrs passes the attributes after a message's fixed header of hdr
+// bytes to decode, for those the library skips. Its errors include those of
+// malformed attributes, which the library's LinkMessage ignores.
+func scanAttrs(msg []byte, hdr int, decode func(*netlink.AttributeDecoder)) error {
+	if len(msg) < hdr {
+		return fmt.Errorf("%d bytes, shorter than the %d-byte header", len(msg), hdr)
+	}
+	ad, err := netlink.NewAttributeDecoder(msg[hdr:])
+	if err != nil {
+		return err
+	}
+	for ad.Next() {
+		decode(ad)
+	}
+	return ad.Err()
+}
+
+func execute(c *netlink.Conn, typ netlink.HeaderType, flags netlink.HeaderFlags, data []byte) ([]netlink.Message, error) {
 	return c.Execute(netlink.Message{
 		Header: netlink.Header{Type: typ, Flags: flags},
-		Data:   append(hdr, attrs...),
+		Data:   data,
 	})
 }

@@ -1,9 +1,10 @@
 // Package tc owns how meshredirect's programs are hooked to interfaces: the
 // clsact qdisc, bpf filters in direct-action mode (legacy TC, kernel 4.13+),
 // tcx links (kernel 6.6+) and their pins, in the current network namespace
-// or in another one. It speaks rtnetlink itself (github.com/florianl/go-tc
-// and github.com/mdlayher/netlink) and the bpf syscall through
-// github.com/cilium/ebpf/link; it knows nothing of what the programs do.
+// or in another one. It speaks rtnetlink itself (github.com/florianl/go-tc,
+// github.com/jsimonetti/rtnetlink/v2 and github.com/mdlayher/netlink) and
+// the bpf syscall through github.com/cilium/ebpf/link; it knows nothing of
+// what the programs do.
 //
 // A [Manager] works on one network namespace:
 //

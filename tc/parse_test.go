@@ -1,12 +1,16 @@
 package tc
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"testing"
 
 	gotc "github.com/florianl/go-tc"
 	"github.com/florianl/go-tc/core"
+	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/mdlayher/netlink"
+	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
 )
 
@@ -157,4 +161,93 @@ func FuzzParseFilter(f *testing.F) {
 		}
 		_ = fmt.Sprint(f.ours(), f.priority())
 	})
+}
+
+// TestTcmsgRoundTrip: the hand-written tcmsg decodes to what it encoded,
+// leaves the attributes after it alone, and lays the header out as go-tc
+// does (tc.Msg, written in native byte order by its marshalStruct).
+func TestTcmsgRoundTrip(t *testing.T) {
+	for _, want := range []tcmsg{
+		{},
+		{ifindex: 7, handle: 1, parent: ingressParent, info: 2<<16 | filterProtocol},
+		{ifindex: 1<<31 - 1, handle: 0xffffffff, parent: egressParent, info: 0xffff<<16 | filterProtocol},
+	} {
+		b := want.marshal()
+		gotcb, err := binary.Append(nil, binary.NativeEndian, gotc.Msg{
+			Family: unix.AF_UNSPEC, Ifindex: uint32(want.ifindex), Handle: want.handle, Parent: want.parent, Info: want.info,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b, gotcb) {
+			t.Errorf("%+v encodes as %x, go-tc as %x", want, b, gotcb)
+		}
+		attrs := []byte{8, 0, 1, 0, 'b', 'p', 'f', 0}
+		got, rest, err := parseTcmsg(append(b, attrs...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want || !bytes.Equal(rest, attrs) {
+			t.Errorf("%+v decodes as %+v with attributes %x, want %x", want, got, rest, attrs)
+		}
+	}
+	if _, _, err := parseTcmsg(make([]byte, sizeofTcmsg-1)); err == nil {
+		t.Error("a short tcmsg decodes")
+	}
+}
+
+// TestLinkRequest: interface lookups ask for one interface, or all, without
+// the per-family statistics.
+func TestLinkRequest(t *testing.T) {
+	for _, index := range []int{0, 12} {
+		b, err := linkRequest(index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m rtnetlink.LinkMessage
+		if err := m.UnmarshalBinary(b); err != nil {
+			t.Fatal(err)
+		}
+		ad, err := netlink.NewAttributeDecoder(b[unix.SizeofIfInfomsg:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mask uint32
+		for ad.Next() {
+			if ad.Type() == unix.IFLA_EXT_MASK {
+				mask = ad.Uint32()
+			}
+		}
+		if err := ad.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if int(m.Index) != index || mask != rtextFilterSkipStats {
+			t.Errorf("request for ifindex %d: ifindex %d, IFLA_EXT_MASK %#x", index, m.Index, mask)
+		}
+	}
+}
+
+// TestParseLink: the name and index are read; the rest, attributes the
+// library does not know included, is skipped.
+func TestParseLink(t *testing.T) {
+	m := rtnetlink.LinkMessage{
+		Index:      2147483647,
+		Type:       unix.ARPHRD_ETHER,
+		Attributes: &rtnetlink.LinkAttributes{Name: "veth12ab", MTU: 1450, Info: &rtnetlink.LinkInfo{Kind: "veth"}},
+	}
+	b, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = append(b, nltest.MustMarshalAttributes([]netlink.Attribute{{Type: 500, Data: []byte("future")}})...)
+	got, err := parseLink(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (iface{2147483647, "veth12ab"}); got != want {
+		t.Errorf("parseLink = %v, want %v", got, want)
+	}
+	if _, err := parseLink(b[:unix.SizeofIfInfomsg-1]); err == nil {
+		t.Error("a short ifinfomsg decodes")
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/mdlayher/netlink"
 	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
@@ -96,7 +97,7 @@ func TestDumpRetriesInterrupted(t *testing.T) {
 		}
 		var msgs []netlink.Message
 		for i, name := range names {
-			msgs = append(msgs, linkMessage(req[0], i+1, name, flags))
+			msgs = append(msgs, linkMessage(t, req[0], i+1, name, flags))
 		}
 		msgs = append(msgs, netlink.Message{Header: netlink.Header{Sequence: req[0].Header.Sequence, PID: nltest.PID}})
 		return nltest.Multipart(msgs)
@@ -123,12 +124,16 @@ func TestDumpRetriesInterrupted(t *testing.T) {
 func TestLookupRetriesBusy(t *testing.T) {
 	var answers []int // errno per call, 0 for the link
 	c := nltest.Dial(func(req []netlink.Message) ([]netlink.Message, error) {
+		var lm rtnetlink.LinkMessage
+		if err := lm.UnmarshalBinary(req[0].Data); err != nil || req[0].Header.Type != unix.RTM_GETLINK || lm.Index != 7 {
+			t.Errorf("request %v (%+v, %v), want RTM_GETLINK for ifindex 7", req[0].Header, lm, err)
+		}
 		errno := answers[0]
 		answers = answers[1:]
 		if errno != 0 {
 			return nltest.Error(errno, req)
 		}
-		return []netlink.Message{linkMessage(req[0], 7, "veth12ab", 0)}, nil
+		return []netlink.Message{linkMessage(t, req[0], 7, "veth12ab", 0)}, nil
 	})
 	defer c.Close()
 	var pauses []time.Duration
@@ -154,11 +159,13 @@ func TestLookupRetriesBusy(t *testing.T) {
 }
 
 // linkMessage is an RTM_NEWLINK reply to req.
-func linkMessage(req netlink.Message, index int, name string, flags netlink.HeaderFlags) netlink.Message {
-	data := marshalIfInfomsg(index)
-	data = append(data, nltest.MustMarshalAttributes([]netlink.Attribute{
-		{Type: unix.IFLA_IFNAME, Data: append([]byte(name), 0)},
-	})...)
+func linkMessage(tb testing.TB, req netlink.Message, index int, name string, flags netlink.HeaderFlags) netlink.Message {
+	tb.Helper()
+	m := rtnetlink.LinkMessage{Index: uint32(index), Attributes: &rtnetlink.LinkAttributes{Name: name}}
+	data, err := m.MarshalBinary()
+	if err != nil {
+		tb.Fatal(err)
+	}
 	return netlink.Message{
 		Header: netlink.Header{
 			Type:     unix.RTM_NEWLINK,

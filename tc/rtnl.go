@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -18,7 +19,11 @@ import (
 //     and an interrupted dump is retried;
 //   - replacing a filter: go-tc's Filter.Replace sends NLM_F_CREATE without
 //     NLM_F_REPLACE;
-//   - interface lookups, which go-tc does not do.
+//   - interface lookups, which go-tc does not do. Their messages are
+//     github.com/jsimonetti/rtnetlink/v2's LinkMessage, sent on this socket
+//     rather than on the library's Conn: that would be one socket more, its
+//     Execute drops the NLM_F_DUMP_INTR flag, and its LinkService.Get
+//     replaces the kernel's ENODEV with "too many/little matches".
 //
 // go-tc does the rest (creating and deleting the qdisc, deleting filters).
 type rtnl struct {
@@ -119,12 +124,16 @@ func (i iface) String() string {
 
 // link looks the interface index up (RTM_GETLINK).
 func (r *rtnl) link(index int) (iface, error) {
+	req, err := linkRequest(index)
+	if err != nil {
+		return iface{}, fmt.Errorf("look up interface %d: %w", index, err)
+	}
 	var msgs []netlink.Message
-	err := r.retry.do(func() error {
+	err = r.retry.do(func() error {
 		var err error
 		msgs, err = r.c.Execute(netlink.Message{
 			Header: netlink.Header{Type: unix.RTM_GETLINK, Flags: netlink.Request},
-			Data:   marshalIfInfomsg(index),
+			Data:   req,
 		})
 		return err
 	})
@@ -151,7 +160,11 @@ func (r *rtnl) link(index int) (iface, error) {
 
 // links lists the interfaces of the namespace.
 func (r *rtnl) links() ([]iface, error) {
-	msgs, err := r.dump(unix.RTM_GETLINK, marshalIfInfomsg(0))
+	req, err := linkRequest(0)
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	msgs, err := r.dump(unix.RTM_GETLINK, req)
 	if err != nil {
 		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
@@ -169,34 +182,51 @@ func (r *rtnl) links() ([]iface, error) {
 	return out, nil
 }
 
-func marshalIfInfomsg(index int) []byte {
-	b := make([]byte, unix.SizeofIfInfomsg)
-	b[0] = unix.AF_UNSPEC
-	binary.NativeEndian.PutUint32(b[4:8], uint32(index))
-	return b
+// rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS (include/uapi/linux/rtnetlink.h,
+// not in x/sys): leave the per-family statistics out of link replies
+// (inet6_fill_ifla6_attrs skips IFLA_INET6_STATS and IFLA_INET6_ICMP6STATS),
+// about a quarter of their size, which a dump of many interfaces reads for
+// nothing. Older kernels ignore the bit.
+const rtextFilterSkipStats = 1 << 3
+
+// linkRequest encodes an RTM_GETLINK request for the interface index, or a
+// dump request with index 0.
+func linkRequest(index int) ([]byte, error) {
+	skipStats := uint32(rtextFilterSkipStats)
+	req := rtnetlink.LinkMessage{
+		Index:      uint32(index),
+		Attributes: &rtnetlink.LinkAttributes{ExtMask: &skipStats},
+	}
+	b, err := req.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("encode RTM_GETLINK: %w", err)
+	}
+	return b, nil
 }
 
+// parseLink decodes an RTM_NEWLINK message. The library fails a message
+// with an attribute of a size it does not expect, which no request can
+// leave out, and with it the whole dump: IFLA_STATS64 from a kernel whose
+// struct rtnl_link_stats64 grew past 5.19's (v2.3.0 knows those sizes), or
+// the IFLA_ADDRESS of a device whose hardware address is under 4 bytes
+// (ARCnet, Phonet).
 func parseLink(b []byte) (iface, error) {
-	if len(b) < unix.SizeofIfInfomsg {
-		return iface{}, fmt.Errorf("short ifinfomsg: %d bytes", len(b))
+	var m rtnetlink.LinkMessage
+	if err := m.UnmarshalBinary(b); err != nil {
+		return iface{}, fmt.Errorf("decode RTM_NEWLINK: %w", err)
 	}
-	ifc := iface{index: int(int32(binary.NativeEndian.Uint32(b[4:8])))}
-	ad, err := netlink.NewAttributeDecoder(b[unix.SizeofIfInfomsg:])
-	if err != nil {
-		return iface{}, fmt.Errorf("decode link attributes: %w", err)
-	}
-	for ad.Next() {
-		if ad.Type() == unix.IFLA_IFNAME {
-			ifc.name = ad.String()
-		}
-	}
-	if err := ad.Err(); err != nil {
-		return iface{}, fmt.Errorf("decode link attributes: %w", err)
+	ifc := iface{index: int(int32(m.Index))}
+	if m.Attributes != nil {
+		ifc.name = m.Attributes.Name
 	}
 	return ifc, nil
 }
 
-// tcmsg is struct tcmsg (include/uapi/linux/rtnetlink.h).
+// tcmsg is struct tcmsg (include/uapi/linux/rtnetlink.h), the header of
+// qdisc and filter messages. Hand-written: jsimonetti/rtnetlink v2.3.0 has
+// no traffic control messages, and go-tc encodes and decodes its tc.Msg only
+// inside its own requests (marshalStruct is unexported), whose dumps we
+// cannot use (see rtnl).
 type tcmsg struct {
 	ifindex int
 	handle  uint32

@@ -2,8 +2,13 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 PKGS ?= ./...
+# Linters, pinned, built from the module proxy into a cache outside the
+# repository (a warm run reuses them).
+TOOLS ?= $(HOME)/.cache/meshredirect/tools
+STATICCHECK_VERSION ?= v0.8.2
+XTOOLS_VERSION ?= v0.52.0
 
-.PHONY: all build test lint demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image bench bench-quick bench-report
+.PHONY: all build test lint tools demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image bench bench-quick bench-report
 
 all: build
 
@@ -18,11 +23,27 @@ test: lint check-no-c kube-bins cni-bins
 	cd deploy/tools && $(GO) test $(GOTEST_FLAGS) ./...
 	$(call run-fuzz,1)
 
-lint:
+## lint: gofmt, go vet, staticcheck and deadcode (nothing unreachable, tests and examples counted).
+lint: tools
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	cd deploy/tools && $(GO) vet ./...
+	$(TOOLS)/staticcheck-$(STATICCHECK_VERSION) ./...
+	@dead=$$($(TOOLS)/deadcode-$(XTOOLS_VERSION) -test ./...); \
+	if [ -n "$$dead" ]; then echo "unreachable code (deadcode -test):"; echo "$$dead"; exit 1; fi
+
+tools: $(TOOLS)/staticcheck-$(STATICCHECK_VERSION) $(TOOLS)/deadcode-$(XTOOLS_VERSION)
+
+$(TOOLS)/staticcheck-$(STATICCHECK_VERSION):
+	mkdir -p $(TOOLS)/build
+	cd $(TOOLS)/build && GOBIN=$(TOOLS)/build $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	mv $(TOOLS)/build/staticcheck $@
+
+$(TOOLS)/deadcode-$(XTOOLS_VERSION):
+	mkdir -p $(TOOLS)/build
+	cd $(TOOLS)/build && GOBIN=$(TOOLS)/build $(GO) install golang.org/x/tools/cmd/deadcode@$(XTOOLS_VERSION)
+	mv $(TOOLS)/build/deadcode $@
 
 ## check-no-c: the datapath is generated in Go; no C source or object file may appear.
 check-no-c:

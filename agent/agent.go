@@ -195,9 +195,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.dp.SetResolvers(a.cfg.DNSResolvers); err != nil {
 		a.log.Error("set the DNS resolvers", "error", err)
 	}
-	a.prefill()
-	a.syncZtunnel()
-	err := a.reconcileAll()
+	p, err := a.plan()
+	if err == nil {
+		a.prefill(p.desired)
+		a.syncZtunnel()
+		err = a.reconcilePlan(p)
+	} else {
+		a.syncZtunnel()
+	}
 	a.work.Unlock()
 	if err != nil {
 		// Not fatal: what failed is retried, the rest is in place.

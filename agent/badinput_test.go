@@ -110,7 +110,7 @@ func TestBadInput(t *testing.T) {
 	t.Run("a host-network pod labelled ambient is skipped", func(t *testing.T) {
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "hostnet", Namespace: e.ns, Labels: map[string]string{agent.DataplaneModeLabel: agent.ModeAmbient}},
 			Spec: corev1.PodSpec{NodeName: e.nodeName, HostNetwork: true, Containers: []corev1.Container{{Name: "app", Image: "registry.example/app:1"}}}}
-		pod, err := e.admin.CoreV1().Pods(e.ns).Create(ctx, pod, metav1.CreateOptions{})
+		_, err := e.admin.CoreV1().Pods(e.ns).Create(ctx, pod, metav1.CreateOptions{})
 		must(t, err)
 		must(t, e.setStatusIPs(e.ns, "hostnet", b.Node.IPv4.String(), b.Node.IPv6.String()))
 		e.waitFor("the skip's log line", 10*time.Second, func() bool { return e.log.logged("skipped pod", "/hostnet", "host network pod") })

@@ -220,15 +220,46 @@ func (a *Agent) annotate(pod *corev1.Pod, enabled bool) error {
 // they have (a restarted agent must not drop a pod it cannot resolve for a
 // moment) and are retried.
 func (a *Agent) reconcileAll() error {
-	start := time.Now()
-	defer func() { a.m.reconcileDuration.Observe(time.Since(start).Seconds()) }()
-	a.updateNode()
-
-	pods, err := a.pods.List(labels.Everything())
+	p, err := a.plan()
 	if err != nil {
 		return err
 	}
-	desired, keep, byName, retry := a.desired(pods)
+	return a.reconcilePlan(p)
+}
+
+// plan is what reconcileAll does, computed from the informer caches: the
+// pods, and what desired makes of them.
+type plan struct {
+	took    time.Duration // computing it
+	pods    []*corev1.Pod
+	desired []dataplane.Pod
+	keep    []netip.Addr
+	byName  map[string]*corev1.Pod
+	retry   []string
+}
+
+// plan lists the node's pods and locates the ambient ones: one lookup per
+// pod.
+func (a *Agent) plan() (plan, error) {
+	start := time.Now()
+	var (
+		p   plan
+		err error
+	)
+	if p.pods, err = a.pods.List(labels.Everything()); err != nil {
+		return p, err
+	}
+	p.desired, p.keep, p.byName, p.retry = a.desired(p.pods)
+	p.took = time.Since(start)
+	return p, nil
+}
+
+// reconcilePlan makes the datapath match p.
+func (a *Agent) reconcilePlan(p plan) error {
+	start := time.Now().Add(-p.took)
+	defer func() { a.m.reconcileDuration.Observe(time.Since(start).Seconds()) }()
+	a.updateNode()
+	pods, desired, keep, byName, retry := p.pods, p.desired, p.keep, p.byName, p.retry
 	res, err := a.dp.Reconcile(desired, keep)
 	a.mu.Lock()
 	for key := range a.enrolled {
@@ -337,13 +368,10 @@ func (a *Agent) unclaimedCapture(claimed map[netip.Addr]bool) []netip.Addr {
 // prefill writes the ambient pods' map entries before ztunnel's programs
 // are (re)placed: when the agent replaced an incompatible endpoints map, the new
 // ztunnel programs must find the pods at once, or for a moment a new
-// connection of an enrolled pod would be taken for inbound.
-func (a *Agent) prefill() {
-	pods, err := a.pods.List(labels.Everything())
-	if err != nil {
-		return
-	}
-	desired, _, _, _ := a.desired(pods)
+// connection of an enrolled pod would be taken for inbound. It takes the
+// start's plan, which the first reconcile then carries out: the pods are
+// located once, not once for each.
+func (a *Agent) prefill(desired []dataplane.Pod) {
 	if err := a.dp.PutEntries(desired); err != nil {
 		a.log.Error("prefill the endpoints map", "error", err)
 	}

@@ -291,15 +291,8 @@ func action(ret int32) string {
 	return fmt.Sprintf("action %d", ret)
 }
 
-// Expected outcomes, named as the tables read them.
-var (
-	toZtunnelOut = expect{ret: mrasm.ActRedirect, verdict: maps.VerdictRedirectedOut, mac: ztMAC}
-	spoofed      = expect{ret: mrasm.ActShot, verdict: maps.VerdictDroppedSpoofed}
-	toZtunnelIn  = expect{ret: mrasm.ActRedirect, verdict: maps.VerdictRedirectedIn, mac: ztMAC}
-	passed       = expect{ret: mrasm.ActUnspec, verdict: maps.VerdictPassed}
-	dropped      = expect{ret: mrasm.ActShot, verdict: maps.VerdictParseError}
-	failedClosed = expect{ret: mrasm.ActShot, verdict: maps.VerdictDroppedNoZtunnel}
-)
+// passed is the expected outcome of a packet a program lets through.
+var passed = expect{ret: mrasm.ActUnspec, verdict: maps.VerdictPassed}
 
 // world is the fixture's state as the model of §5 sees it, for prog.
 func (f *fixture) world(tb testing.TB, prog string) world {

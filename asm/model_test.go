@@ -23,7 +23,6 @@ type world struct {
 	endpoints map[netip.Addr]maps.Endpoint
 	ztFlags   uint16
 	ztIfindex uint32
-	ztIPs     []netip.Addr
 	// self is skb->ifindex: the veth the program runs on.
 	self uint32
 	// nodeSocket and ztunnelSocket say whether the node's netns and
@@ -57,7 +56,6 @@ var (
 	oOut       = outcome{maps.VerdictRedirectedOut, mrasm.ActRedirect}
 	oIn        = outcome{maps.VerdictRedirectedIn, mrasm.ActRedirect}
 	oBypass    = outcome{maps.VerdictBypass, mrasm.ActRedirect}
-	oNoSocket  = outcome{maps.VerdictNoSocket, mrasm.ActShot}
 )
 
 // ip is a frame's IP layer as the model parses it.

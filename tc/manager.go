@@ -232,9 +232,6 @@ func New(cfg Config) (*Manager, error) {
 // Mode returns the mode Attach uses: ModeLegacy or ModeTCX.
 func (m *Manager) Mode() Mode { return m.mode }
 
-// PinDir returns the directory of the Manager's pins and markers.
-func (m *Manager) PinDir() string { return m.pinDir }
-
 // Attach hooks prog, a SchedCLS program, to the dir hook of the interface
 // ifindex, in the Manager's mode, and returns the attachment.
 //

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 the reference plugins are invoked one at a time, from a single plugin configuration, as libcni.ConfFromBytes reads it; the conflist API would wrap each in a list.
+
 package testenv
 
 import (

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 see hbone.go: the stand-in still serves HBONE with golang.org/x/net/http2.
+
 package ztunnel
 
 import (
@@ -74,7 +76,6 @@ type Server struct {
 	closed    bool
 	listeners []io.Closer
 	conns     map[io.Closer]bool // accepted and outbound connections
-	addrs     []net.Addr
 	wg        sync.WaitGroup
 }
 
@@ -111,7 +112,6 @@ func Start(opts Options) (*Server, error) {
 					return fmt.Errorf("listen on tcp%s port %d: %w", fam, port, err)
 				}
 				s.listeners = append(s.listeners, l)
-				s.addrs = append(s.addrs, l.Addr())
 				s.wg.Add(1)
 				go s.acceptLoop(port, l.(*net.TCPListener))
 			}
@@ -120,7 +120,6 @@ func Start(opts Options) (*Server, error) {
 				return fmt.Errorf("listen on udp%s port %d: %w", fam, PortDNS, err)
 			}
 			s.listeners = append(s.listeners, c)
-			s.addrs = append(s.addrs, c.LocalAddr())
 			s.wg.Add(1)
 			go s.dnsLoop(c.(*net.UDPConn))
 		}
@@ -152,19 +151,11 @@ func (s *Server) serveAdmin(l net.Listener) {
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.listeners = append(s.listeners, srv)
-	s.addrs = append(s.addrs, l.Addr())
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		srv.Serve(l)
 	}()
-}
-
-// Addrs returns the listeners' addresses.
-func (s *Server) Addrs() []net.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]net.Addr(nil), s.addrs...)
 }
 
 // Close stops the listeners, closes every connection the stand-in carries

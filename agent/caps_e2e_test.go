@@ -16,8 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
-	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
 )
 
@@ -326,10 +326,7 @@ func (e *env) checkUntouched(t *testing.T, before string, p *capsProcess) {
 	}
 	// tc lists our filters by name and our tcx links by their pins, of
 	// which a fresh bpffs has none: tcx links die with their process.
-	m, err := tc.New(tc.Config{NetnsPath: e.box.Node.Path(), PinDir: filepath.Join(testutil.BPFFS(t), "tc")})
-	must(t, err)
-	defer m.Close()
-	if all, err := m.ListAll(); err != nil || len(all) != 0 {
+	if all, err := dataplane.ListAttachments(dataplane.Config{NodeNetns: e.box.Node.Path(), PinDir: testutil.BPFFS(t)}, ""); err != nil || len(all) != 0 {
 		t.Errorf("attached on the node: %v (%v)", all, err)
 	}
 	if after := e.nodeSnapshot(t); after != before {

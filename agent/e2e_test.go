@@ -12,7 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/meshredirect/meshredirect/agent"
-	"github.com/meshredirect/meshredirect/tc"
+	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
 	"github.com/meshredirect/meshredirect/testenv/ztunnel"
@@ -222,13 +222,8 @@ func TestBurst(t *testing.T) {
 	}
 }
 
-func (e *env) attachments() ([]tc.Attachment, error) {
-	m, err := tc.New(tc.Config{NetnsPath: e.box.Node.Path(), PinDir: e.pinDir + "/tc"})
-	if err != nil {
-		return nil, err
-	}
-	defer m.Close()
-	return m.ListAll()
+func (e *env) attachments() ([]dataplane.Attachment, error) {
+	return dataplane.ListAttachments(dataplane.Config{NodeNetns: e.box.Node.Path(), PinDir: e.pinDir}, "")
 }
 
 func runFlow(t *testing.T, b *scenario.Box, id string) {

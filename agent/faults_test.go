@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
-	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
 )
@@ -277,7 +277,7 @@ func TestSoak(t *testing.T) {
 		s.explain(t, b, set)
 	}
 	e.converged(t, set, b.Client, b.Server)
-	entries, err := os.ReadDir(filepath.Join(e.pinDir, "tc"))
+	entries, err := os.ReadDir(dataplane.TCPinDir(e.pinDir))
 	must(t, err)
 	for _, entry := range entries {
 		if strings.HasPrefix(entry.Name(), "tcx-") {
@@ -297,14 +297,11 @@ func TestSoak(t *testing.T) {
 	// ztunnel_assign's in ztunnel's netns.
 	node, err := e.attachments()
 	must(t, err)
-	m, err := tc.New(tc.Config{NetnsPath: b.Ztunnel.Path(), PinDir: filepath.Join(e.pinDir, "tc")})
-	must(t, err)
-	zt, err := m.ListAll()
-	m.Close()
+	zt, err := dataplane.ListAttachments(dataplane.Config{NodeNetns: b.Ztunnel.Path(), PinDir: e.pinDir}, "")
 	must(t, err)
 	tcx := 0
 	for _, a := range append(node, zt...) {
-		if a.Mode == tc.ModeTCX {
+		if a.Mode == dataplane.ModeTCX {
 			tcx++
 		}
 	}

@@ -1,7 +1,10 @@
-// Package dataplane is the Kubernetes-free core of the node agent: it loads
-// the programs of package asm once, opens or creates the pinned maps of
-// package maps, attaches programs through package tc, and offers the verbs
-// the agent (and the demo) speak:
+// Package dataplane is the Kubernetes-free core of the node agent and the
+// one door into the kernel: the only product package that imports tc, maps,
+// asm, resolve, cilium/ebpf or a netlink library (internal/layers checks
+// it). It loads the programs of package asm once, opens or creates the
+// pinned maps of package maps, attaches programs through package tc, finds
+// pods' interfaces through package resolve, and offers the verbs the agent
+// (and the demo) speak:
 //
 //	dp, err := dataplane.Open(dataplane.Config{StrictUDP: false})
 //	addrs, err := dp.NodeAddresses()       // every address of the node's netns but lo, link-local, kube-ipvs0
@@ -15,6 +18,12 @@
 //	err = dp.Enroll(dataplane.Pod{Name: "ns/name", IPs: ips, HostIfindex: idx, Netns: path, Policy: policy})
 //	err = dp.Unenroll(pod)
 //	res, err := dp.Reconcile(desired, keep)
+//
+// and, for the CLI, functions that need no loaded programs and work whether
+// or not an agent runs: Inspect (what `status` shows), ListAttachments and
+// Detach (`list`, `detach`), DescribePrograms (`dump`), FindZtunnelNetns
+// and Uninstall. The pins' layout is spelled once: the maps in the pin
+// directory, the tcx links and qdisc markers in TCPinDir of it.
 //
 // Everything it makes lives in the kernel: the maps are pinned, legacy
 // filters stay on their hooks and tcx links are pinned, so a Dataplane

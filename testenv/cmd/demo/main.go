@@ -24,8 +24,6 @@ import (
 	"github.com/meshredirect/meshredirect/agent"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/bpffs"
-	"github.com/meshredirect/meshredirect/maps"
-	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv/cluster"
 	"github.com/meshredirect/meshredirect/testenv/cnichain"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
@@ -47,7 +45,7 @@ func run(pods int, modeFlag string) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("run me as root: I make network namespaces, load BPF programs and attach them")
 	}
-	mode, err := tc.ParseMode(modeFlag)
+	mode, err := dataplane.ParseMode(modeFlag)
 	if err != nil {
 		return err
 	}
@@ -100,7 +98,7 @@ func run(pods int, modeFlag string) (err error) {
 	bad += printFlows(box, scenario.Semantics())
 
 	fmt.Println("\ncounters of the programs (stats map, all CPUs):")
-	if err := printStats(box.DP.Maps()); err != nil {
+	if err := printStats(box.DP); err != nil {
 		return err
 	}
 
@@ -254,12 +252,12 @@ func firstPacket(e *env) int {
 	return bad
 }
 
-func printStats(m *maps.Set) error {
-	stats, err := m.Stats.Read()
+func printStats(dp *dataplane.Dataplane) error {
+	stats, err := dp.Stats()
 	if err != nil {
 		return err
 	}
-	verdicts := maps.Verdicts()
+	verdicts := dataplane.Verdicts()
 	sort.Slice(verdicts, func(i, j int) bool { return verdicts[i] < verdicts[j] })
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "verdict\tpackets\tbytes\t")

@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/nsrun"
 )
 
 // ErrNotFound says that what was looked for is not there (yet). From
@@ -106,9 +107,9 @@ type Resolver struct {
 func New(cfg Config) (*Resolver, error) {
 	var nsfd int
 	if cfg.NodeNetns != "" {
-		f, err := os.Open(cfg.NodeNetns)
+		f, err := nsrun.Open(cfg.NodeNetns)
 		if err != nil {
-			return nil, fmt.Errorf("open node netns: %w", err)
+			return nil, fmt.Errorf("node netns: %w", err)
 		}
 		defer f.Close()
 		nsfd = int(f.Fd())

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 
@@ -33,55 +32,29 @@ func openNetns(path string, fd int) (*netnsRef, error) {
 	switch {
 	case path != "" && fd != 0:
 		return nil, errors.New("open netns: both a path and a descriptor given")
-	case path != "":
-		f, err = os.Open(path)
-		if err != nil {
-			return nil, fmt.Errorf("open netns: %w", err)
-		}
 	case fd != 0:
 		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("open netns: duplicate descriptor %d: %w", fd, err)
 		}
 		f = os.NewFile(uintptr(dup), fmt.Sprintf("netns fd %d", fd))
+		if err := nsrun.Check(f); err != nil {
+			f.Close()
+			return nil, err
+		}
 	default:
-		// The thread, not the process: a goroutine may run on a thread
-		// that someone moved to another namespace (and locked).
-		runtime.LockOSThread()
-		f, err = os.Open("/proc/thread-self/ns/net")
-		runtime.UnlockOSThread()
-		if err != nil {
-			return nil, fmt.Errorf("open netns of the current thread: %w", err)
+		if f, err = nsrun.Open(path); err != nil {
+			return nil, err
 		}
 	}
-
 	ns := &netnsRef{file: f}
-	if err := ns.check(); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return ns, nil
-}
-
-// check makes sure the file is a network namespace and records its inode.
-func (ns *netnsRef) check() error {
 	var st unix.Stat_t
 	if err := unix.Fstat(ns.fd(), &st); err != nil {
-		return fmt.Errorf("open netns %s: %w", ns.file.Name(), err)
+		f.Close()
+		return nil, fmt.Errorf("open netns %s: %w", f.Name(), err)
 	}
 	ns.dev, ns.ino = st.Dev, st.Ino
-	var sfs unix.Statfs_t
-	if err := unix.Fstatfs(ns.fd(), &sfs); err != nil {
-		return fmt.Errorf("open netns %s: %w", ns.file.Name(), err)
-	}
-	if sfs.Type != unix.NSFS_MAGIC {
-		return fmt.Errorf("open netns %s: not a namespace file", ns.file.Name())
-	}
-	typ, err := unix.IoctlRetInt(ns.fd(), unix.NS_GET_NSTYPE)
-	if err == nil && typ != unix.CLONE_NEWNET {
-		return fmt.Errorf("open netns %s: a namespace, but not a network namespace", ns.file.Name())
-	}
-	return nil
+	return ns, nil
 }
 
 // identify sets the namespace's id from the cookie of a socket in it.

@@ -48,7 +48,7 @@ var Allowed = map[string][]string{
 	"maps":                 {"github.com/cilium/ebpf"},
 	"asm":                  {"maps", "github.com/cilium/ebpf"},
 	"tc":                   {"internal/nsrun", "github.com/cilium/ebpf", "github.com/florianl/go-tc", "github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
-	"resolve":              {"github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
+	"resolve":              {"internal/nsrun", "github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
 	"dataplane":            {"asm", "maps", "tc", "resolve", "internal/nsrun", "internal/bpffs", "github.com/cilium/ebpf", "github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink", "github.com/vishvananda/netlink", "github.com/vishvananda/netns"},
 	"agent":                {"dataplane", "cni"},
 	"cmd/meshredirect":     {"agent", "dataplane", "cni"},

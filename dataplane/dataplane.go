@@ -93,8 +93,8 @@ type Dataplane struct {
 	progIDs map[string]ebpf.ProgramID
 	// node attaches in the node's network namespace.
 	node *tc.Manager
-	// nl is the node's network namespace and a netlink handle in it,
-	// usable from any thread.
+	// nl is the node's network namespace and a route netlink socket in
+	// it, usable from any thread.
 	nl *nsLink
 	// ztunnel is what SetZtunnel last set up; zero before.
 	ztunnel Ztunnel
@@ -154,7 +154,7 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 
 	tcCfg := cfg.tcConfig("")
-	tcCfg.NetnsFD = int(d.nl.ns)
+	tcCfg.NetnsFD = d.nl.fd()
 	d.node, err = tc.New(tcCfg)
 	if err != nil {
 		return fail(fmt.Errorf("open tc manager for the node: %w", err))
@@ -254,9 +254,9 @@ func (d *Dataplane) Attach(ifindex int, program string, dir tc.Direction) (tc.At
 
 // Interface finds an interface of the node by name.
 func (d *Dataplane) Interface(name string) (int, error) {
-	l, err := d.nl.LinkByName(name)
+	l, err := d.nl.linkByName(name)
 	if err != nil {
-		return 0, fmt.Errorf("find interface %s: %w", name, err)
+		return 0, fmt.Errorf("find interface %s in %s: %w", name, d.nl, err)
 	}
-	return l.Attrs().Index, nil
+	return l.index, nil
 }

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/meshredirect/meshredirect/maps"
@@ -188,32 +186,31 @@ func (d *Dataplane) SetResolvers(addrs []netip.Addr) error {
 // that kube-proxy's IPVS mode puts on its dummy interface (those are not
 // the node's, and none of their connections is the node's own).
 func (d *Dataplane) NodeAddresses() ([]netip.Addr, error) {
-	var links []netlink.Link
-	var addrs []netlink.Addr
-	err := retryDump(func() (err error) {
-		if links, err = d.nl.LinkList(); err != nil {
-			return err
-		}
-		addrs, err = d.nl.AddrList(nil, netlink.FAMILY_ALL)
-		return err
-	})
+	links, err := d.nl.links()
 	if err != nil {
-		return nil, fmt.Errorf("list the node's addresses: %w", err)
+		return nil, fmt.Errorf("list the node's addresses in %s: %w", d.nl, err)
+	}
+	var addrs []address
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		a, err := d.nl.addresses(family)
+		if err != nil {
+			return nil, fmt.Errorf("list the node's addresses in %s: %w", d.nl, err)
+		}
+		addrs = append(addrs, a...)
 	}
 	skip := map[int]bool{}
 	for _, l := range links {
-		if l.Attrs().Flags&net.FlagLoopback != 0 || l.Attrs().Name == "kube-ipvs0" {
-			skip[l.Attrs().Index] = true
+		if l.flags&unix.IFF_LOOPBACK != 0 || l.name == "kube-ipvs0" {
+			skip[l.index] = true
 		}
 	}
 	seen := map[netip.Addr]bool{}
 	var out []netip.Addr
 	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok || skip[a.LinkIndex] || a.Scope == unix.RT_SCOPE_HOST {
+		ip := a.ip
+		if skip[a.index] || a.scope == unix.RT_SCOPE_HOST {
 			continue
 		}
-		ip = ip.Unmap()
 		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() || seen[ip] {
 			continue
 		}
@@ -229,40 +226,30 @@ func (d *Dataplane) NodeAddresses() ([]netip.Addr, error) {
 // and relay ports again (NodeAddresses, RelayPorts). It returns once the
 // subscriptions are in place.
 func (d *Dataplane) WatchNode(ctx context.Context, changed func()) error {
-	ns := d.nl.ns
-	errCB := func(err error) {
-		// Closing the subscription at the end makes its read fail too.
-		if ctx.Err() == nil {
-			d.log.Warn("updates from the node's netns stopped; the node is read again at every resync only", "error", err)
-		}
+	// One socket in the groups of link and address notifications. Its
+	// messages are not decoded: any of them means "read again", and one
+	// that the library could not decode must not stop the watch.
+	c, err := d.nl.subscribe(unix.RTNLGRP_LINK, unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV6_IFADDR)
+	if err != nil {
+		return fmt.Errorf("subscribe to the node's address and link changes: %w", err)
 	}
-	addrs := make(chan netlink.AddrUpdate, 64)
-	links := make(chan netlink.LinkUpdate, 64)
-	done := make(chan struct{})
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{Namespace: &ns, ErrorCallback: errCB}); err != nil {
-		close(done)
-		return fmt.Errorf("subscribe to the node's address changes: %w", err)
-	}
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: &ns, ErrorCallback: errCB}); err != nil {
-		close(done)
-		return fmt.Errorf("subscribe to the node's link changes: %w", err)
-	}
+	// Closing the socket at the end makes its read fail, and the goroutine
+	// return.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
 	go func() {
-		defer close(done)
+		defer c.Close()
+		defer stop()
 		for {
-			select {
-			case <-ctx.Done():
+			msgs, err := c.Receive()
+			if err != nil {
+				if ctx.Err() == nil {
+					d.log.Warn("updates from the node's netns stopped; the node is read again at every resync only", "error", err)
+				}
 				return
-			case _, ok := <-addrs:
-				if !ok {
-					return
-				}
-			case _, ok := <-links:
-				if !ok {
-					return
-				}
 			}
-			changed()
+			if len(msgs) > 0 {
+				changed()
+			}
 		}
 	}()
 	return nil
@@ -272,44 +259,27 @@ func (d *Dataplane) WatchNode(ctx context.Context, changed func()) error {
 // forwards: those of its VXLAN and Geneve devices and of its FOU
 // receivers. Their traffic is an overlay's, and a pod's datagram to one of
 // them would have the node forward whatever it carries past ztunnel.
-// (bareudp devices are not read: the netlink library in use does not
-// parse them.)
+// (bareudp devices are not read: neither the netlink library in use nor
+// this package decodes them.)
 func (d *Dataplane) RelayPorts() ([]uint16, error) {
-	var links []netlink.Link
-	if err := retryDump(func() (err error) {
-		links, err = d.nl.LinkList()
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("list the node's links: %w", err)
+	links, err := d.nl.links()
+	if err != nil {
+		return nil, fmt.Errorf("list the node's links in %s: %w", d.nl, err)
 	}
 	set := map[uint16]bool{}
 	for _, l := range links {
-		switch t := l.(type) {
-		case *netlink.Vxlan:
-			set[uint16(t.Port)] = true
-		case *netlink.Geneve:
-			set[t.Dport] = true
+		set[l.udpPort] = true
+	}
+	// FOU receivers are listed over generic netlink. A failure there (the
+	// fou family exists, but does not answer) costs their ports only, as
+	// it always did.
+	if ports, err := d.nl.fouPorts(); err != nil {
+		d.log.Warn("could not list the node's FOU receivers; their ports are not relay ports", "error", err)
+	} else {
+		for _, p := range ports {
+			set[p] = true
 		}
 	}
-	// FOU receivers are listed over generic netlink, from inside the
-	// node's netns, if the fou family exists: asked for by name, a family
-	// the kernel lacks makes it load the module.
-	d.nl.Do(func() error {
-		families, err := netlink.GenlFamilyList()
-		if err != nil || !slices.ContainsFunc(families, func(f *netlink.GenlFamily) bool { return f.Name == "fou" }) {
-			return err
-		}
-		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-			fous, err := netlink.FouList(fam)
-			if err != nil {
-				return err
-			}
-			for _, f := range fous {
-				set[uint16(f.Port)] = true
-			}
-		}
-		return nil
-	})
 	delete(set, 0)
 	out := make([]uint16, 0, len(set))
 	for p := range set {

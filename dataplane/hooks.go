@@ -72,9 +72,9 @@ func interfaceIndex(path, name string) (int, error) {
 		return 0, err
 	}
 	defer h.Close()
-	l, err := h.LinkByName(name)
+	l, err := h.linkByName(name)
 	if err != nil {
 		return 0, fmt.Errorf("find interface %s in %s: %w", name, h, err)
 	}
-	return l.Attrs().Index, nil
+	return l.index, nil
 }

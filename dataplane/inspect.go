@@ -201,8 +201,8 @@ func Inspect(ctx context.Context, o InspectOptions) (Status, error) {
 			st.Ztunnel.IPs = append(st.Ztunnel.IPs, netip.AddrFrom16(raw).Unmap().String())
 		}
 	}
-	if l, err := h.LinkByIndex(int(zt.Ifindex)); err == nil {
-		st.Ztunnel.Interface = l.Attrs().Name
+	if l, err := h.link(int(zt.Ifindex)); err == nil {
+		st.Ztunnel.Interface = l.name
 	} else if zt.Ifindex != 0 {
 		st.Problems = append(st.Problems, fmt.Sprintf("ztunnel's veth (ifindex %d) is gone", zt.Ifindex))
 	}
@@ -238,10 +238,11 @@ func Inspect(ctx context.Context, o InspectOptions) (Status, error) {
 	sort.Strings(st.Features.AttachModes)
 	for ifindex, p := range byIf {
 		sort.Strings(p.IPs)
-		if l, err := h.LinkByIndex(ifindex); err == nil {
-			p.Interface = l.Attrs().Name
-			if s := l.Attrs().Statistics; s != nil {
-				p.PacketsOut, p.PacketsIn = s.RxPackets, s.TxPackets
+		if l, err := h.link(ifindex); err == nil {
+			p.Interface = l.name
+			if s := l.stats; s != nil {
+				// The host veth receives what the pod sends.
+				p.PacketsOut, p.PacketsIn = s.rxPackets, s.txPackets
 			}
 		} else {
 			st.Problems = append(st.Problems, fmt.Sprintf("endpoints map entries %v point at ifindex %d, which is gone", p.IPs, ifindex))

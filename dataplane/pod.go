@@ -6,7 +6,7 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/maps"
@@ -86,15 +86,15 @@ func (d *Dataplane) enroll(p Pod) error {
 	if err := p.validate(); err != nil {
 		return err
 	}
-	host, err := d.nl.LinkByIndex(p.HostIfindex)
+	host, err := d.nl.link(p.HostIfindex)
 	if err != nil {
 		if isGone(err) {
 			err = fmt.Errorf("%w (%v)", ErrInterfaceGone, err)
 		}
 		return fmt.Errorf("enroll pod %s: find host interface %d: %w", p, p.HostIfindex, err)
 	}
-	if host.Type() != "veth" {
-		return fmt.Errorf("enroll pod %s: host interface %s is a %s, not a veth", p, host.Attrs().Name, host.Type())
+	if host.kind != "veth" {
+		return fmt.Errorf("enroll pod %s: host interface %s is a %s, not a veth", p, host.name, host.typ())
 	}
 	mac := p.MAC
 	if mac == nil {
@@ -145,7 +145,7 @@ func (d *Dataplane) enroll(p Pod) error {
 		}
 	}
 	if len(put) > 0 {
-		d.log.Info("enrolled pod", "pod", p.Name, "ips", p.IPs, "interface", host.Attrs().Name, "mac", mac.String(), "policy", p.Policy.String())
+		d.log.Info("enrolled pod", "pod", p.Name, "ips", p.IPs, "interface", host.name, "mac", mac.String(), "policy", p.Policy.String())
 	}
 	return nil
 }
@@ -210,29 +210,29 @@ func (d *Dataplane) unenroll(p Pod) error {
 }
 
 // podMAC reads the MAC of the pod end of host (a veth) in the pod's netns.
-func podMAC(path string, host netlink.Link) (net.HardwareAddr, error) {
-	peer := host.Attrs().ParentIndex // IFLA_LINK: the peer's index in its netns
-	if peer == 0 {
-		return nil, fmt.Errorf("host interface %s: no peer index", host.Attrs().Name)
+func podMAC(path string, host link) (net.HardwareAddr, error) {
+	if host.peer == 0 {
+		return nil, fmt.Errorf("host interface %s: no peer index", host.name)
 	}
 	h, err := openNetns(path)
 	if err != nil {
 		return nil, fmt.Errorf("pod netns: %w", err)
 	}
 	defer h.Close()
-	l, err := h.LinkByIndex(peer)
+	l, err := h.link(host.peer)
 	if err != nil {
-		return nil, fmt.Errorf("find the peer of %s (index %d) in %s: %w", host.Attrs().Name, peer, path, err)
+		return nil, fmt.Errorf("find the peer of %s (index %d) in %s: %w", host.name, host.peer, path, err)
 	}
-	if len(l.Attrs().HardwareAddr) != 6 {
-		return nil, fmt.Errorf("pod interface %s has no Ethernet MAC", l.Attrs().Name)
+	if len(l.mac) != 6 {
+		return nil, fmt.Errorf("pod interface %s has no Ethernet MAC", l.name)
 	}
-	return l.Attrs().HardwareAddr, nil
+	return l.mac, nil
 }
 
-// isGone reports whether err says that an interface no longer exists.
-// (tc's Detach already treats a vanished interface as detached.)
+// isGone reports whether err says that an interface no longer exists:
+// ENODEV is the kernel's answer to RTM_GETLINK for an index or a name it
+// does not know (rtnl_getlink). (tc's Detach already treats a vanished
+// interface as detached.)
 func isGone(err error) bool {
-	var nf netlink.LinkNotFoundError
-	return errors.As(err, &nf) || errors.Is(err, tc.ErrNoInterface)
+	return errors.Is(err, unix.ENODEV) || errors.Is(err, tc.ErrNoInterface)
 }

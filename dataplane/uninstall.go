@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/vishvananda/netlink"
+	"github.com/jsimonetti/rtnetlink/v2"
+	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/maps"
@@ -69,37 +70,43 @@ func removeZtunnelRouting(path string) error {
 	}
 	defer h.Close()
 	var errs []error
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		var rules []netlink.Rule
-		err := retryDump(func() (err error) {
-			rules, err = h.RuleList(fam)
-			return err
-		})
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		rules, err := h.rules(fam)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("list rules in %s: %w", path, err))
 			continue
 		}
 		for _, r := range rules {
-			if r.Mark == mrasm.TProxyMark && r.Table == mrasm.TProxyTable {
-				r := r
-				if err := h.RuleDel(&r); err != nil {
-					errs = append(errs, fmt.Errorf("delete rule fwmark %#x lookup %d in %s: %w", r.Mark, r.Table, path, err))
-				}
+			mark, mask := ruleMark(r)
+			if mark != mrasm.TProxyMark || ruleTable(r) != mrasm.TProxyTable {
+				continue
+			}
+			// The selectors we set and the priority the kernel gave it:
+			// this rule and no other.
+			table := ruleTable(r)
+			del := &rtnetlink.RuleMessage{
+				Family: r.Family,
+				Table:  r.Table,
+				Action: r.Action,
+				Attributes: &rtnetlink.RuleAttributes{
+					Priority: r.Attributes.Priority,
+					FwMark:   &mark,
+					FwMask:   mask,
+					Table:    &table,
+				},
+			}
+			if err := h.deleteRule(del); err != nil {
+				errs = append(errs, fmt.Errorf("delete rule fwmark %#x lookup %d in %s: %w", mark, table, path, err))
 			}
 		}
-		var routes []netlink.Route
-		err = retryDump(func() (err error) {
-			routes, err = h.RouteListFiltered(fam, &netlink.Route{Table: mrasm.TProxyTable}, netlink.RT_FILTER_TABLE)
-			return err
-		})
+		routes, err := h.routes(fam, mrasm.TProxyTable)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("list routes of table %d in %s: %w", mrasm.TProxyTable, path, err))
 			continue
 		}
 		for _, r := range routes {
-			r := r
-			if err := h.RouteDel(&r); err != nil {
-				errs = append(errs, fmt.Errorf("delete route %s table %d in %s: %w", r.Dst, mrasm.TProxyTable, path, err))
+			if err := h.deleteRoute(r); err != nil {
+				errs = append(errs, fmt.Errorf("delete route %s table %d in %s: %w", routeDst(r), mrasm.TProxyTable, path, err))
 			}
 		}
 	}
@@ -156,12 +163,12 @@ func FindZtunnelNetns(cfg Config, netnsDirs []string) ([]string, error) {
 // peerNetnsID returns the netns id (as the node's netns numbers them) of
 // the peer of veth ifindex.
 func peerNetnsID(node *nsLink, ifindex int) (int, error) {
-	l, err := node.LinkByIndex(ifindex)
+	l, err := node.link(ifindex)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("find interface %d in %s: %w", ifindex, node, err)
 	}
-	if l.Attrs().NetNsID < 0 {
-		return 0, fmt.Errorf("interface %s: its peer is in the same netns", l.Attrs().Name)
+	if l.peerNsid < 0 {
+		return 0, fmt.Errorf("interface %s: its peer is in the same netns", l.name)
 	}
-	return l.Attrs().NetNsID, nil
+	return l.peerNsid, nil
 }

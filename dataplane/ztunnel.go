@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vishvananda/netlink"
+	"github.com/jsimonetti/rtnetlink/v2"
 	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
@@ -89,14 +89,14 @@ func (d *Dataplane) SetZtunnel(z Ztunnel) error {
 	// ztunnel's netns as the node's knows it: the peer netns id of its
 	// host veth, which the kernel allocates when a link's peer lives
 	// elsewhere. The app programs look up ztunnel's sockets by it.
-	if host, err := d.nl.LinkByIndex(z.HostIfindex); err != nil {
+	if host, err := d.nl.link(z.HostIfindex); err != nil {
 		return fmt.Errorf("set ztunnel %s: find host interface %d: %w", z.Name, z.HostIfindex, err)
-	} else if id := host.Attrs().NetNsID; id >= 0 {
+	} else if id := host.peerNsid; id >= 0 {
 		entry.NetnsID = uint32(id)
 		entry.Flags |= maps.ZtunnelNetnsID
 	} else {
 		d.log.Warn("ztunnel's host veth has no peer netns id: the node's replies to ztunnel's connections made with a pod's address will reach the pod instead",
-			"ztunnel", z.Name, "interface", host.Attrs().Name)
+			"ztunnel", z.Name, "interface", host.name)
 	}
 	for _, ip := range z.IPs {
 		if ip.Is4() || ip.Is4In6() {
@@ -199,25 +199,38 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 	}
 	defer h.Close()
 
-	link, err := h.LinkByName(z.iface())
+	eth, err := h.linkByName(z.iface())
 	if err != nil {
 		return nil, fmt.Errorf("find %s in ztunnel's netns: %w", z.iface(), err)
 	}
-	lo, err := h.LinkByName("lo")
+	lo, err := h.linkByName("lo")
 	if err != nil {
 		return nil, fmt.Errorf("find lo in ztunnel's netns: %w", err)
 	}
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		if err := ensureMarkRule(h.Handle, fam); err != nil {
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := ensureMarkRule(h, fam); err != nil {
 			return nil, err
 		}
-		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
-		if fam == netlink.FAMILY_V6 {
-			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		dst := netip.IPv4Unspecified()
+		if fam == unix.AF_INET6 {
+			dst = netip.IPv6Unspecified()
 		}
-		route := &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: dst, Table: mrasm.TProxyTable, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST}
-		if err := h.RouteReplace(route); err != nil {
-			return nil, fmt.Errorf("add route local %s dev lo table %d in ztunnel's netns: %w", dst, mrasm.TProxyTable, err)
+		// `ip route replace local default dev lo table TProxyTable`,
+		// protocol boot as ip's default.
+		route := &rtnetlink.RouteMessage{
+			Family:   fam,
+			Table:    mrasm.TProxyTable,
+			Protocol: unix.RTPROT_BOOT,
+			Scope:    unix.RT_SCOPE_HOST,
+			Type:     unix.RTN_LOCAL,
+			Attributes: rtnetlink.RouteAttributes{
+				Dst:      dst.AsSlice(),
+				OutIface: uint32(lo.index),
+				Table:    mrasm.TProxyTable,
+			},
+		}
+		if err := h.replaceRoute(route); err != nil {
+			return nil, fmt.Errorf("add route local %s dev lo table %d in ztunnel's netns: %w", netip.PrefixFrom(dst, 0), mrasm.TProxyTable, err)
 		}
 	}
 	if err := h.Do(func() error {
@@ -245,32 +258,29 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("set sysctls in ztunnel's netns: %w", err)
 	}
-	return link.Attrs().HardwareAddr, nil
+	return eth.mac, nil
 }
 
 // ensureMarkRule adds `fwmark TProxyMark/TProxyMask lookup TProxyTable` for
 // family unless it is there.
-func ensureMarkRule(h *netlink.Handle, family int) error {
-	var rules []netlink.Rule
-	err := retryDump(func() (err error) {
-		rules, err = h.RuleList(family)
-		return err
-	})
+func ensureMarkRule(h *nsLink, family uint8) error {
+	rules, err := h.rules(family)
 	if err != nil {
 		return fmt.Errorf("list rules in ztunnel's netns: %w", err)
 	}
 	for _, r := range rules {
-		if r.Mark == mrasm.TProxyMark && r.Mask != nil && *r.Mask == mrasm.TProxyMask && r.Table == mrasm.TProxyTable {
+		if mark, mask := ruleMark(r); mark == mrasm.TProxyMark && mask != nil && *mask == mrasm.TProxyMask && ruleTable(r) == mrasm.TProxyTable {
 			return nil
 		}
 	}
-	rule := netlink.NewRule()
-	rule.Family = family
-	rule.Mark = mrasm.TProxyMark
-	mask := uint32(mrasm.TProxyMask)
-	rule.Mask = &mask
-	rule.Table = mrasm.TProxyTable
-	if err := h.RuleAdd(rule); err != nil {
+	mark, mask, table := uint32(mrasm.TProxyMark), uint32(mrasm.TProxyMask), uint32(mrasm.TProxyTable)
+	rule := &rtnetlink.RuleMessage{
+		Family:     family,
+		Table:      mrasm.TProxyTable,
+		Action:     unix.FR_ACT_TO_TBL,
+		Attributes: &rtnetlink.RuleAttributes{FwMark: &mark, FwMask: &mask, Table: &table},
+	}
+	if err := h.addRule(rule); err != nil {
 		return fmt.Errorf("add rule fwmark %#x/%#x lookup %d in ztunnel's netns: %w", mrasm.TProxyMark, mrasm.TProxyMask, mrasm.TProxyTable, err)
 	}
 	return nil
@@ -289,11 +299,11 @@ func ensureMarkRule(h *netlink.Handle, family int) error {
 // first gets its own value raised to the old "all", and only then is "all"
 // lowered: no interface but ztunnel's filters less than before.
 func (d *Dataplane) allowForeignSource(ifindex int) error {
-	l, err := d.nl.LinkByIndex(ifindex)
+	l, err := d.nl.link(ifindex)
 	if err != nil {
-		return err
+		return fmt.Errorf("find interface %d: %w", ifindex, err)
 	}
-	zt := l.Attrs().Name
+	zt := l.name
 	return d.nl.Do(func() error {
 		const conf = "/proc/sys/net/ipv4/conf"
 		all, err := readSysctlInt(filepath.Join(conf, "all", "rp_filter"))

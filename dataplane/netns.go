@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
@@ -34,19 +33,12 @@ type nsLink struct {
 // is empty) and a route netlink socket in it. Close releases both.
 func openNetns(path string) (*nsLink, error) {
 	n := &nsLink{name: path}
-	var err error
 	if path == "" {
 		n.name = "this netns"
-		// The thread's, not the process's: a goroutine may run on a
-		// thread that someone moved to another namespace (and locked).
-		runtime.LockOSThread()
-		n.ns, err = os.Open("/proc/thread-self/ns/net")
-		runtime.UnlockOSThread()
-	} else {
-		n.ns, err = os.Open(path)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", n.name, err)
+	var err error
+	if n.ns, err = nsrun.Open(path); err != nil {
+		return nil, err // it names the path
 	}
 	if n.c, err = n.dial(unix.NETLINK_ROUTE, 0); err != nil {
 		n.ns.Close()

@@ -136,20 +136,18 @@ func Inspect(ctx context.Context, o InspectOptions) (Status, error) {
 		return st, err
 	}
 	st.Features.RedirectPeer = opts.RedirectPeer
+	st.Features.TCX = tc.HaveTCX()
 
 	set, err := maps.OpenPinned(cfg.pinDir())
 	if err != nil {
 		return st, err
 	}
 	defer set.Close()
-
-	h, err := openNetns(o.NodeNetns)
+	node, err := openNetns(o.NodeNetns)
 	if err != nil {
 		return st, err
 	}
-	defer h.Close()
-	st.Features.TCX = tc.HaveTCX()
-
+	defer node.Close()
 	m, err := tc.New(cfg.tcConfig(o.NodeNetns))
 	if err != nil {
 		return st, err
@@ -159,13 +157,38 @@ func Inspect(ctx context.Context, o InspectOptions) (Status, error) {
 	if err != nil {
 		return st, err
 	}
-
-	// The node's addresses, resolvers and pods, from the endpoints map.
 	entries, err := set.Endpoints.All()
 	if err != nil {
 		return st, err
 	}
-	for ip, e := range entries {
+
+	in := inspection{st: &st, set: set, node: node, attachments: attachments, entries: entries}
+	for _, step := range []func() error{in.addresses, in.ztunnel, in.pods} {
+		if err := step(); err != nil {
+			return st, err
+		}
+	}
+	st.Programs = programStatus(attachments)
+	return st, in.verdicts(ctx, o.assignFailedWait())
+}
+
+// inspection is what Inspect has read, which its steps turn into a Status.
+type inspection struct {
+	st          *Status
+	set         *maps.Set
+	node        *nsLink
+	attachments []tc.Attachment
+	entries     map[netip.Addr]maps.Endpoint
+}
+
+func (in inspection) problem(format string, args ...any) {
+	in.st.Problems = append(in.st.Problems, fmt.Sprintf(format, args...))
+}
+
+// addresses fills the node's addresses, resolvers and tunnel ports.
+func (in inspection) addresses() error {
+	st := in.st
+	for ip, e := range in.entries {
 		if e.Flags&maps.EndpointNode != 0 {
 			st.NodeAddresses = append(st.NodeAddresses, ip.String())
 		}
@@ -175,49 +198,62 @@ func Inspect(ctx context.Context, o InspectOptions) (Status, error) {
 	}
 	sort.Strings(st.NodeAddresses)
 	sort.Strings(st.Resolvers)
-	if st.RelayPorts, err = set.Relays.Get(); err != nil {
-		return st, err
+	var err error
+	if st.RelayPorts, err = in.set.Relays.Get(); err != nil {
+		return err
 	}
 	if len(st.NodeAddresses) == 0 {
-		st.Problems = append(st.Problems, "no node address in the endpoints map: kubelet probes' replies go to ztunnel")
+		in.problem("no node address in the endpoints map: kubelet probes' replies go to ztunnel")
 	}
-	zt, err := set.Ztunnel.Get()
+	return nil
+}
+
+// ztunnel fills ztunnel's entry and says what its state does to traffic.
+func (in inspection) ztunnel() error {
+	zt, err := in.set.Ztunnel.Get()
 	if err != nil {
-		return st, err
+		return err
 	}
-	st.Ztunnel = ZtunnelStatus{Ifindex: int(zt.Ifindex), MAC: fmtMAC(zt.MAC),
+	z := ZtunnelStatus{Ifindex: int(zt.Ifindex), MAC: fmtMAC(zt.MAC),
 		Ready: zt.Flags&maps.ZtunnelReady != 0, CaptureDNS: zt.Flags&maps.ZtunnelCaptureDNS != 0, FailOpen: zt.Flags&maps.ZtunnelFailOpen != 0,
 		UDP: "pass", NetnsID: -1}
 	if zt.Flags&maps.ZtunnelUDPDrop != 0 {
-		st.Ztunnel.UDP = "drop"
+		z.UDP = "drop"
 	}
 	if zt.Flags&maps.ZtunnelNetnsID != 0 {
-		st.Ztunnel.NetnsID = int(zt.NetnsID)
+		z.NetnsID = int(zt.NetnsID)
 	} else if zt.Ifindex != 0 {
-		st.Problems = append(st.Problems, "ztunnel's netns id is unknown: the node's replies to ztunnel's connections made with a pod's address reach the pod, not ztunnel")
+		in.problem("ztunnel's netns id is unknown: the node's replies to ztunnel's connections made with a pod's address reach the pod, not ztunnel")
 	}
 	for _, raw := range [][16]byte{zt.IPv4, zt.IPv6} {
 		if raw != ([16]byte{}) {
-			st.Ztunnel.IPs = append(st.Ztunnel.IPs, netip.AddrFrom16(raw).Unmap().String())
+			z.IPs = append(z.IPs, netip.AddrFrom16(raw).Unmap().String())
 		}
 	}
-	if l, err := h.link(int(zt.Ifindex)); err == nil {
-		st.Ztunnel.Interface = l.name
+	if l, err := in.node.link(int(zt.Ifindex)); err == nil {
+		z.Interface = l.name
 	} else if zt.Ifindex != 0 {
-		st.Problems = append(st.Problems, fmt.Sprintf("ztunnel's veth (ifindex %d) is gone", zt.Ifindex))
+		in.problem("ztunnel's veth (ifindex %d) is gone", zt.Ifindex)
 	}
 	switch {
 	case zt.Ifindex == 0:
-		st.Problems = append(st.Problems, "no ztunnel set up: ambient pods' traffic is dropped")
-	case !st.Ztunnel.Ready && !st.Ztunnel.FailOpen:
-		st.Problems = append(st.Problems, "ztunnel not ready: ambient pods' traffic is dropped (fail closed)")
-	case !st.Ztunnel.Ready:
-		st.Problems = append(st.Problems, "ztunnel not ready: ambient pods' traffic passes uncaptured (fail open)")
+		in.problem("no ztunnel set up: ambient pods' traffic is dropped")
+	case !z.Ready && !z.FailOpen:
+		in.problem("ztunnel not ready: ambient pods' traffic is dropped (fail closed)")
+	case !z.Ready:
+		in.problem("ztunnel not ready: ambient pods' traffic passes uncaptured (fail open)")
 	}
+	in.st.Ztunnel = z
+	return nil
+}
 
-	// Pods, by veth.
+// pods fills the enrolled pods, by host veth, with their programs and
+// counters, and the attach modes found; a pod without both programs, or
+// programs without a pod, is a problem.
+func (in inspection) pods() error {
+	st := in.st
 	byIf := map[int]*PodStatus{}
-	for ip, e := range entries {
+	for ip, e := range in.entries {
 		if !e.IsPod() {
 			continue
 		}
@@ -229,7 +265,7 @@ func Inspect(ctx context.Context, o InspectOptions) (Status, error) {
 		p.IPs = append(p.IPs, ip.String())
 	}
 	modes := map[string]bool{}
-	for _, a := range attachments {
+	for _, a := range in.attachments {
 		modes[a.Mode.String()] = true
 	}
 	for mode := range modes {
@@ -238,58 +274,60 @@ func Inspect(ctx context.Context, o InspectOptions) (Status, error) {
 	sort.Strings(st.Features.AttachModes)
 	for ifindex, p := range byIf {
 		sort.Strings(p.IPs)
-		if l, err := h.link(ifindex); err == nil {
+		if l, err := in.node.link(ifindex); err == nil {
 			p.Interface = l.name
 			if s := l.stats; s != nil {
 				// The host veth receives what the pod sends.
 				p.PacketsOut, p.PacketsIn = s.rxPackets, s.txPackets
 			}
 		} else {
-			st.Problems = append(st.Problems, fmt.Sprintf("endpoints map entries %v point at ifindex %d, which is gone", p.IPs, ifindex))
+			in.problem("endpoints map entries %v point at ifindex %d, which is gone", p.IPs, ifindex)
 		}
-		p.Mode = podMode(attachments, ifindex)
+		p.Mode = podMode(in.attachments, ifindex)
 		if p.Mode == "missing" {
-			st.Problems = append(st.Problems, fmt.Sprintf("pod %v on %s has its map entries but not both programs", p.IPs, p.Interface))
+			in.problem("pod %v on %s has its map entries but not both programs", p.IPs, p.Interface)
 		}
 		st.Pods = append(st.Pods, *p)
 	}
 	sort.Slice(st.Pods, func(i, j int) bool { return st.Pods[i].Ifindex < st.Pods[j].Ifindex })
-	for _, a := range attachments {
-		prog := a.Name
-		if prog == "" {
-			prog = a.ProgramName
-		}
+	for _, a := range in.attachments {
+		prog := programOf(a)
 		if (prog == mrasm.AppOutbound || prog == mrasm.AppInbound) && byIf[a.Ifindex] == nil {
-			st.Problems = append(st.Problems, fmt.Sprintf("%s on %s belongs to no enrolled pod (the agent removes it at its next reconcile)", prog, a.Ifname))
+			in.problem("%s on %s belongs to no enrolled pod (the agent removes it at its next reconcile)", prog, a.Ifname)
 		}
 		if a.Defunct {
-			st.Problems = append(st.Problems, fmt.Sprintf("defunct tcx link %s (its interface is gone)", a.PinPath))
+			in.problem("defunct tcx link %s (its interface is gone)", a.PinPath)
 		}
 	}
+	return nil
+}
 
-	st.Programs = programStatus(attachments)
-	counters, err := set.Stats.Read()
+// verdicts fills the counters. A non-zero assign_failed is read again
+// after wait: one that still rises means ztunnel's sockets refuse
+// assignment now (SO_REUSEPORT listeners before Linux 6.5), and new
+// connections are dropped.
+func (in inspection) verdicts(ctx context.Context, wait time.Duration) error {
+	counters, err := in.set.Stats.Read()
 	if err != nil {
-		return st, err
+		return err
 	}
 	for v, c := range counters {
-		st.Verdicts[v.String()] = c
+		in.st.Verdicts[v.String()] = c
 	}
-	if n := counters[maps.VerdictAssignFailed].Packets; n > 0 {
-		// A count that still rises means ztunnel's sockets refuse
-		// assignment now (SO_REUSEPORT listeners before Linux 6.5): new
-		// connections are dropped. Look again after a moment.
-		select {
-		case <-ctx.Done():
-		case <-time.After(o.assignFailedWait()):
-		}
-		if again, err := set.Stats.Read(); err == nil && again[maps.VerdictAssignFailed].Packets > n {
-			st.Verdicts[maps.VerdictAssignFailed.String()] = again[maps.VerdictAssignFailed]
-			st.Problems = append(st.Problems, fmt.Sprintf("assign_failed is rising (%d, then %d): ztunnel's sockets refuse bpf_sk_assign "+
-				"(a listener with SO_REUSEPORT on a kernel before 6.5?) and new connections are dropped", n, again[maps.VerdictAssignFailed].Packets))
-		}
+	n := counters[maps.VerdictAssignFailed].Packets
+	if n == 0 {
+		return nil
 	}
-	return st, nil
+	select {
+	case <-ctx.Done():
+	case <-time.After(wait):
+	}
+	if again, err := in.set.Stats.Read(); err == nil && again[maps.VerdictAssignFailed].Packets > n {
+		in.st.Verdicts[maps.VerdictAssignFailed.String()] = again[maps.VerdictAssignFailed]
+		in.problem("assign_failed is rising (%d, then %d): ztunnel's sockets refuse bpf_sk_assign "+
+			"(a listener with SO_REUSEPORT on a kernel before 6.5?) and new connections are dropped", n, again[maps.VerdictAssignFailed].Packets)
+	}
+	return nil
 }
 
 // policyOf is the pod policy an endpoint's flags hold.

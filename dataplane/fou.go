@@ -7,6 +7,8 @@ import (
 
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
+
+	"github.com/meshredirect/meshredirect/internal/nlmsg"
 )
 
 // The fou generic netlink family (include/uapi/linux/fou.h, kernel 3.18+),
@@ -66,7 +68,7 @@ func fouPorts(c *genetlink.Conn) ([]uint16, error) {
 // FOU_CMD_GET reply (fou_fill_info).
 func parseFou(b []byte) (uint16, error) {
 	var port uint16
-	err := scanAttrs(b, 0, func(ad *netlink.AttributeDecoder) {
+	err := nlmsg.ScanAttrs(b, 0, func(ad *netlink.AttributeDecoder) {
 		if ad.Type() == fouAttrPort {
 			ad.ByteOrder = binary.BigEndian
 			port = ad.Uint16()

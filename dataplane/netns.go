@@ -9,6 +9,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/meshredirect/meshredirect/internal/nlmsg"
 	"github.com/meshredirect/meshredirect/internal/nsrun"
 )
 
@@ -103,17 +104,12 @@ func (n *nsLink) Do(fn func() error) error { return nsrun.Run(n.fd(), fn) }
 // String names the namespace for errors.
 func (n *nsLink) String() string { return n.name }
 
-// errDumpInterrupted is returned by a dump whose messages carry
-// NLM_F_DUMP_INTR: the objects changed while the kernel was dumping them,
-// so the result may miss or repeat some.
-var errDumpInterrupted = errors.New("dump interrupted by a concurrent change (NLM_F_DUMP_INTR)")
-
 // retryDump runs a netlink dump until it is not interrupted by a concurrent
 // change (errDumpInterrupted), at most five times.
 func retryDump(dump func() error) error {
 	var err error
 	for i := 0; i < 5; i++ {
-		if err = dump(); !errors.Is(err, errDumpInterrupted) {
+		if err = dump(); !errors.Is(err, nlmsg.ErrDumpInterrupted) {
 			return err
 		}
 	}
@@ -145,21 +141,9 @@ func (n *nsLink) get(typ netlink.HeaderType, data []byte) ([]netlink.Message, er
 // is also announced to WatchNode, whose caller reads them again.
 func (n *nsLink) dump(typ netlink.HeaderType, data []byte) ([]netlink.Message, error) {
 	var msgs []netlink.Message
-	err := retryDump(func() error {
-		var err error
-		msgs, err = n.c.Execute(netlink.Message{
-			Header: netlink.Header{Type: typ, Flags: netlink.Request | netlink.Dump},
-			Data:   data,
-		})
-		if err != nil {
-			return err
-		}
-		for _, m := range msgs {
-			if m.Header.Flags&netlink.DumpInterrupted != 0 {
-				return errDumpInterrupted
-			}
-		}
-		return nil
+	err := retryDump(func() (err error) {
+		msgs, err = nlmsg.Dump(n.c, typ, data)
+		return err
 	})
 	return msgs, err
 }

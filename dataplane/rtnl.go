@@ -10,13 +10,15 @@ import (
 	"github.com/jsimonetti/rtnetlink/v2/driver"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/nlmsg"
 )
 
 // This file holds the rtnetlink requests the package makes, one method of
 // nsLink per request. The messages are github.com/jsimonetti/rtnetlink/v2's
 // (LinkMessage, AddressMessage, RouteMessage, RuleMessage), encoded and
 // decoded by the library, VXLAN's IFLA_INFO_DATA by its driver package.
-// What v2.3.0 lacks is read by hand with scanAttrs, at the message that
+// What v2.3.0 lacks is read by hand with nlmsg.ScanAttrs, at the message that
 // needs it:
 //
 //   - IFLA_LINK_NETNSID in RTM_NEWLINK: LinkAttributes does not decode it;
@@ -185,7 +187,7 @@ func parseLink(b []byte) (link, error) {
 			}
 		}
 	}
-	err := scanAttrs(b, unix.SizeofIfInfomsg, func(ad *netlink.AttributeDecoder) {
+	err := nlmsg.ScanAttrs(b, unix.SizeofIfInfomsg, func(ad *netlink.AttributeDecoder) {
 		if ad.Type() == unix.IFLA_LINK_NETNSID {
 			l.peerNsid = int(ad.Int32())
 		}
@@ -200,7 +202,7 @@ func parseLink(b []byte) (link, error) {
 // attributes of a Geneve device's IFLA_INFO_DATA.
 func genevePort(data []byte) (uint16, error) {
 	var port uint16
-	err := scanAttrs(data, 0, func(ad *netlink.AttributeDecoder) {
+	err := nlmsg.ScanAttrs(data, 0, func(ad *netlink.AttributeDecoder) {
 		if ad.Type() == unix.IFLA_GENEVE_PORT {
 			ad.ByteOrder = binary.BigEndian
 			port = ad.Uint16()
@@ -385,7 +387,7 @@ func parseRule(b []byte) (rtnetlink.RuleMessage, error) {
 		return m, fmt.Errorf("decode RTM_NEWRULE: %w", err)
 	}
 	a := &rtnetlink.RuleAttributes{}
-	err := scanAttrs(b, sizeofFibRuleHdr, func(ad *netlink.AttributeDecoder) {
+	err := nlmsg.ScanAttrs(b, sizeofFibRuleHdr, func(ad *netlink.AttributeDecoder) {
 		var v *uint32
 		switch ad.Type() {
 		case unix.FRA_PRIORITY:
@@ -451,21 +453,4 @@ func (n *nsLink) deleteRule(m *rtnetlink.RuleMessage) error {
 		return fmt.Errorf("encode RTM_DELRULE: %w", err)
 	}
 	return n.execute(unix.RTM_DELRULE, 0, data)
-}
-
-// scanAttrs passes the attributes after a message's fixed header of hdr
-// bytes to decode, for those the library skips. Its errors include those of
-// malformed attributes, which the library's LinkMessage ignores.
-func scanAttrs(msg []byte, hdr int, decode func(*netlink.AttributeDecoder)) error {
-	if len(msg) < hdr {
-		return fmt.Errorf("%d bytes, shorter than the %d-byte header", len(msg), hdr)
-	}
-	ad, err := netlink.NewAttributeDecoder(msg[hdr:])
-	if err != nil {
-		return err
-	}
-	for ad.Next() {
-		decode(ad)
-	}
-	return ad.Err()
 }

@@ -9,6 +9,8 @@ import (
 	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/nlmsg"
 )
 
 // This file holds the rtnetlink requests the package makes, one function per
@@ -23,7 +25,7 @@ import (
 // socket is not the library's Conn: its Execute returns only what its types
 // decode, and its requests carry only attributes its types have. What v2.3.0
 // lacks is added by hand, at the request that needs it, with appendAttrs and
-// scanAttrs:
+// nlmsg.ScanAttrs:
 //
 //   - IFLA_TARGET_NETNSID in RTM_GETLINK and IFA_TARGET_NETNSID in
 //     RTM_GETADDR: LinkAttributes and AddressAttributes have no field for
@@ -186,7 +188,7 @@ func parseRoute(b []byte) (route, error) {
 		dst = d
 	}
 	r.dst = netip.PrefixFrom(dst.Unmap(), int(m.DstLength))
-	err := scanAttrs(b, unix.SizeofRtMsg, func(ad *netlink.AttributeDecoder) {
+	err := nlmsg.ScanAttrs(b, unix.SizeofRtMsg, func(ad *netlink.AttributeDecoder) {
 		if ad.Type() == rtaNhID {
 			r.nhid = ad.Uint32()
 		}
@@ -288,7 +290,7 @@ func parseLink(m netlink.Message) (link, error) {
 			l.kind = a.Info.Kind
 		}
 	}
-	err := scanAttrs(m.Data, unix.SizeofIfInfomsg, func(ad *netlink.AttributeDecoder) {
+	err := nlmsg.ScanAttrs(m.Data, unix.SizeofIfInfomsg, func(ad *netlink.AttributeDecoder) {
 		if ad.Type() == unix.IFLA_LINK_NETNSID {
 			l.peerNsid = int(ad.Int32())
 		}
@@ -401,7 +403,7 @@ func (m nsidMessage) marshal() ([]byte, error) {
 
 func parseNsidMessage(b []byte) (nsidMessage, error) {
 	m := nsidMessage{fd: -1, nsid: unix.NETNSA_NSID_NOT_ASSIGNED}
-	err := scanAttrs(b, sizeofRtGenmsg, func(ad *netlink.AttributeDecoder) {
+	err := nlmsg.ScanAttrs(b, sizeofRtGenmsg, func(ad *netlink.AttributeDecoder) {
 		switch ad.Type() {
 		case unix.NETNSA_FD:
 			m.fd = int(ad.Uint32())
@@ -426,23 +428,6 @@ func appendAttrs(msg []byte, encode func(*netlink.AttributeEncoder)) ([]byte, er
 		return nil, err
 	}
 	return append(msg, attrs...), nil
-}
-
-// scanAttrs passes the attributes after a message's fixed header of hdr
-// bytes to decode, for those the library skips. Its errors include those of
-// malformed attributes, which the library's LinkMessage ignores.
-func scanAttrs(msg []byte, hdr int, decode func(*netlink.AttributeDecoder)) error {
-	if len(msg) < hdr {
-		return fmt.Errorf("%d bytes, shorter than the %d-byte header", len(msg), hdr)
-	}
-	ad, err := netlink.NewAttributeDecoder(msg[hdr:])
-	if err != nil {
-		return err
-	}
-	for ad.Next() {
-		decode(ad)
-	}
-	return ad.Err()
 }
 
 func execute(c *netlink.Conn, typ netlink.HeaderType, flags netlink.HeaderFlags, data []byte) ([]netlink.Message, error) {

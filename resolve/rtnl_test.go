@@ -16,6 +16,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/meshredirect/meshredirect/internal/nlmsg"
 	"github.com/meshredirect/meshredirect/testenv"
 )
 
@@ -27,7 +28,7 @@ import (
 func attrsOf(t *testing.T, msg []byte, hdr int) map[uint16][]byte {
 	t.Helper()
 	attrs := map[uint16][]byte{}
-	err := scanAttrs(msg, hdr, func(ad *netlink.AttributeDecoder) {
+	err := nlmsg.ScanAttrs(msg, hdr, func(ad *netlink.AttributeDecoder) {
 		attrs[ad.Type()] = ad.Bytes()
 	})
 	if err != nil {

@@ -6,12 +6,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/nlmsg"
 )
 
-// errDumpInterrupted is returned by a dump whose messages carry
-// NLM_F_DUMP_INTR: the objects changed while the kernel was dumping them,
-// so the result may miss or repeat some.
-var errDumpInterrupted = errors.New("dump interrupted by a concurrent change (NLM_F_DUMP_INTR)")
+// errDumpInterrupted is nlmsg's: a dump the kernel flagged NLM_F_DUMP_INTR,
+// which is retried.
+var errDumpInterrupted = nlmsg.ErrDumpInterrupted
 
 // retrier retries operations that failed for a reason that goes away on
 // its own.

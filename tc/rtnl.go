@@ -8,6 +8,8 @@ import (
 	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/nlmsg"
 )
 
 // rtnl is the package's own rtnetlink socket, for what go-tc does not do
@@ -88,21 +90,9 @@ func (r *rtnl) execute(typ netlink.HeaderType, flags netlink.HeaderFlags, data [
 // such a dump may miss or repeat objects.
 func (r *rtnl) dump(typ netlink.HeaderType, data []byte) ([]netlink.Message, error) {
 	var msgs []netlink.Message
-	err := r.retry.do(func() error {
-		var err error
-		msgs, err = r.c.Execute(netlink.Message{
-			Header: netlink.Header{Type: typ, Flags: netlink.Request | netlink.Dump},
-			Data:   data,
-		})
-		if err != nil {
-			return err
-		}
-		for _, m := range msgs {
-			if m.Header.Flags&netlink.DumpInterrupted != 0 {
-				return errDumpInterrupted
-			}
-		}
-		return nil
+	err := r.retry.do(func() (err error) {
+		msgs, err = nlmsg.Dump(r.c, typ, data)
+		return err
 	})
 	return msgs, err
 }

@@ -34,14 +34,6 @@ import (
 // it knows in every package of the binary (tc and resolve read only the
 // kind, before it).
 
-// rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS (include/uapi/linux/rtnetlink.h,
-// not in x/sys): leave the per-family statistics out of link replies
-// (inet6_fill_ifla6_attrs skips IFLA_INET6_STATS and IFLA_INET6_ICMP6STATS),
-// about a quarter of their size and of no use here. IFLA_STATS and
-// IFLA_STATS64, which Inspect reads, stay whatever the mask. Older kernels
-// ignore the bit.
-const rtextFilterSkipStats = 1 << 3
-
 // sizeofFibRuleHdr is struct fib_rule_hdr (include/uapi/linux/fib_rules.h),
 // the header of rule messages.
 const sizeofFibRuleHdr = 12
@@ -138,13 +130,7 @@ func (n *nsLink) links() ([]link, error) {
 // linkRequest encodes an RTM_GETLINK request for m, by name if name is not
 // empty, without the per-family statistics.
 func linkRequest(m rtnetlink.LinkMessage, name string) ([]byte, error) {
-	skipStats := uint32(rtextFilterSkipStats)
-	m.Attributes = &rtnetlink.LinkAttributes{Name: name, ExtMask: &skipStats}
-	data, err := m.MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("encode RTM_GETLINK: %w", err)
-	}
-	return data, nil
+	return nlmsg.LinkRequest(m.Index, rtnetlink.LinkAttributes{Name: name})
 }
 
 // parseLink decodes an RTM_NEWLINK message. The library fails a message

@@ -36,13 +36,6 @@ import (
 //   - RTM_GETNSID and RTM_NEWNSID (nsidMessage): the library has no netns
 //     id messages at all.
 
-// rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS (include/uapi/linux/rtnetlink.h,
-// not in x/sys): leave the per-family statistics out of link replies
-// (inet6_fill_ifla6_attrs skips IFLA_INET6_STATS and IFLA_INET6_ICMP6STATS),
-// about a quarter of their size and of no use here. IFLA_STATS and
-// IFLA_STATS64 stay whatever the mask. Older kernels ignore the bit.
-const rtextFilterSkipStats = 1 << 3
-
 // rtaNhID is RTA_NH_ID (kernel 5.3+, not in x/sys): the route uses a
 // nexthop object.
 const rtaNhID = 30
@@ -249,9 +242,7 @@ func bridgePorts(c *netlink.Conn, master int) ([]link, error) {
 // statistics, filtered on master if it is not nil, in the netns with id
 // nsid if nsid >= 0.
 func linkRequest(m rtnetlink.LinkMessage, master *uint32, nsid int) ([]byte, error) {
-	skipStats := uint32(rtextFilterSkipStats)
-	m.Attributes = &rtnetlink.LinkAttributes{ExtMask: &skipStats, Master: master}
-	data, err := m.MarshalBinary()
+	data, err := nlmsg.LinkRequest(m.Index, rtnetlink.LinkAttributes{Master: master})
 	if err != nil || nsid < 0 {
 		return data, err
 	}

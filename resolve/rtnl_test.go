@@ -47,9 +47,9 @@ func TestLinkRequest(t *testing.T) {
 		nsid   int
 		want   map[uint16][]byte
 	}{
-		{"node's netns", 7, 0, -1, map[uint16][]byte{unix.IFLA_EXT_MASK: u32(rtextFilterSkipStats)}},
-		{"by netns id", 7, 0, 0, map[uint16][]byte{unix.IFLA_EXT_MASK: u32(rtextFilterSkipStats), unix.IFLA_TARGET_NETNSID: u32(0)}},
-		{"bridge ports", 0, 9, -1, map[uint16][]byte{unix.IFLA_EXT_MASK: u32(rtextFilterSkipStats), unix.IFLA_MASTER: u32(9)}},
+		{"node's netns", 7, 0, -1, map[uint16][]byte{unix.IFLA_EXT_MASK: u32(nlmsg.SkipStats)}},
+		{"by netns id", 7, 0, 0, map[uint16][]byte{unix.IFLA_EXT_MASK: u32(nlmsg.SkipStats), unix.IFLA_TARGET_NETNSID: u32(0)}},
+		{"bridge ports", 0, 9, -1, map[uint16][]byte{unix.IFLA_EXT_MASK: u32(nlmsg.SkipStats), unix.IFLA_MASTER: u32(9)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var master *uint32

@@ -12,6 +12,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/nlmsg"
 )
 
 // TestConstants checks the kernel constants spelled out here against go-tc
@@ -221,7 +223,7 @@ func TestLinkRequest(t *testing.T) {
 		if err := ad.Err(); err != nil {
 			t.Fatal(err)
 		}
-		if int(m.Index) != index || mask != rtextFilterSkipStats {
+		if int(m.Index) != index || mask != nlmsg.SkipStats {
 			t.Errorf("request for ifindex %d: ifindex %d, IFLA_EXT_MASK %#x", index, m.Index, mask)
 		}
 	}

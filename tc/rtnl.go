@@ -172,26 +172,10 @@ func (r *rtnl) links() ([]iface, error) {
 	return out, nil
 }
 
-// rtextFilterSkipStats is RTEXT_FILTER_SKIP_STATS (include/uapi/linux/rtnetlink.h,
-// not in x/sys): leave the per-family statistics out of link replies
-// (inet6_fill_ifla6_attrs skips IFLA_INET6_STATS and IFLA_INET6_ICMP6STATS),
-// about a quarter of their size, which a dump of many interfaces reads for
-// nothing. Older kernels ignore the bit.
-const rtextFilterSkipStats = 1 << 3
-
 // linkRequest encodes an RTM_GETLINK request for the interface index, or a
 // dump request with index 0.
 func linkRequest(index int) ([]byte, error) {
-	skipStats := uint32(rtextFilterSkipStats)
-	req := rtnetlink.LinkMessage{
-		Index:      uint32(index),
-		Attributes: &rtnetlink.LinkAttributes{ExtMask: &skipStats},
-	}
-	b, err := req.MarshalBinary()
-	if err != nil {
-		return nil, fmt.Errorf("encode RTM_GETLINK: %w", err)
-	}
-	return b, nil
+	return nlmsg.LinkRequest(uint32(index), rtnetlink.LinkAttributes{})
 }
 
 // parseLink decodes an RTM_NEWLINK message. The library fails a message

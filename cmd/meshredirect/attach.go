@@ -123,10 +123,10 @@ left empty.`,
 			if err != nil {
 				return err
 			}
+			if err := dataplane.Detach(cfg, iface, dirs...); err != nil {
+				return err
+			}
 			for _, d := range dirs {
-				if err := dataplane.Detach(cfg, iface, d); err != nil {
-					return err
-				}
 				fmt.Fprintf(cmd.OutOrStdout(), "detached: %s %s\n", iface, d)
 			}
 			return nil

@@ -44,7 +44,7 @@ var Watched = []string{
 var Allowed = map[string][]string{
 	"internal/nsrun":       nil,
 	"internal/bpffs":       nil,
-	"internal/nlmsg":       {"github.com/mdlayher/netlink"},
+	"internal/nlmsg":       {"github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
 	"internal/layers":      nil,
 	"cni":                  nil,
 	"maps":                 {"github.com/cilium/ebpf"},

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -60,15 +61,24 @@ func parse(args *skel.CmdArgs) (*netConf, *current.Result, cni.PodRequest, error
 // "ips" or "interfaces" list, so that a primary CNI's result with one
 // would crash the plugin (FuzzPluginConfig found it). Null addresses are
 // dropped; null interfaces become empty ones, as "ips" refer to
-// interfaces by their index.
+// interfaces by their index. Keys are matched as encoding/json matches
+// them, without regard to case ("Interfaces" and "INTERFACES" fill the
+// same field, the last one winning), or a differently spelled key would
+// slip past (FuzzPluginConfig found that too).
 func nullSafe(result map[string]any) {
-	if ips, ok := result["ips"].([]any); ok {
-		result["ips"] = slices.DeleteFunc(ips, func(v any) bool { return v == nil })
-	}
-	if ifs, ok := result["interfaces"].([]any); ok {
-		for i, v := range ifs {
-			if v == nil {
-				ifs[i] = map[string]any{}
+	for key, value := range result {
+		list, ok := value.([]any)
+		if !ok {
+			continue
+		}
+		switch {
+		case strings.EqualFold(key, "ips"):
+			result[key] = slices.DeleteFunc(list, func(v any) bool { return v == nil })
+		case strings.EqualFold(key, "interfaces"):
+			for i, v := range list {
+				if v == nil {
+					list[i] = map[string]any{}
+				}
 			}
 		}
 	}

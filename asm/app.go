@@ -44,17 +44,9 @@ import (
 // With ztunnel not ready, what would go to ztunnel is dropped (fail closed)
 // or, with ZtunnelFailOpen, passed.
 func appOutbound(opts Options) asm.Instructions {
-	insns := concat(
-		loadPacket(),
-		parseEthernet(ethLabels{v4: "out_v4", v6: "out_v6", arp: "out_arp",
-			other: labelDroppedProtocol, vlan: labelParseErr, short: labelParseErr}),
-		outboundARP(),
-	)
-	for _, f := range families {
-		insns = append(insns, outboundFamily(f)...)
-	}
 	return concat(
-		insns,
+		loadPacket(),
+		nodeOutbound().program(),
 		// To ztunnel: its eth0 MAC as destination, then straight into its
 		// netns (redirect_peer from this ingress hook).
 		at(labelCapture,
@@ -72,12 +64,61 @@ func appOutbound(opts Options) asm.Instructions {
 	)
 }
 
-// outboundARP passes an ARP message whose sender is this pod (or nobody:
-// an address probe, RFC 5227), so that no pod claims another's address on
-// a shared link.
-func outboundARP() asm.Instructions {
+// outboundRules are what differs between the two programs that keep §5's
+// table "from an ambient pod": app_outbound on the pod's host veth (node
+// mode) and pod_egress on the pod's eth0 (in-pod mode). Both generate the
+// same blocks from them; each ends them with its own labelCapture.
+type outboundRules struct {
+	// prefix starts every label of the program's own blocks.
+	prefix string
+	// checkSource jumps to spoofed unless the packet's source address (the
+	// fixed IP header must be in the frame) is the pod's own; on the way on,
+	// the pod's endpoint flags are in the stackFlags slot. Clobbers R0-R5.
+	checkSource func(f family, prefix, spoofed string) asm.Instructions
+	// own jumps to other unless the address at field (an offset from the
+	// L3 header, bounds-checked on this path) is the pod's own. Clobbers
+	// R0-R5.
+	own func(f family, prefix string, field int16, other string) asm.Instructions
+	// ztunnel and node are where ztunnel's and the node's sockets are.
+	ztunnel, node netnsRef
+}
+
+// nodeOutbound are app_outbound's rules: the pod's addresses are the ones the
+// endpoints map gives to an ambient pod on this very veth (skb->ifindex);
+// ztunnel's sockets are in the netns whose id the ztunnel map holds, the
+// node's in the netns of the host veth.
+func nodeOutbound() outboundRules {
+	return outboundRules{
+		prefix:      "out",
+		checkSource: family.checkSource,
+		own: func(f family, prefix string, field int16, other string) asm.Instructions {
+			return concat(f.lookupEndpoint(prefix, field, other), ownInterface(other))
+		},
+		ztunnel: netnsRef{kind: netnsZtunnelMap},
+		node:    netnsRef{kind: netnsCurrent},
+	}
+}
+
+// program is the classification of the outbound programs, from the packet's
+// first byte to the verdicts; what goes to ztunnel jumps to labelCapture.
+func (r outboundRules) program() asm.Instructions {
+	insns := concat(
+		parseEthernet(ethLabels{v4: r.prefix + "_v4", v6: r.prefix + "_v6", arp: r.prefix + "_arp",
+			other: labelDroppedProtocol, vlan: labelParseErr, short: labelParseErr}),
+		r.arp(),
+	)
+	for _, f := range families {
+		insns = append(insns, r.family(f)...)
+	}
+	return insns
+}
+
+// arp passes an ARP message whose sender is this pod (or nobody: an address
+// probe, RFC 5227), so that no pod claims another's address on a shared
+// link.
+func (r outboundRules) arp() asm.Instructions {
 	return concat(
-		at("out_arp",
+		at(r.prefix+"_arp",
 			asm.Mov.Reg(asm.R0, regData),
 			asm.Add.Imm(asm.R0, ethHlen+arpLen),
 			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
@@ -90,8 +131,7 @@ func outboundARP() asm.Instructions {
 			asm.LoadMem(asm.R1, regData, ethHlen+arpOffSpa, asm.Word),
 			asm.JEq.Imm(asm.R1, 0, labelPass),
 		),
-		ipv4.lookupEndpoint("out_arp_spa", arpOffSpa, labelSpoofed),
-		ownInterface(labelSpoofed),
+		r.own(ipv4, r.prefix+"_arp_spa", arpOffSpa, labelSpoofed),
 		asm.Instructions{asm.Ja.Label(labelPass)},
 	)
 }
@@ -109,15 +149,15 @@ func ownInterface(other string) asm.Instructions {
 	}
 }
 
-// outboundFamily is app_outbound's code for one address family.
-func outboundFamily(f family) asm.Instructions {
-	l := func(name string) string { return f.label("out", name) }
+// family is the outbound code for one address family.
+func (r outboundRules) family(f family) asm.Instructions {
+	l := func(name string) string { return f.label(r.prefix, name) }
 	icmp := l("icmp")
 	if f.v6 {
 		icmp = l("icmp6")
 	}
 	return concat(
-		at("out_"+f.name, f.parse(labelParseErr)...),
+		at(r.prefix+"_"+f.name, f.parse(labelParseErr)...),
 		f.l4(l("ext"), l4Labels{icmp: icmp, l4: l("l4"), fragment: l("frag"), bad: labelParseErr}),
 
 		// R3 = protocol, R9 = its header.
@@ -144,24 +184,17 @@ func outboundFamily(f family) asm.Instructions {
 			asm.And.Imm(asm.R1, int32(maps.EndpointNode)),
 			asm.JEq.Imm(asm.R1, 0, l("tcp_bypass")),
 		},
-		// To the node: a reply of the node's own connection passes.
+		// To the node: a reply of the node's own connection passes, unless
+		// ztunnel holds the tuple (the pod's connection to the node, which
+		// ztunnel proxies with the pod's address).
 		f.jumpIfOptions(labelCapture),
-		f.checkSource(l("tcp_src"), labelSpoofed),
-		f.tupleFromPacket(),
-		f.ztunnelSocket(l("tcp_zt"), labelCapture),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, labelCapture),
-			asm.LoadMem(asm.R2, asm.R0, sockState, asm.Word),
-			asm.StoreMem(asm.RFP, stackProto, asm.R2, asm.Word),
-			asm.Mov.Reg(asm.R1, asm.R0),
-			asm.FnSkRelease.Call(),
-			asm.LoadMem(asm.R2, asm.RFP, stackProto, asm.Word),
-			asm.JEq.Imm(asm.R2, tcpListen, labelCapture),
-			asm.Ja.Label(labelPass),
-		},
-		at(l("syn"), f.checkSource(l("syn_src"), labelSpoofed)...),
+		r.checkSource(f, l("tcp_src"), labelSpoofed),
+		f.tupleFromPacket(false),
+		f.socketIn(l("tcp_zt"), r.ztunnel, labelCapture),
+		f.socketIn(l("tcp_node"), r.node, labelPass),
+		asm.Instructions{asm.Ja.Label(labelCapture)},
+
+		at(l("syn"), r.checkSource(f, l("syn_src"), labelSpoofed)...),
 		asm.Instructions{asm.Ja.Label(labelCapture)},
 
 		// A pod that bypasses inbound capture answers its direct inbound
@@ -169,20 +202,18 @@ func outboundFamily(f family) asm.Instructions {
 		// conntrack's ESTABLISHED): its segments pass unless ztunnel holds
 		// their tuple (its own connections through ztunnel). Any other
 		// pod's go to ztunnel.
-		at(l("tcp_bypass"), f.checkBounds(labelParseErr)...),
-		f.lookupEndpoint(l("tcp_bypass_src"), f.saddr, labelCapture),
+		at(l("tcp_bypass"), r.checkSource(f, l("tcp_bypass_src"), labelCapture)...),
 		asm.Instructions{
-			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.LoadMem(asm.R1, asm.RFP, stackFlags, asm.Word),
 			asm.And.Imm(asm.R1, int32(maps.EndpointBypassInbound)),
 			asm.JEq.Imm(asm.R1, 0, labelCapture),
 		},
-		ownInterface(labelCapture),
-		f.tupleFromPacket(),
-		f.ztunnelSocket(l("tcp_bypass_zt"), labelCapture),
+		f.tupleFromPacket(false),
+		f.socketIn(l("tcp_bypass_zt"), r.ztunnel, labelCapture),
 		asm.Instructions{asm.Ja.Label(labelPass)},
 
 		// UDP: DNS to ztunnel when captured, the rest by the UDP policy.
-		at(l("udp"), f.checkSource(l("udp_src"), labelSpoofed)...),
+		at(l("udp"), r.checkSource(f, l("udp_src"), labelSpoofed)...),
 		asm.Instructions{
 			asm.Mov.Reg(asm.R0, regL4),
 			asm.Add.Imm(asm.R0, l4PortsLen),
@@ -224,31 +255,31 @@ func outboundFamily(f family) asm.Instructions {
 			asm.JEq.Imm(regProto, f.icmpProto(), l("frag_icmp")),
 			asm.Ja.Label(labelDroppedFragment),
 		),
-		at(l("frag_udp"), f.checkSource(l("frag_udp_src"), labelSpoofed)...),
+		at(l("frag_udp"), r.checkSource(f, l("frag_udp_src"), labelSpoofed)...),
 		strictUDP(l("frag_strict")),
 		asm.Instructions{asm.Ja.Label(labelPass)},
 		at(l("frag_strict"), f.jumpIfFragmentOptions(labelDroppedPolicy)...),
 		f.toResolver(l("frag_resolver"), f.daddr),
-		at(l("frag_icmp"), f.checkSource(l("frag_icmp_src"), labelSpoofed)...),
+		at(l("frag_icmp"), r.checkSource(f, l("frag_icmp_src"), labelSpoofed)...),
 		asm.Instructions{asm.Ja.Label(labelPass)},
 
-		outboundICMP(f, icmp),
+		r.icmp(f, icmp),
 	)
 }
 
-// outboundICMP is the ICMP block of app_outbound for f.
-func outboundICMP(f family, label string) asm.Instructions {
-	l := func(name string) string { return f.label("out", name) }
+// icmp is the ICMP block of the outbound programs for f.
+func (r outboundRules) icmp(f family, label string) asm.Instructions {
+	l := func(name string) string { return f.label(r.prefix, name) }
 	if !f.v6 {
 		return concat(
-			at(label, f.checkSource(l("icmp_src"), labelSpoofed)...),
+			at(label, r.checkSource(f, l("icmp_src"), labelSpoofed)...),
 			asm.Instructions{asm.Ja.Label(labelPass)},
 		)
 	}
 	const (
-		src   = ethHlen + ipv6OffSaddr
-		check = "out_v6_icmp6_type"
+		src = ethHlen + ipv6OffSaddr
 	)
+	check := l("icmp6_type")
 	return concat(
 		at(label,
 			asm.Mov.Reg(asm.R0, regL4),
@@ -263,7 +294,7 @@ func outboundICMP(f family, label string) asm.Instructions {
 			asm.Or.Reg(asm.R1, asm.R2),
 			asm.JEq.Imm(asm.R1, 0, check),
 		),
-		f.checkSource(l("icmp6_src"), labelSpoofed),
+		r.checkSource(f, l("icmp6_src"), labelSpoofed),
 		at(check,
 			asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
 			asm.JEq.Imm(asm.R1, icmp6RouterAdvert, labelSpoofed),
@@ -282,8 +313,7 @@ func outboundICMP(f family, label string) asm.Instructions {
 			asm.And.Imm(asm.R1, be16(0xffc0)),
 			asm.JEq.Imm(asm.R1, be16(0xfe80), labelPass),
 		},
-		f.lookupEndpoint(l("na_target"), ipv6Hlen+icmp6NDTargetOff, labelSpoofed),
-		ownInterface(labelSpoofed),
+		r.own(f, l("na_target"), ipv6Hlen+icmp6NDTargetOff, labelSpoofed),
 		asm.Instructions{asm.Ja.Label(labelPass)},
 	)
 }
@@ -479,10 +509,21 @@ func inboundFamily(f family) asm.Instructions {
 			asm.Ja.Label(labelCapture),
 		),
 		// From the node: a probe, or the reply to ztunnel's connection.
-		at(l("from_node"), f.tupleFromPacket()...),
-		f.ztunnelSocket(l("node_zt"), labelCapture),
+		at(l("from_node"), f.tupleFromPacket(false)...),
+		f.socketIn(l("node_zt"), netnsRef{kind: netnsZtunnelMap}, labelCapture),
 		asm.Instructions{asm.Ja.Label(labelPass)},
 
+		inboundOther(f, "in"),
+	)
+}
+
+// inboundOther is what the inbound programs do with what is not TCP, from
+// the labels <prefix>_<family>_udp, _frag and _icmp on: UDP and ICMP pass
+// unless the strict policy applies; later fragments of TCP and the rest
+// are dropped.
+func inboundOther(f family, prefix string) asm.Instructions {
+	l := func(name string) string { return f.label(prefix, name) }
+	return concat(
 		// UDP passes unless the strict policy applies: the node's, or the
 		// destination pod's.
 		at(l("udp"), f.dstPolicy(l("udp_dst"))...),
@@ -543,19 +584,7 @@ func inboundICMPStrict(f family, label string) asm.Instructions {
 // dstPolicy puts the destination's endpoint flags in the stackFlags slot
 // (zero for an address the endpoints map does not hold), for strictUDP.
 func (f family) dstPolicy(prefix string) asm.Instructions {
-	none := prefix + "_none"
-	done := prefix + "_done"
-	return concat(
-		f.checkBounds(labelParseErr),
-		f.lookupEndpoint(prefix, f.daddr, none),
-		asm.Instructions{
-			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
-			asm.StoreMem(asm.RFP, stackFlags, asm.R1, asm.Word),
-			asm.Ja.Label(done),
-		},
-		at(none, asm.StoreImm(asm.RFP, stackFlags, 0, asm.Word)),
-		at(done, asm.Mov.Reg(asm.R0, asm.R0)),
-	)
+	return f.flagsOf(prefix, f.daddr)
 }
 
 // failClosed decides for a captured packet while ztunnel is not ready: drop,

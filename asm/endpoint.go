@@ -194,22 +194,28 @@ func (f family) checkSource(prefix, spoofed string) asm.Instructions {
 
 // tupleFromPacket writes the packet's own socket tuple (its addresses and
 // ports, as the lookup helpers take them from the receiver's point of view)
-// to stackTuple. The ports must be bounds-checked from R9.
-func (f family) tupleFromPacket() asm.Instructions {
+// to stackTuple; reversed, the tuple of the packet's sender (its source as
+// the local end). The ports must be bounds-checked from R9.
+func (f family) tupleFromPacket(reversed bool) asm.Instructions {
 	var insns asm.Instructions
 	n := f.addrLen()
+	src, dst := f.saddr, f.daddr
+	sport, dport := int16(l4OffSport), int16(l4OffDport)
+	if reversed {
+		src, dst, sport, dport = dst, src, dport, sport
+	}
 	for off := int16(0); off < n; off += 4 {
 		insns = append(insns,
-			asm.LoadMem(asm.R1, regData, ethHlen+f.saddr+off, asm.Word),
+			asm.LoadMem(asm.R1, regData, ethHlen+src+off, asm.Word),
 			asm.StoreMem(asm.RFP, stackTuple+off, asm.R1, asm.Word),
-			asm.LoadMem(asm.R1, regData, ethHlen+f.daddr+off, asm.Word),
+			asm.LoadMem(asm.R1, regData, ethHlen+dst+off, asm.Word),
 			asm.StoreMem(asm.RFP, stackTuple+n+off, asm.R1, asm.Word),
 		)
 	}
 	return append(insns,
-		asm.LoadMem(asm.R1, regL4, l4OffSport, asm.Half),
+		asm.LoadMem(asm.R1, regL4, sport, asm.Half),
 		asm.StoreMem(asm.RFP, stackTuple+f.tupleSport, asm.R1, asm.Half),
-		asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
+		asm.LoadMem(asm.R1, regL4, dport, asm.Half),
 		asm.StoreMem(asm.RFP, stackTuple+f.tupleDport, asm.R1, asm.Half),
 	)
 }
@@ -254,19 +260,61 @@ func (f family) skLookupUDP() asm.Instructions {
 	}
 }
 
-// ztunnelSocket jumps to found when ztunnel's netns holds a socket that is
-// not a listener for the tuple at stackTuple, and goes on after the block
-// otherwise (also when the ztunnel map has no netns id). Clobbers R0-R5.
-func (f family) ztunnelSocket(prefix, found string) asm.Instructions {
+// netnsKind says which network namespace a socket lookup searches.
+type netnsKind int
+
+const (
+	// netnsCurrent: the netns of skb->dev, the program's own.
+	netnsCurrent netnsKind = iota
+	// netnsZtunnelMap: ztunnel's, by the netns id the ztunnel map holds
+	// when its ZtunnelNetnsID flag says so; no lookup without it.
+	netnsZtunnelMap
+	// netnsID: the netns of a fixed id (an id as the program's netns
+	// knows it), built into the program.
+	netnsID
+	// netnsUnknown: no lookup; nothing is ever found.
+	netnsUnknown
+)
+
+// netnsRef is where a socket lookup looks.
+type netnsRef struct {
+	kind netnsKind
+	id   int32 // for netnsID
+}
+
+// hostNetns is the netns of id, or none when id is negative (unknown): a
+// negative id would make the helpers search the program's own netns.
+func hostNetns(id int32) netnsRef {
+	if id < 0 {
+		return netnsRef{kind: netnsUnknown}
+	}
+	return netnsRef{kind: netnsID, id: id}
+}
+
+// socketIn jumps to found when ns holds a TCP socket that is not a listener
+// for the tuple at stackTuple, and goes on after the block otherwise.
+// Clobbers R0-R5.
+func (f family) socketIn(prefix string, ns netnsRef, found string) asm.Instructions {
 	none := prefix + "_none"
-	return concat(
-		asm.Instructions{
+	var netns asm.Instructions
+	switch ns.kind {
+	case netnsUnknown:
+		return at(none, asm.Mov.Reg(asm.R0, asm.R0))
+	case netnsCurrent:
+		netns = asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)}
+	case netnsID:
+		netns = asm.Instructions{asm.Mov.Imm(asm.R4, ns.id)}
+	case netnsZtunnelMap:
+		netns = asm.Instructions{
 			loadZtunnel(asm.R1),
 			asm.LoadMem(asm.R2, asm.R1, maps.ZtunnelOffFlags, asm.Half),
 			asm.And.Imm(asm.R2, int32(maps.ZtunnelNetnsID)),
 			asm.JEq.Imm(asm.R2, 0, none),
 			asm.LoadMem(asm.R4, asm.R1, maps.ZtunnelOffNetnsID, asm.Word),
-		},
+		}
+	}
+	return concat(
+		netns,
 		f.skcLookupTCP(),
 		asm.Instructions{
 			asm.JEq.Imm(asm.R0, 0, none),
@@ -279,5 +327,24 @@ func (f family) ztunnelSocket(prefix, found string) asm.Instructions {
 			asm.Ja.Label(none),
 		},
 		at(none, asm.Mov.Reg(asm.R0, asm.R0)),
+	)
+}
+
+// flagsOf puts the endpoint flags of the address at field (an offset from
+// the L3 header) in the stackFlags slot: zero for an address the endpoints
+// map does not hold. Clobbers R0-R5.
+func (f family) flagsOf(prefix string, field int16) asm.Instructions {
+	none := prefix + "_none"
+	done := prefix + "_done"
+	return concat(
+		f.checkBounds(labelParseErr),
+		f.lookupEndpoint(prefix, field, none),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
+			asm.StoreMem(asm.RFP, stackFlags, asm.R1, asm.Word),
+			asm.Ja.Label(done),
+		},
+		at(none, asm.StoreImm(asm.RFP, stackFlags, 0, asm.Word)),
+		at(done, asm.Mov.Reg(asm.R0, asm.R0)),
 	)
 }

@@ -238,3 +238,9 @@ func be16(v uint16) int32 {
 func v4MappedWord() int32 {
 	return int32(binary.NativeEndian.Uint32([]byte{0, 0, 0xff, 0xff}))
 }
+
+// nativeWord is the value a 32-bit load of b (four bytes of a packet or of
+// a tuple) yields on this host.
+func nativeWord(b [4]byte) int32 {
+	return int32(binary.NativeEndian.Uint32(b[:]))
+}

@@ -113,7 +113,7 @@ func ztunnelAssign() asm.Instructions {
 	}
 	return concat(
 		insns,
-		assignSocket(),
+		assignSocket("za", true),
 		at("za_marked", setMark()...),
 		exit("za_marked_count", maps.VerdictMarked, ActOK),
 		exit(labelPass, maps.VerdictPassed, ActUnspec),
@@ -164,7 +164,7 @@ func assignFamily(f family) asm.Instructions {
 			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
 			asm.JNE.Imm(asm.R1, tcpFlagSYN, "za_marked"),
 		),
-		f.tupleFromPacket(),
+		f.tupleFromPacket(false),
 		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
 		f.skcLookupTCP(),
 		asm.Instructions{
@@ -244,6 +244,18 @@ func dnsCaptured(dns string) asm.Instructions {
 // tuple and jumps to za_assign with it; no socket, or a TCP socket that is
 // not a listener, drops the packet.
 func (f family) listener(prefix string, udp bool, port uint16) asm.Instructions {
+	return f.listenerAt(prefix, "za_assign", udp, port, false)
+}
+
+// listenerAt looks up a listener on port (TCP, or UDP) and jumps to assign
+// with it in R0 (stackProto = 0); no socket, or a TCP socket that is not a
+// listener, drops the packet (no_socket). The tuple's local address is the
+// wildcard, or with loopback the family's loopback address: the kernel's
+// listener lookups (__inet_lookup_listener, __udp4_lib_lookup and their
+// IPv6 twins) try the address and then the wildcard, so that lookup finds
+// a socket bound to the loopback address as well as one bound to the
+// wildcard (or, for IPv4, a dual-stack [::]).
+func (f family) listenerAt(prefix, assign string, udp bool, port uint16, loopback bool) asm.Instructions {
 	lookup := f.skLookupUDP()
 	if !udp {
 		lookup = concat(asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)}, f.skcLookupTCP())
@@ -257,9 +269,13 @@ func (f family) listener(prefix string, udp bool, port uint16) asm.Instructions 
 	}
 	check = append(check,
 		asm.StoreImm(asm.RFP, stackProto, 0, asm.Word),
-		asm.Ja.Label("za_assign"),
+		asm.Ja.Label(assign),
 	)
-	out := concat(f.wildcardTuple(port), lookup, check)
+	tuple := f.wildcardTuple(port)
+	if loopback {
+		tuple = append(tuple, f.loopbackDaddr())
+	}
+	out := concat(tuple, lookup, check)
 	if !udp {
 		out = append(out, at(prefix+"_not_listener",
 			asm.Mov.Reg(asm.R1, asm.R0),
@@ -270,16 +286,38 @@ func (f family) listener(prefix string, udp bool, port uint16) asm.Instructions 
 	return out
 }
 
+// loopbackDaddr writes the family's loopback address (127.0.0.1, ::1) as
+// the local address of the tuple at stackTuple: its last word, the others
+// being zero already.
+func (f family) loopbackDaddr() asm.Instruction {
+	last := stackTuple + 2*f.addrLen() - 4
+	return asm.StoreImm(asm.RFP, last, int64(nativeWord(f.loopbackLastWord())), asm.Word)
+}
+
+func (f family) loopbackLastWord() [4]byte {
+	if f.v6 {
+		return [4]byte{0, 0, 0, 1}
+	}
+	return [4]byte{127, 0, 0, 1}
+}
+
 // assignSocket assigns the socket in R0 to the packet and releases the
-// lookup's reference. stackProto = 1 for an established socket: if the
-// kernel refuses the assignment, the mark alone still delivers the packet
-// locally and the stack's own lookup finds that socket. A packet refused by
-// a listener (before Linux 6.5, one with SO_REUSEPORT) is dropped: marked it
-// would reach whatever listens on its original port, unmarked it could be
-// forwarded.
-func assignSocket() asm.Instructions {
+// lookup's reference; its labels start with prefix (prefix_assign is the
+// entry). stackProto = 1 for an established socket: if the kernel refuses
+// the assignment, the packet goes on (marked, with mark) and the stack's
+// own lookup finds that socket. A packet refused by a listener (before
+// Linux 6.5, one with SO_REUSEPORT) is dropped: marked it would reach
+// whatever listens on its original port, unmarked it could be forwarded.
+// With mark, an assigned packet gets TProxyMark.
+func assignSocket(prefix string, mark bool) asm.Instructions {
+	markInsns := func() asm.Instructions {
+		if mark {
+			return setMark()
+		}
+		return asm.Instructions{asm.Mov.Reg(asm.R0, asm.R0)}
+	}
 	return concat(
-		at("za_assign",
+		at(prefix+"_assign",
 			asm.Mov.Reg(regL4, asm.R0),
 			asm.Mov.Reg(asm.R1, regCtx),
 			asm.Mov.Reg(asm.R2, regL4),
@@ -289,17 +327,17 @@ func assignSocket() asm.Instructions {
 			asm.Mov.Reg(regData, asm.R0),
 			asm.Mov.Reg(asm.R1, regL4),
 			asm.FnSkRelease.Call(),
-			asm.JEq.Imm(regData, 0, "za_mark"),
+			asm.JEq.Imm(regData, 0, prefix+"_mark"),
 		),
 		countVerdict(maps.VerdictAssignFailed),
 		asm.Instructions{
 			asm.LoadMem(asm.R1, asm.RFP, stackProto, asm.Word),
-			asm.JEq.Imm(asm.R1, 0, "za_refused"),
+			asm.JEq.Imm(asm.R1, 0, prefix+"_refused"),
 		},
-		setMark(),
+		markInsns(),
 		asm.Instructions{asm.Mov.Imm(asm.R0, ActOK), asm.Return()},
-		at("za_refused", asm.Mov.Imm(asm.R0, ActShot), asm.Return()),
-		at("za_mark", setMark()...),
+		at(prefix+"_refused", asm.Mov.Imm(asm.R0, ActShot), asm.Return()),
+		at(prefix+"_mark", markInsns()...),
 		countVerdict(maps.VerdictAssigned),
 		asm.Instructions{asm.Mov.Imm(asm.R0, ActOK), asm.Return()},
 	)

@@ -186,8 +186,17 @@ func (f *fixture) run(tb testing.TB, name string, frame []byte, ingressIfindex u
 		}
 		ingressIfindex = 0
 	}
+	return f.runCtx(tb, name, frame, mrasm.SkBuff{IngressIfindex: ingressIfindex})
+}
+
+// runCtx runs program name once on frame with the context ctx.
+func (f *fixture) runCtx(tb testing.TB, name string, frame []byte, ctx mrasm.SkBuff) result {
+	tb.Helper()
+	prog := f.coll.Programs[name]
+	if prog == nil {
+		tb.Fatalf("no program %s", name)
+	}
 	before := f.stats(tb)
-	ctx := mrasm.SkBuff{IngressIfindex: ingressIfindex}
 	var ctxOut mrasm.SkBuff
 	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256), Context: ctx, ContextOut: &ctxOut}
 	ret, err := prog.Run(opts)

@@ -1,4 +1,4 @@
-// Package asm generates meshredirect's five eBPF programs with
+// Package asm generates meshredirect's eBPF programs with
 // github.com/cilium/ebpf/asm: no C, no clang, no object files. The same Go
 // code builds the programs for every kernel, so the bytecode always matches
 // the map layouts of package maps, whose offsets it reads.
@@ -11,6 +11,25 @@
 //	ztunnel_ingress  tc ingress of ztunnel's host veth: ztunnel's traffic straight to the pod
 //	ztunnel_egress   tc egress of ztunnel's host veth: an ambient pod's address reaches ztunnel only from its own veth
 //	ztunnel_assign   tc ingress of ztunnel's eth0: captured packets to ztunnel's sockets
+//
+// and, for in-pod mode (DESIGN.md §6: ztunnel's listeners inside each ambient
+// pod's netns), three programs inside the pod's netns, built per pod with its
+// addresses and the node's netns id as immediates (PodCollectionSpec):
+//
+//	pod_egress    tc egress of eth0: app_outbound's rules; ztunnel's own packets (mark 0x539) pass;
+//	              captured packets get TProxyMark and go to lo's ingress (bpf_redirect, BPF_F_INGRESS)
+//	pod_loopback  tc ingress of lo: marked packets to ztunnel's sockets (15001, 15053), as ztunnel_assign
+//	pod_ingress   tc ingress of eth0: §5 "to an ambient pod" in-pod; 15008 passes, the rest to 15006
+//
+// app_outbound and pod_egress are generated from the same blocks
+// (outboundRules: the source check, the probe-reply rule and ztunnel's
+// sockets differ only in where they look), app_inbound and pod_ingress share
+// what they do with UDP, ICMP and fragments (inboundOther), and the socket
+// lookups take the netns to search as a netnsRef (the program's own,
+// ztunnel's by the ztunnel map's id, or a fixed id). pod_loopback uses no
+// label of the others: its blocks are pl_*, pod_egress's pe_*, pod_ingress's
+// pi_*; they use the registers and stack slots of fragments.go and nothing
+// more.
 //
 // What each kind of packet becomes is DESIGN.md §5; model_test.go states it
 // again in plain Go, and the packet tables, the attack corpus and the fuzz

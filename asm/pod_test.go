@@ -10,7 +10,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
-	"github.com/vishvananda/netlink"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/internal/testutil"
@@ -74,6 +73,8 @@ type podRow struct {
 	listeners   []listener
 	loopbackDNS bool
 	want        outcome
+	// fam names the family of a row made by podRows.
+	fam string
 }
 
 func (r podRow) run(t *testing.T, f *fixture, v6 bool) {
@@ -149,7 +150,7 @@ func podRows(name, prog string, mk func(v6 bool) podRow) []podRow {
 	var rows []podRow
 	for _, v6 := range []bool{false, true} {
 		r := mk(v6)
-		r.name, r.prog = name, prog
+		r.name, r.prog, r.fam = name, prog, map[bool]string{false: "IPv4", true: "IPv6"}[v6]
 		rows = append(rows, r)
 	}
 	return rows
@@ -314,7 +315,9 @@ func podEgressCases() []podRow {
 
 func podLoopbackCases() []podRow {
 	var rows []podRow
-	add := func(name string, mk func(v6 bool) podRow) { rows = append(rows, podRows(name, mrasm.PodLoopback, mk)...) }
+	add := func(name string, mk func(v6 bool) podRow) {
+		rows = append(rows, podRows(name, mrasm.PodLoopback, mk)...)
+	}
 	from := func(v6 bool) netip.Addr { return pick(v6, clientV4, clientV6) }
 	to := func(v6 bool, a4, a6 netip.Addr) netip.Addr { return pick(v6, a4, a6) }
 	dnsOn := maps.ZtunnelReady | maps.ZtunnelCaptureDNS
@@ -394,7 +397,9 @@ func podLoopbackCases() []podRow {
 
 func podIngressCases() []podRow {
 	var rows []podRow
-	add := func(name string, mk func(v6 bool) podRow) { rows = append(rows, podRows(name, mrasm.PodIngress, mk)...) }
+	add := func(name string, mk func(v6 bool) podRow) {
+		rows = append(rows, podRows(name, mrasm.PodIngress, mk)...)
+	}
 	to := func(v6 bool) netip.Addr { return pick(v6, clientV4, clientV6) }
 	from := func(v6 bool, a4, a6 netip.Addr) netip.Addr { return pick(v6, a4, a6) }
 	strict := maps.ZtunnelReady | maps.ZtunnelUDPDrop
@@ -496,17 +501,12 @@ func podIngressCases() []podRow {
 func TestPodPrograms(t *testing.T) {
 	f := newPodFixture(t, -1)
 	for _, cases := range [][]podRow{podEgressCases(), podLoopbackCases(), podIngressCases()} {
-		for i, r := range cases {
-			v6 := i%2 == 1
-			name := r.name
-			if len(cases) > i && r.frame != nil {
-				fam := "IPv4"
-				if v6 {
-					fam = "IPv6"
-				}
-				name = fmt.Sprintf("%s/%s/%s", r.prog, r.name, fam)
+		for _, r := range cases {
+			name := r.prog + "/" + r.name
+			if r.fam != "" {
+				name += "/" + r.fam
 			}
-			t.Run(name, func(t *testing.T) { r.run(t, f, v6) })
+			t.Run(name, func(t *testing.T) { r.run(t, f, r.fam == "IPv6") })
 		}
 	}
 }
@@ -553,5 +553,3 @@ func TestPodProgramsLoad(t *testing.T) {
 		}
 	}
 }
-
-var _ = netlink.LinkByName

@@ -96,6 +96,8 @@ type Dataplane struct {
 	// nl is the node's network namespace and a route netlink socket in
 	// it, usable from any thread.
 	nl *nsLink
+	// inpod is what EnrollInPod attached, by the pod's netns path.
+	inpod map[string]inPodState
 	// ztunnel is what SetZtunnel last set up; zero before.
 	ztunnel Ztunnel
 }
@@ -160,6 +162,9 @@ func Open(cfg Config) (*Dataplane, error) {
 		return fail(fmt.Errorf("open tc manager for the node: %w", err))
 	}
 
+	if err := d.writeConfigFlags(); err != nil {
+		return fail(fmt.Errorf("write the configuration into the ztunnel map: %w", err))
+	}
 	// A ztunnel set up by an earlier process is still in the map.
 	if zt, err := set.Ztunnel.Get(); err == nil && zt.Ifindex != 0 {
 		d.ztunnel = Ztunnel{HostIfindex: int(zt.Ifindex)}

@@ -340,7 +340,7 @@ func tproxyRoutes(t *testing.T, h *vnl.Handle, family int) []vnl.Route {
 // TestZtunnelRouting: setupZtunnelNetns leaves, in both families, one rule
 // `fwmark 0x400/0xfff lookup 100` and one route `local default dev lo table
 // 100`, however often it runs and whatever rule of another tool is there
-// (one with FRA_DSCP, which the library cannot decode); removeZtunnelRouting
+// (one with FRA_DSCP, which the library cannot decode); removeLocalDelivery
 // removes them, leaves the other rule, and finds nothing to do the second
 // time.
 func TestZtunnelRouting(t *testing.T) {
@@ -387,7 +387,7 @@ func TestZtunnelRouting(t *testing.T) {
 	}
 
 	for range 2 {
-		if err := removeZtunnelRouting(path); err != nil {
+		if err := removeLocalDelivery(path); err != nil {
 			t.Fatal(err)
 		}
 		for _, fam := range []int{vnl.FAMILY_V4, vnl.FAMILY_V6} {
@@ -407,8 +407,8 @@ func TestZtunnelRouting(t *testing.T) {
 		}
 	}
 
-	if err := removeZtunnelRouting(path + ".gone"); err != nil {
-		t.Errorf("removeZtunnelRouting of a netns that is gone: %v", err)
+	if err := removeLocalDelivery(path + ".gone"); err != nil {
+		t.Errorf("removeLocalDelivery of a netns that is gone: %v", err)
 	}
 }
 

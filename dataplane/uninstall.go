@@ -46,7 +46,7 @@ func Uninstall(cfg Config, ztunnelNetns ...string) error {
 	detachAll(cfg.tcConfig(cfg.NodeNetns))
 	for _, path := range ztunnelNetns {
 		detachAll(cfg.tcConfig(path))
-		if err := removeZtunnelRouting(path); err != nil {
+		if err := removeLocalDelivery(path); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -59,8 +59,10 @@ func Uninstall(cfg Config, ztunnelNetns ...string) error {
 	return errors.Join(errs...)
 }
 
-// removeZtunnelRouting removes what setupZtunnelNetns added.
-func removeZtunnelRouting(path string) error {
+// removeLocalDelivery removes, from the netns at path, what
+// ensureLocalDelivery added (in ztunnel's netns, or an in-pod pod's). A netns
+// that is gone has nothing left to remove.
+func removeLocalDelivery(path string) error {
 	h, err := openNetns(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {

@@ -160,17 +160,25 @@ func (d *Dataplane) SetZtunnelReady(ready bool) error {
 func (d *Dataplane) SetCaptureDNS(on bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	zt, err := d.maps.Ztunnel.Get()
-	if err != nil {
-		return err
-	}
 	d.cfg.CaptureDNS = on
-	zt.Flags = zt.Flags&(maps.ZtunnelReady|maps.ZtunnelNetnsID) | d.configFlags()
-	if err := d.maps.Ztunnel.Set(zt); err != nil {
+	if err := d.writeConfigFlags(); err != nil {
 		return err
 	}
 	d.log.Info("set DNS capture", "on", on)
 	return nil
+}
+
+// writeConfigFlags writes the configuration's flags (DNS capture, strict
+// UDP, fail open) into the ztunnel map, keeping what SetZtunnel and
+// SetZtunnelReady set: the in-pod programs read them from there, and no
+// SetZtunnel comes in in-pod mode.
+func (d *Dataplane) writeConfigFlags() error {
+	zt, err := d.maps.Ztunnel.Get()
+	if err != nil {
+		return err
+	}
+	zt.Flags = zt.Flags&(maps.ZtunnelReady|maps.ZtunnelNetnsID) | d.configFlags()
+	return d.maps.Ztunnel.Set(zt)
 }
 
 func (d *Dataplane) configFlags() uint16 {
@@ -207,31 +215,8 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find lo in ztunnel's netns: %w", err)
 	}
-	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		if err := ensureMarkRule(h, fam); err != nil {
-			return nil, err
-		}
-		dst := netip.IPv4Unspecified()
-		if fam == unix.AF_INET6 {
-			dst = netip.IPv6Unspecified()
-		}
-		// `ip route replace local default dev lo table TProxyTable`,
-		// protocol boot as ip's default.
-		route := &rtnetlink.RouteMessage{
-			Family:   fam,
-			Table:    mrasm.TProxyTable,
-			Protocol: unix.RTPROT_BOOT,
-			Scope:    unix.RT_SCOPE_HOST,
-			Type:     unix.RTN_LOCAL,
-			Attributes: rtnetlink.RouteAttributes{
-				Dst:      dst.AsSlice(),
-				OutIface: uint32(lo.index),
-				Table:    mrasm.TProxyTable,
-			},
-		}
-		if err := h.replaceRoute(route); err != nil {
-			return nil, fmt.Errorf("add route local %s dev lo table %d in ztunnel's netns: %w", netip.PrefixFrom(dst, 0), mrasm.TProxyTable, err)
-		}
+	if err := ensureLocalDelivery(h, lo.index, "ztunnel's netns"); err != nil {
+		return nil, err
 	}
 	if err := h.Do(func() error {
 		// No forwarding: a netns starts with the host's ip_forward, and
@@ -261,27 +246,79 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 	return eth.mac, nil
 }
 
-// ensureMarkRule adds `fwmark TProxyMark/TProxyMask lookup TProxyTable` for
-// family unless it is there.
-func ensureMarkRule(h *nsLink, family uint8) error {
-	rules, err := h.rules(family)
-	if err != nil {
-		return fmt.Errorf("list rules in ztunnel's netns: %w", err)
-	}
-	for _, r := range rules {
-		if mark, mask := ruleMark(r); mark == mrasm.TProxyMark && mask != nil && *mask == mrasm.TProxyMask && ruleTable(r) == mrasm.TProxyTable {
-			return nil
+// ensureLocalDelivery installs, in the netns of h (named where in errors),
+// what delivers a packet marked TProxyMark to a local socket whatever its
+// destination address, for both families: the rule
+// `fwmark TProxyMark/TProxyMask lookup TProxyTable` and the route
+// `local default dev lo table TProxyTable`. Repeating it changes nothing.
+func ensureLocalDelivery(h *nsLink, lo int, where string) error {
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := ensureMarkRule(h, fam, where); err != nil {
+			return err
+		}
+		dst := netip.IPv4Unspecified()
+		if fam == unix.AF_INET6 {
+			dst = netip.IPv6Unspecified()
+		}
+		// `ip route replace local default dev lo table TProxyTable`,
+		// protocol boot as ip's default.
+		if err := h.replaceRoute(localDefault(fam, lo)); err != nil {
+			return fmt.Errorf("add route local %s dev lo table %d in %s: %w", netip.PrefixFrom(dst, 0), mrasm.TProxyTable, where, err)
 		}
 	}
+	return nil
+}
+
+// localDefault is the route `local default dev lo table TProxyTable`.
+func localDefault(family uint8, lo int) *rtnetlink.RouteMessage {
+	dst := netip.IPv4Unspecified()
+	if family == unix.AF_INET6 {
+		dst = netip.IPv6Unspecified()
+	}
+	return &rtnetlink.RouteMessage{
+		Family:   family,
+		Table:    mrasm.TProxyTable,
+		Protocol: unix.RTPROT_BOOT,
+		Scope:    unix.RT_SCOPE_HOST,
+		Type:     unix.RTN_LOCAL,
+		Attributes: rtnetlink.RouteAttributes{
+			Dst:      dst.AsSlice(),
+			OutIface: uint32(lo),
+			Table:    mrasm.TProxyTable,
+		},
+	}
+}
+
+// markRule is the rule `fwmark TProxyMark/TProxyMask lookup TProxyTable`.
+func markRule(family uint8) *rtnetlink.RuleMessage {
 	mark, mask, table := uint32(mrasm.TProxyMark), uint32(mrasm.TProxyMask), uint32(mrasm.TProxyTable)
-	rule := &rtnetlink.RuleMessage{
+	return &rtnetlink.RuleMessage{
 		Family:     family,
 		Table:      mrasm.TProxyTable,
 		Action:     unix.FR_ACT_TO_TBL,
 		Attributes: &rtnetlink.RuleAttributes{FwMark: &mark, FwMask: &mask, Table: &table},
 	}
-	if err := h.addRule(rule); err != nil {
-		return fmt.Errorf("add rule fwmark %#x/%#x lookup %d in ztunnel's netns: %w", mrasm.TProxyMark, mrasm.TProxyMask, mrasm.TProxyTable, err)
+}
+
+// isMarkRule tells whether r is markRule's rule.
+func isMarkRule(r rtnetlink.RuleMessage) bool {
+	mark, mask := ruleMark(r)
+	return mark == mrasm.TProxyMark && mask != nil && *mask == mrasm.TProxyMask && ruleTable(r) == mrasm.TProxyTable
+}
+
+// ensureMarkRule adds markRule's rule for family unless it is there.
+func ensureMarkRule(h *nsLink, family uint8, where string) error {
+	rules, err := h.rules(family)
+	if err != nil {
+		return fmt.Errorf("list rules in %s: %w", where, err)
+	}
+	for _, r := range rules {
+		if isMarkRule(r) {
+			return nil
+		}
+	}
+	if err := h.addRule(markRule(family)); err != nil {
+		return fmt.Errorf("add rule fwmark %#x/%#x lookup %d in %s: %w", mrasm.TProxyMark, mrasm.TProxyMask, mrasm.TProxyTable, where, err)
 	}
 	return nil
 }

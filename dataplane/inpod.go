@@ -1,0 +1,315 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/maps"
+	"github.com/meshredirect/meshredirect/tc"
+)
+
+// In-pod mode (DESIGN §6): ztunnel opens its listeners inside each ambient
+// pod's netns, and the capture sits there too, on the pod's own interface
+// and its loopback. Nothing is attached in the node's netns, so the capture
+// holds under any primary CNI, also one that delivers into pods with
+// bpf_redirect_peer and never runs the host veth's egress hook.
+
+// podHook is where one in-pod program goes: onLoopback on lo, else on the
+// pod's interface.
+type podHook struct {
+	name       string
+	onLoopback bool
+	dir        tc.Direction
+}
+
+// podHooks are attached in this order: pod_loopback first (it acts only on
+// what pod_egress hands it), pod_egress last (it starts the capture), so no
+// packet is captured before what receives it is in place. Detached in the
+// reverse order.
+var podHooks = []podHook{
+	{mrasm.PodLoopback, true, tc.Ingress},
+	{mrasm.PodIngress, false, tc.Ingress},
+	{mrasm.PodEgress, false, tc.Egress},
+}
+
+// inPodState is what EnrollInPod last attached in one pod's netns.
+type inPodState struct {
+	cfg     mrasm.PodConfig
+	ifindex int // the pod's interface, in its netns
+	progIDs map[string]ebpf.ProgramID
+}
+
+// podNetns is what setupPodNetns found in a pod's netns.
+type podNetns struct {
+	ifindex  int    // the interface holding the pod's address
+	ifname   string // its name
+	hostNsid int32  // the node's netns id in the pod's netns; -1 unknown
+}
+
+// EnrollInPod captures pod p's traffic inside its own network namespace
+// (p.Netns): its addresses go into the endpoints map (the roles other pods'
+// programs read), the netns gets the policy routing that delivers captured
+// packets to ztunnel's sockets there, and the three in-pod programs, built
+// for p's addresses, are attached to its interface and its loopback.
+// p.HostIfindex and p.MAC are not needed. Enrolling an enrolled pod again
+// changes nothing, or repairs what is missing. On error no program of this
+// call stays attached.
+func (d *Dataplane) EnrollInPod(p Pod) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(p.IPs) == 0 {
+		return fmt.Errorf("enroll pod %s in its netns: no IP", p)
+	}
+	if p.Netns == "" {
+		return fmt.Errorf("enroll pod %s in its netns: no network namespace", p)
+	}
+	for _, ip := range p.IPs {
+		if !ip.IsValid() {
+			return fmt.Errorf("enroll pod %s in its netns: invalid IP", p)
+		}
+	}
+
+	ns, err := setupPodNetns(p)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || isGone(err) {
+			err = fmt.Errorf("%w (%v)", ErrInterfaceGone, err)
+		}
+		return fmt.Errorf("enroll pod %s in its netns: %w", p, err)
+	}
+
+	entry := maps.Endpoint{Flags: p.Policy.flags()}
+	if p.HostIfindex > 0 {
+		entry.Ifindex = uint32(p.HostIfindex)
+	}
+	var put []netip.Addr
+	undo := func() {
+		for _, ip := range put {
+			d.clearPod(ip)
+		}
+	}
+	for _, ip := range p.IPs {
+		changed, err := d.putPod(ip, entry)
+		if err != nil {
+			undo()
+			return fmt.Errorf("enroll pod %s in its netns: %w", p, err)
+		}
+		if changed {
+			put = append(put, ip)
+		}
+	}
+
+	cfg := mrasm.PodConfig{IPs: slices.Clone(p.IPs), HostNetnsID: ns.hostNsid}
+	m, err := tc.New(d.cfg.tcConfig(p.Netns))
+	if err != nil {
+		undo()
+		return fmt.Errorf("enroll pod %s in its netns: open tc manager: %w", p, err)
+	}
+	defer m.Close()
+	if st, ok := d.inpod[p.Netns]; ok && st.ifindex == ns.ifindex && slices.Equal(st.cfg.IPs, cfg.IPs) &&
+		st.cfg.HostNetnsID == cfg.HostNetnsID && podHooksAttached(m, ns.ifindex, st.progIDs) {
+		return nil
+	}
+	ids, err := d.attachPodPrograms(m, ns.ifindex, cfg)
+	if err != nil {
+		undo()
+		return fmt.Errorf("enroll pod %s in its netns: %w", p, err)
+	}
+	if d.inpod == nil {
+		d.inpod = map[string]inPodState{}
+	}
+	d.inpod[p.Netns] = inPodState{cfg: cfg, ifindex: ns.ifindex, progIDs: ids}
+	d.log.Info("enrolled pod in its netns", "pod", p.Name, "ips", p.IPs, "netns", p.Netns, "interface", ns.ifname,
+		"node_netns_id", ns.hostNsid, "policy", p.Policy.String(), "attach_mode", m.Mode().String())
+	return nil
+}
+
+// attachPodPrograms loads the in-pod programs for cfg and attaches them in
+// the netns of m, returning their IDs. On error it detaches what it
+// attached.
+func (d *Dataplane) attachPodPrograms(m *tc.Manager, ifindex int, cfg mrasm.PodConfig) (map[string]ebpf.ProgramID, error) {
+	spec, err := mrasm.PodCollectionSpec(cfg, d.opts)
+	if err != nil {
+		return nil, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.maps.Maps()})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load in-pod programs: %-20v", ve)
+		}
+		return nil, fmt.Errorf("load in-pod programs: %w", err)
+	}
+	// The attachments hold the programs; this process needs no reference.
+	defer coll.Close()
+	ids := map[string]ebpf.ProgramID{}
+	for i, h := range podHooks {
+		prog := coll.Programs[h.name]
+		if _, err := m.Attach(h.ifindex(ifindex), h.dir, h.name, prog); err != nil {
+			for _, done := range slices.Backward(podHooks[:i]) {
+				m.Detach(done.ifindex(ifindex), done.dir)
+			}
+			return nil, err
+		}
+		if info, err := prog.Info(); err == nil {
+			ids[h.name], _ = info.ID()
+		}
+	}
+	return ids, nil
+}
+
+func (h podHook) ifindex(pod int) int {
+	if h.onLoopback {
+		return mrasm.LoopbackIfindex
+	}
+	return pod
+}
+
+// podHooksAttached tells whether every in-pod hook holds the program of ids.
+func podHooksAttached(m *tc.Manager, ifindex int, ids map[string]ebpf.ProgramID) bool {
+	for _, h := range podHooks {
+		current, err := m.List(h.ifindex(ifindex))
+		if err != nil {
+			return false
+		}
+		found := false
+		for _, a := range current {
+			if a.Direction == h.dir && a.ProgramID == ids[h.name] && a.Mode == m.Mode() {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// UnenrollInPod stops capturing pod p's traffic in its netns: the programs
+// leave its interfaces (pod_egress first), the policy routing goes, and its
+// addresses leave the endpoints map (unless another role keeps them). A
+// netns that is gone (the pod was deleted) took the programs with it: only
+// the pins of tcx links are left, which the node's Prune removes.
+func (d *Dataplane) UnenrollInPod(p Pod) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	if p.Netns != "" {
+		if err := detachPodPrograms(d.cfg.tcConfig(p.Netns), d.inpod[p.Netns].ifindex); err != nil {
+			errs = append(errs, err)
+		}
+		if err := removeLocalDelivery(p.Netns); err != nil {
+			errs = append(errs, err)
+		}
+		delete(d.inpod, p.Netns)
+	}
+	if _, err := d.node.Prune(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, ip := range p.IPs {
+		if cur, err := d.maps.Endpoints.Get(ip); err == nil && !cur.IsPod() {
+			continue
+		}
+		d.clearPod(ip)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("unenroll pod %s in its netns: %w", p, err)
+	}
+	d.log.Info("unenrolled pod in its netns", "pod", p.Name, "ips", p.IPs, "netns", p.Netns)
+	return nil
+}
+
+// detachPodPrograms removes our programs from every interface of the netns
+// tcCfg names: the pod's (ifindex, or any found with one of ours when 0)
+// and lo. A netns that is gone has none.
+func detachPodPrograms(tcCfg tc.Config, ifindex int) error {
+	m, err := tc.New(tcCfg)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer m.Close()
+	all, err := m.ListAll()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	// pod_egress first: the capture stops before what receives it goes.
+	for _, h := range slices.Backward(podHooks) {
+		for _, a := range all {
+			if a.Direction != h.dir || a.ProgramName != h.name {
+				continue
+			}
+			if h.onLoopback && a.Ifindex != mrasm.LoopbackIfindex || !h.onLoopback && ifindex > 0 && a.Ifindex != ifindex {
+				continue
+			}
+			if err := m.Detach(a.Ifindex, a.Direction); err != nil && !isGone(err) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// setupPodNetns finds the pod's interface (the one holding its address,
+// else eth0) and the node's netns id as the pod's netns knows it, installs
+// the policy routing of captured packets and lets lo accept them: a packet
+// pod_egress hands to lo's ingress keeps the pod's own address as source,
+// which IPv4 takes for a martian on input unless accept_local is on
+// (fib_validate_source; the dst the packet had on its way out is dropped
+// by the redirect, so the input route lookup runs).
+func setupPodNetns(p Pod) (podNetns, error) {
+	h, err := openNetns(p.Netns)
+	if err != nil {
+		return podNetns{}, err
+	}
+	defer h.Close()
+	out := podNetns{hostNsid: -1}
+	var eth link
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		addrs, err := h.addresses(fam)
+		if err != nil {
+			return podNetns{}, fmt.Errorf("list addresses in %s: %w", h, err)
+		}
+		for _, a := range addrs {
+			if slices.Contains(p.IPs, a.ip) && eth.index == 0 {
+				if eth, err = h.link(a.index); err != nil {
+					return podNetns{}, fmt.Errorf("find interface %d in %s: %w", a.index, h, err)
+				}
+			}
+		}
+	}
+	if eth.index == 0 {
+		if eth, err = h.linkByName("eth0"); err != nil {
+			return podNetns{}, fmt.Errorf("find the interface with %v in %s (nor eth0): %w", p.IPs, h, err)
+		}
+	}
+	out.ifindex, out.ifname = eth.index, eth.name
+	// The id of the netns holding the other end of the pod's veth: the
+	// node's, for every CNI that wires pods with veths (and ipvlan or
+	// macvlan, whose parent lives on the node).
+	if eth.peerNsid >= 0 {
+		out.hostNsid = int32(eth.peerNsid)
+	}
+	lo, err := h.linkByName("lo")
+	if err != nil {
+		return podNetns{}, fmt.Errorf("find lo in %s: %w", h, err)
+	}
+	if err := ensureLocalDelivery(h, lo.index, p.Netns); err != nil {
+		return podNetns{}, err
+	}
+	if err := h.Do(func() error {
+		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "1"})
+	}); err != nil {
+		return podNetns{}, fmt.Errorf("set sysctls in %s: %w", h, err)
+	}
+	return out, nil
+}

@@ -207,6 +207,9 @@ func (d *Dataplane) UnenrollInPod(p Pod) error {
 		if err := removeLocalDelivery(p.Netns); err != nil {
 			errs = append(errs, err)
 		}
+		if err := resetAcceptLocal(p.Netns); err != nil {
+			errs = append(errs, err)
+		}
 		delete(d.inpod, p.Netns)
 	}
 	if _, err := d.node.Prune(); err != nil {
@@ -312,4 +315,21 @@ func setupPodNetns(p Pod) (podNetns, error) {
 		return podNetns{}, fmt.Errorf("set sysctls in %s: %w", h, err)
 	}
 	return out, nil
+}
+
+// resetAcceptLocal sets lo's accept_local back to the kernel's default in
+// the netns at path, as setupPodNetns found it in a pod's new netns. A netns
+// that is gone has nothing to reset.
+func resetAcceptLocal(path string) error {
+	h, err := openNetns(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	defer h.Close()
+	return h.Do(func() error {
+		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "0"})
+	})
 }

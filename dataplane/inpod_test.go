@@ -1,0 +1,292 @@
+package dataplane_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jsimonetti/rtnetlink/v2"
+	"golang.org/x/sys/unix"
+
+	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/internal/testutil"
+	"github.com/meshredirect/meshredirect/testenv"
+)
+
+// inPodNode is a node in a box with an in-pod dataplane and no ztunnel: the
+// tests below put ztunnel's listeners into the pods themselves.
+type inPodNode struct {
+	node           *testenv.Node
+	client, server *testenv.Pod
+	remote         *testenv.Pod
+	dp             *dataplane.Dataplane
+	cfg            dataplane.Config
+}
+
+func newInPodNode(t *testing.T, wiring testenv.Wiring) *inPodNode {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	n := &inPodNode{node: testenv.NewNode(t, testenv.NodeOptions{Wiring: wiring})}
+	n.client = n.node.AddPod("client", testenv.Ambient)
+	n.server = n.node.AddPod("server", testenv.Ambient)
+	n.remote = n.node.AddPeerNode("node2").AddPod("remote", testenv.NotAmbient)
+	n.cfg = dataplane.Config{NodeNetns: n.node.Path(), PinDir: filepath.Join(testutil.BPFFS(t), "meshredirect")}
+	dp, err := dataplane.Open(n.cfg)
+	must(t, err)
+	n.dp = dp
+	t.Cleanup(func() {
+		dp.Close()
+		if err := dataplane.Uninstall(n.cfg); err != nil {
+			t.Errorf("uninstall: %v", err)
+		}
+	})
+	addrs, err := dp.NodeAddresses()
+	must(t, err)
+	must(t, dp.SetNodeAddresses(addrs))
+	return n
+}
+
+func (n *inPodNode) pod(p *testenv.Pod) dataplane.Pod {
+	return dataplane.Pod{Name: "default/" + p.Name, IPs: []netip.Addr{p.IPv4, p.IPv6}, Netns: p.Path()}
+}
+
+// transparentListener listens on port in pod as ztunnel does there:
+// IP_TRANSPARENT, SO_MARK 0x539, all addresses of a family. It sends back,
+// on each accepted connection, the connection's local address (the original
+// destination), then closes it.
+func transparentListener(t *testing.T, ns *testenv.Namespace, network string, port int) {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+			if network == "tcp6" {
+				level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+			}
+			if serr = unix.SetsockoptInt(int(fd), level, opt, 1); serr == nil {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mrasm.ZtunnelMark)
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	var l net.Listener
+	must(t, ns.Do(func() (err error) {
+		l, err = lc.Listen(context.Background(), network, fmt.Sprintf(":%d", port))
+		return err
+	}))
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s %s", c.LocalAddr(), c.RemoteAddr())
+			c.Close()
+		}
+	}()
+}
+
+// dialFrom connects from ns to dst and returns what the peer sent: for a
+// transparent listener, "<original destination> <client>".
+func dialFrom(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	network := "tcp4"
+	if dst.Addr().Is6() {
+		network = "tcp6"
+	}
+	c, err := ns.DialContext(ctx, network, dst.String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// TestInPodCapture: the in-pod programs send an enrolled pod's outbound TCP
+// to the 15001 listener in its own netns, with the original destination as
+// the accepted socket's local address, and TCP sent to it to its 15006
+// listener; the node's own connections (a kubelet probe) reach the
+// application. Unenrolled, the pod's traffic goes direct again and nothing
+// of the capture is left in its netns, both families.
+func TestInPodCapture(t *testing.T) {
+	for _, w := range []testenv.Wiring{testenv.WiringVeth, testenv.WiringPTP, testenv.WiringBridge} {
+		t.Run(w.String(), func(t *testing.T) {
+			n := newInPodNode(t, w)
+			remoteEcho := n.remote.StartEcho(8080)
+			// The server's application, which only the node's
+			// connections and ztunnel's may reach.
+			n.server.StartEcho(8080)
+			for _, p := range []*testenv.Pod{n.client, n.server} {
+				for _, network := range []string{"tcp4", "tcp6"} {
+					transparentListener(t, &p.Namespace, network, mrasm.PortOutbound)
+					transparentListener(t, &p.Namespace, network, mrasm.PortInbound)
+				}
+				must(t, n.dp.EnrollInPod(n.pod(p)))
+				// Again: nothing changes.
+				must(t, n.dp.EnrollInPod(n.pod(p)))
+			}
+			for _, v6 := range []bool{false, true} {
+				ipOf := func(p *testenv.Pod) netip.Addr {
+					if v6 {
+						return p.IPv6
+					}
+					return p.IPv4
+				}
+				fam := "IPv4"
+				if v6 {
+					fam = "IPv6"
+				}
+				t.Run(fam, func(t *testing.T) {
+					remote := netip.AddrPortFrom(ipOf(n.remote), 8080)
+					got, err := dialFrom(&n.client.Namespace, remote)
+					if want := remote.String() + " "; err != nil || len(got) < len(want) || got[:len(want)] != want {
+						t.Errorf("client -> remote: got %q (%v), want the 15001 listener to say %q...", got, err, want)
+					}
+					server := netip.AddrPortFrom(ipOf(n.server), 8080)
+					got, err = dialFrom(&n.remote.Namespace, server)
+					if want := server.String() + " "; err != nil || len(got) < len(want) || got[:len(want)] != want {
+						t.Errorf("remote -> server: got %q (%v), want the 15006 listener to say %q...", got, err, want)
+					}
+					// The node's own connection reaches the application:
+					// an echo answers what it is sent.
+					if _, err := exchange(&n.node.Namespace, server); err != nil {
+						t.Errorf("node -> server (a probe): %v", err)
+					}
+				})
+			}
+
+			must(t, n.dp.UnenrollInPod(n.pod(n.client)))
+			for _, v6 := range []bool{false, true} {
+				remote := netip.AddrPortFrom(n.remote.IPv4, 8080)
+				if v6 {
+					remote = netip.AddrPortFrom(n.remote.IPv6, 8080)
+				}
+				before := len(remoteEcho.Peers())
+				if _, err := exchange(&n.client.Namespace, remote); err != nil {
+					t.Errorf("unenrolled client -> %s: %v", remote, err)
+				} else if len(remoteEcho.Peers()) == before {
+					t.Errorf("unenrolled client -> %s did not reach the remote echo", remote)
+				}
+			}
+			checkNoCapture(t, n.cfg, n.client)
+			for _, ip := range []netip.Addr{n.client.IPv4, n.client.IPv6} {
+				if e, err := n.dp.Maps().Endpoints.Get(ip); err == nil && e.IsPod() {
+					t.Errorf("the endpoints map still has the unenrolled pod's %s", ip)
+				}
+			}
+		})
+	}
+}
+
+// exchange sends a line from ns to the echo server at dst and checks it
+// comes back.
+func exchange(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	network := "tcp4"
+	if dst.Addr().Is6() {
+		network = "tcp6"
+	}
+	c, err := ns.DialContext(ctx, network, dst.String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	const msg = "ping\n"
+	if _, err := io.WriteString(c, msg); err != nil {
+		return "", err
+	}
+	b := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, b); err != nil {
+		return "", err
+	}
+	if string(b) != msg {
+		return "", fmt.Errorf("echo sent back %q", b)
+	}
+	return string(b), nil
+}
+
+// checkNoCapture fails the test if anything of the in-pod capture is left in
+// pod's netns: a program on a hook of eth0 or lo, the mark rule or a route
+// of its table, in either family.
+func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
+	t.Helper()
+	cfg.NodeNetns = p.Path()
+	for _, name := range []string{"eth0", "lo"} {
+		atts, err := dataplane.ListAttachments(cfg, name)
+		if err != nil {
+			t.Errorf("list the attachments of %s in %s: %v", name, p.Name, err)
+		}
+		for _, a := range atts {
+			t.Errorf("left on %s in %s: %v", name, p.Name, a)
+		}
+	}
+	must(t, p.Do(func() error {
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/lo/accept_local"); err != nil || string(b) != "0\n" {
+			t.Errorf("lo's accept_local in %s is %q (%v), want the default 0", p.Name, b, err)
+		}
+		c, err := rtnetlink.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+			rules, err := c.Rule.List()
+			if err != nil {
+				return err
+			}
+			for _, r := range rules {
+				if r.Family == fam && r.Attributes != nil && r.Attributes.Table != nil && *r.Attributes.Table == mrasm.TProxyTable {
+					t.Errorf("rule to table %d left in %s (family %d)", mrasm.TProxyTable, p.Name, fam)
+				}
+			}
+			routes, err := c.Route.List()
+			if err != nil {
+				return err
+			}
+			for _, r := range routes {
+				if r.Family == fam && r.Attributes.Table == mrasm.TProxyTable {
+					t.Errorf("route %v in table %d left in %s", r.Attributes.Dst, mrasm.TProxyTable, p.Name)
+				}
+			}
+		}
+		return nil
+	}))
+}
+
+// TestInPodPodDeleted: a pod deleted with its capture in place (its netns
+// and veth gone) is unenrolled without error, and no pin of its tcx links
+// is left behind.
+func TestInPodPodDeleted(t *testing.T) {
+	n := newInPodNode(t, testenv.WiringVeth)
+	p := n.pod(n.client)
+	must(t, n.dp.EnrollInPod(p))
+	n.client.Delete()
+	if err := n.dp.UnenrollInPod(p); err != nil {
+		t.Fatalf("unenroll a deleted pod: %v", err)
+	}
+	pins, err := filepath.Glob(filepath.Join(dataplane.TCPinDir(n.cfg.PinDir), "*"))
+	must(t, err)
+	for _, pin := range pins {
+		if st, err := os.Stat(pin); err == nil && !st.IsDir() {
+			t.Errorf("pin left behind: %s", pin)
+		}
+	}
+	if e, err := n.dp.Maps().Endpoints.Get(n.client.IPv4); err == nil && e.IsPod() {
+		t.Error("the endpoints map still has the deleted pod")
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jsimonetti/rtnetlink/v2"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
@@ -289,4 +290,47 @@ func TestInPodPodDeleted(t *testing.T) {
 	if e, err := n.dp.Maps().Endpoints.Get(n.client.IPv4); err == nil && e.IsPod() {
 		t.Error("the endpoints map still has the deleted pod")
 	}
+}
+
+// TestInPodUnderRedirectPeer stands for "any CNI": the node delivers into
+// the pods with bpf_redirect_peer, as Cilium and Calico's eBPF dataplane do,
+// so the pods' host veths never run their egress hook. The capture inside
+// the pods still takes what is sent to them.
+func TestInPodUnderRedirectPeer(t *testing.T) {
+	n := newInPodNode(t, testenv.WiringVeth)
+	n.server.StartEcho(8080)
+	for _, network := range []string{"tcp4", "tcp6"} {
+		transparentListener(t, &n.server.Namespace, network, mrasm.PortInbound)
+	}
+	must(t, n.dp.EnrollInPod(n.pod(n.server)))
+	n.node.DeliverWithRedirectPeer(filepath.Join(n.cfg.PinDir, "..", "redirect-peer"), n.server)
+	txBefore := txPackets(t, n.node, n.server.HostVeth)
+	for _, dst := range []netip.AddrPort{netip.AddrPortFrom(n.server.IPv4, 8080), netip.AddrPortFrom(n.server.IPv6, 8080)} {
+		for _, src := range []*testenv.Pod{n.remote, n.client} {
+			got, err := dialFrom(&src.Namespace, dst)
+			if want := dst.String() + " "; err != nil || len(got) < len(want) || got[:len(want)] != want {
+				t.Errorf("%s -> %s delivered with bpf_redirect_peer: got %q (%v), want the 15006 listener to say %q...", src.Name, dst, got, err, want)
+			}
+		}
+	}
+	// Proof that the host veth was skipped: it transmitted (next to
+	// nothing of) the four exchanges' packets to the server.
+	if tx := txPackets(t, n.node, n.server.HostVeth) - txBefore; tx > 4 {
+		t.Errorf("the server's host veth transmitted %d packets: the node did not deliver with bpf_redirect_peer", tx)
+	}
+}
+
+// txPackets reads the packets an interface of the node has transmitted.
+func txPackets(t *testing.T, node *testenv.Node, name string) uint64 {
+	t.Helper()
+	var tx uint64
+	must(t, node.Do(func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		tx = l.Attrs().Statistics.TxPackets
+		return nil
+	}))
+	return tx
 }

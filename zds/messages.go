@@ -330,6 +330,9 @@ func decode(b []byte, msg string, field func(protowire.Number, protowire.Type, [
 		if n < 0 {
 			return fmt.Errorf("decode %s: tag: %w", msg, protowire.ParseError(n))
 		}
+		if !num.IsValid() {
+			return fmt.Errorf("decode %s: tag: field number %d out of range", msg, num)
+		}
 		b = b[n:]
 		m, err := field(num, typ, b)
 		if err != nil {

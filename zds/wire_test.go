@@ -341,6 +341,7 @@ func TestUnmarshalRejectsMalformed(t *testing.T) {
 	}{
 		{"truncated tag", "tag", []byte{0x80}},
 		{"field number 0", "tag", []byte{0x02, 0x00}},
+		{"field number beyond 2^29-1 (found by FuzzRequest)", "out of range", []byte{0x80, 0x99, 0xdf, 0xee, 0x30, 0x30}},
 		{"truncated length", "add", good[:1]},
 		{"length beyond the end", "add", good[:len(good)-1]},
 		{"invalid UTF-8 in uid", "not valid UTF-8", []byte{0x0a, 0x03, 0x0a, 0x01, 0xff}},

@@ -300,7 +300,7 @@ func TestHello(t *testing.T) {
 		{"silence", nil, false, "read hello"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := mustServer(t, ServerOptions{AckTimeout: 200 * time.Millisecond})
+			s := mustServer(t, ServerOptions{AckTimeout: 500 * time.Millisecond})
 			raw, err := net.Dial("unixpacket", s.Path())
 			if err != nil {
 				t.Fatal(err)

@@ -201,7 +201,7 @@ func (s *Server) sendFrom(st *site, c *net.UDPConn, port int, src, to netip.Addr
 func (s *Server) replySocket(st *site, src netip.AddrPort) (*net.UDPConn, error) {
 	lc := &net.ListenConfig{Control: (optTransparent | optFreebind | optReuseAddr | st.opts).control()}
 	var pc net.PacketConn
-	err := inNetns(st.ns, func() (err error) {
+	err := st.run(func() (err error) {
 		pc, err = lc.ListenPacket(s.ctx, network("udp", src.Addr()), src.String())
 		return err
 	})

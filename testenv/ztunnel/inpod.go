@@ -184,13 +184,15 @@ func (s *Server) openPod(p *pod) error {
 		lc.SetMultipathTCP(false)
 		for _, port := range []int{PortOutbound, PortInbound, PortHBONE} {
 			l, err := lc.Listen(s.ctx, "tcp6", fmt.Sprintf("[::]:%d", port))
-			if err != nil {
+			if errors.Is(err, unix.EAFNOSUPPORT) {
 				// ztunnel binds 0.0.0.0 with IPv6 off (IPV6_ENABLED=false).
 				var err4 error
 				l, err4 = lc.Listen(s.ctx, "tcp4", fmt.Sprintf("0.0.0.0:%d", port))
 				if err4 != nil {
 					return fmt.Errorf("listen on tcp port %d: %w", port, errors.Join(err, err4))
 				}
+			} else if err != nil {
+				return fmt.Errorf("listen on tcp port %d: %w", port, err)
 			}
 			ls = append(ls, l)
 			tcp = append(tcp, acceptor{port, l.(*net.TCPListener)})

@@ -413,7 +413,7 @@ func (s *Server) isSelf(st *site, dst netip.AddrPort) bool {
 		return true
 	}
 	var self bool
-	inNetns(st.ns, func() error {
+	st.run(func() error {
 		addrs, err := net.InterfaceAddrs()
 		for _, a := range addrs {
 			if n, ok := a.(*net.IPNet); ok {

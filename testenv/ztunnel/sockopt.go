@@ -156,7 +156,7 @@ func (s *Server) dialFrom(ctx context.Context, st *site, src netip.Addr, dst net
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 	}
 	var c net.Conn
-	err := inNetns(st.ns, func() (err error) {
+	err := st.run(func() (err error) {
 		c, err = d.DialContext(ctx, network("tcp", dst.Addr()), dst.String())
 		return err
 	})

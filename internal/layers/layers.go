@@ -10,6 +10,10 @@
 //
 //	cmd → agent → dataplane → {tc, maps, asm, resolve}
 //
+// zds (Istio's ZDS protocol with ztunnel: a Unix socket and protobuf
+// messages, nothing of eBPF or netlink) sits beside dataplane at the bottom:
+// agent may import it, and it imports no layer above or beside it.
+//
 // Test files, the test environment (testenv) and the benchmark (bench) are
 // harnesses: they may reach any layer to set up and measure, and no product
 // package may import them.
@@ -47,12 +51,13 @@ var Allowed = map[string][]string{
 	"internal/nlmsg":       {"github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
 	"internal/layers":      nil,
 	"cni":                  nil,
+	"zds":                  nil,
 	"maps":                 {"github.com/cilium/ebpf"},
 	"asm":                  {"maps", "github.com/cilium/ebpf"},
 	"tc":                   {"internal/nsrun", "internal/nlmsg", "github.com/cilium/ebpf", "github.com/florianl/go-tc", "github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
 	"resolve":              {"internal/nsrun", "internal/nlmsg", "github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
 	"dataplane":            {"asm", "maps", "tc", "resolve", "internal/nsrun", "internal/nlmsg", "internal/bpffs", "github.com/cilium/ebpf", "github.com/mdlayher/netlink", "github.com/mdlayher/genetlink", "github.com/jsimonetti/rtnetlink"},
-	"agent":                {"dataplane", "cni"},
+	"agent":                {"dataplane", "cni", "zds"},
 	"cmd/meshredirect":     {"agent", "dataplane", "cni"},
 	"cmd/meshredirect-cni": {"cni"},
 }

@@ -55,6 +55,9 @@ func TestCheckFindsForbiddenEdges(t *testing.T) {
 		{"dataplane → agent (upward)", map[string][]string{m("dataplane"): {m("agent")}}, "dataplane imports agent"},
 		{"tc → dataplane (upward)", map[string][]string{m("tc"): {m("dataplane")}}, "tc imports dataplane"},
 		{"agent → testenv", map[string][]string{m("agent"): {m("testenv")}}, "agent imports testenv"},
+		{"zds → tc", map[string][]string{m("zds"): {m("tc")}}, "zds imports tc"},
+		{"zds → agent (upward)", map[string][]string{m("zds"): {m("agent")}}, "zds imports agent"},
+		{"zds → cilium/ebpf/asm", map[string][]string{m("zds"): {"github.com/cilium/ebpf/asm"}}, "zds imports github.com/cilium/ebpf"},
 		{"a package nobody placed", map[string][]string{m("newthing"): nil}, "newthing: a product package the rule does not place"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,8 +68,9 @@ func TestCheckFindsForbiddenEdges(t *testing.T) {
 		})
 	}
 	free := map[string][]string{
-		m("agent"):                  {m("dataplane"), "k8s.io/client-go/kubernetes", "net/netip"},
-		m("testenv"):                {m("tc"), "github.com/vishvananda/netlink"},
+		m("agent"):                  {m("dataplane"), m("zds"), "k8s.io/client-go/kubernetes", "net/netip"},
+		m("zds"):                    {"google.golang.org/protobuf/encoding/protowire", "golang.org/x/sys/unix"},
+		m("testenv"):                {m("tc"), m("zds"), "github.com/vishvananda/netlink"},
 		m("bench"):                  {m("asm"), "github.com/cilium/ebpf"},
 		m("dataplane"):              {m("tc"), "github.com/cilium/ebpf/link"},
 		"example.com/other/package": {m("tc")},

@@ -1,0 +1,2 @@
+// Package zds speaks Istio's ZDS protocol.
+package zds

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshredirect/meshredirect/testenv"
+	"github.com/meshredirect/meshredirect/zds"
 )
 
 // fakeZDS is the node agent's end of ZDS, in memory: each connection the
@@ -570,5 +571,118 @@ func TestInPodOutbound(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// startZDS runs a node agent's ZDS server at path until the test ends,
+// with the workloads added before it serves (its first snapshot).
+func startZDS(t *testing.T, path string, before ...zds.Workload) *zds.Server {
+	t.Helper()
+	srv, err := zds.Listen(zds.ServerOptions{Path: path, RetryBackoff: zds.Backoff{Initial: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range before {
+		if err := srv.Add(t.Context(), w); !errors.Is(err, zds.ErrNoZtunnel) {
+			t.Fatalf("add %s before serving: %v", w.UID, err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(t.Context())
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return srv
+}
+
+func workload(p *testenv.Pod) zds.Workload {
+	i := podInfo(p)
+	return zds.Workload{UID: i.UID, Info: zds.WorkloadInfo{Name: i.Name, Namespace: i.Namespace, ServiceAccount: i.ServiceAccount}, Netns: p.Path()}
+}
+
+// TestInPodZDS speaks to the node agent's real ZDS server: its add opens a
+// pod's listeners, its del closes them, a refusal (AckError) reaches it as
+// an *zds.AckError, and after the agent restarts its snapshot leaves the
+// stand-in with the new set: a pod kept (keep, the agent could not open its
+// netns) and one added stay, one left out goes.
+func TestInPodZDS(t *testing.T) {
+	node := testenv.NewNode(t, testenv.NodeOptions{})
+	a, b, c, x := node.AddPod("a", testenv.Ambient), node.AddPod("b", testenv.Ambient), node.AddPod("c", testenv.Ambient), node.AddPod("x", testenv.Ambient)
+	path := t.TempDir() + "/ztunnel.sock"
+	srv := startZDS(t, path)
+	s, err := Start(Options{ZDS: path, AckError: func(r ZDSRequest) string {
+		if r.Op == "add" && r.Pod.UID == "uid-x" {
+			return "refused by the test"
+		}
+		return ""
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := testContext(t)
+	if err := srv.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, p := range []*testenv.Pod{a, b} {
+		if err := srv.Add(ctx, workload(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, err := s.WaitPod(ctx, "uid-a"); err != nil || st.PodInfo != podInfo(a) {
+		t.Fatalf("pod a: %+v, %v", st, err)
+	}
+	checkListeners(t, s, a, true)
+	checkListeners(t, s, b, true)
+	var ackErr *zds.AckError
+	if err := srv.Add(ctx, workload(x)); !errors.As(err, &ackErr) || ackErr.Message != "refused by the test" {
+		t.Errorf("add refused by AckError: %v", err)
+	}
+	checkListeners(t, s, x, false)
+	if err := srv.Add(ctx, workload(c)); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Del(ctx, "uid-c"); err != nil {
+		t.Fatal(err)
+	}
+	checkListeners(t, s, c, false)
+	if got := podUIDs(s.Pods()); got != "uid-a(up=true) uid-b(up=true)" {
+		t.Errorf("pods %s, want a and b", got)
+	}
+	if st := srv.Stats(); st.AckErrors != 1 || st.Acks != st.Adds+st.Dels+st.SnapshotsSent {
+		t.Errorf("agent's stats %+v: want one error ack and an ack per request", st)
+	}
+	before, _ := s.WaitPod(ctx, "uid-a")
+
+	// The agent restarts. Meanwhile the pods keep their listeners.
+	srv.Close()
+	if _, err := s.WaitZDS(ctx, func(z ZDSState) bool { return !z.Connected }); err != nil {
+		t.Fatal(err)
+	}
+	checkListeners(t, s, a, true)
+	// Its new set: a, whose netns it cannot open (so: keep), and c.
+	keepA := workload(a)
+	keepA.Netns = t.TempDir() + "/gone"
+	srv = startZDS(t, path, keepA, workload(c))
+	if err := srv.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := podUIDs(s.Pods()); got != "uid-a(up=true) uid-c(up=true)" {
+		t.Errorf("pods after the restart %s, want a and c", got)
+	}
+	if after, _ := s.WaitPod(ctx, "uid-a"); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("pod a changed across the restart: %+v, was %+v", after, before)
+	}
+	checkListeners(t, s, a, true)
+	checkListeners(t, s, b, false)
+	checkListeners(t, s, c, true)
+	z := s.ZDS()
+	if z.Connects != 2 || z.Keeps != 1 || z.Snapshots != 2 || z.ErrorAcks != 1 {
+		t.Errorf("zds state %+v: want 2 connections, 1 keep, 2 snapshots, 1 error ack", z)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -78,6 +79,11 @@ func (s *Server) serveZDS(c zdsConn) error {
 	for {
 		req, ns, err := c.Recv()
 		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && s.ctx.Err() == nil {
+				// A request it cannot read: ztunnel nacks it and drops
+				// the connection (workloadmanager.rs process).
+				c.Ack("failure to read message: " + err.Error())
+			}
 			return fmt.Errorf("receive zds request: %w", err)
 		}
 		s.updateZDS(func(st *ZDSState) {

@@ -4,6 +4,7 @@ package ztunnel
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -55,7 +56,8 @@ type Options struct {
 
 	// AdminAddr, if set, is an address ("127.0.0.1:15000") in ztunnel's
 	// namespace where the stand-in serves GET /records (the records as a
-	// JSON array, as WriteJSON writes them) and GET /healthz.
+	// JSON array, as WriteJSON writes them), GET /zds (ZDS and Pods, in
+	// in-pod mode) and GET /healthz.
 	AdminAddr string
 
 	// Logger receives a line per flow and per error; nothing if nil.
@@ -203,6 +205,15 @@ func (s *Server) serveAdmin(l net.Listener) {
 	mux.HandleFunc("GET /records", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		s.WriteJSON(w)
+	})
+	mux.HandleFunc("GET /zds", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(struct {
+			ZDS  ZDSState   `json:"zds"`
+			Pods []PodState `json:"pods"`
+		}{s.ZDS(), s.Pods()})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")

@@ -105,7 +105,7 @@ type pod struct {
 
 	mu   sync.Mutex
 	ns   *os.File // closed once gone
-	gone bool
+	gone bool     // set under both Server.mu and mu
 }
 
 // run calls fn inside the pod's namespace, on a duplicate of its
@@ -126,12 +126,6 @@ func (p *pod) run(fn func() error) error {
 		return fmt.Errorf("in netns of pod %s: %w", p.info.UID, err)
 	}
 	return nil
-}
-
-func (p *pod) isGone() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.gone
 }
 
 // run calls fn where the site's sockets are opened.

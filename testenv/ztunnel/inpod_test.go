@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/zds"
 )
@@ -684,5 +687,158 @@ func TestInPodZDS(t *testing.T) {
 	z := s.ZDS()
 	if z.Connects != 2 || z.Keeps != 1 || z.Snapshots != 2 || z.ErrorAcks != 1 {
 		t.Errorf("zds state %+v: want 2 connections, 1 keep, 2 snapshots, 1 error ack", z)
+	}
+}
+
+// TestInPodInboundPlaintext: a connection to a pod's app port, redirected
+// to the pod's 15006 by iptables-style NAT (as Istio's in-pod rules do;
+// nft here), is carried to the app at the original destination that
+// SO_ORIGINAL_DST gives, from the client's address, and the record names
+// the pod.
+func TestInPodInboundPlaintext(t *testing.T) {
+	nft := testutil.RequireTool(t, "nft", "redirects to 15006 as Istio's in-pod iptables rules do")
+	node := testenv.NewNode(t, testenv.NodeOptions{})
+	a, b := node.AddPod("a", testenv.Ambient), node.AddPod("b", testenv.NotAmbient)
+	replyToLo(t, a, 8080)
+	ruleset := `
+table inet standin {
+	chain prerouting {
+		type nat hook prerouting priority dstnat;
+		iifname "eth0" tcp dport 8080 redirect to :15006
+	}
+}
+`
+	if err := a.Do(func() error {
+		cmd := exec.Command(nft, "-f", "-")
+		cmd.Stdin = strings.NewReader(ruleset)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("nft: %v: %s", err, out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	echo := a.StartEcho(8080)
+	s, f := startInPod(t, Options{})
+	ctx := testContext(t)
+	zc := f.accept(t)
+	zc.mustAck(t, add(a), openNetns(t, a))
+
+	for _, fam := range families() {
+		t.Run(fam.name, func(t *testing.T) {
+			dst := netip.AddrPortFrom(ip(a, fam.v6), 8080)
+			c, err := b.DialContext(ctx, network("tcp", dst.Addr()), dst.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			src := addrPort(c.LocalAddr())
+			exchange(t, c, "to a's app through a's 15006")
+			r, err := s.WaitFor(ctx, func(r Record) bool { return r.Source == src && r.Done() })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Listener != PortInbound || r.Pod != podInfo(a) || r.OrigDst != dst || r.Target != dst || r.Upstream.Addr() != src.Addr() || r.Err != "" {
+				t.Errorf("record %+v: want listener 15006, pod a, original destination %s, upstream from %s", r, dst, src.Addr())
+			}
+			peers := echo.Peers()
+			if len(peers) == 0 || peers[len(peers)-1] != r.Upstream {
+				t.Errorf("app saw %v, want %s last", peers, r.Upstream)
+			}
+		})
+	}
+}
+
+// openFDs counts the process's sockets and namespace files. (Pipes are
+// left out: Go keeps a pool of them for splice(2), which the echo servers'
+// copies fill.)
+func openFDs(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		l, _ := os.Readlink("/proc/self/fd/" + fd.Name())
+		if strings.HasPrefix(l, "socket:") || strings.HasPrefix(l, "net:") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestInPodDelAndCloseLeaveNothing: del ends the pod's live flows with its
+// listeners (ztunnel drains a deleted pod at once), and Close leaves no
+// goroutine, no descriptor (listeners, netns files) behind.
+func TestInPodDelAndCloseLeaveNothing(t *testing.T) {
+	node := testenv.NewNode(t, testenv.NodeOptions{})
+	a, b := node.AddPod("a", testenv.Ambient), node.AddPod("b", testenv.NotAmbient)
+	replyToLo(t, a, 8080)
+	a.StartEcho(8080)
+	ctx := testContext(t)
+	settle := func() (int, int) {
+		time.Sleep(50 * time.Millisecond)
+		return runtime.NumGoroutine(), openFDs(t)
+	}
+	g0, fd0 := settle()
+
+	f := newFakeZDS()
+	s, err := startWith(Options{ZDS: "fake"}, f.dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zc := f.accept(t)
+	stream := func() net.Conn {
+		var hc net.Conn
+		if err := b.Do(func() (err error) {
+			hc, err = DialHBONE(ctx, netip.AddrPortFrom(a.IPv4, PortHBONE).String(), netip.AddrPortFrom(a.IPv4, 8080).String())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		hc.Write([]byte("open"))
+		hc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(hc, make([]byte, 4)); err != nil {
+			t.Fatal(err)
+		}
+		return hc
+	}
+	ended := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	}
+
+	zc.mustAck(t, add(a), openNetns(t, a))
+	hc := stream()
+	defer hc.Close()
+	zc.mustAck(t, ZDSRequest{Op: "del", Pod: PodInfo{UID: "uid-a"}}, nil)
+	if !ended(hc) {
+		t.Error("HBONE stream through a still open after del")
+	}
+
+	zc.mustAck(t, add(a), openNetns(t, a))
+	hc2 := stream()
+	defer hc2.Close()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !ended(hc2) {
+		t.Error("HBONE stream through a still open after Close")
+	}
+	hc.Close()
+	hc2.Close()
+	for _, r := range s.Records() {
+		if !r.Done() {
+			t.Errorf("record still open after Close: %+v", r)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for g, fd := settle(); g > g0 || fd > fd0; g, fd = settle() {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("after Close: %d goroutines (%d before), %d descriptors (%d before):\n%s", g, g0, fd, fd0, buf[:runtime.Stack(buf, true)])
+		}
 	}
 }

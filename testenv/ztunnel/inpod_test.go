@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 
 	"github.com/meshredirect/meshredirect/internal/testutil"
@@ -696,28 +697,17 @@ func TestInPodZDS(t *testing.T) {
 // SO_ORIGINAL_DST gives, from the client's address, and the record names
 // the pod.
 func TestInPodInboundPlaintext(t *testing.T) {
-	nft := testutil.RequireTool(t, "nft", "redirects to 15006 as Istio's in-pod iptables rules do")
 	node := testenv.NewNode(t, testenv.NodeOptions{})
 	a, b := node.AddPod("a", testenv.Ambient), node.AddPod("b", testenv.NotAmbient)
 	replyToLo(t, a, 8080)
-	ruleset := `
+	nftIn(t, a, "redirects to 15006 as Istio's in-pod iptables rules do", `
 table inet standin {
 	chain prerouting {
 		type nat hook prerouting priority dstnat;
 		iifname "eth0" tcp dport 8080 redirect to :15006
 	}
 }
-`
-	if err := a.Do(func() error {
-		cmd := exec.Command(nft, "-f", "-")
-		cmd.Stdin = strings.NewReader(ruleset)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("nft: %v: %s", err, out)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+`)
 	echo := a.StartEcho(8080)
 	s, f := startInPod(t, Options{})
 	ctx := testContext(t)
@@ -840,5 +830,92 @@ func TestInPodDelAndCloseLeaveNothing(t *testing.T) {
 			buf := make([]byte, 1<<20)
 			t.Fatalf("after Close: %d goroutines (%d before), %d descriptors (%d before):\n%s", g, g0, fd, fd0, buf[:runtime.Stack(buf, true)])
 		}
+	}
+}
+
+// nftIn loads an nft ruleset inside p.
+func nftIn(t *testing.T, p *testenv.Pod, why, ruleset string) {
+	t.Helper()
+	nft := testutil.RequireTool(t, "nft", why)
+	if err := p.Do(func() error {
+		cmd := exec.Command(nft, "-f", "-")
+		cmd.Stdin = strings.NewReader(ruleset)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("nft: %v: %s", err, out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestInPodDNS: a pod's DNS listeners, on its loopback addresses, answer
+// queries sent to them (UDP and TCP) and queries to port 53 that NAT
+// redirects to them (as Istio's in-pod rules do), the reply coming back
+// from the server the pod asked; each record names the pod.
+func TestInPodDNS(t *testing.T) {
+	node := testenv.NewNode(t, testenv.NodeOptions{})
+	a := node.AddPod("a", testenv.Ambient)
+	nftIn(t, a, "redirects DNS to 15053 as Istio's in-pod iptables rules do", `
+table inet standin {
+	chain output {
+		type nat hook output priority -100;
+		udp dport 53 redirect to :15053
+	}
+}
+`)
+	name := "svc.example."
+	s, f := startInPod(t, Options{DNS: map[string][]netip.Addr{name: {a.IPv4, a.IPv6}}})
+	ctx := testContext(t)
+	zc := f.accept(t)
+	zc.mustAck(t, add(a), openNetns(t, a))
+
+	for _, c := range []struct {
+		name   string
+		proto  string
+		server netip.AddrPort
+	}{
+		{"udp/loopback4", "udp", netip.MustParseAddrPort("127.0.0.1:15053")},
+		{"tcp/loopback6", "tcp", netip.MustParseAddrPort("[::1]:15053")},
+		{"udp/redirected4", "udp", netip.AddrPortFrom(testenv.ServiceIPv4(53), 53)},
+		{"udp/redirected6", "udp", netip.AddrPortFrom(testenv.ServiceIPv6(53), 53)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := a.DialContext(ctx, network(c.proto, c.server.Addr()), c.server.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			q := dnsQuery(t, name, dnsmessage.TypeA)
+			if c.proto == "tcp" {
+				q = append([]byte{0, byte(len(q))}, q...)
+			}
+			if _, err := conn.Write(q); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 512)
+			n, err := conn.Read(buf) // a connected UDP socket takes replies from the server only
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.proto == "tcp" {
+				buf = buf[2:n]
+			} else {
+				buf = buf[:n]
+			}
+			var m dnsmessage.Message
+			if err := m.Unpack(buf); err != nil || len(m.Answers) != 1 {
+				t.Fatalf("reply %+v, %v: want one answer", m, err)
+			}
+			src := addrPort(conn.LocalAddr())
+			r, err := s.WaitFor(ctx, func(r Record) bool { return r.Source == src })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Listener != PortDNS || r.Pod != podInfo(a) || r.DNS == nil || r.DNS.Name != name {
+				t.Errorf("record %+v: want a DNS query on 15053 of pod a", r)
+			}
+		})
 	}
 }

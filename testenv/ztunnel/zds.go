@@ -178,49 +178,36 @@ func (s *Server) actZDS(req ZDSRequest, ns *os.File, snapshotSent *bool, named m
 // ztunnel does for a workload of the mesh (outbound.rs build_request), in
 // plaintext otherwise (passthrough).
 func (s *Server) outboundInPod(st *site, id int, c *net.TCPConn, dst netip.AddrPort) {
-	var up duplex
-	var raw *net.TCPConn
-	var err error
+	target := dst
 	if s.servedPod(dst.Addr()) != nil {
-		tunnel := netip.AddrPortFrom(dst.Addr(), PortHBONE)
-		s.rec.update(id, func(r *Record) { r.Tunnel = tunnel })
-		raw, err = s.dialFrom(s.ctx, st, netip.Addr{}, tunnel)
-		if err == nil {
-			var hc net.Conn
-			hc, err = HBONE(s.ctx, raw, dst.String())
-			if err != nil {
-				raw.Close()
-				err = fmt.Errorf("hbone to %s via %s: %w", dst, tunnel, err)
-			} else {
-				up = hc.(duplex)
-			}
-		} else {
-			err = fmt.Errorf("connect to %s: %w", tunnel, err)
-		}
-	} else {
-		raw, err = s.dialFrom(s.ctx, st, netip.Addr{}, dst)
-		up = raw
-		if err != nil {
-			err = fmt.Errorf("connect to %s: %w", dst, err)
-		}
+		target = netip.AddrPortFrom(dst.Addr(), PortHBONE)
+		s.rec.update(id, func(r *Record) { r.Tunnel = target })
 	}
+	raw, err := s.dialFrom(s.ctx, st, netip.Addr{}, target)
 	if err != nil {
-		s.reject(id, c, err)
+		s.reject(id, c, fmt.Errorf("connect to %s: %w", target, err))
 		return
 	}
-	if !s.track(st, up) {
+	// Tracked from here, so that a del of the pod ends the HBONE
+	// exchange as well as the flow.
+	if !s.track(st, raw) {
 		s.rec.end(id, 0, 0, errors.New("stand-in closing"))
 		return
 	}
-	defer s.untrack(up)
-	if up != raw {
-		if !s.track(st, raw) {
-			s.rec.end(id, 0, 0, errors.New("stand-in closing"))
+	defer s.untrack(raw)
+	s.rec.update(id, func(r *Record) { r.Upstream = addrPort(raw.LocalAddr()) })
+	var up duplex = raw
+	if target != dst {
+		ctx, cancel := context.WithTimeout(s.ctx, s.opts.DialTimeout)
+		hc, err := HBONE(ctx, raw, dst.String())
+		cancel()
+		if err != nil {
+			s.reject(id, c, fmt.Errorf("hbone to %s via %s: %w", dst, target, err))
 			return
 		}
-		defer s.untrack(raw)
+		up = hc.(duplex)
+		defer hc.Close()
 	}
-	s.rec.update(id, func(r *Record) { r.Upstream = addrPort(raw.LocalAddr()) })
 	c2s, s2c, err := splice(c, up)
 	s.rec.end(id, c2s, s2c, err)
 }

@@ -16,8 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultPath is where ztunnel looks for the agent's socket unless told
-// otherwise (ztunnel's config, istio/ztunnel src/inpod/config.rs).
+// DefaultPath is where ztunnel looks for the agent's socket unless its
+// INPOD_UDS setting says otherwise (istio/ztunnel src/config.rs).
 const DefaultPath = "/var/run/ztunnel/ztunnel.sock"
 
 // DefaultAckTimeout bounds every read and write on a connection, as istio-cni

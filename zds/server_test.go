@@ -66,7 +66,8 @@ func mustServer(tb testing.TB, opts ServerOptions) *testServer {
 		if err := s.Close(); err != nil {
 			tb.Errorf("Close: %v", err)
 		}
-		if err := <-served; err != nil {
+		// ErrServerClosed: the test ended before Serve began.
+		if err := <-served; err != nil && !errors.Is(err, ErrServerClosed) {
 			tb.Errorf("Serve: %v", err)
 		}
 		if tb.Failed() {
@@ -300,7 +301,7 @@ func TestHello(t *testing.T) {
 		{"silence", nil, false, "read hello"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := mustServer(t, ServerOptions{AckTimeout: 200 * time.Millisecond})
+			s := mustServer(t, ServerOptions{AckTimeout: 500 * time.Millisecond})
 			raw, err := net.Dial("unixpacket", s.Path())
 			if err != nil {
 				t.Fatal(err)
@@ -666,8 +667,9 @@ func TestZtunnelGoneMidAdd(t *testing.T) {
 // TestCloseLeavesNothing: Close ends Serve and the connection, removes the
 // socket file and leaves no goroutine behind.
 func TestCloseLeavesNothing(t *testing.T) {
-	before := runtime.NumGoroutine()
+	pods := []pod{mustPod(t, "web-0"), mustPod(t, "web-1")}
 	path := filepath.Join(t.TempDir(), "ztunnel.sock")
+	before, fds := runtime.NumGoroutine(), openFDs(t)
 	s, err := Listen(ServerOptions{Path: path})
 	if err != nil {
 		t.Fatal(err)
@@ -687,7 +689,7 @@ func TestCloseLeavesNothing(t *testing.T) {
 	if err := s.WaitConnected(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	pending := addAsync(&testServer{Server: s}, mustPod(t, "web-0").w)
+	pending := addAsync(&testServer{Server: s}, pods[0].w)
 	if _, f, err := c.Recv(); err != nil {
 		t.Fatal(err)
 	} else {
@@ -705,7 +707,7 @@ func TestCloseLeavesNothing(t *testing.T) {
 	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("socket file after Close: %v", err)
 	}
-	if err := s.Add(context.Background(), mustPod(t, "web-1").w); !errors.Is(err, ErrServerClosed) {
+	if err := s.Add(context.Background(), pods[1].w); !errors.Is(err, ErrServerClosed) {
 		t.Errorf("Add after Close = %v, want ErrServerClosed", err)
 	}
 	if err := s.Close(); err != nil {
@@ -713,6 +715,57 @@ func TestCloseLeavesNothing(t *testing.T) {
 	}
 	c.Close()
 	waitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+	if after := openFDs(t); after != fds {
+		t.Errorf("%d descriptors open after Close, %d before Listen", after, fds)
+	}
+}
+
+// TestDelDuringSnapshot: a Del made while the snapshot is being sent keeps
+// the deleted workload out of the rest of the snapshot, and a workload
+// already sent gets its del after snapshot_sent (keep and add only come
+// before it).
+func TestDelDuringSnapshot(t *testing.T) {
+	s := mustServer(t, ServerOptions{})
+	a, b := mustPod(t, "a"), mustPod(t, "b")
+	s.Add(context.Background(), a.w)
+	s.Add(context.Background(), b.w)
+	c := mustDial(t, s.Path())
+	wantAdd(t, c.mustRecv(t), a)
+	delA, delB := delAsync(s, a.w.UID), delAsync(s, b.w.UID)
+	waitFor(t, "both deleted from the set", func() bool { return s.Stats().Workloads == 0 })
+	c.mustAck(t, "")
+	wantKind(t, c.mustRecv(t), "snapshot_sent", "")
+	c.mustAck(t, "")
+	wantKind(t, c.mustRecv(t), "del", a.w.UID)
+	c.mustAck(t, "")
+	for _, ch := range []<-chan error{delA, delB} {
+		if err := mustResult(t, ch); err != nil {
+			t.Errorf("Del: %v", err)
+		}
+	}
+	c.mustNoRecv(t, 30*time.Millisecond) // no del for b: ztunnel never had it
+}
+
+// TestDelRefusedRetried: a del ztunnel refuses is an *AckError and is sent
+// again after the backoff.
+func TestDelRefusedRetried(t *testing.T) {
+	s := mustServer(t, ServerOptions{RetryBackoff: Backoff{Initial: 20 * time.Millisecond}})
+	c := mustConnectEmpty(t, s)
+	p := mustPod(t, "web-0")
+	done := addAsync(s, p.w)
+	c.mustRecv(t)
+	c.mustAck(t, "")
+	mustResult(t, done)
+	done = delAsync(s, p.w.UID)
+	wantKind(t, c.mustRecv(t), "del", p.w.UID)
+	c.mustAck(t, "busy")
+	var ackErr *AckError
+	if err := mustResult(t, done); !errors.As(err, &ackErr) || ackErr.Kind != "del" || ackErr.Workload != "default/web-0" {
+		t.Fatalf("Del = %v, want an *AckError for the del of default/web-0", err)
+	}
+	wantKind(t, c.mustRecv(t), "del", p.w.UID)
+	c.mustAck(t, "")
+	c.mustNoRecv(t, 60*time.Millisecond)
 }
 
 // TestServeEndsWithContext: cancelling Serve's context closes the server.

@@ -13,7 +13,7 @@ import (
 )
 
 // dnsLoop answers the queries that arrive on a 15053 socket.
-func (s *Server) dnsLoop(c *net.UDPConn) {
+func (s *Server) dnsLoop(st *site, c *net.UDPConn) {
 	defer s.wg.Done()
 	port := addrPort(c.LocalAddr()).Port()
 	buf := make([]byte, 65535)
@@ -32,7 +32,7 @@ func (s *Server) dnsLoop(c *net.UDPConn) {
 			s.log.Error("dns query without original destination", "from", from, "err", err)
 			continue
 		}
-		s.answer(c, int(port), from, dst, buf[:n])
+		s.answer(st, c, int(port), from, dst, buf[:n])
 	}
 }
 
@@ -59,12 +59,12 @@ func origDst(oob []byte) (netip.AddrPort, error) {
 }
 
 // answer records a query and replies to it from its original destination.
-func (s *Server) answer(c *net.UDPConn, port int, from, dst netip.AddrPort, query []byte) {
-	id := s.rec.begin(Record{Listener: port, Proto: "dns", Source: from, OrigDst: dst})
+func (s *Server) answer(st *site, c *net.UDPConn, port int, from, dst netip.AddrPort, query []byte) {
+	id := s.rec.begin(Record{Listener: port, Proto: "dns", Source: from, OrigDst: dst, Pod: st.podInfo()})
 	reply, q, err := s.resolve(query)
 	s.rec.update(id, func(r *Record) { r.DNS = q })
 	if err == nil {
-		err = s.sendFrom(c, port, dst, from, reply)
+		err = s.sendFrom(st, c, port, dst, from, reply)
 	}
 	if err != nil {
 		s.log.Warn("dns", "from", from, "dst", dst, "err", err)
@@ -77,10 +77,10 @@ func (s *Server) answer(c *net.UDPConn, port int, from, dst netip.AddrPort, quer
 // 15053 (RFC 7766: each message behind a two-byte length), as ztunnel's DNS
 // proxy does; the original destination is the accepted socket's local
 // address. The connection's record counts the queries' and replies' bytes.
-func (s *Server) serveDNSTCP(port int, c *net.TCPConn) {
+func (s *Server) serveDNSTCP(st *site, port int, c *net.TCPConn) {
 	defer s.untrack(c)
-	src, dst := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
-	id := s.rec.begin(Record{Listener: port, Proto: "dns-tcp", Source: src, OrigDst: dst})
+	src, dst := addrPort(c.RemoteAddr()), origDstTCP(st, c)
+	id := s.rec.begin(Record{Listener: port, Proto: "dns-tcp", Source: src, OrigDst: dst, Pod: st.podInfo()})
 	var in, out int64
 	var err error
 	for {
@@ -167,8 +167,11 @@ func (s *Server) resolve(query []byte) ([]byte, *DNSQuery, error) {
 // do for an address that is not local. Otherwise (a query to port 53 handed
 // to the listener by bpf_sk_assign) the reply needs that other port too: it
 // goes out of a transparent socket bound to src.
-func (s *Server) sendFrom(c *net.UDPConn, port int, src, to netip.AddrPort, msg []byte) error {
-	if int(src.Port()) == port {
+//
+// In a pod the listener is bound to a loopback address and is not
+// transparent (as ztunnel's): it sends itself only from that address.
+func (s *Server) sendFrom(st *site, c *net.UDPConn, port int, src, to netip.AddrPort, msg []byte) error {
+	if int(src.Port()) == port && (st.pod == nil || src.Addr() == addrPort(c.LocalAddr()).Addr()) {
 		var oob []byte
 		if src.Addr().Is4() {
 			oob = unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: src.Addr().As4()})
@@ -180,7 +183,7 @@ func (s *Server) sendFrom(c *net.UDPConn, port int, src, to netip.AddrPort, msg 
 		}
 		return nil
 	}
-	rc, err := s.replySocket(src)
+	rc, err := s.replySocket(st, src)
 	if err != nil {
 		return err
 	}
@@ -195,10 +198,10 @@ func (s *Server) sendFrom(c *net.UDPConn, port int, src, to netip.AddrPort, msg 
 // It is not kept: a socket bound to the DNS server's address would be what
 // the assign program's bpf_sk_lookup_udp finds for the next query to that
 // server, ahead of the listener, and nobody reads it.
-func (s *Server) replySocket(src netip.AddrPort) (*net.UDPConn, error) {
-	lc := &net.ListenConfig{Control: (optTransparent | optFreebind | optReuseAddr).control()}
+func (s *Server) replySocket(st *site, src netip.AddrPort) (*net.UDPConn, error) {
+	lc := &net.ListenConfig{Control: (optTransparent | optFreebind | optReuseAddr | st.opts).control()}
 	var pc net.PacketConn
-	err := inNetns(s.opts.Netns, func() (err error) {
+	err := st.run(func() (err error) {
 		pc, err = lc.ListenPacket(s.ctx, network("udp", src.Addr()), src.String())
 		return err
 	})

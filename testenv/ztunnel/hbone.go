@@ -20,7 +20,7 @@ import (
 
 // serveHBONE speaks HTTP/2 (prior knowledge, no TLS) on a connection
 // accepted on 15008, a CONNECT stream per flow.
-func (s *Server) serveHBONE(port int, c *net.TCPConn) {
+func (s *Server) serveHBONE(st *site, port int, c *net.TCPConn) {
 	defer s.untrack(c)
 	s.h2.ServeConn(c, &http2.ServeConnOpts{
 		Context: s.ctx,
@@ -33,7 +33,7 @@ func (s *Server) serveHBONE(port int, c *net.TCPConn) {
 				return
 			}
 			defer s.wg.Done()
-			s.connect(port, c, w, r)
+			s.connect(st, port, c, w, r)
 		}),
 	})
 }
@@ -41,9 +41,9 @@ func (s *Server) serveHBONE(port int, c *net.TCPConn) {
 // connect serves one CONNECT stream: it connects to the :authority and
 // copies bytes both ways until the target closes its side (or either side
 // fails).
-func (s *Server) connect(port int, outer *net.TCPConn, w http.ResponseWriter, r *http.Request) {
+func (s *Server) connect(st *site, port int, outer *net.TCPConn, w http.ResponseWriter, r *http.Request) {
 	src, dst := addrPort(outer.RemoteAddr()), addrPort(outer.LocalAddr())
-	id := s.rec.begin(Record{Listener: port, Proto: "hbone", Source: src, OrigDst: dst})
+	id := s.rec.begin(Record{Listener: port, Proto: "hbone", Source: src, OrigDst: dst, Pod: st.podInfo()})
 	fail := func(code int, err error) {
 		s.log.Warn("hbone", "src", src, "authority", r.Host, "err", err)
 		http.Error(w, err.Error(), code)
@@ -64,12 +64,12 @@ func (s *Server) connect(port int, outer *net.TCPConn, w http.ResponseWriter, r 
 	if s.opts.HBONEOwnSource {
 		from = netip.Addr{}
 	}
-	up, err := s.dialFrom(r.Context(), from, target)
+	up, err := s.dialFrom(r.Context(), st, from, target)
 	if err != nil {
 		fail(http.StatusBadGateway, fmt.Errorf("hbone: connect to %s: %w", target, err))
 		return
 	}
-	if !s.track(up) {
+	if !s.track(st, up) {
 		fail(http.StatusServiceUnavailable, errors.New("stand-in closing"))
 		return
 	}

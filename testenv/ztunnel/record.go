@@ -29,6 +29,11 @@ type Record struct {
 	// Target is where the stand-in connected: OrigDst on 15001 and 15006,
 	// the CONNECT authority on 15008. Not set for DNS.
 	Target netip.AddrPort `json:"target,omitzero"`
+	// Tunnel is, in in-pod mode, the HBONE listener an outbound flow
+	// (15001) went through to Target: Target's IP with port 15008, when
+	// the stand-in serves the pod that holds Target. Zero when it
+	// connected to Target in plaintext.
+	Tunnel netip.AddrPort `json:"tunnel,omitzero"`
 	// Upstream is the local address of the stand-in's connection to
 	// Target: its IP is the source the target saw.
 	Upstream netip.AddrPort `json:"upstream,omitzero"`
@@ -43,6 +48,9 @@ type Record struct {
 	Err string `json:"error,omitempty"`
 	// DNS describes a DNS query (Listener 15053).
 	DNS *DNSQuery `json:"dns,omitempty"`
+	// Pod is the pod whose listener took the flow, in in-pod mode (as the
+	// ZDS add named it); zero in node mode.
+	Pod PodInfo `json:"pod,omitzero"`
 }
 
 // DNSQuery is a DNS question and the stand-in's answer.

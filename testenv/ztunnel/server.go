@@ -4,6 +4,7 @@ package ztunnel
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -55,11 +56,28 @@ type Options struct {
 
 	// AdminAddr, if set, is an address ("127.0.0.1:15000") in ztunnel's
 	// namespace where the stand-in serves GET /records (the records as a
-	// JSON array, as WriteJSON writes them) and GET /healthz.
+	// JSON array, as WriteJSON writes them), GET /zds (ZDS and Pods, in
+	// in-pod mode) and GET /healthz.
 	AdminAddr string
 
 	// Logger receives a line per flow and per error; nothing if nil.
 	Logger *slog.Logger
+
+	// ZDS, if set, is the path of the node agent's ZDS socket
+	// (/var/run/ztunnel/ztunnel.sock in Istio): the stand-in runs in
+	// in-pod mode. It opens no listeners in Netns (but the admin one);
+	// it dials ZDS (redialling until Close) and opens each added pod's
+	// listeners inside the pod's namespace. See the package doc.
+	ZDS string
+	// NoPortReuse opens pods' listeners without SO_REUSEPORT, as ztunnel
+	// with INPOD_PORT_REUSE=false does (with SO_REUSEADDR on the TCP
+	// ones instead). Linux before 6.5 refuses bpf_sk_assign to a
+	// listener with SO_REUSEPORT.
+	NoPortReuse bool
+	// AckError, if set, is asked before the stand-in acts on each ZDS
+	// request: a non-empty answer is sent as the ack's error instead,
+	// and the request is not acted on (a refused add opens nothing).
+	AckError func(ZDSRequest) string
 }
 
 // Server is a running stand-in.
@@ -72,16 +90,42 @@ type Server struct {
 	rec    *recorder
 	dns    map[string][]netip.Addr
 
+	node *site // node mode: ztunnel's namespace
+
 	mu        sync.Mutex
 	closed    bool
 	listeners []io.Closer
-	conns     map[io.Closer]bool // accepted and outbound connections
+	conns     map[io.Closer]*pod // accepted and outbound connections, and the pod they serve (nil in node mode)
 	wg        sync.WaitGroup
+
+	inpod *inpod // nil in node mode
+}
+
+// site is where a flow's sockets are opened: ztunnel's namespace in node
+// mode, a pod's in in-pod mode.
+type site struct {
+	ns   netns.NsHandle // <= 0: the calling thread's
+	opts sockopts       // added to every socket opened there (optMark in a pod)
+	pod  *pod           // nil in node mode
+}
+
+// podInfo names the pod a flow of this site serves, for its Record.
+func (st *site) podInfo() PodInfo {
+	if st.pod == nil {
+		return PodInfo{}
+	}
+	return st.pod.info
 }
 
 // Start opens the listeners (15001, 15006, 15008 TCP and 15053 UDP and TCP,
-// each on 0.0.0.0 and ::) and serves them until Close.
+// each on 0.0.0.0 and ::) and serves them until Close. With Options.ZDS it
+// starts in in-pod mode instead: it dials ZDS and returns at once.
 func Start(opts Options) (*Server, error) {
+	return startWith(opts, dialZDS)
+}
+
+// startWith is Start with the ZDS client to use in in-pod mode.
+func startWith(opts Options, dial zdsDialer) (*Server, error) {
 	if opts.DialTimeout == 0 {
 		opts.DialTimeout = 5 * time.Second
 	}
@@ -91,7 +135,8 @@ func Start(opts Options) (*Server, error) {
 		h2:    &http2.Server{},
 		rec:   newRecorder(),
 		dns:   map[string][]netip.Addr{},
-		conns: map[io.Closer]bool{},
+		conns: map[io.Closer]*pod{},
+		node:  &site{ns: opts.Netns},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -104,8 +149,19 @@ func Start(opts Options) (*Server, error) {
 	lc := &net.ListenConfig{Control: (optTransparent | optReuseAddr).control()}
 	lc.SetMultipathTCP(false)
 	ulc := &net.ListenConfig{Control: (optTransparent | optReuseAddr | optOrigDst).control()}
+	if opts.ZDS != "" {
+		s.inpod = &inpod{
+			dial:    dial,
+			pods:    map[string]*pod{},
+			failed:  map[string]PodState{},
+			changed: make(chan struct{}),
+		}
+	}
 	err := inNetns(opts.Netns, func() error {
 		for _, fam := range []string{"4", "6"} {
+			if opts.ZDS != "" {
+				break // in-pod: the pods' namespaces get the listeners
+			}
 			for _, port := range []int{PortOutbound, PortInbound, PortHBONE, PortDNS} {
 				l, err := lc.Listen(s.ctx, "tcp"+fam, fmt.Sprintf(":%d", port))
 				if err != nil {
@@ -113,7 +169,7 @@ func Start(opts Options) (*Server, error) {
 				}
 				s.listeners = append(s.listeners, l)
 				s.wg.Add(1)
-				go s.acceptLoop(port, l.(*net.TCPListener))
+				go s.acceptLoop(s.node, port, l.(*net.TCPListener))
 			}
 			c, err := ulc.ListenPacket(s.ctx, "udp"+fam, fmt.Sprintf(":%d", PortDNS))
 			if err != nil {
@@ -121,7 +177,7 @@ func Start(opts Options) (*Server, error) {
 			}
 			s.listeners = append(s.listeners, c)
 			s.wg.Add(1)
-			go s.dnsLoop(c.(*net.UDPConn))
+			go s.dnsLoop(s.node, c.(*net.UDPConn))
 		}
 		if opts.AdminAddr != "" {
 			l, err := lc.Listen(s.ctx, "tcp", opts.AdminAddr)
@@ -136,6 +192,10 @@ func Start(opts Options) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("start ztunnel stand-in: %w", err)
 	}
+	if opts.ZDS != "" {
+		s.wg.Add(1)
+		go s.runZDS(opts.ZDS)
+	}
 	return s, nil
 }
 
@@ -145,6 +205,15 @@ func (s *Server) serveAdmin(l net.Listener) {
 	mux.HandleFunc("GET /records", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		s.WriteJSON(w)
+	})
+	mux.HandleFunc("GET /zds", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(struct {
+			ZDS  ZDSState   `json:"zds"`
+			Pods []PodState `json:"pods"`
+		}{s.ZDS(), s.Pods()})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -176,20 +245,21 @@ func (s *Server) Close() error {
 		c.Close()
 	}
 	s.mu.Unlock()
+	s.closePods()
 	s.wg.Wait()
 	return errors.Join(errs...)
 }
 
 // track registers a connection for Close to close; false (with c closed)
 // once the server is closing. untrack forgets and closes it.
-func (s *Server) track(c io.Closer) bool {
+func (s *Server) track(st *site, c io.Closer) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || (st.pod != nil && st.pod.gone) {
 		c.Close()
 		return false
 	}
-	s.conns[c] = true
+	s.conns[c] = st.pod
 	return true
 }
 
@@ -227,7 +297,7 @@ func (s *Server) goTracked(fn func()) bool {
 	return true
 }
 
-func (s *Server) acceptLoop(port int, l *net.TCPListener) {
+func (s *Server) acceptLoop(st *site, port int, l *net.TCPListener) {
 	defer s.wg.Done()
 	for {
 		c, err := l.AcceptTCP()
@@ -237,7 +307,10 @@ func (s *Server) acceptLoop(port int, l *net.TCPListener) {
 			}
 			return
 		}
-		if !s.track(c) {
+		if !s.track(st, c) {
+			if st.pod != nil {
+				continue // the pod is going: its listener closes next
+			}
 			return
 		}
 		handle := s.proxy
@@ -247,7 +320,7 @@ func (s *Server) acceptLoop(port int, l *net.TCPListener) {
 		case PortDNS:
 			handle = s.serveDNSTCP
 		}
-		if !s.goTracked(func() { handle(port, c) }) {
+		if !s.goTracked(func() { handle(st, port, c) }) {
 			s.untrack(c)
 			return
 		}
@@ -256,20 +329,24 @@ func (s *Server) acceptLoop(port int, l *net.TCPListener) {
 
 // proxy carries a connection accepted on 15001 or 15006 to its original
 // destination, from the client's address.
-func (s *Server) proxy(port int, c *net.TCPConn) {
+func (s *Server) proxy(st *site, port int, c *net.TCPConn) {
 	defer s.untrack(c)
-	src, dst := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
-	id := s.rec.begin(Record{Listener: port, Proto: "tcp", Source: src, OrigDst: dst, Target: dst})
-	if s.isSelf(dst) {
+	src, dst := addrPort(c.RemoteAddr()), origDstTCP(st, c)
+	id := s.rec.begin(Record{Listener: port, Proto: "tcp", Source: src, OrigDst: dst, Target: dst, Pod: st.podInfo()})
+	if s.isSelf(st, dst) {
 		s.reject(id, c, fmt.Errorf("original destination %s is the stand-in's own listener: not forwarding (it would loop)", dst))
 		return
 	}
-	up, err := s.dialFrom(s.ctx, src.Addr(), dst)
+	if st.pod != nil && port == PortOutbound {
+		s.outboundInPod(st, id, c, dst)
+		return
+	}
+	up, err := s.dialFrom(s.ctx, st, src.Addr(), dst)
 	if err != nil {
 		s.reject(id, c, fmt.Errorf("connect to %s from %s: %w", dst, src.Addr(), err))
 		return
 	}
-	if !s.track(up) {
+	if !s.track(st, up) {
 		s.rec.end(id, 0, 0, errors.New("stand-in closing"))
 		return
 	}
@@ -291,7 +368,7 @@ func (s *Server) reject(id int, c *net.TCPConn, err error) {
 // splice copies a to b and b to a until both have ended (each side's EOF is
 // passed on as a half close), and returns the byte counts and the first
 // error. Copies between two *net.TCPConn use splice(2).
-func splice(a, b *net.TCPConn) (ab, ba int64, err error) {
+func splice(a, b duplex) (ab, ba int64, err error) {
 	var wg sync.WaitGroup
 	var errAB, errBA error
 	wg.Add(1)
@@ -327,9 +404,17 @@ func splice(a, b *net.TCPConn) (ab, ba int64, err error) {
 	return ab, ba, err
 }
 
+// duplex is a connection whose write side closes on its own: a
+// *net.TCPConn (io.Copy between two of them uses splice(2)) or an HBONE
+// stream.
+type duplex interface {
+	net.Conn
+	CloseWrite() error
+}
+
 // isSelf reports whether dst is one of the stand-in's listeners at an
 // address of its namespace: a client that dialled ztunnel itself.
-func (s *Server) isSelf(dst netip.AddrPort) bool {
+func (s *Server) isSelf(st *site, dst netip.AddrPort) bool {
 	switch dst.Port() {
 	case PortOutbound, PortInbound, PortHBONE, PortDNS:
 	default:
@@ -339,7 +424,7 @@ func (s *Server) isSelf(dst netip.AddrPort) bool {
 		return true
 	}
 	var self bool
-	inNetns(s.opts.Netns, func() error {
+	st.run(func() error {
 		addrs, err := net.InterfaceAddrs()
 		for _, a := range addrs {
 			if n, ok := a.(*net.IPNet); ok {

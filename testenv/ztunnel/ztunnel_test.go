@@ -367,7 +367,7 @@ func TestDNSReplyFromOtherPort(t *testing.T) {
 			}
 			defer pc.Close()
 			to := netip.AddrPortFrom(ip(e.client, fam.v6), addrPort(pc.LocalAddr()).Port())
-			if err := s.sendFrom(nil, PortDNS, server, to, []byte("reply")); err != nil {
+			if err := s.sendFrom(s.node, nil, PortDNS, server, to, []byte("reply")); err != nil {
 				t.Fatal(err)
 			}
 			pc.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -8,6 +8,13 @@
 // -netns PATH (testenv's pod.Path(), a file under /run/netns) to open its
 // sockets there from wherever it runs. It needs CAP_NET_ADMIN.
 //
+// With -zds PATH it runs in in-pod mode instead, as ztunnel of Istio 1.21
+// and later: it opens no proxy listeners in its own namespace but dials the
+// node agent's ZDS socket at PATH (redialling until it exits) and opens
+// each added pod's listeners inside that pod's namespace (CAP_SYS_ADMIN
+// too, for setns). "ready" then means started, not connected; GET /zds on
+// the admin address shows the connection and the pods.
+//
 // Once its listeners are open it prints "ready" on standard output. Its
 // records (one per connection, CONNECT stream or DNS query) are available
 // three ways:
@@ -19,8 +26,9 @@
 //
 // Usage:
 //
-//	ztunnel-standin [-netns PATH] [-records FILE] [-admin 127.0.0.1:15000]
-//	    [-dns name=ip,ip]... [-dns-answer ip,ip] [-hbone-own-source] [-v]
+//	ztunnel-standin [-netns PATH] [-zds PATH [-no-port-reuse]] [-records FILE]
+//	    [-admin 127.0.0.1:15000] [-dns name=ip,ip]... [-dns-answer ip,ip]
+//	    [-hbone-own-source] [-v]
 package main
 
 import (
@@ -85,6 +93,8 @@ func run(args []string) error {
 		dnsAnswer = fs.String("dns-answer", "", "answer every name not given with -dns with these `IPs` (comma separated)")
 		ownSource = fs.Bool("hbone-own-source", false, "connect to CONNECT targets from ztunnel's own address, not the HBONE peer's")
 		verbose   = fs.Bool("v", false, "log every flow")
+		zdsPath   = fs.String("zds", "", "in-pod mode: dial the node agent's ZDS socket at `PATH` (Istio's is /var/run/ztunnel/ztunnel.sock) and open each pod's listeners in its namespace")
+		noReuse   = fs.Bool("no-port-reuse", false, "in-pod mode: no SO_REUSEPORT on the pods' listeners (ztunnel's INPOD_PORT_REUSE=false)")
 		dns       = dnsFlag{}
 	)
 	fs.Var(dns, "dns", "answer `name=ip[,ip...]` (repeatable)")
@@ -100,6 +110,8 @@ func run(args []string) error {
 		DNS:            dns,
 		HBONEOwnSource: *ownSource,
 		AdminAddr:      *admin,
+		ZDS:            *zdsPath,
+		NoPortReuse:    *noReuse,
 		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
 	if *dnsAnswer != "" {

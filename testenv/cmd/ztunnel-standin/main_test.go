@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/ztunnel"
+	"github.com/meshredirect/meshredirect/zds"
 )
 
 // The test binary doubles as the command: run with this variable set, it
@@ -203,5 +204,80 @@ func TestFlags(t *testing.T) {
 		if err := run(args); err == nil {
 			t.Errorf("run(%q) succeeded", args)
 		}
+	}
+}
+
+// TestCommandInPod runs the command with -zds in ztunnel's namespace: it
+// connects to the agent's ZDS server, an add opens the pod's listeners in
+// the pod's namespace, /zds shows the pod, and a del closes them.
+func TestCommandInPod(t *testing.T) {
+	node := testenv.NewNode(t, testenv.NodeOptions{})
+	pod := node.AddPod("a", testenv.Ambient)
+	zt := node.AddZtunnel()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "ztunnel.sock")
+	srv, err := zds.Listen(zds.ServerOptions{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(ctx)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
+
+	cmd := exec.Command(os.Args[0], "-zds", path, "-admin", "127.0.0.1:15000")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	cmd.Stderr = os.Stderr
+	if err := zt.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	if err := srv.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w := zds.Workload{UID: "uid-a", Info: zds.WorkloadInfo{Name: "a", Namespace: "ns1"}, Netns: pod.Path()}
+	if err := srv.Add(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	hbone := netip.AddrPortFrom(pod.IPv4, ztunnel.PortHBONE).String()
+	c, err := pod.Dial("tcp4", hbone)
+	if err != nil {
+		t.Fatalf("pod's 15008 after add: %v", err)
+	}
+	c.Close()
+
+	var state struct {
+		ZDS  ztunnel.ZDSState   `json:"zds"`
+		Pods []ztunnel.PodState `json:"pods"`
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: zt.DialContext}}
+	resp, err := hc.Get("http://127.0.0.1:15000/zds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = json.NewDecoder(resp.Body).Decode(&state)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !state.ZDS.Connected || len(state.Pods) != 1 || state.Pods[0].UID != "uid-a" || !state.Pods[0].Up {
+		t.Errorf("/zds: %+v", state)
+	}
+
+	if err := srv.Del(ctx, "uid-a"); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := pod.Dial("tcp4", hbone); err == nil {
+		c.Close()
+		t.Error("pod's 15008 still open after del")
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/zds"
 )
 
 // locator finds a pod's host interface; *dataplane.Locator is one.
@@ -38,6 +39,8 @@ type Agent struct {
 	policy Policy
 	dp     *dataplane.Dataplane
 	loc    locator
+	// zds hands ambient pods to ztunnel (in-pod mode only).
+	zds    *zds.Server
 	m      *metrics
 	conf   configWriter
 	events record.EventRecorder
@@ -112,8 +115,19 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 
+	if a.inPod() {
+		a.zds, err = zds.Listen(zds.ServerOptions{Path: cfg.ZDSSocket, AckTimeout: zdsAckTimeout, Logger: cfg.Log})
+		if err != nil {
+			a.dp.Close()
+			a.loc.Close()
+			return nil, fmt.Errorf("listen for ztunnel: %w", err)
+		}
+	}
 	if cfg.Metrics != nil {
 		cfg.Metrics.MustRegister(newStatsCollector(a.dp.Stats))
+		if a.zds != nil {
+			cfg.Metrics.MustRegister(newZDSCollector(a.zds))
+		}
 	}
 
 	a.bcast = record.NewBroadcaster()
@@ -174,6 +188,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer close(cniDone)
 			if err := a.ServeCNI(ctx, a.cfg.CNI.Socket); err != nil {
 				a.log.Error("serve the CNI plugin", "socket", a.cfg.CNI.Socket, "error", err)
+			}
+		}()
+	}
+	if a.zds != nil {
+		zdsDone := make(chan struct{})
+		defer func() { <-zdsDone }()
+		go func() {
+			defer close(zdsDone)
+			if err := a.zds.Serve(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("serve ztunnel", "socket", a.cfg.ZDSSocket, "error", err)
 			}
 		}()
 	}
@@ -239,6 +263,9 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) close() {
 	a.podFactory.Shutdown()
 	a.nsFactory.Shutdown()
+	if a.zds != nil {
+		a.zds.Close()
+	}
 	a.dp.Close()
 	a.loc.Close()
 }

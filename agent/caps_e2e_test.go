@@ -240,7 +240,8 @@ func (e *env) startCapsAgent(t *testing.T, caps []agent.Capability, netnsDir, cn
 	}
 	args := append(setprivArgs(caps), meshredirectBinary(t), "agent", "--node-netns", e.box.Node.Path(),
 		"--node-name", e.nodeName, "--kubeconfig", kubeconfig, "--pin-dir", p.pinDir, "--netns-dir", netnsDir,
-		"--config-file", p.configFile, "--cni-socket", p.cniSocket, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
+		"--config-file", p.configFile, "--cni-socket", p.cniSocket, "--log-format", "text", "--metrics-addr", "127.0.0.1:0",
+		"--ztunnel-mode", agent.ZtunnelModeNode)
 	p.agentProcess = runAgentCmd(t, exec.Command("setpriv", args...))
 	return p
 }

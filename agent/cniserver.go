@@ -149,7 +149,17 @@ func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (cni.Reply, erro
 		return cni.Reply{}, fmt.Errorf("pod %s: no IP in the CNI result (is meshredirect-cni chained after the primary CNI?)", key)
 	}
 	a.work.Lock()
-	err = a.enrol(key, pod, ips, d)
+	err = a.enrol(key, pod, ips, req.Netns, d)
+	if err == nil && a.inPod() {
+		// Fail closed, as istio-cni does: the pod starts only once
+		// ztunnel has its listeners in the pod's netns.
+		if acked, ackErr := a.zds.Acked(string(pod.UID)); !acked {
+			err = fmt.Errorf("ztunnel has not taken the pod (is ztunnel running on this node and connected to %s?)", a.cfg.ZDSSocket)
+			if ackErr != nil {
+				err = fmt.Errorf("ztunnel refused the pod: %w", ackErr)
+			}
+		}
+	}
 	if err == nil {
 		// Recorded before the lock goes: a resync waiting for it must find
 		// the sandbox.

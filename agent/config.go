@@ -59,7 +59,17 @@ type Config struct {
 	Metrics prometheus.Registerer
 	// CNI configures the chained CNI plugin's side of the agent.
 	CNI CNIConfig
+	// ZtunnelMode is ZtunnelModeInPod (ztunnel of Istio 1.21+, the
+	// default when empty) or ZtunnelModeNode (ztunnel 1.18-1.20, or a node
+	// proxy with transparent listeners).
+	ZtunnelMode string
+	// ZDSSocket is where ztunnel connects in in-pod mode; empty means
+	// DefaultZDSSocket.
+	ZDSSocket string
 }
+
+// DefaultZDSSocket is where ztunnel looks for the node agent's ZDS socket.
+const DefaultZDSSocket = "/var/run/ztunnel/ztunnel.sock"
 
 // CNIConfig is the agent's side of the chained CNI plugin.
 type CNIConfig struct {
@@ -90,6 +100,16 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ConfigFile == "" {
 		c.ConfigFile = DefaultConfigFile
+	}
+	switch c.ZtunnelMode {
+	case "":
+		c.ZtunnelMode = ZtunnelModeInPod
+	case ZtunnelModeInPod, ZtunnelModeNode:
+	default:
+		return fmt.Errorf("unknown ztunnel mode %q (want %s or %s)", c.ZtunnelMode, ZtunnelModeInPod, ZtunnelModeNode)
+	}
+	if c.ZDSSocket == "" {
+		c.ZDSSocket = DefaultZDSSocket
 	}
 	if c.ResyncPeriod == 0 {
 		c.ResyncPeriod = DefaultResyncPeriod

@@ -231,6 +231,7 @@ func (e *env) agentConfig() agent.Config {
 		Resolve:      resolve.Config{NetnsDirs: []string{e.netnsDir}},
 		ConfigFile:   e.configFile,
 		ResyncPeriod: time.Minute,
+		ZtunnelMode:  agent.ZtunnelModeNode,
 		Log:          slog.New(slog.NewTextHandler(e.log, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	}
 }

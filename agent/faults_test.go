@@ -135,7 +135,7 @@ func TestBPFFSNotMounted(t *testing.T) {
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	must(t, os.WriteFile(kubeconfig, e.srv.Kubeconfig(kubeapi.ServiceAccount(agentNamespace, agentSA).Name), 0o600))
 	run := func(mode string) (string, error) {
-		script := fmt.Sprintf(`umount -l /sys/fs/bpf 2>/dev/null; exec %s agent --node-netns %s --node-name %s --kubeconfig %s --pin-dir /sys/fs/bpf/meshredirect --netns-dir %s --config-file %s --log-format text --metrics-addr 127.0.0.1:0 --mount-bpffs %s`,
+		script := fmt.Sprintf(`umount -l /sys/fs/bpf 2>/dev/null; exec %s agent --node-netns %s --node-name %s --kubeconfig %s --pin-dir /sys/fs/bpf/meshredirect --netns-dir %s --config-file %s --log-format text --metrics-addr 127.0.0.1:0 --ztunnel-mode node --mount-bpffs %s`,
 			meshredirectBinary(t), e.box.Node.Path(), e.nodeName, kubeconfig, e.netnsDir, e.configFile, mode)
 		cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
 		out := &syncBuffer{}

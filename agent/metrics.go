@@ -22,6 +22,7 @@ const (
 	reasonAttach            = "attach"
 	reasonAnnotate          = "annotate"
 	reasonDataplane         = "dataplane"
+	reasonZtunnel           = "ztunnel"
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {

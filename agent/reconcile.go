@@ -50,7 +50,7 @@ func (a *Agent) syncPod(key string) error {
 	if sb, ok := a.addedSandbox(pod, ips); ok {
 		// Captured by a CNI ADD whose IPs the kubelet has not reported yet
 		// (see cniAdd): the ADD's IPs stand for the status.
-		return a.enrol(key, pod, sb.ips, d)
+		return a.enrol(key, pod, sb.ips, sb.netns, d)
 	}
 	if len(ips) == 0 {
 		a.noteDecision(key, "waiting for an IP", func() { a.log.Info("waiting for the pod's IP", "pod", key, "reason", d.Reason) })
@@ -61,13 +61,14 @@ func (a *Agent) syncPod(key string) error {
 		// (see cniDel): not captured again until its new sandbox is.
 		return a.leave(key, pod, fmt.Sprintf("sandbox %s torn down by CNI DEL; waiting for a new sandbox", sb))
 	}
-	return a.enrol(key, pod, ips, d)
+	return a.enrol(key, pod, ips, "", d)
 }
 
-// enrol captures a pod's traffic and records it on the pod.
-func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, d Decision) error {
+// enrol captures a pod's traffic and records it on the pod. netns is its
+// network namespace when a CNI ADD gave it; empty means find it.
+func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, netns string, d Decision) error {
 	reason := d.Reason
-	p, err := a.locate(key, pod, ips)
+	p, err := a.locate(key, pod, ips, netns)
 	if err != nil {
 		return err
 	}
@@ -75,15 +76,21 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, d Decision)
 	a.mu.Lock()
 	prev, had := a.enrolled[key]
 	a.mu.Unlock()
-	if had && (prev.uid != pod.UID || prev.dp.HostIfindex != p.HostIfindex || !slices.Equal(prev.dp.IPs, p.IPs)) {
+	if had && (prev.uid != pod.UID || a.moved(prev.dp, p) || !slices.Equal(prev.dp.IPs, p.IPs)) {
 		// The same name, another pod (or another interface): the old one's
 		// capture goes first.
-		if err := a.dp.Unenroll(prev.dp); err != nil {
+		if err := a.release(prev); err != nil {
 			a.m.unenrolErrors.WithLabelValues(reasonDataplane).Inc()
 			return err
 		}
 	}
-	if err := a.dp.Enroll(p); err != nil {
+	if err := a.capture(p, pod); waitingForZtunnel(err) {
+		// Captured, and kept for ztunnel's snapshot: its traffic is
+		// dropped until ztunnel connects and opens its listeners.
+		a.noteDecision(key, "waiting for ztunnel", func() {
+			a.log.Warn("pod captured; no ztunnel connected to hand it to: its traffic is dropped until one connects", "pod", key)
+		})
+	} else if err != nil {
 		if errors.Is(err, dataplane.ErrInterfaceGone) {
 			// Deleted while we enrolled it, or not wired yet: the next
 			// attempt finds out which.
@@ -92,8 +99,11 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, d Decision)
 			return err
 		}
 		reason := reasonAttach
-		if errors.Is(err, dataplane.ErrMapFull) {
+		switch {
+		case errors.Is(err, dataplane.ErrMapFull):
 			reason = reasonMapFull
+		case isZDSError(err):
+			reason = reasonZtunnel
 		}
 		a.m.enrolErrors.WithLabelValues(reason).Inc()
 		a.events.Eventf(pod, corev1.EventTypeWarning, "EnrolFailed", "could not capture the pod's traffic: %v", err)
@@ -118,8 +128,12 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, d Decision)
 	return nil
 }
 
-// locate finds where the pod is on the node.
-func (a *Agent) locate(key string, pod *corev1.Pod, ips []netip.Addr) (dataplane.Pod, error) {
+// locate finds where the pod is on the node: its host interface (node mode)
+// or its network namespace (in-pod mode; netns when a CNI ADD gave it).
+func (a *Agent) locate(key string, pod *corev1.Pod, ips []netip.Addr, netns string) (dataplane.Pod, error) {
+	if a.inPod() && netns != "" {
+		return dataplane.Pod{Name: key, IPs: ips, Netns: netns}, nil
+	}
 	iface, err := a.loc.Resolve(ips)
 	if err != nil {
 		if isNotFound(err) {
@@ -133,7 +147,15 @@ func (a *Agent) locate(key string, pod *corev1.Pod, ips []netip.Addr) (dataplane
 		}
 		return dataplane.Pod{}, err
 	}
-	return dataplane.Pod{Name: key, IPs: ips, HostIfindex: iface.Ifindex, MAC: iface.PeerMAC}, nil
+	p := dataplane.Pod{Name: key, IPs: ips, HostIfindex: iface.Ifindex, MAC: iface.PeerMAC}
+	if a.inPod() {
+		if p.Netns, err = a.loc.NetnsPath(iface.PeerNetnsID); err != nil {
+			a.m.enrolErrors.WithLabelValues(reasonResolve).Inc()
+			a.log.Warn("pod's network namespace not found yet; retrying", "pod", key, "ips", ips, "error", err)
+			return dataplane.Pod{}, err
+		}
+	}
+	return p, nil
 }
 
 // leave stops capturing a pod if this agent captured it, and removes the
@@ -143,7 +165,7 @@ func (a *Agent) leave(key string, pod *corev1.Pod, reason string) error {
 	prev, had := a.enrolled[key]
 	a.mu.Unlock()
 	if had {
-		if err := a.dp.Unenroll(prev.dp); err != nil {
+		if err := a.release(prev); err != nil {
 			a.m.unenrolErrors.WithLabelValues(reasonDataplane).Inc()
 			a.log.Error("unenrol failed", "pod", key, "error", err)
 			return err
@@ -260,7 +282,7 @@ func (a *Agent) reconcilePlan(p plan) error {
 	defer func() { a.m.reconcileDuration.Observe(time.Since(start).Seconds()) }()
 	a.updateNode()
 	pods, desired, keep, byName, retry := p.pods, p.desired, p.keep, p.byName, p.retry
-	res, err := a.dp.Reconcile(desired, keep)
+	res, err := a.reconcileDataplane(desired, keep, byName)
 	a.mu.Lock()
 	for key := range a.enrolled {
 		if _, ok := byName[key]; !ok {
@@ -309,9 +331,10 @@ func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []net
 		if !d.Ambient {
 			continue
 		}
+		netns := ""
 		if sb, ok := a.addedSandbox(pod, ips); ok {
 			// The status has not caught up with a CNI ADD (see cniAdd).
-			ips = sb.ips
+			ips, netns = sb.ips, sb.netns
 			for _, ip := range ips {
 				claimed[ip] = true
 			}
@@ -324,7 +347,7 @@ func (a *Agent) desired(pods []*corev1.Pod) (desired []dataplane.Pod, keep []net
 			// Neither captured nor kept: what is left of the sandbox goes.
 			continue
 		}
-		p, err := a.locate(key, pod, ips)
+		p, err := a.locate(key, pod, ips, netns)
 		if err != nil {
 			keep = append(keep, ips...)
 			retry = append(retry, key)

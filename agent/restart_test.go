@@ -116,7 +116,8 @@ func (e *env) startAgentProcess(t *testing.T, extra ...string) *agentProcess {
 	// address is, and works in the node's through --node-netns.
 	cmd := exec.Command(meshredirectBinary(t), "agent", "--node-netns", e.box.Node.Path(),
 		"--node-name", e.nodeName, "--kubeconfig", kubeconfig, "--pin-dir", e.pinDir,
-		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
+		"--netns-dir", e.netnsDir, "--config-file", e.configFile, "--log-format", "text", "--metrics-addr", "127.0.0.1:0",
+		"--ztunnel-mode", agent.ZtunnelModeNode)
 	cmd.Args = append(cmd.Args, extra...)
 	p := runAgentCmd(t, cmd)
 	p.waitReady(t)

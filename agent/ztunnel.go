@@ -70,6 +70,12 @@ func (a *Agent) syncZtunnel() {
 		return
 	}
 	a.updateNode()
+	if a.inPod() {
+		// In-pod mode ztunnel is ready for a pod once it acked the pod
+		// (the CNI ADD waits for that); nothing is set up in its netns.
+		a.writeAmbientConfig(a.zds.Connected())
+		return
+	}
 	zt, ready := chooseZtunnel(pods, a.policy.Ztunnel)
 
 	a.mu.Lock()
@@ -100,6 +106,12 @@ func (a *Agent) syncZtunnel() {
 	a.mu.Lock()
 	a.ztunnel = cur
 	a.mu.Unlock()
+	a.writeAmbientConfig(ready)
+}
+
+// writeAmbientConfig exports ztunnel's readiness: the metric and the
+// ambient config file.
+func (a *Agent) writeAmbientConfig(ready bool) {
 	if ready {
 		a.m.ztunnelReady.Set(1)
 	} else {

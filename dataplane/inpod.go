@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -207,7 +208,7 @@ func (d *Dataplane) UnenrollInPod(p Pod) error {
 		if err := removeLocalDelivery(p.Netns); err != nil {
 			errs = append(errs, err)
 		}
-		if err := resetAcceptLocal(p.Netns); err != nil {
+		if err := d.resetPodSysctls(p.Netns); err != nil {
 			errs = append(errs, err)
 		}
 		delete(d.inpod, p.Netns)
@@ -310,17 +311,44 @@ func setupPodNetns(p Pod) (podNetns, error) {
 		return podNetns{}, err
 	}
 	if err := h.Do(func() error {
-		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "1"})
+		return writeSysctls(map[string]string{
+			"net/ipv4/conf/lo/accept_local": "1",
+			// No TIME_WAIT in the pod: ztunnel's side of a captured
+			// connection has the application's very tuple (no NAT), so
+			// when ztunnel closes first its TIME_WAIT socket holds the
+			// tuple the application's kernel considers free. A
+			// reconnect from that port (a client cycling through its
+			// ephemeral ports under load) has its SYN assigned to the
+			// listener, and the kernel drops it as a duplicate of the
+			// TIME_WAIT socket until that expires a minute later;
+			// given to the TIME_WAIT socket instead it costs a reset
+			// dance, or with tcp_rfc1337 no connection at all. What
+			// TIME_WAIT guards against costs little here: nearly every
+			// connection of the pod's application is one to ztunnel in
+			// the same netns, over lo, which neither loses nor reorders
+			// segments, and ztunnel's own connections keep PAWS
+			// (timestamps) against an old connection's segments.
+			"net/ipv4/tcp_max_tw_buckets": "0",
+		})
 	}); err != nil {
 		return podNetns{}, fmt.Errorf("set sysctls in %s: %w", h, err)
 	}
 	return out, nil
 }
 
-// resetAcceptLocal sets lo's accept_local back to the kernel's default in
-// the netns at path, as setupPodNetns found it in a pod's new netns. A netns
-// that is gone has nothing to reset.
-func resetAcceptLocal(path string) error {
+// resetPodSysctls sets back what setupPodNetns changed in the netns at
+// path: lo's accept_local to the kernel's default, tcp_max_tw_buckets to
+// the node's (what a new netns starts with: both follow the size of the
+// kernel's TCP hash table). A netns that is gone has nothing to reset.
+func (d *Dataplane) resetPodSysctls(path string) error {
+	var twBuckets string
+	if err := d.nl.Do(func() error {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+		twBuckets = strings.TrimSpace(string(b))
+		return err
+	}); err != nil {
+		return fmt.Errorf("read the node's tcp_max_tw_buckets: %w", err)
+	}
 	h, err := openNetns(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -330,6 +358,6 @@ func resetAcceptLocal(path string) error {
 	}
 	defer h.Close()
 	return h.Do(func() error {
-		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "0"})
+		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "0", "net/ipv4/tcp_max_tw_buckets": twBuckets})
 	})
 }

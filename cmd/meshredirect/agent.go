@@ -52,6 +52,8 @@ type agentFlags struct {
 	cniPlugin       string
 	mountBPFFS      string
 	replacePins     bool
+	ztunnelMode     string
+	zdsSocket       string
 }
 
 func (f *agentFlags) register(cmd *cobra.Command) {
@@ -67,6 +69,8 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.captureDNS, "capture-dns", false, "send pods' DNS (UDP and TCP to port 53) to ztunnel's DNS proxy on 15053 (a pod opts out with ambient.istio.io/bypass-dns-capture: \"true\")")
 	fl.StringVar(&f.udp, "udp", "pass", "what becomes of pods' UDP other than captured DNS: pass (as Istio does: ztunnel proxies no UDP) or drop (strict: only DNS to --dns-resolvers leaves a pod, and inbound UDP and ICMP are dropped too); a pod tightens it with meshredirect.io/udp: drop")
 	fl.StringSliceVar(&f.dnsResolvers, "dns-resolvers", nil, "DNS servers pods may still query under --udp=drop (the cluster DNS Service IP, a node-local cache)")
+	fl.StringVar(&f.ztunnelMode, "ztunnel-mode", agent.ZtunnelModeInPod, "which ztunnel the node runs: inpod (Istio 1.21 and later, without istio-cni: the agent hands each ambient pod's netns to ztunnel over ZDS and captures inside the pod) or node (ztunnel 1.18-1.20, or a node proxy with transparent listeners in its own netns)")
+	fl.StringVar(&f.zdsSocket, "zds-socket", agent.DefaultZDSSocket, "in-pod mode: the Unix socket ztunnel connects to (ztunnel's ZDS; istio-cni's path)")
 	fl.BoolVar(&f.failOpen, "fail-open", false, "let captured traffic pass while ztunnel is not ready (default: drop it, fail closed)")
 	fl.StringVar(&f.ztunnelSelector, "ztunnel-selector", agent.DefaultZtunnelSelector, "label selector of ztunnel's pods")
 	fl.StringSliceVar(&f.excluded, "exclude-namespaces", agent.DefaultExcludedNamespaces, "namespaces whose pods are never captured")
@@ -125,6 +129,9 @@ func (f *agentFlags) config() (agent.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
+	if f.ztunnelMode != agent.ZtunnelModeInPod && f.ztunnelMode != agent.ZtunnelModeNode {
+		return cfg, fmt.Errorf("invalid --ztunnel-mode %q: want %s or %s", f.ztunnelMode, agent.ZtunnelModeInPod, agent.ZtunnelModeNode)
+	}
 	if f.udp != agent.UDPPass && f.udp != agent.UDPDrop {
 		return cfg, fmt.Errorf("invalid --udp %q: want %s or %s", f.udp, agent.UDPPass, agent.UDPDrop)
 	}
@@ -144,6 +151,8 @@ func (f *agentFlags) config() (agent.Config, error) {
 		DNSResolvers:       resolvers,
 		ResyncPeriod:       f.resyncPeriod,
 		Log:                log,
+		ZtunnelMode:        f.ztunnelMode,
+		ZDSSocket:          f.zdsSocket,
 	}
 	cfg.Resolve.NetnsDirs = f.netnsDirs
 	cfg.CNI = agent.CNIConfig{Socket: f.cniSocket, Install: f.cniInstall, ConfDir: f.cniConfDir, BinDir: f.cniBinDir, Plugin: f.cniPlugin}

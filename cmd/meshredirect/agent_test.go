@@ -23,6 +23,7 @@ func TestAgentFlagsFailEarly(t *testing.T) {
 		{[]string{"agent", "--node-name", "n1", "--node-ip", "300.1.1.1"}, `invalid --node-ip "300.1.1.1"`},
 		{[]string{"agent", "--node-name", "n1", "--log-format", "xml"}, "invalid --log-format"},
 		{[]string{"agent", "--node-name", "n1", "--log-level", "loud"}, "invalid --log-level"},
+		{[]string{"agent", "--node-name", "n1", "--ztunnel-mode", "sidecar"}, "invalid --ztunnel-mode"},
 		{[]string{"agent", "--node-name", "n1", "--pods-max-entries", "0"}, "invalid --pods-max-entries 0"},
 		{[]string{"agent", "--node-name", "n1", "--resync-period", "1ms"}, "invalid --resync-period"},
 		{[]string{"agent", "--node-name", "n1", "--no-such-flag"}, "unknown flag: --no-such-flag"},

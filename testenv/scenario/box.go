@@ -9,13 +9,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
+	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/ztunnel"
+	"github.com/meshredirect/meshredirect/zds"
 )
 
 // EchoPort is where the pods' echo servers listen.
@@ -32,6 +35,13 @@ type Box struct {
 	DP                    *dataplane.Dataplane
 	Config                dataplane.Config
 	Standin               *ztunnel.Server
+	// InPod says the box runs in-pod mode (Options.InPod): the stand-in
+	// opens its listeners in the ambient pods, handed to it over ZDS by
+	// ZDS (nil with Options.NoDataplane: the agent under test listens at
+	// ZDSPath).
+	InPod   bool
+	ZDS     *zds.Server
+	ZDSPath string
 
 	// With Options.PolicyPods, three more ambient pods, each with a
 	// policy of its own (Policies): DNSBypass bypasses DNS capture,
@@ -72,6 +82,10 @@ type Options struct {
 	// PolicyPods adds the ambient pods DNSBypass, Strict and BypassIn, and
 	// makes the remote host's addresses the DNS resolvers.
 	PolicyPods bool
+	// InPod runs in-pod mode (DESIGN §6): the ambient pods are captured
+	// inside their netns, and the stand-in, as ztunnel 1.21+ does, takes
+	// them over ZDS from the box's ZDS server and listens inside each.
+	InPod bool
 }
 
 // New builds the box, opens the dataplane in its node, sets ztunnel up and
@@ -117,6 +131,15 @@ func New(tb testenv.TB, o Options) *Box {
 	b.Config = o.Dataplane
 	b.Config.NodeNetns = b.Node.Path()
 	b.Config.PinDir = o.PinDir
+	if o.InPod {
+		b.InPod = true
+		dir, err := os.MkdirTemp("", "meshredirect-zds-")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { os.RemoveAll(dir) })
+		b.ZDSPath = filepath.Join(dir, "ztunnel.sock")
+	}
 	if o.NoDataplane {
 		b.startStandin(tb, o)
 		return b
@@ -138,12 +161,22 @@ func New(tb testenv.TB, o Options) *Box {
 		}
 	}
 	check(b.SyncNode())
-	check(dp.SetZtunnel(dataplane.Ztunnel{Name: "istio-system/ztunnel", Netns: b.Ztunnel.Path(),
-		HostIfindex: b.Ztunnel.HostVethIndex, IPs: []netip.Addr{b.Ztunnel.IPv4, b.Ztunnel.IPv6}}))
-	check(dp.SetZtunnelReady(true))
 	if o.PolicyPods {
 		check(dp.SetResolvers(b.Resolvers()))
 	}
+	if o.InPod {
+		b.startZDS(tb)
+		b.startStandin(tb, o)
+		if !o.NoEnrolment {
+			for _, p := range b.AmbientPods() {
+				check(b.Enroll(p))
+			}
+		}
+		return b
+	}
+	check(dp.SetZtunnel(dataplane.Ztunnel{Name: "istio-system/ztunnel", Netns: b.Ztunnel.Path(),
+		HostIfindex: b.Ztunnel.HostVethIndex, IPs: []netip.Addr{b.Ztunnel.IPv4, b.Ztunnel.IPv6}}))
+	check(dp.SetZtunnelReady(true))
 
 	b.startStandin(tb, o)
 
@@ -155,6 +188,98 @@ func New(tb testenv.TB, o Options) *Box {
 		}
 	}
 	return b
+}
+
+// startZDS listens for the stand-in at ZDSPath, as the agent does.
+func (b *Box) startZDS(tb testenv.TB) {
+	srv, err := zds.Listen(zds.ServerOptions{Path: b.ZDSPath})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ctx)
+	}()
+	b.ZDS = srv
+	tb.Cleanup(func() {
+		cancel()
+		srv.Close()
+		<-done
+	})
+}
+
+// ZtunnelOf is where ztunnel's sockets serving pod live: ztunnel's own pod
+// in node mode, pod itself in in-pod mode.
+func (b *Box) ZtunnelOf(p *testenv.Pod) *testenv.Pod {
+	if b.InPod {
+		return p
+	}
+	return b.Ztunnel
+}
+
+// UID is the uid the box gives pod's workload over ZDS.
+func UID(p *testenv.Pod) string { return "uid-" + p.Node.Name + "-" + p.Name }
+
+// Enroll captures pod: on its host veth (node mode), or inside its netns and
+// handed to the stand-in over ZDS, returning once the stand-in acked it
+// with its listeners up (in-pod mode).
+func (b *Box) Enroll(p *testenv.Pod) error {
+	if !b.InPod {
+		return b.DP.Enroll(b.PodOf(p))
+	}
+	if err := b.DP.EnrollInPod(b.PodOf(p)); err != nil {
+		return err
+	}
+	return b.giveZtunnel(p)
+}
+
+// giveZtunnel hands p to the stand-in over ZDS and waits for its listeners.
+func (b *Box) giveZtunnel(p *testenv.Pod) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.ZDS.Add(ctx, zds.Workload{UID: UID(p), Info: zds.WorkloadInfo{Name: p.Name, Namespace: "default", ServiceAccount: "default"}, Netns: p.Path()}); err != nil {
+		return err
+	}
+	_, err := b.Standin.WaitPod(ctx, UID(p))
+	return err
+}
+
+// Unenroll releases pod: ztunnel lets it go first (in-pod mode), then its
+// capture goes.
+func (b *Box) Unenroll(p *testenv.Pod) error {
+	if !b.InPod {
+		return b.DP.Unenroll(PodOf(p))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.ZDS.Del(ctx, UID(p)); err != nil {
+		return err
+	}
+	return b.DP.UnenrollInPod(b.PodOf(p))
+}
+
+// SetZtunnelReady makes ztunnel unavailable to the ambient pods (false) or
+// available again: the ready flag in node mode; in in-pod mode ztunnel
+// drops the pods over ZDS (its listeners in them close, their capture
+// stays) and takes them back.
+func (b *Box) SetZtunnelReady(ready bool) error {
+	if !b.InPod {
+		return b.DP.SetZtunnelReady(ready)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, p := range b.AmbientPods() {
+		if ready {
+			if err := b.giveZtunnel(p); err != nil {
+				return err
+			}
+		} else if err := b.ZDS.Del(ctx, UID(p)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Resolvers are the DNS resolvers of a box with policy pods: the remote
@@ -171,7 +296,14 @@ func (b *Box) PodOf(p *testenv.Pod) dataplane.Pod {
 }
 
 func (b *Box) startStandin(tb testenv.TB, o Options) {
-	zts, err := ztunnel.Start(ztunnel.Options{Netns: b.Ztunnel.Netns, DNSAnswer: o.DNSAnswer, DialTimeout: 3 * time.Second})
+	zo := ztunnel.Options{Netns: b.Ztunnel.Netns, DNSAnswer: o.DNSAnswer, DialTimeout: 3 * time.Second}
+	if o.InPod {
+		// ztunnel's own choice, SO_REUSEPORT on its listeners, where
+		// bpf_sk_assign takes such a listener (Linux 6.5); before, the
+		// setting that ztunnel's INPOD_PORT_REUSE=false gives.
+		zo.ZDS, zo.NoPortReuse = b.ZDSPath, !mrasm.AssignsReuseport()
+	}
+	zts, err := ztunnel.Start(zo)
 	if err != nil {
 		tb.Fatal(err)
 	}

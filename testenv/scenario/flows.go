@@ -114,10 +114,10 @@ func Flows() []Flow {
 		{ID: "7a", Name: "ztunnel not ready: ambient pod -> host", Expect: Dropped,
 			Run: func(b *Box, v6 bool) Observation {
 				b.Echo(b.Remote, EchoPort)
-				if err := b.DP.SetZtunnelReady(false); err != nil {
+				if err := b.SetZtunnelReady(false); err != nil {
 					return Observation{Err: err}
 				}
-				defer b.DP.SetZtunnelReady(true)
+				defer b.SetZtunnelReady(true)
 				if _, err := Exchange(&b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort), time.Second); err == nil {
 					return Observation{Path: Direct, Err: errors.New("the ambient pod got through")}
 				}
@@ -126,19 +126,19 @@ func Flows() []Flow {
 		{ID: "7b", Name: "ztunnel not ready: pod outside the mesh -> host", Expect: Direct,
 			Run: func(b *Box, v6 bool) Observation {
 				b.Echo(b.Remote, EchoPort)
-				if err := b.DP.SetZtunnelReady(false); err != nil {
+				if err := b.SetZtunnelReady(false); err != nil {
 					return Observation{Err: err}
 				}
-				defer b.DP.SetZtunnelReady(true)
+				defer b.SetZtunnelReady(true)
 				return Observe(b, &b.Plain.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
 			}},
 		{ID: "7c", Name: "ztunnel ready again: ambient pod -> host", Expect: ViaZtunnel(ztunnel.PortOutbound),
 			Run: func(b *Box, v6 bool) Observation {
 				b.Echo(b.Remote, EchoPort)
-				if err := b.DP.SetZtunnelReady(false); err != nil {
+				if err := b.SetZtunnelReady(false); err != nil {
 					return Observation{Err: err}
 				}
-				if err := b.DP.SetZtunnelReady(true); err != nil {
+				if err := b.SetZtunnelReady(true); err != nil {
 					return Observation{Err: err}
 				}
 				return Observe(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
@@ -146,10 +146,10 @@ func Flows() []Flow {
 		{ID: "8", Name: "unenrolled pod -> host", Expect: Direct,
 			Run: func(b *Box, v6 bool) Observation {
 				b.Echo(b.Remote, EchoPort)
-				if err := b.DP.Unenroll(PodOf(b.Client)); err != nil {
+				if err := b.Unenroll(b.Client); err != nil {
 					return Observation{Err: err}
 				}
-				defer b.DP.Enroll(PodOf(b.Client))
+				defer b.Enroll(b.Client)
 				o := Observe(b, &b.Client.Namespace, v6, netip.AddrPortFrom(IP(b.Remote, v6), EchoPort))
 				if o.Err == nil {
 					o.Err = b.leftovers(b.Client)

@@ -276,7 +276,10 @@ func timeWaitReconnect(b *Box, v6, rfc1337 bool) Observation {
 	if rfc1337 {
 		val = "1"
 	}
-	if err := b.Ztunnel.Do(func() error { return writeSysctl("net/ipv4/tcp_rfc1337", val) }); err != nil {
+	// The rfc1337 of the netns where ztunnel's side of the connection
+	// lives, where the TIME_WAIT socket is.
+	zt := b.ZtunnelOf(b.Client)
+	if err := zt.Do(func() error { return writeSysctl("net/ipv4/tcp_rfc1337", val) }); err != nil {
 		return Observation{Err: err}
 	}
 	if b.closers == nil {
@@ -288,7 +291,7 @@ func timeWaitReconnect(b *Box, v6, rfc1337 bool) Observation {
 	if err != nil {
 		return Observation{Err: fmt.Errorf("first connection: %w", err)}
 	}
-	if err := waitClosed(b.Ztunnel, v6, first, dst); err != nil {
+	if err := waitClosed(zt, v6, first, dst); err != nil {
 		return Observation{Err: err}
 	}
 	second, info, err := closeFirst(b, v6, first, dst)

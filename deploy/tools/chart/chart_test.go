@@ -45,6 +45,8 @@ var defaultArgs = []string{
 	"--udp=pass",
 	"--dns-resolvers=",
 	"--fail-open=false",
+	"--ztunnel-mode=inpod",
+	"--zds-socket=/var/run/ztunnel/ztunnel.sock",
 	"--ztunnel-selector=app=ztunnel",
 	"--exclude-namespaces=kube-system,istio-system",
 	"--config-file=/etc/ambient-config/config.json",
@@ -267,6 +269,8 @@ func TestVolumes(t *testing.T) {
 		// Writable net sysctls (rp_filter): the runtime mounts /proc/sys read-only.
 		{"/proc/sys/net", "Directory", "/proc/sys/net", "", false},
 		{"/etc/ambient-config", "DirectoryOrCreate", "/etc/ambient-config", "", false},
+		// ztunnel's ZDS socket: ztunnel's pod connects to it (in-pod mode).
+		{"/var/run/ztunnel", "DirectoryOrCreate", "/var/run/ztunnel", "", false},
 		// The CNI plugin's socket: the plugin runs on the host.
 		{"/var/run/meshredirect", "DirectoryOrCreate", "/var/run/meshredirect", "", false},
 		// The node's CNI configuration and plugins: the plugin is installed there.
@@ -384,6 +388,8 @@ priority: 1
 redirectPeer: "false"
 captureDNS: true
 failOpen: true
+ztunnelMode: node
+zdsSocket: /run/zt/zds.sock
 ztunnelSelector: app.kubernetes.io/name=ztunnel,tier in (mesh)
 excludeNamespaces: [kube-system, istio-system, monitoring]
 configFile: {dir: /var/lib/ambient, name: ambient.json}
@@ -432,6 +438,18 @@ func TestValues(t *testing.T) {
 		{name: "udp", values: "udp: drop", arg: "--udp=drop"},
 		{name: "dnsResolvers", values: `dnsResolvers: [10.96.0.10, "fd00::a"]`, arg: "--dns-resolvers=10.96.0.10,fd00::a"},
 		{name: "failOpen", values: "failOpen: true", arg: "--fail-open=true"},
+		{name: "ztunnelMode node", values: "ztunnelMode: node", arg: "--ztunnel-mode=node",
+			check: func(t *testing.T, _ *Rendered, ds *appsv1.DaemonSet, c *corev1.Container) {
+				for _, m := range mounts(t, ds, c) {
+					if m.HostPath == "/var/run/ztunnel" {
+						t.Errorf("node mode mounts ztunnel's ZDS socket directory: %+v", m)
+					}
+				}
+			}},
+		{name: "zdsSocket", values: "zdsSocket: /run/zt/zds.sock", arg: "--zds-socket=/run/zt/zds.sock",
+			check: func(t *testing.T, _ *Rendered, ds *appsv1.DaemonSet, c *corev1.Container) {
+				assertMount(t, mounts(t, ds, c), mount{"/run/zt", "DirectoryOrCreate", "/run/zt", "", false})
+			}},
 		{name: "ztunnelSelector", values: "ztunnelSelector: app in (ztunnel,ztunnel-v2)", arg: "--ztunnel-selector=app in (ztunnel,ztunnel-v2)"},
 		{name: "excludeNamespaces", values: "excludeNamespaces: [kube-system, monitoring]", arg: "--exclude-namespaces=kube-system,monitoring"},
 		{name: "excludeNamespaces empty", values: "excludeNamespaces: []", arg: "--exclude-namespaces="},

@@ -193,7 +193,7 @@ func firstPacket(e *env) int {
 	a, err := agent.New(agent.Config{NodeName: c.NodeName, Client: c.Admin,
 		Dataplane:  dataplane.Config{NodeNetns: box.Node.Path(), PinDir: box.Config.PinDir},
 		Resolve:    dataplane.LocatorConfig{NetnsDirs: []string{c.NetnsDir}},
-		ConfigFile: filepath.Join(dir, "config.json"), CNI: agent.CNIConfig{Socket: socket}})
+		ConfigFile: filepath.Join(dir, "config.json"), CNI: agent.CNIConfig{Socket: socket}, ZtunnelMode: agent.ZtunnelModeNode})
 	if !step("start the agent", err) {
 		return 1
 	}

@@ -31,6 +31,10 @@ const zdsAckTimeout = 10 * time.Second
 
 func (a *Agent) inPod() bool { return a.cfg.ZtunnelMode == ZtunnelModeInPod }
 
+// ZtunnelConnected reports, in in-pod mode, whether a ztunnel is connected
+// to the ZDS socket; in node mode, false.
+func (a *Agent) ZtunnelConnected() bool { return a.zds != nil && a.zds.Connected() }
+
 // moved tells whether p is somewhere else than prev: another host
 // interface (node mode) or another network namespace (in-pod mode).
 func (a *Agent) moved(prev, p dataplane.Pod) bool {

@@ -307,6 +307,14 @@ func setupPodNetns(p Pod) (podNetns, error) {
 	if err != nil {
 		return podNetns{}, fmt.Errorf("find lo in %s: %w", h, err)
 	}
+	if lo.flags&unix.IFF_UP == 0 {
+		// A CNI ADD may come before the runtime's loopback plugin has
+		// brought lo up; the local route needs it up, and so does
+		// everything captured, which reaches ztunnel through it.
+		if err := h.setUp(lo.index); err != nil {
+			return podNetns{}, fmt.Errorf("bring lo up in %s: %w", h, err)
+		}
+	}
 	if err := ensureLocalDelivery(h, lo.index, p.Netns); err != nil {
 		return podNetns{}, err
 	}

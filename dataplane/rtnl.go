@@ -420,6 +420,16 @@ func ruleMark(m rtnetlink.RuleMessage) (mark uint32, mask *uint32) {
 	return mark, m.Attributes.FwMask
 }
 
+// setUp brings the interface index up (`ip link set dev X up`).
+func (n *nsLink) setUp(index int) error {
+	m := rtnetlink.LinkMessage{Family: unix.AF_UNSPEC, Index: uint32(index), Flags: unix.IFF_UP, Change: unix.IFF_UP}
+	data, err := m.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("encode RTM_NEWLINK: %w", err)
+	}
+	return n.execute(unix.RTM_NEWLINK, 0, data)
+}
+
 // addRule adds the rule m, failing with EEXIST when an identical one is
 // there (NLM_F_EXCL, as `ip rule add`).
 func (n *nsLink) addRule(m *rtnetlink.RuleMessage) error {

@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -76,9 +77,13 @@ func cmdAdd(args *skel.CmdArgs) error {
 	client, ctx, cancel := conf.client()
 	defer cancel()
 	// Captured, or not ambient: either way the pod may start.
-	if _, err := client.Do(ctx, cni.PathAdd, req); err != nil {
+	if _, err := client.Do(ctx, cni.PathAdd, req); errors.Is(err, cni.ErrUnreachable) {
 		return fmt.Errorf("capture pod %s/%s: %w (no pod outside %v starts while the agent cannot be asked; the kubelet retries)",
 			req.Namespace, req.Name, err, conf.ExcludeNamespaces)
+	} else if err != nil {
+		// The agent refused: its message says why (no ztunnel, a failed
+		// attachment); the kubelet retries.
+		return fmt.Errorf("capture pod %s/%s: %w", req.Namespace, req.Name, err)
 	}
 	return types.PrintResult(prev, conf.CNIVersion)
 }

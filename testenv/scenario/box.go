@@ -52,6 +52,7 @@ type Box struct {
 	Policies map[string]dataplane.Policy
 
 	tb    testenv.TB
+	opts  Options
 	mu    sync.Mutex
 	echos map[string]*testenv.Echo
 	dns   *DNSServer
@@ -295,7 +296,20 @@ func (b *Box) PodOf(p *testenv.Pod) dataplane.Pod {
 	return dp
 }
 
+// RestartStandin stops the stand-in, as ztunnel's pod stops, and starts a
+// new one with the same options: in in-pod mode its listeners in the pods
+// close, and the new one takes the pods back from the agent's snapshot. It
+// returns the records of the one that stopped.
+func (b *Box) RestartStandin(tb testenv.TB) []ztunnel.Record {
+	old := b.Standin
+	old.Close()
+	records := old.Records()
+	b.startStandin(tb, b.opts)
+	return records
+}
+
 func (b *Box) startStandin(tb testenv.TB, o Options) {
+	b.opts = o
 	zo := ztunnel.Options{Netns: b.Ztunnel.Netns, DNSAnswer: o.DNSAnswer, DialTimeout: 3 * time.Second}
 	if o.InPod {
 		// ztunnel's own choice, SO_REUSEPORT on its listeners, where

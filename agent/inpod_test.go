@@ -1,0 +1,265 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/internal/testutil"
+	"github.com/meshredirect/meshredirect/testenv"
+	"github.com/meshredirect/meshredirect/testenv/cnichain"
+	"github.com/meshredirect/meshredirect/testenv/kubeapi"
+	"github.com/meshredirect/meshredirect/testenv/scenario"
+	"github.com/meshredirect/meshredirect/testenv/ztunnel"
+)
+
+// newInPodEnv is newEnvWith for in-pod mode: the stand-in dials the ZDS
+// socket the agent will listen on, and every ambient pod's netns is bound
+// in the netns directory, where the agent finds the pods it did not see
+// through a CNI ADD.
+func newInPodEnv(t *testing.T, srv *kubeapi.Server, o scenario.Options) *env {
+	t.Helper()
+	o.InPod = true
+	e := newEnvWith(t, srv, o)
+	for _, p := range e.box.AmbientPods() {
+		e.bindNetns(p, p.Name)
+	}
+	return e
+}
+
+// inPod configures the agent for in-pod mode with the box's ZDS socket.
+func (e *env) inPod(c *agent.Config) {
+	c.ZtunnelMode = agent.ZtunnelModeInPod
+	c.ZDSSocket = e.box.ZDSPath
+}
+
+// waitInPod waits until the stand-in serves every one of pods, listeners
+// up in each, under the uid of its Pod object.
+func (e *env) waitInPod(pods ...*testenv.Pod) {
+	e.t.Helper()
+	uids := map[string]string{}
+	for _, p := range pods {
+		ns := e.ns
+		if !p.Ambient {
+			ns = e.plainNS
+		}
+		pod, err := e.admin.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+		must(e.t, err)
+		uids[string(pod.UID)] = p.Name
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := e.box.Standin.WaitPods(ctx, func(served []ztunnel.PodState) bool {
+		up := 0
+		for _, s := range served {
+			if _, ok := uids[s.UID]; ok && s.Up {
+				up++
+			}
+		}
+		return up == len(uids)
+	}); err != nil {
+		e.t.Fatalf("the stand-in did not get every pod over ZDS: %v (serves %+v)", err, e.box.Standin.Pods())
+	}
+}
+
+// TestSemanticsInPod runs every flow of DESIGN §5 that involves a socket in
+// in-pod mode, the agent driven by the real API server and handing the pods
+// to the stand-in over ZDS, on nodes of the three wirings, both families.
+func TestSemanticsInPod(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	srv := kubeapi.Shared(t)
+	for _, w := range testenv.Wirings {
+		t.Run(w.String(), func(t *testing.T) {
+			e := newInPodEnv(t, srv, scenario.Options{Wiring: w, PolicyPods: true,
+				DNSAnswer: []netip.Addr{testenv.ServiceIPv4(53), testenv.ServiceIPv6(53)}})
+			b := e.box
+			e.labelNamespace(e.ns, agent.ModeAmbient)
+			e.startAgent(e.inPod, func(c *agent.Config) {
+				c.Dataplane.CaptureDNS = true
+				c.DNSResolvers = b.Resolvers()
+			})
+			e.waitInPod(b.Client, b.Server, b.DNSBypass, b.Strict, b.BypassIn)
+			set := e.maps()
+			e.waitFor("every ambient pod's entries with its policy", 20*time.Second, func() bool {
+				pods, err := set.Endpoints.Pods()
+				if err != nil {
+					return false
+				}
+				for _, p := range []*testenv.Pod{b.Client, b.Server, b.DNSBypass, b.Strict, b.BypassIn} {
+					for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
+						ep, ok := pods[ip]
+						if !ok || ep.Flags != flagsOf(b.Policies[p.Name]) {
+							return false
+						}
+					}
+				}
+				return true
+			})
+			for _, f := range scenario.Semantics() {
+				t.Run(f.ID+" "+f.Name, func(t *testing.T) {
+					for _, v6 := range []bool{false, true} {
+						if f.ID == "s9" && !v6 {
+							// TODO(#15): ztunnel's TCP DNS listener is on
+							// 127.0.0.1, not transparent: IPv4 needs NAT.
+							t.Log("IPv4 skipped: TCP DNS in-pod needs NAT to ztunnel's loopback listener (in progress)")
+							continue
+						}
+						if o := f.Run(b, v6); !f.OK(o) {
+							t.Errorf("%s: path %q, want %q: %v", scenario.Family(v6), o.Path, f.Expect, o.Err)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestInPodCNI: in in-pod mode a CNI ADD of an ambient pod returns once the
+// pod is captured and ztunnel has acked it, so its very first packets go
+// through ztunnel's listener inside it; with no ztunnel connected, ADD of
+// an ambient pod fails (fail closed, as istio-cni does) while a pod outside
+// the mesh still starts.
+func TestInPodCNI(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	e := &cniEnv{env: newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})}
+	e.socket = t.TempDir() + "/cni.sock"
+	chain, err := cnichain.New(e.box.Node, e.socket, t.TempDir())
+	if errors.Is(err, cnichain.ErrNoReferencePlugins) {
+		testutil.SkipOrFail(t, err.Error())
+	}
+	must(t, err)
+	e.chain = chain
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	a := e.env.startAgent(e.inPod, func(c *agent.Config) { c.CNI.Socket = e.socket })
+	e.waitInPod(e.box.Client, e.box.Server)
+	b := e.box
+	b.Echo(b.Remote, scenario.EchoPort)
+
+	e.createPodObject(t, e.ns, "fresh")
+	sb := e.newSandbox(t)
+	if _, err := e.add(t, sb, e.ns, "fresh"); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	t.Cleanup(func() { e.del(t, sb, e.ns, "fresh") })
+	pod, err := e.admin.CoreV1().Pods(e.ns).Get(context.Background(), "fresh", metav1.GetOptions{})
+	must(t, err)
+	for _, v6 := range []bool{false, true} {
+		seen := len(b.Standin.Records())
+		o := scenario.Observe(b, &sb.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort))
+		if o.Err != nil || o.Path != scenario.ViaZtunnel(ztunnel.PortOutbound) {
+			t.Errorf("first flow of the new pod (%s): path %q, %v", scenario.Family(v6), o.Path, o.Err)
+		}
+		if !slices.ContainsFunc(b.Standin.Records()[seen:], func(r ztunnel.Record) bool { return r.Pod.UID == string(pod.UID) }) {
+			t.Errorf("no record of the stand-in names the new pod (uid %s) for its first flow (%s)", pod.UID, scenario.Family(v6))
+		}
+	}
+
+	// ztunnel goes away: an ambient pod may not start, one outside the
+	// mesh may.
+	b.Standin.Close()
+	e.waitFor("the agent to see ztunnel gone", 10*time.Second, func() bool { return !a.ZtunnelConnected() })
+	e.createPodObject(t, e.ns, "closed")
+	sb2 := e.newSandbox(t)
+	if _, err := e.add(t, sb2, e.ns, "closed"); err == nil {
+		t.Error("ADD of an ambient pod succeeded with no ztunnel connected")
+		e.del(t, sb2, e.ns, "closed")
+	} else {
+		t.Logf("ADD with no ztunnel: %v", err)
+	}
+	e.createPodObject(t, e.plainNS, "outside")
+	sb3 := e.newSandbox(t)
+	if _, err := e.add(t, sb3, e.plainNS, "outside"); err != nil {
+		t.Errorf("ADD of a pod outside the mesh failed with no ztunnel connected: %v", err)
+	} else {
+		e.del(t, sb3, e.plainNS, "outside")
+	}
+}
+
+// TestInPodZtunnelRestart restarts ztunnel (the stand-in) while a client
+// streams requests through its listener in the client pod: the new one
+// reconnects, gets the agent's snapshot and opens its listeners again, and
+// no request fails (a SYN dropped while no listener is up is sent again by
+// the client's kernel), every request carried by one stand-in or the
+// other.
+func TestInPodZtunnelRestart(t *testing.T) {
+	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})
+	b := e.box
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	e.startAgent(e.inPod)
+	e.waitInPod(b.Client, b.Server)
+
+	s := startStream(b)
+	time.Sleep(time.Second)
+	before := b.RestartStandin(t)
+	e.waitInPod(b.Client, b.Server)
+	time.Sleep(time.Second)
+	ok, failed, firstErr := s.finish()
+	t.Logf("requests through ztunnel's restart: %d ok, %d failed", ok, failed)
+	if failed != 0 {
+		t.Errorf("%d requests failed across ztunnel's restart (first: %v)", failed, firstErr)
+		s.explain(t, b, nil)
+	}
+	if ok < 20 {
+		t.Errorf("only %d requests went through", ok)
+	}
+	carried := 0
+	for _, r := range append(before, b.Standin.Records()...) {
+		if r.Source.Addr().Unmap() == b.Client.IPv4 || r.Source.Addr() == b.Client.IPv6 {
+			carried++
+		}
+	}
+	if int64(carried) < ok {
+		t.Errorf("the stand-ins carried %d flows of the client, fewer than the %d requests", carried, ok)
+	}
+	if st := b.Standin.ZDS(); st.Connects < 1 || st.Adds < 2 || st.Snapshots < 1 {
+		t.Errorf("the new stand-in's ZDS conversation: %+v, want a connection with both pods and a snapshot", st)
+	}
+}
+
+// TestInPodAgentRestart kills the agent (SIGKILL) while a client streams
+// requests through its in-pod capture, and starts a new one: ztunnel keeps
+// its listeners while the agent is away, the new agent replaces the
+// programs in place and sends ztunnel its snapshot, and no request fails.
+func TestInPodAgentRestart(t *testing.T) {
+	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})
+	b := e.box
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	args := []string{"--ztunnel-mode", agent.ZtunnelModeInPod, "--zds-socket", b.ZDSPath}
+	first := e.startAgentProcess(t, args...)
+	e.waitInPod(b.Client, b.Server)
+
+	s := startStream(b)
+	time.Sleep(time.Second)
+	first.signal(t, syscall.SIGKILL)
+	time.Sleep(500 * time.Millisecond)
+	second := e.startAgentProcess(t, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := b.Standin.WaitZDS(ctx, func(z ztunnel.ZDSState) bool { return z.Connects >= 2 && z.Snapshots >= 2 }); err != nil {
+		t.Errorf("the stand-in did not get the new agent's snapshot: %v (%+v)", err, b.Standin.ZDS())
+	}
+	time.Sleep(time.Second)
+	second.signal(t, syscall.SIGTERM)
+	ok, failed, firstErr := s.finish()
+	t.Logf("requests through the agent's restart: %d ok, %d failed", ok, failed)
+	if failed != 0 {
+		t.Errorf("%d requests failed across the agent's restart (first: %v)", failed, firstErr)
+		s.explain(t, b, nil)
+	}
+	if ok < 20 {
+		t.Errorf("only %d requests went through", ok)
+	}
+	if n := len(b.RecordsFrom(b.Client.IPv4)) + len(b.RecordsFrom(b.Client.IPv6)); int64(n) < ok {
+		t.Errorf("the stand-in carried %d flows of the client, fewer than the %d requests", n, ok)
+	}
+	if served := b.Standin.Pods(); len(served) != 2 {
+		t.Errorf("the stand-in serves %d pods after the restart, want the client and the server: %+v", len(served), served)
+	}
+}

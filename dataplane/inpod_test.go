@@ -369,3 +369,28 @@ func TestSemanticsInPod(t *testing.T) {
 		})
 	}
 }
+
+// TestInPodLoopbackDown: a CNI ADD may reach the agent before the
+// runtime's loopback plugin has brought the sandbox's lo up; enrolment
+// brings it up (the local route and the capture need it) and succeeds.
+func TestInPodLoopbackDown(t *testing.T) {
+	n := newInPodNode(t, testenv.WiringVeth)
+	must(t, n.client.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetDown(lo)
+	}))
+	must(t, n.dp.EnrollInPod(n.pod(n.client)))
+	must(t, n.client.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if lo.Attrs().Flags&net.FlagUp == 0 {
+			t.Error("lo is still down after enrolment")
+		}
+		return nil
+	}))
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -261,5 +262,51 @@ func TestInPodAgentRestart(t *testing.T) {
 	}
 	if served := b.Standin.Pods(); len(served) != 2 {
 		t.Errorf("the stand-in serves %d pods after the restart, want the client and the server: %+v", len(served), served)
+	}
+}
+
+// TestInPodAckError: ztunnel refuses a pod (an ack with an error, as when
+// it cannot enter the pod's netns for a moment): the agent reports it (a
+// log line, the ZDS and enrolment error metrics) and sends the pod again
+// until ztunnel takes it; meanwhile the pod stays captured.
+func TestInPodAckError(t *testing.T) {
+	var refused atomic.Int32
+	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{ZtunnelAckError: func(r ztunnel.ZDSRequest) string {
+		if r.Op == "add" && r.Pod.Name == "server" && refused.Add(1) <= 2 {
+			return "netns not ready"
+		}
+		return ""
+	}})
+	b := e.box
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	reg := agent.NewRegistry()
+	a := e.startAgent(e.inPod, func(c *agent.Config) { c.Metrics = reg })
+	srv := newMetricsServer(t, a, reg)
+	e.waitInPod(b.Client, b.Server)
+	if n := refused.Load(); n < 3 {
+		t.Errorf("the stand-in was asked %d times for the server, want 2 refusals and a success", n)
+	}
+	m := scrape(t, srv)
+	for _, c := range []struct {
+		sample string
+		min    float64
+	}{
+		{`meshredirect_zds_connected`, 1},
+		{`meshredirect_zds_acks_total{result="error"}`, 2},
+		{`meshredirect_zds_acks_total{result="ok"}`, 2},
+		{`meshredirect_zds_requests_total{kind="add"}`, 4},
+		{`meshredirect_zds_workloads`, 2},
+	} {
+		if m[c.sample] < c.min {
+			t.Errorf("%s = %v, want at least %v", c.sample, m[c.sample], c.min)
+		}
+	}
+	if !e.log.logged("netns not ready") {
+		t.Error("the agent did not log ztunnel's refusal")
+	}
+	// The refused pod was captured all along, and ztunnel serves it now.
+	b.Echo(b.Server, scenario.EchoPort)
+	if o := scenario.Observe(b, &b.Plain.Namespace, false, addr(b.Server, false, scenario.EchoPort)); o.Err != nil || o.Path != scenario.ViaZtunnel(ztunnel.PortInbound) {
+		t.Errorf("plain -> server after the refusals: path %q, %v", o.Path, o.Err)
 	}
 }

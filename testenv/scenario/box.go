@@ -83,6 +83,10 @@ type Options struct {
 	// PolicyPods adds the ambient pods DNSBypass, Strict and BypassIn, and
 	// makes the remote host's addresses the DNS resolvers.
 	PolicyPods bool
+	// ZtunnelAckError, in in-pod mode, is asked by the stand-in before it
+	// acts on each ZDS request: a non-empty answer is acked as an error
+	// (ztunnel refusing the request).
+	ZtunnelAckError func(ztunnel.ZDSRequest) string
 	// InPod runs in-pod mode (DESIGN §6): the ambient pods are captured
 	// inside their netns, and the stand-in, as ztunnel 1.21+ does, takes
 	// them over ZDS from the box's ZDS server and listens inside each.
@@ -315,7 +319,7 @@ func (b *Box) startStandin(tb testenv.TB, o Options) {
 		// ztunnel's own choice, SO_REUSEPORT on its listeners, where
 		// bpf_sk_assign takes such a listener (Linux 6.5); before, the
 		// setting that ztunnel's INPOD_PORT_REUSE=false gives.
-		zo.ZDS, zo.NoPortReuse = b.ZDSPath, !mrasm.AssignsReuseport()
+		zo.ZDS, zo.NoPortReuse, zo.AckError = b.ZDSPath, !mrasm.AssignsReuseport(), o.ZtunnelAckError
 	}
 	zts, err := ztunnel.Start(zo)
 	if err != nil {

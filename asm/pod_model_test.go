@@ -155,7 +155,6 @@ func (w world) podFrame(prog string, frame []byte, mark uint32) []byte {
 	return bytes.Clone(frame)
 }
 
-
 // dnsReplyOf returns the client (destination address and port) of frame
 // when it is a reply of ztunnel's DNS proxy as pod_loopback knows one: UDP
 // from the family's loopback address, port 15053, with no IPv4 options or

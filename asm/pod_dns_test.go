@@ -41,11 +41,10 @@ func TestPodDNSReplies(t *testing.T) {
 		mark  uint32
 		// record is put in the map before the run (client port, original
 		// destination port; zero: none).
-		record        [2]uint16
-		frame         func(v6 bool) packet
-		zeroUDPCsum   bool
-		want          outcome
-		rewrittenFrom netip.AddrPort // the source a rewritten reply gets
+		record      [2]uint16
+		frame       func(v6 bool) packet
+		zeroUDPCsum bool
+		want        outcome
 		// recorded is the record the client port must have after the run
 		// (its original destination port; zero: none).
 		recorded uint16

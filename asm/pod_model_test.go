@@ -216,15 +216,15 @@ func (w world) podLoopbackFrame(frame []byte, mark uint32) []byte {
 	if !ok {
 		return out
 	}
-	oldAddr, newAddr := []byte{127, 0, 0, 1}, orig.Addr().AsSlice()
+	// The record's 16 bytes, or their last 4 over IPv4 (a record made by
+	// an IPv4 query is v4-mapped).
+	a := orig.Addr().As16()
+	oldAddr, newAddr := []byte{127, 0, 0, 1}, a[12:]
 	saddr, l4 := 26, 34
 	if v6 {
-		a := orig.Addr().As16()
 		oldAddr, newAddr = netip.IPv6Loopback().AsSlice(), a[:]
 		saddr, l4 = 22, 54
 	} else {
-		a := orig.Addr().Unmap().As4()
-		newAddr = a[:]
 		binary.BigEndian.PutUint16(out[24:], csumReplace(be16At(out, 24), oldAddr, newAddr))
 	}
 	newPort := binary.BigEndian.AppendUint16(nil, orig.Port())

@@ -5,10 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/gopacket/layers"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/internal/testutil"
@@ -256,4 +260,84 @@ func onesSum(start uint32, b []byte) uint16 {
 		sum = sum&0xffff + sum>>16
 	}
 	return uint16(sum)
+}
+
+// TestPodDNSReplyOnHook runs the whole exchange through a real lo with
+// pod_loopback on its tc ingress: a client connected to the resolver (as
+// glibc's is) and ztunnel's DNS proxy bound to the loopback address's port
+// 15053, which answers from there. With the client's record the reply
+// reaches the client from the resolver's address and port; without one it
+// is ignored, as it would be with no pod_loopback at all (the bug this
+// fixes).
+func TestPodDNSReplyOnHook(t *testing.T) {
+	f := newPodFixture(t, -1)
+	pod := newAssignNetns(t)
+	testutil.MustDo(t, pod.ns, func() error {
+		// A route to the resolvers, so that the client can connect: a veth
+		// nothing answers on.
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "up0"}, PeerName: "up1"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("add veth: %w", err)
+		}
+		up, err := netlink.LinkByName("up0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(up); err != nil {
+			return err
+		}
+		for _, a := range []netip.Addr{dnsV4, dnsV6} {
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: up.Attrs().Index, Dst: hostAddr(a).IPNet}); err != nil {
+				return fmt.Errorf("route to %s: %w", a, err)
+			}
+		}
+		if err := netlink.QdiscAdd(&netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: mrasm.LoopbackIfindex,
+			Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}); err != nil {
+			return fmt.Errorf("add clsact to lo: %w", err)
+		}
+		return netlink.FilterAdd(&netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: mrasm.LoopbackIfindex, Parent: netlink.HANDLE_MIN_INGRESS, Priority: 1, Protocol: unix.ETH_P_ALL},
+			Fd:          f.coll.Programs[mrasm.PodLoopback].FD(), Name: "meshredirect-test", DirectAction: true,
+		})
+	})
+	for _, v6 := range []bool{false, true} {
+		network := map[bool]string{false: "udp4", true: "udp6"}[v6]
+		resolver := netip.AddrPortFrom(pick(v6, dnsV4, dnsV6), 53)
+		for _, recorded := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/recorded=%v", network, recorded), func(t *testing.T) {
+				var client, proxy *net.UDPConn
+				testutil.MustDo(t, pod.ns, func() error {
+					var err error
+					client, err = net.DialUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(pick(v6, clientV4, clientV6), 0)), net.UDPAddrFromAddrPort(resolver))
+					if err != nil {
+						return err
+					}
+					proxy, err = net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(pick(v6, loopbackV4, loopbackV6), mrasm.PortDNS)))
+					return err
+				})
+				t.Cleanup(func() { client.Close(); proxy.Close() })
+				local := client.LocalAddr().(*net.UDPAddr).AddrPort()
+				if recorded {
+					if err := f.maps.DNSOrig.Put(local, resolver); err != nil {
+						t.Fatal(err)
+					}
+				}
+				answer := []byte("an answer of odd length")
+				if _, err := proxy.WriteToUDPAddrPort(answer, local); err != nil {
+					t.Fatal(err)
+				}
+				buf := make([]byte, 512)
+				client.SetReadDeadline(time.Now().Add(time.Second))
+				n, from, err := client.ReadFromUDPAddrPort(buf)
+				switch {
+				case recorded && err != nil:
+					t.Fatalf("the client got no reply: %v", err)
+				case recorded && (from != resolver || !bytes.Equal(buf[:n], answer)):
+					t.Fatalf("the client got %q from %s, want %q from %s", buf[:n], from, answer, resolver)
+				case !recorded && err == nil:
+					t.Fatalf("the client got %q from %s without a record", buf[:n], from)
+				}
+			})
+		}
+	}
 }

@@ -56,12 +56,13 @@ demo:
 	./bin/demo
 
 ## fuzz: every fuzz target (the programs, the CNI plugin's input, the conflist editor, the ambient
-## decision), FUZZ_SCALE times the executions make test gives it (about 5 s each here, 60 s with fuzz).
+## decision), FUZZ_SCALE times the executions make test gives it (about 5 s each here, 60 s with fuzz; the
+## in-pod targets enter a netns on every execution: fewer executions, about 10 s each).
 ## Budgets are counts, not durations: with a duration, go1.26's fuzz coordinator can fail a target
 ## that found nothing ("context deadline exceeded" at the deadline, golang/go#75804, fixed in go1.27).
 FUZZ_TARGETS ?= ./asm:FuzzAppOutbound:60000 ./asm:FuzzAppInbound:60000 ./asm:FuzzZtunnelIngress:60000 \
-	./asm:FuzzZtunnelEgress:60000 ./asm:FuzzZtunnelAssign:60000 ./cmd/meshredirect-cni:FuzzPluginConfig:100000 ./cni:FuzzConflist:3000 \
-	./agent:FuzzDecide:8000
+	./asm:FuzzZtunnelEgress:60000 ./asm:FuzzZtunnelAssign:60000 ./asm:FuzzPodEgress:10000 ./asm:FuzzPodLoopback:18000 \
+	./asm:FuzzPodIngress:12000 ./cmd/meshredirect-cni:FuzzPluginConfig:100000 ./cni:FuzzConflist:3000 ./agent:FuzzDecide:8000
 FUZZ_SCALE ?= 12
 define run-fuzz
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; n=$$(( $${rest##*:} * $(1) )); \

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
+	"github.com/meshredirect/meshredirect/internal/testutil"
+	"github.com/meshredirect/meshredirect/maps"
 )
 
 // variant is an attacker's variant of a frame.
@@ -189,5 +191,76 @@ func TestAttackerCorpus(t *testing.T) {
 	t.Logf("tried %d variants of the passing rows", tried)
 	if tried < 100 {
 		t.Errorf("only %d variants: the tables lost their pass rows?", tried)
+	}
+}
+
+// TestPodAttackerCorpus is TestAttackerCorpus for the in-pod programs: every
+// row of pod_egress's and pod_ingress's tables that lets a packet pass is
+// tried with a forged source, with each IP option or extension header that
+// could relay it, and through the other in-pod program, each time with
+// ztunnel's listeners open in the pod's stand-in netns. Each variant must be
+// what the in-pod model says, and whatever still passes must be a class §5
+// lets pass.
+func TestPodAttackerCorpus(t *testing.T) {
+	f := newPodFixture(t, -1)
+	pod := newAssignNetns(t)
+	for _, fam := range []string{"4", "6"} {
+		for _, p := range []int{mrasm.PortOutbound, mrasm.PortInbound, mrasm.PortHBONE} {
+			pod.listen(t, "tcp"+fam, p)
+		}
+		pod.listenLoopback(t, "tcp"+fam, mrasm.PortDNS)
+		pod.listenLoopback(t, "udp"+fam, mrasm.PortDNS)
+	}
+	tried := 0
+	for _, rows := range [][]podRow{podEgressCases(), podIngressCases()} {
+		for _, r := range rows {
+			if r.want != oPass || r.mark&mrasm.ZtunnelMarkMask == mrasm.ZtunnelMark {
+				continue // ztunnel's own packets pass whatever they carry
+			}
+			base := r.frame(t)
+			other := mrasm.PodIngress
+			if r.prog == mrasm.PodIngress {
+				other = mrasm.PodEgress
+			}
+			type attempt struct {
+				name, prog string
+				frame      []byte
+			}
+			attempts := []attempt{{"through " + other, other, base}}
+			for _, v := range attackVariants(base) {
+				attempts = append(attempts, attempt{v.name, r.prog, v.frame})
+			}
+			for _, a := range attempts {
+				t.Run(r.prog+"/"+r.name+"/"+r.fam+"/"+a.name, func(t *testing.T) {
+					flags := maps.ZtunnelReady
+					if r.ztFlags != 0 {
+						flags = r.ztFlags
+					}
+					f.setZtunnel(t, flags)
+					f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
+					t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+					w := f.podWorld(t, true)
+					want := w.podOutcome(a.prog, a.frame, r.mark)
+					var res result
+					testutil.MustDo(t, pod.ns, func() error {
+						res = f.runCtx(t, a.prog, a.frame, mrasm.SkBuff{Mark: r.mark})
+						return nil
+					})
+					if got := (outcome{res.verdict, res.ret}); !res.counted || got != want {
+						t.Fatalf("%s gave %s (%s), the model %s (%s)", a.prog, res.verdict, action(res.ret), want.verdict, action(want.ret))
+					}
+					if want == oPass {
+						if err := podMeshRule(w, a.prog, a.frame, r.mark); err != nil {
+							t.Fatalf("%s passed a variant §5 does not let pass: %v", a.prog, err)
+						}
+					}
+				})
+				tried++
+			}
+		}
+	}
+	t.Logf("tried %d variants of the in-pod passing rows", tried)
+	if tried < 100 {
+		t.Errorf("only %d variants: the in-pod tables lost their pass rows?", tried)
 	}
 }

@@ -292,4 +292,22 @@ func TestWriteFuzzCorpus(t *testing.T) {
 			}
 		}
 	}
+	// The in-pod targets: their state chooses the mark (none, TProxyMark,
+	// ztunnel's), ztunnel's and the pod's flags and the listeners.
+	states := []uint32{0, 1 | fuzzDNS, 2, 1 | fuzzDNS | fuzzNoListeners, fuzzPodBypassIn | fuzzPodBypassDNS | fuzzUDPDrop}
+	for _, target := range []string{"FuzzPodEgress", "FuzzPodLoopback", "FuzzPodIngress"} {
+		dir := filepath.Join("testdata", "fuzz", target)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range append(fuzzSeeds(t), podFuzzSeeds(t)...) {
+			for j, state := range states {
+				body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nuint32(%d)\n", s, state)
+				name := filepath.Join(dir, fmt.Sprintf("seed-%02d-%d", i, j))
+				if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
 }

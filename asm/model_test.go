@@ -30,6 +30,15 @@ type world struct {
 	nodeSocket, ztunnelSocket func(tuple) bool
 	// relays are the node's UDP tunnel ports.
 	relays []uint16
+	// In-pod mode (pod_model_test.go): pod are the addresses built into
+	// the programs, inPod sends what is captured to lo whatever ztunnel's
+	// readiness, listeners says ztunnel's listeners are open in the pod.
+	pod       []netip.Addr
+	inPod     bool
+	listeners bool
+	// dnsOrig is the dnsorig map: the original destination of a client's
+	// DNS query.
+	dnsOrig func(client netip.AddrPort) (netip.AddrPort, bool)
 }
 
 // tuple is a packet's TCP addresses and ports.
@@ -162,6 +171,9 @@ func (w world) lookup(a netip.Addr) (maps.Endpoint, bool) {
 
 // own reports whether a is an ambient pod's address on the program's veth.
 func (w world) own(a netip.Addr) bool {
+	if w.inPod {
+		return w.ownPod(a)
+	}
 	ep, ok := w.lookup(a)
 	return ok && ep.IsPod() && ep.Ifindex == w.self
 }
@@ -177,6 +189,8 @@ func (w world) strict(podFlags uint16) bool {
 
 func (w world) capture(out outcome) outcome {
 	switch {
+	case w.inPod:
+		return oLoopback
 	case w.ztFlags&maps.ZtunnelReady != 0:
 		return out
 	case w.ztFlags&maps.ZtunnelFailOpen != 0:

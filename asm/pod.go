@@ -237,8 +237,9 @@ func zeroDstMAC() asm.Instructions {
 }
 
 // podLoopback builds the program on the ingress of lo inside an ambient
-// pod's netns. It acts only on what pod_egress redirected there (TProxyMark
-// in the bits of TProxyMask); everything else on lo passes untouched. It
+// pod's netns. It acts on what pod_egress redirected there (TProxyMark in
+// the bits of TProxyMask) and on the replies of ztunnel's DNS proxy
+// (dnsReply, poddns.go); everything else on lo passes untouched. It
 // knows nothing of its pod, so one instance may serve every pod. As
 // ztunnel_assign does for the outbound direction:
 //
@@ -250,7 +251,11 @@ func zeroDstMAC() asm.Instructions {
 //     unless that is a listener or in TIME_WAIT; else to ztunnel's
 //     listener on 15001, or on 15053 for DNS over TCP (to port 53, DNS
 //     capture on, the source pod not opted out), which must be a listener.
-//   - UDP DNS, captured, goes to the 15053 UDP socket.
+//   - UDP DNS, captured, goes to the 15053 UDP socket, and its original
+//     destination is recorded for the reply (recordDNSQuery).
+//   - An unmarked UDP datagram from 127.0.0.1:15053 or [::1]:15053 to a
+//     client with a record (ztunnel's DNS reply) gets the recorded
+//     destination as its source, checksums updated, and passes.
 //
 // ztunnel binds its DNS proxy to localhost: its dns_proxy_addr defaults to
 // Address::Localhost, 127.0.0.1:15053 and [::1]:15053 (istio/ztunnel
@@ -269,7 +274,7 @@ func podLoopback() asm.Instructions {
 		asm.Instructions{
 			asm.LoadMem(asm.R1, regCtx, skbMark, asm.Word),
 			asm.And.Imm(asm.R1, TProxyMask),
-			asm.JNE.Imm(asm.R1, TProxyMark, labelPass),
+			asm.JNE.Imm(asm.R1, TProxyMark, "pl_reply"),
 		},
 		parseEthernet(ethLabels{v4: "pl_v4", v6: "pl_v6", arp: labelNoSocket, other: labelNoSocket, vlan: labelNoSocket, short: labelNoSocket}),
 	)
@@ -279,6 +284,7 @@ func podLoopback() asm.Instructions {
 	return concat(
 		insns,
 		assignSocket("pl", false),
+		dnsReply("pl_reply"),
 		exit("pl_marked", maps.VerdictMarked, ActOK),
 		exit(labelPass, maps.VerdictPassed, ActUnspec),
 		exit(labelNoSocket, maps.VerdictNoSocket, ActShot),
@@ -337,7 +343,8 @@ func loopbackFamily(f family) asm.Instructions {
 		f.flagsOf(l("udp_src"), f.saddr),
 		dnsCaptured(l("udp_dns")),
 		asm.Instructions{asm.Ja.Label(labelNoSocket)},
-		at(l("udp_dns"), f.listenerAt(l("udp_dns_lookup"), "pl_assign", true, PortDNS, true)...),
+		at(l("udp_dns"), f.listenerAt(l("udp_dns_lookup"), l("udp_record"), true, PortDNS, true)...),
+		f.recordDNSQuery(l("udp_record"), "pl_assign"),
 	)
 }
 

@@ -6,13 +6,14 @@
 // [EndpointOffMAC]), so the kernel side and the Go side cannot drift apart.
 // [LayoutVersion] names the layout; pins of another version are replaced.
 //
-// Five maps exist (DESIGN.md §1, §5):
+// Six maps exist (DESIGN.md §1, §5, §6):
 //
 //	endpoints  hash          [Key] (16-byte IP, IPv4 v4-mapped)  -> [Endpoint]
 //	epcache    array[65536]  [SlotOf] the key                    -> [Slot]
 //	ztunnel    array[1]      0                                   -> [Ztunnel]
 //	relays     array[1]      0                                   -> [RelayPorts]
 //	stats      percpu        [Verdict]                           -> [Counter]
+//	dnsorig    LRU hash      [SockAddr] a pod's DNS client socket -> [SockAddr] its query's destination
 //
 // endpoints holds every address of this node the programs must know: the
 // ambient pods' (with their veth, MAC and policy), the node's own (the
@@ -26,6 +27,12 @@
 // [Endpoints.Sync] rebuilds the cache from the map (on reopening pins).
 // relays is a bitmap of the node's tunnel ports (VXLAN, Geneve, FOU), which
 // pods' UDP must not reach.
+//
+// dnsorig is in-pod mode's (written and read by pod_loopback only): ztunnel's
+// DNS proxy listens on 127.0.0.1:15053 and answers from there, while the
+// client's socket is connected to the resolver it asked; pod_loopback
+// records where each captured query was going and gives the reply that
+// source back.
 //
 // Integers in values are in host byte order (as cilium/ebpf marshals them);
 // addresses and MACs are in network byte order, as they appear in packets, so

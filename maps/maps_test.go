@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -39,6 +40,10 @@ func TestLayout(t *testing.T) {
 		{"Ztunnel.IPv6", uintptr(maps.ZtunnelOffIPv6), 28},
 		{"Ztunnel.NetnsID", uintptr(maps.ZtunnelOffNetnsID), 44},
 		{"sizeof(Counter)", unsafe.Sizeof(maps.Counter{}), 16},
+		{"sizeof(SockAddr)", unsafe.Sizeof(maps.SockAddr{}), uintptr(maps.SockAddrSize)},
+		{"SockAddr.Addr", unsafe.Offsetof(maps.SockAddr{}.Addr), uintptr(maps.SockAddrOffAddr)},
+		{"SockAddr.Port", unsafe.Offsetof(maps.SockAddr{}.Port), uintptr(maps.SockAddrOffPort)},
+		{"SockAddrSize", uintptr(maps.SockAddrSize), 20},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
@@ -98,10 +103,10 @@ func TestPinAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(first.Created) != 5 {
-		t.Errorf("first open created %v, want all five maps", first.Created)
+	if len(first.Created) != 6 {
+		t.Errorf("first open created %v, want all six maps", first.Created)
 	}
-	for _, name := range []string{"endpoints", "epcache", "ztunnel", "relays", "stats"} {
+	for _, name := range []string{"endpoints", "epcache", "ztunnel", "relays", "stats", "dnsorig"} {
 		info, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatalf("pin %s: %v", name, err)
@@ -358,4 +363,51 @@ func TestReplaceIncompatible(t *testing.T) {
 		t.Fatal(err)
 	}
 	ro.Close()
+}
+
+// TestDNSOrigAddedToOldPins opens pins of this layout version made before
+// the dnsorig map existed: Open keeps every other map and its entries and
+// creates the new pin beside them; Put and Get round-trip both families.
+func TestDNSOrigAddedToOldPins(t *testing.T) {
+	dir := pinDir(t)
+	first, err := maps.Open(maps.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr("198.18.1.10")
+	if err := first.Endpoints.Put(ip, maps.Endpoint{Flags: maps.EndpointNode}); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	if err := os.Remove(filepath.Join(dir, maps.DNSOrigName)); err != nil {
+		t.Fatal(err)
+	}
+	second, err := maps.Open(maps.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if !slices.Equal(second.Created, []string{maps.DNSOrigName}) || len(second.Replaced) != 0 {
+		t.Errorf("reopen created %v and replaced %v, want only dnsorig created", second.Created, second.Replaced)
+	}
+	if _, err := second.Endpoints.Get(ip); err != nil {
+		t.Errorf("the endpoints map lost its entry: %v", err)
+	}
+	for _, c := range [][2]string{{"198.18.1.10:40000", "10.96.0.10:53"}, {"[fd10::10]:40000", "[fd00::a]:53"}} {
+		client, orig := netip.MustParseAddrPort(c[0]), netip.MustParseAddrPort(c[1])
+		if _, err := second.DNSOrig.Get(client); !errors.Is(err, maps.ErrNotFound) {
+			t.Errorf("Get(%s) before Put: %v, want ErrNotFound", client, err)
+		}
+		if err := second.DNSOrig.Put(client, orig); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := second.DNSOrig.Get(client); err != nil || got != orig {
+			t.Errorf("Get(%s) = %s, %v; want %s", client, got, err, orig)
+		}
+	}
+	pinned, err := maps.OpenPinned(dir)
+	if err != nil {
+		t.Fatalf("OpenPinned: %v", err)
+	}
+	pinned.Close()
 }

@@ -43,6 +43,7 @@ type Set struct {
 	Ztunnel   *ZtunnelMap
 	Relays    *Relays
 	Stats     *Stats
+	DNSOrig   *DNSOrig
 
 	// Created lists the reference names of the maps that Open created, as
 	// opposed to re-opened from pins.
@@ -120,6 +121,7 @@ func Open(opts Options) (*Set, error) {
 	s.Ztunnel = &ZtunnelMap{opened[ZtunnelName]}
 	s.Relays = &Relays{opened[RelaysName]}
 	s.Stats = &Stats{opened[StatsName]}
+	s.DNSOrig = &DNSOrig{opened[DNSOrigName]}
 	if !slices.Contains(s.Created, CacheName) {
 		// Heal a cache that an earlier writer left out of step (it was
 		// killed between a map write and a slot write); rewrites nothing
@@ -170,7 +172,8 @@ func OpenPinned(dir string) (*Set, error) {
 		}
 	}
 	return &Set{Endpoints: &Endpoints{Map: opened[EndpointsName], Cache: opened[CacheName]},
-		Ztunnel: &ZtunnelMap{opened[ZtunnelName]}, Relays: &Relays{opened[RelaysName]}, Stats: &Stats{opened[StatsName]}}, nil
+		Ztunnel: &ZtunnelMap{opened[ZtunnelName]}, Relays: &Relays{opened[RelaysName]}, Stats: &Stats{opened[StatsName]},
+		DNSOrig: &DNSOrig{opened[DNSOrigName]}}, nil
 }
 
 // Maps returns the maps by reference name, the form that
@@ -182,6 +185,7 @@ func (s *Set) Maps() map[string]*ebpf.Map {
 		ZtunnelName:   s.Ztunnel.Map,
 		RelaysName:    s.Relays.Map,
 		StatsName:     s.Stats.Map,
+		DNSOrigName:   s.DNSOrig.Map,
 	}
 }
 

@@ -14,8 +14,13 @@ const (
 	ZtunnelName   = "ztunnel"
 	RelaysName    = "relays"
 	StatsName     = "stats"
+	DNSOrigName   = "dnsorig"
 )
 
+// A map added to Specs needs no new LayoutVersion: Open creates its pin
+// beside the others, and an agent of the same version without it leaves
+// it alone (dnsorig was added so in version 2).
+//
 // LayoutVersion is part of every map's kernel name. Bump it whenever a key or
 // value changes meaning, even at the same size: an agent then refuses pins of
 // the older layout instead of reading them wrongly.
@@ -70,6 +75,13 @@ func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 			KeySize:    4,
 			ValueSize:  uint32(unsafe.Sizeof(RelayPorts{})),
 			MaxEntries: 1,
+		},
+		DNSOrigName: {
+			Name:       kernelName("dnsorig"),
+			Type:       ebpf.LRUHash,
+			KeySize:    SockAddrSize,
+			ValueSize:  SockAddrSize,
+			MaxEntries: DNSOrigMaxEntries,
 		},
 		StatsName: {
 			Name:       kernelName("stats"),

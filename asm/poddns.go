@@ -1,0 +1,269 @@
+package asm
+
+import (
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/meshredirect/meshredirect/maps"
+)
+
+// ztunnel's DNS proxy binds 127.0.0.1:15053 and [::1]:15053, without
+// IP_TRANSPARENT (istio/ztunnel src/config.rs, dns_proxy_addr): a query
+// that pod_loopback gives it with bpf_sk_assign arrives on that socket, and
+// the reply leaves it from 127.0.0.1:15053 to the client's address and
+// port, through lo, back in on lo's ingress. The client's socket is
+// connected to the resolver it asked (glibc's resolver connects its UDP
+// socket), and the kernel's UDP lookup matches a connected socket's peer:
+// a reply from 127.0.0.1:15053 finds no socket, and the lookup times out.
+// iptables gets this for free from conntrack (the REDIRECT's reverse NAT);
+// pod_loopback does it with the dnsorig map (maps.SockAddr both ways):
+//
+//   - recordDNSQuery, when a captured UDP query gets ztunnel's DNS socket:
+//     client (the query's source address and port) -> original destination
+//     (its destination address and port), overwritten by each query from
+//     the same socket;
+//   - dnsReply, for an unmarked UDP datagram on lo from the family's
+//     loopback address, port 15053, without IP options or extension
+//     headers and not a fragment: its destination is a client; when the map
+//     has it, its source becomes the recorded destination, with the IPv4
+//     header checksum and the UDP checksum updated incrementally
+//     (bpf_l3_csum_replace, bpf_l4_csum_replace with BPF_F_PSEUDO_HDR for
+//     the address; BPF_F_MARK_MANGLED_0, so that an IPv4 datagram without
+//     a checksum keeps none and a computed zero is sent as 0xffff).
+//
+// Records are never deleted by the program: the A and AAAA queries of one
+// lookup share a socket, and each reply needs the record. The LRU evicts
+// them (maps.DNSOrigMaxEntries says why its size is enough).
+//
+// A record is only made from a packet pod_egress marked, so from the pod's
+// own source: nothing from outside the pod reaches lo with TProxyMark. A
+// reply is only rewritten from the loopback address's port 15053, which
+// only ztunnel holds in the pod, and only back to a recorded client.
+
+// Stack slots of the DNS record: key and value of the dnsorig map.
+const (
+	stackDNSClient = -112
+	stackDNSOrig   = stackDNSClient + int16(maps.SockAddrSize)
+)
+
+// Helper flags of bpf_l3_csum_replace and bpf_l4_csum_replace
+// (include/uapi/linux/bpf.h).
+const (
+	bpfFPseudoHdr    = 1 << 4
+	bpfFMarkMangled0 = 1 << 5
+)
+
+// sockAddrFromPacket writes the address at field (from the L3 header) and
+// the port at portOff (from the L4 header in R9) as a maps.SockAddr at the
+// stack slot at. The fixed IP header and the ports must be bounds-checked.
+// Clobbers R1.
+func (f family) sockAddrFromPacket(at int16, field, portOff int16) asm.Instructions {
+	var insns asm.Instructions
+	if f.v6 {
+		for off := int16(0); off < 16; off += 4 {
+			insns = append(insns,
+				asm.LoadMem(asm.R1, regData, ethHlen+field+off, asm.Word),
+				asm.StoreMem(asm.RFP, at+maps.SockAddrOffAddr+off, asm.R1, asm.Word),
+			)
+		}
+	} else {
+		insns = asm.Instructions{
+			asm.StoreImm(asm.RFP, at+maps.SockAddrOffAddr, 0, asm.Word),
+			asm.StoreImm(asm.RFP, at+maps.SockAddrOffAddr+4, 0, asm.Word),
+			asm.StoreImm(asm.RFP, at+maps.SockAddrOffAddr+8, int64(v4MappedWord()), asm.Word),
+			asm.LoadMem(asm.R1, regData, ethHlen+field, asm.Word),
+			asm.StoreMem(asm.RFP, at+maps.SockAddrOffAddr+12, asm.R1, asm.Word),
+		}
+	}
+	return append(insns,
+		asm.LoadMem(asm.R1, regL4, portOff, asm.Half),
+		asm.StoreMem(asm.RFP, at+maps.SockAddrOffPort, asm.R1, asm.Half),
+		asm.StoreImm(asm.RFP, at+maps.SockAddrOffPort+2, 0, asm.Half),
+	)
+}
+
+// recordDNSQuery is entered at label with ztunnel's DNS socket in R0 (the
+// lookup's reference) and a captured UDP query, its ports bounds-checked
+// from R9 (the parser's checks still hold: the socket lookup changes no
+// packet data, and R0 may not be used to check again): it records client -> original destination in the dnsorig map
+// and jumps to assign with the socket in R0 again. The record is made
+// before bpf_sk_assign: a query the kernel then refuses leaves a record
+// that no reply will use.
+func (f family) recordDNSQuery(label, assign string) asm.Instructions {
+	return concat(
+		at(label, f.sockAddrFromPacket(stackDNSClient, f.saddr, l4OffSport)...),
+		f.sockAddrFromPacket(stackDNSOrig, f.daddr, l4OffDport),
+		asm.Instructions{
+			// R9 keeps the socket across the call; the packet is not read
+			// again on this path.
+			asm.Mov.Reg(regL4, asm.R0),
+			asm.LoadMapPtr(asm.R1, 0).WithReference(maps.DNSOrigName),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, stackDNSClient),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, int32(stackDNSOrig)),
+			asm.Mov.Imm(asm.R4, 0), // BPF_ANY
+			asm.FnMapUpdateElem.Call(),
+			asm.Mov.Reg(asm.R0, regL4),
+			asm.Ja.Label(assign),
+		},
+	)
+}
+
+// dnsReply is pod_loopback's code for an unmarked packet, from label: a
+// reply of ztunnel's DNS proxy to a recorded client gets the source the
+// client asked; anything else passes untouched.
+func dnsReply(label string) asm.Instructions {
+	insns := at(label,
+		asm.Mov.Reg(asm.R0, regData),
+		asm.Add.Imm(asm.R0, ethHlen),
+		asm.JGT.Reg(asm.R0, regDataEnd, labelPass),
+		asm.LoadMem(asm.R1, regData, ethOffProto, asm.Half),
+		asm.JEq.Imm(asm.R1, be16(ethPIPv4), "pl_reply_v4"),
+		asm.JEq.Imm(asm.R1, be16(ethPIPv6), "pl_reply_v6"),
+		asm.Ja.Label(labelPass),
+	)
+	for _, f := range families {
+		insns = append(insns, dnsReplyFamily(f)...)
+	}
+	return append(insns, at("pl_reply_failed", asm.Ja.Label(labelParseErr))...)
+}
+
+// dnsReplyFamily matches and rewrites a DNS reply of family f.
+func dnsReplyFamily(f family) asm.Instructions {
+	l4 := int16(ethHlen) + int16(f.hlen)
+	lo := f.loopbackLastWord()
+	// The IP header without options or extension headers, UDP, not a
+	// fragment, from the loopback address's port 15053.
+	match := asm.Instructions{
+		asm.Mov.Reg(asm.R0, regData),
+		asm.Add.Imm(asm.R0, int32(l4)+udpHlen),
+		asm.JGT.Reg(asm.R0, regDataEnd, labelPass),
+	}
+	if f.v6 {
+		match = append(match,
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv6OffVer, asm.Byte),
+			asm.And.Imm(asm.R1, 0xf0),
+			asm.JNE.Imm(asm.R1, 0x60, labelPass),
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv6OffNext, asm.Byte),
+			asm.JNE.Imm(asm.R1, ipprotoUDP, labelPass),
+			asm.LoadMem(asm.R1, regData, ethHlen+f.saddr, asm.Word),
+			asm.JNE.Imm32(asm.R1, 0, labelPass),
+			asm.LoadMem(asm.R1, regData, ethHlen+f.saddr+4, asm.Word),
+			asm.JNE.Imm32(asm.R1, 0, labelPass),
+			asm.LoadMem(asm.R1, regData, ethHlen+f.saddr+8, asm.Word),
+			asm.JNE.Imm32(asm.R1, 0, labelPass),
+		)
+	} else {
+		match = append(match,
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv4OffVIHL, asm.Byte),
+			asm.JNE.Imm(asm.R1, 0x45, labelPass),
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv4OffFrag, asm.Half),
+			asm.And.Imm(asm.R1, be16(0x3fff)), // more fragments, or an offset
+			asm.JNE.Imm(asm.R1, 0, labelPass),
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv4OffProto, asm.Byte),
+			asm.JNE.Imm(asm.R1, ipprotoUDP, labelPass),
+		)
+	}
+	match = append(match,
+		asm.LoadMem(asm.R1, regData, ethHlen+f.saddr+f.addrLen()-4, asm.Word),
+		asm.JNE.Imm32(asm.R1, nativeWord(lo), labelPass),
+		asm.Mov.Reg(regL4, regData),
+		asm.Add.Imm(regL4, int32(l4)),
+		asm.LoadMem(asm.R1, regL4, l4OffSport, asm.Half),
+		asm.JNE.Imm(asm.R1, be16(PortDNS), labelPass),
+	)
+
+	// The client: the reply's destination. Its record, copied to the
+	// stack, where bpf_skb_store_bytes reads it.
+	lookup := concat(
+		f.sockAddrFromPacket(stackDNSClient, f.daddr, l4OffDport),
+		asm.Instructions{
+			asm.LoadMapPtr(asm.R1, 0).WithReference(maps.DNSOrigName),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, stackDNSClient),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, labelPass),
+		},
+	)
+	for off := int16(0); off < int16(maps.SockAddrSize); off += 4 {
+		lookup = append(lookup,
+			asm.LoadMem(asm.R1, asm.R0, off, asm.Word),
+			asm.StoreMem(asm.RFP, stackDNSOrig+off, asm.R1, asm.Word),
+		)
+	}
+
+	// From here on the helpers change the packet: R7 and R8 are no longer
+	// valid, and nothing reads the packet again.
+	udpCsum := l4 + 6
+	newAddr := stackDNSOrig + maps.SockAddrOffAddr + 16 - f.addrLen()
+	newPort := stackDNSOrig + maps.SockAddrOffPort
+	csumReplace := func(fn asm.BuiltinFunc, off int16, flags int32) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R1, regCtx),
+			asm.Mov.Imm(asm.R2, int32(off)),
+			asm.Mov.Imm(asm.R5, flags),
+			fn.Call(),
+			asm.JNE.Imm(asm.R0, 0, "pl_reply_failed"),
+		}
+	}
+	store := func(off int16, from int16, size int32) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R1, regCtx),
+			asm.Mov.Imm(asm.R2, int32(off)),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, int32(from)),
+			asm.Mov.Imm(asm.R4, size),
+			asm.Mov.Imm(asm.R5, 0),
+			asm.FnSkbStoreBytes.Call(),
+			asm.JNE.Imm(asm.R0, 0, "pl_reply_failed"),
+		}
+	}
+	var rewrite asm.Instructions
+	if f.v6 {
+		// The address is 16 bytes: its checksum difference from ::1 first
+		// (bpf_csum_diff), applied with a size of zero.
+		rewrite = concat(
+			asm.Instructions{
+				asm.StoreImm(asm.RFP, stackTuple, 0, asm.Word),
+				asm.StoreImm(asm.RFP, stackTuple+4, 0, asm.Word),
+				asm.StoreImm(asm.RFP, stackTuple+8, 0, asm.Word),
+				asm.StoreImm(asm.RFP, stackTuple+12, int64(nativeWord(lo)), asm.Word),
+				asm.Mov.Reg(asm.R1, asm.RFP),
+				asm.Add.Imm(asm.R1, stackTuple),
+				asm.Mov.Imm(asm.R2, 16),
+				asm.Mov.Reg(asm.R3, asm.RFP),
+				asm.Add.Imm(asm.R3, int32(newAddr)),
+				asm.Mov.Imm(asm.R4, 16),
+				asm.Mov.Imm(asm.R5, 0),
+				asm.FnCsumDiff.Call(),
+				asm.Mov.Imm(asm.R3, 0),
+				asm.Mov.Reg(asm.R4, asm.R0),
+			},
+			csumReplace(asm.FnL4CsumReplace, udpCsum, bpfFPseudoHdr|bpfFMarkMangled0),
+		)
+	} else {
+		rewrite = concat(
+			asm.Instructions{
+				asm.Mov.Imm(asm.R3, nativeWord(lo)),
+				asm.LoadMem(asm.R4, asm.RFP, newAddr, asm.Word),
+			},
+			csumReplace(asm.FnL3CsumReplace, ethHlen+10, 4),
+			asm.Instructions{
+				asm.Mov.Imm(asm.R3, nativeWord(lo)),
+				asm.LoadMem(asm.R4, asm.RFP, newAddr, asm.Word),
+			},
+			csumReplace(asm.FnL4CsumReplace, udpCsum, bpfFPseudoHdr|bpfFMarkMangled0|4),
+		)
+	}
+	rewrite = concat(rewrite,
+		asm.Instructions{
+			asm.Mov.Imm(asm.R3, be16(PortDNS)),
+			asm.LoadMem(asm.R4, asm.RFP, newPort, asm.Half),
+		},
+		csumReplace(asm.FnL4CsumReplace, udpCsum, bpfFMarkMangled0|2),
+		store(ethHlen+f.saddr, newAddr, int32(f.addrLen())),
+		store(l4+l4OffSport, newPort, 2),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+	)
+	return concat(at("pl_reply_"+f.name, match...), lookup, rewrite)
+}

@@ -1,0 +1,72 @@
+package maps
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// SockAddr is an address and a port, the key and the value of the dnsorig
+// map: a pod's socket that sent a DNS query, and where the query was going.
+// The address is in 16 bytes (IPv4 v4-mapped, as [Key]); the port is in
+// network byte order, as in the packet, so the programs copy both from the
+// headers and back without swapping.
+type SockAddr struct {
+	Addr Key
+	Port [2]byte
+	_    [2]byte
+}
+
+// Offsets and size of SockAddr, read by pod_loopback.
+const (
+	SockAddrOffAddr = int16(0)
+	SockAddrOffPort = int16(16)
+	SockAddrSize    = uint32(20)
+)
+
+// SockAddrOf returns the SockAddr of ap.
+func SockAddrOf(ap netip.AddrPort) SockAddr {
+	s := SockAddr{Addr: KeyFor(ap.Addr())}
+	binary.BigEndian.PutUint16(s.Port[:], ap.Port())
+	return s
+}
+
+// AddrPort returns the address (IPv4 unmapped) and port of s.
+func (s SockAddr) AddrPort() netip.AddrPort {
+	return netip.AddrPortFrom(s.Addr.Addr(), binary.BigEndian.Uint16(s.Port[:]))
+}
+
+// DNSOrigMaxEntries is the size of the dnsorig map. It holds one entry per
+// client socket whose DNS query pod_loopback gave to ztunnel's DNS proxy,
+// until the LRU evicts it; an entry must outlive its query's reply, which
+// comes within ztunnel's upstream timeout (seconds). 16384 entries of 40
+// bytes are a few hundred KiB for the node, and cover 16384 client sockets
+// asking within that time: about 3000 new queries a second with a five
+// second wait (a client resolves through one socket per lookup, glibc sends
+// A and AAAA from the same one). An evicted entry costs one retry: the
+// reply reaches the client unchanged and is ignored, as without this map.
+const DNSOrigMaxEntries = 16384
+
+// DNSOrig is the dnsorig map, written by pod_loopback only: a read-only
+// view for tests and dumps, and the writes a test needs.
+type DNSOrig struct{ *ebpf.Map }
+
+// Get returns the original destination of the DNS query client sent, or
+// an error wrapping ErrNotFound.
+func (d *DNSOrig) Get(client netip.AddrPort) (netip.AddrPort, error) {
+	var v SockAddr
+	if err := d.Lookup(SockAddrOf(client), &v); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("look up DNS query of %s: %w", client, err)
+	}
+	return v.AddrPort(), nil
+}
+
+// Put records that client sent a DNS query to orig.
+func (d *DNSOrig) Put(client, orig netip.AddrPort) error {
+	if err := d.Map.Put(SockAddrOf(client), SockAddrOf(orig)); err != nil {
+		return fmt.Errorf("record DNS query of %s: %w", client, err)
+	}
+	return nil
+}

@@ -169,9 +169,20 @@ func (s *Server) resolve(query []byte) ([]byte, *DNSQuery, error) {
 // goes out of a transparent socket bound to src.
 //
 // In a pod the listener is bound to a loopback address and is not
-// transparent (as ztunnel's): it sends itself only from that address.
+// transparent, as ztunnel's: it replies from that address and its port.
 func (s *Server) sendFrom(st *site, c *net.UDPConn, port int, src, to netip.AddrPort, msg []byte) error {
-	if int(src.Port()) == port && (st.pod == nil || src.Addr() == addrPort(c.LocalAddr()).Addr()) {
+	if st.pod != nil {
+		// As ztunnel does in a pod: from the listener's own loopback
+		// address and port, whatever the query was sent to. Giving the
+		// reply the resolver's address back is the datapath's work
+		// (iptables REDIRECT's conntrack for istio-cni, pod_loopback's
+		// rewrite for meshredirect).
+		if _, err := c.WriteToUDPAddrPort(msg, to); err != nil {
+			return fmt.Errorf("send dns reply from %s to %s: %w", c.LocalAddr(), to, err)
+		}
+		return nil
+	}
+	if int(src.Port()) == port {
 		var oob []byte
 		if src.Addr().Is4() {
 			oob = unix.PktInfo4(&unix.Inet4Pktinfo{Spec_dst: src.Addr().As4()})

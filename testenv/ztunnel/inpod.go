@@ -162,9 +162,10 @@ func (s *Server) podListenOpts(tcp bool) sockopts {
 // when the namespace has no IPv6), IP_TRANSPARENT; 15053 TCP and UDP on
 // 127.0.0.1 and, when lo has IPv6, ::1, not transparent. Every socket has
 // SO_MARK 0x539. The UDP DNS socket also asks for each datagram's original
-// destination (IP_RECVORIGDSTADDR), which ztunnel does not need (iptables
-// REDIRECT and conntrack give its replies their source) and the stand-in
-// does (no NAT under bpf_sk_assign).
+// destination (IP_RECVORIGDSTADDR), for its records only: it replies from
+// its own loopback address, as ztunnel does (iptables REDIRECT's conntrack,
+// or meshredirect's pod_loopback, gives the reply the resolver's address
+// back).
 func (s *Server) openPod(p *pod) error {
 	var ls []io.Closer
 	type acceptor struct {

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshredirect/meshredirect/agent"
+	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/cnichain"
@@ -308,5 +309,38 @@ func TestInPodAckError(t *testing.T) {
 	b.Echo(b.Server, scenario.EchoPort)
 	if o := scenario.Observe(b, &b.Plain.Namespace, false, addr(b.Server, false, scenario.EchoPort)); o.Err != nil || o.Path != scenario.ViaZtunnel(ztunnel.PortInbound) {
 		t.Errorf("plain -> server after the refusals: path %q, %v", o.Path, o.Err)
+	}
+}
+
+// TestInPodLeave: a pod that leaves the mesh (its namespace's label goes)
+// is released in in-pod mode: ztunnel is told first (del: its listeners in
+// the pod close), then the capture goes from the pod's netns, and the
+// pod's traffic goes direct again.
+func TestInPodLeave(t *testing.T) {
+	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})
+	b := e.box
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	e.startAgent(e.inPod)
+	e.waitInPod(b.Client, b.Server)
+	e.labelNamespace(e.ns, agent.ModeNone)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := b.Standin.WaitPods(ctx, func(p []ztunnel.PodState) bool { return len(p) == 0 }); err != nil {
+		t.Fatalf("ztunnel still serves pods after they left the mesh: %+v", b.Standin.Pods())
+	}
+	e.waitFor("the client's capture removed from its netns", 10*time.Second, func() bool {
+		cfg := dataplane.Config{NodeNetns: b.Client.Path(), PinDir: e.pinDir}
+		for _, iface := range []string{"eth0", "lo"} {
+			if atts, err := dataplane.ListAttachments(cfg, iface); err != nil || len(atts) > 0 {
+				return false
+			}
+		}
+		return true
+	})
+	b.Echo(b.Remote, scenario.EchoPort)
+	for _, v6 := range []bool{false, true} {
+		if o := scenario.Observe(b, &b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort)); o.Err != nil || o.Path != scenario.Direct {
+			t.Errorf("client -> remote after leaving the mesh (%s): path %q, %v", scenario.Family(v6), o.Path, o.Err)
+		}
 	}
 }

@@ -146,6 +146,19 @@ func (a *Agent) reconcileDataplane(desired []dataplane.Pod, keep []netip.Addr, b
 			errs = append(errs, err)
 		}
 	}
+	// What no desired pod needs: the other mode's programs, the entries
+	// of pods gone while no agent ran. A pod that failed keeps its
+	// entries until it is retried.
+	for _, p := range desired {
+		if _, failed := res.Failed[p.Name]; failed {
+			keep = append(keep, p.IPs...)
+		}
+	}
+	pruned, err := a.dp.PruneInPod(desired, keep)
+	res.Detached, res.Deleted = pruned.Detached, pruned.Deleted
+	if err != nil {
+		errs = append(errs, err)
+	}
 	return res, errors.Join(errs...)
 }
 

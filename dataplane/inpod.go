@@ -369,3 +369,81 @@ func (d *Dataplane) resetPodSysctls(path string) error {
 		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "0", "net/ipv4/tcp_max_tw_buckets": twBuckets})
 	})
 }
+
+// PruneInPod removes, in in-pod mode, what no desired pod needs on the
+// node: the node mode's programs on host veths and on ztunnel's veth (left
+// by an agent of the other mode: a pod's traffic would still be taken to a
+// node-level ztunnel), endpoints map entries of pods that are neither
+// desired nor kept (another pod may get the address, and the in-pod
+// programs take TCP from an enrolled pod's address as forged), and the
+// pins of tcx links whose interface is gone. desired and keep are as for
+// Reconcile; the pods themselves are enrolled with EnrollInPod.
+func (d *Dataplane) PruneInPod(desired []Pod, keep []netip.Addr) (ReconcileResult, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	res := ReconcileResult{Failed: map[string]error{}}
+	attachments, err := d.node.ListAll()
+	if err != nil {
+		return res, fmt.Errorf("prune for in-pod mode: %w", err)
+	}
+	var errs []error
+	for _, a := range attachments {
+		switch programOf(a) {
+		case mrasm.AppOutbound, mrasm.AppInbound, mrasm.ZtunnelIngress, mrasm.ZtunnelEgress:
+		default:
+			continue
+		}
+		if a.Defunct {
+			continue
+		}
+		if err := d.node.Detach(a.Ifindex, a.Direction); err != nil && !isGone(err) {
+			errs = append(errs, err)
+			continue
+		}
+		res.Detached = append(res.Detached, a)
+	}
+	if len(res.Detached) > 0 || d.ztunnel.HostIfindex != 0 {
+		// No node-level ztunnel any more: the map forgets it too.
+		if zt, err := d.maps.Ztunnel.Get(); err == nil && zt.Ifindex != 0 {
+			if err := d.maps.Ztunnel.Set(maps.Ztunnel{Flags: d.configFlags()}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		d.ztunnel = Ztunnel{}
+	}
+	want := map[netip.Addr]bool{}
+	for _, p := range desired {
+		for _, ip := range p.IPs {
+			want[ip] = true
+		}
+	}
+	for _, ip := range keep {
+		want[ip] = true
+	}
+	entries, err := d.maps.Endpoints.Pods()
+	if err != nil {
+		return res, fmt.Errorf("prune for in-pod mode: %w", err)
+	}
+	for ip := range entries {
+		if want[ip] {
+			continue
+		}
+		if err := d.clearPod(ip); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.Deleted = append(res.Deleted, ip)
+	}
+	pruned, err := d.node.Prune()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	res.Detached = append(res.Detached, pruned...)
+	if len(res.Detached)+len(res.Deleted) > 0 {
+		d.log.Info("pruned for in-pod mode", "detached", len(res.Detached), "deleted_entries", len(res.Deleted))
+	}
+	if len(errs) > 0 {
+		return res, fmt.Errorf("prune for in-pod mode: %w", errors.Join(errs...))
+	}
+	return res, nil
+}

@@ -394,3 +394,45 @@ func TestInPodLoopbackDown(t *testing.T) {
 		return nil
 	}))
 }
+
+// TestPruneInPod: switching a node from node mode to in-pod mode leaves no
+// node-mode program on the host veths nor on ztunnel's, and no entry of a
+// pod that is no longer desired; the desired pods' entries stay.
+func TestPruneInPod(t *testing.T) {
+	b := newBox(t, scenario.Options{})
+	stale := netip.MustParseAddr("198.18.16.200")
+	must(t, b.DP.PutEntries([]dataplane.Pod{{Name: "gone", IPs: []netip.Addr{stale}, HostIfindex: b.Plain.HostVethIndex, MAC: b.Plain.MAC}}))
+	desired := []dataplane.Pod{b.PodOf(b.Client), b.PodOf(b.Server)}
+	for _, p := range desired {
+		must(t, b.DP.EnrollInPod(p))
+	}
+	res, err := b.DP.PruneInPod(desired, nil)
+	must(t, err)
+	if len(res.Detached) == 0 {
+		t.Error("no node-mode attachment detached")
+	}
+	all, err := b.DP.Attachments()
+	must(t, err)
+	for _, a := range all {
+		if !a.Defunct {
+			t.Errorf("left on the node: %s", a)
+		}
+	}
+	entries, err := b.DP.Maps().Endpoints.Pods()
+	must(t, err)
+	if _, ok := entries[stale]; ok {
+		t.Errorf("the entry of a pod that is not desired (%s) is left", stale)
+	}
+	for _, p := range desired {
+		for _, ip := range p.IPs {
+			if _, ok := entries[ip]; !ok {
+				t.Errorf("the entry of desired pod %s (%s) was removed", p.Name, ip)
+			}
+		}
+	}
+	zt, err := b.DP.Maps().Ztunnel.Get()
+	must(t, err)
+	if zt.Ifindex != 0 {
+		t.Errorf("the ztunnel map still names a node-level ztunnel (ifindex %d)", zt.Ifindex)
+	}
+}

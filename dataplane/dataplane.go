@@ -98,6 +98,9 @@ type Dataplane struct {
 	nl *nsLink
 	// inpod is what EnrollInPod attached, by the pod's netns path.
 	inpod map[string]inPodState
+	// loopback is pod_loopback, which every in-pod pod shares; nil until
+	// the first EnrollInPod.
+	loopback *ebpf.Program
 	// ztunnel is what SetZtunnel last set up; zero before.
 	ztunnel Ztunnel
 }
@@ -217,6 +220,9 @@ func (d *Dataplane) Close() error {
 	}
 	if d.coll != nil {
 		d.coll.Close()
+	}
+	if d.loopback != nil {
+		d.loopback.Close()
 	}
 	if d.maps != nil {
 		errs = append(errs, d.maps.Close())

@@ -139,19 +139,30 @@ func (d *Dataplane) attachPodPrograms(m *tc.Manager, ifindex int, cfg mrasm.PodC
 	if err != nil {
 		return nil, err
 	}
+	// pod_loopback knows nothing of the pod: one instance, loaded once,
+	// serves every pod (a third of an enrolment's verifier time).
+	if d.loopback == nil {
+		one := &ebpf.CollectionSpec{Maps: spec.Maps, Programs: map[string]*ebpf.ProgramSpec{mrasm.PodLoopback: spec.Programs[mrasm.PodLoopback]}}
+		lc, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: d.maps.Maps()})
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", mrasm.PodLoopback, verifierError(err))
+		}
+		d.loopback = lc.DetachProgram(mrasm.PodLoopback)
+		lc.Close()
+	}
+	delete(spec.Programs, mrasm.PodLoopback)
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: d.maps.Maps()})
 	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load in-pod programs: %-20v", ve)
-		}
-		return nil, fmt.Errorf("load in-pod programs: %w", err)
+		return nil, fmt.Errorf("load in-pod programs: %w", verifierError(err))
 	}
 	// The attachments hold the programs; this process needs no reference.
 	defer coll.Close()
 	ids := map[string]ebpf.ProgramID{}
 	for i, h := range podHooks {
 		prog := coll.Programs[h.name]
+		if h.name == mrasm.PodLoopback {
+			prog = d.loopback
+		}
 		if _, err := m.Attach(h.ifindex(ifindex), h.dir, h.name, prog); err != nil {
 			for _, done := range slices.Backward(podHooks[:i]) {
 				m.Detach(done.ifindex(ifindex), done.dir)
@@ -446,4 +457,13 @@ func (d *Dataplane) PruneInPod(desired []Pod, keep []netip.Addr) (ReconcileResul
 		return res, fmt.Errorf("prune for in-pod mode: %w", errors.Join(errs...))
 	}
 	return res, nil
+}
+
+// verifierError gives a verifier's refusal its last lines, which say why.
+func verifierError(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%-20v", ve)
+	}
+	return err
 }

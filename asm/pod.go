@@ -310,29 +310,29 @@ func loopbackFamily(f family) asm.Instructions {
 			asm.Mov.Reg(asm.R0, regL4),
 			asm.Add.Imm(asm.R0, tcpOffFlags+1),
 			asm.JGT.Reg(asm.R0, regDataEnd, labelNoSocket),
+			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
+			asm.JEq.Imm(asm.R1, be16(portDNS), l("tcp53")),
 			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
 			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
 			asm.JNE.Imm(asm.R1, tcpFlagSYN, "pl_marked"),
 		),
-		f.tupleFromPacket(false),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, l("listener")),
-			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
-			asm.JEq.Imm(asm.R1, tcpListen, l("release")),
-			asm.JEq.Imm(asm.R1, tcpTimeWait, l("release")),
-			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
-			asm.Ja.Label("pl_assign"),
-		},
-		at(l("release"),
-			asm.Mov.Reg(asm.R1, asm.R0),
-			asm.FnSkRelease.Call(),
+		f.synSocket(l("tcp"), l("tcp_outbound")),
+		at(l("tcp_outbound"), f.listenerAt(l("tcp_outbound_lookup"), "pl_assign", false, PortOutbound, false)...),
+
+		// TCP to port 53: a connection to ztunnel's DNS proxy when it is
+		// captured DNS, through the NAT of dnsTCPConnect and dnsTCPSegment.
+		at(l("tcp53"),
+			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
+			asm.JNE.Imm(asm.R1, tcpFlagSYN, l("tcp53_segment")),
 		),
-		at(l("listener"), f.flagsOf(l("src"), f.saddr)...),
-		dnsCaptured(l("tcp_dns")),
-		f.listenerAt(l("tcp_outbound"), "pl_assign", false, PortOutbound, false),
-		at(l("tcp_dns"), f.listenerAt(l("tcp_dns_lookup"), "pl_assign", false, PortDNS, true)...),
+		f.flagsOf(l("src"), f.saddr),
+		dnsCaptured(l("tcp53_dns")),
+		asm.Instructions{asm.Ja.Label(l("tcp"))},
+		f.dnsTCPConnect(l("tcp53_dns"), l("tcp53_syn")),
+		at(l("tcp53_syn"), f.synSocket(l("tcp53_exact"), l("tcp53_listener"))...),
+		at(l("tcp53_listener"), f.listenerAt(l("tcp_dns_lookup"), "pl_assign", false, PortDNS, true)...),
+		f.dnsTCPSegment(l("tcp53_segment")),
 
 		// UDP: only captured DNS.
 		at(l("udp"),
@@ -345,6 +345,32 @@ func loopbackFamily(f family) asm.Instructions {
 		asm.Instructions{asm.Ja.Label(labelNoSocket)},
 		at(l("udp_dns"), f.listenerAt(l("udp_dns_lookup"), l("udp_record"), true, PortDNS, true)...),
 		f.recordDNSQuery(l("udp_record"), "pl_assign"),
+	)
+}
+
+// synSocket is entered at label with a connection request, its TCP flags
+// bounds-checked from R9: the socket holding its exact tuple in this netns
+// (bpf_skc_lookup_tcp: a retransmitted SYN finds its request socket) goes
+// to pl_assign (stackProto = 1) unless it is a listener or in TIME_WAIT;
+// else it jumps to next.
+func (f family) synSocket(label, next string) asm.Instructions {
+	return concat(
+		at(label, f.tupleFromPacket(false)...),
+		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
+		f.skcLookupTCP(),
+		asm.Instructions{
+			asm.JEq.Imm(asm.R0, 0, next),
+			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
+			asm.JEq.Imm(asm.R1, tcpListen, label+"_release"),
+			asm.JEq.Imm(asm.R1, tcpTimeWait, label+"_release"),
+			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
+			asm.Ja.Label("pl_assign"),
+		},
+		at(label+"_release",
+			asm.Mov.Reg(asm.R1, asm.R0),
+			asm.FnSkRelease.Call(),
+			asm.Ja.Label(next),
+		),
 	)
 }
 

@@ -249,8 +249,19 @@ func zeroDstMAC() asm.Instructions {
 //   - A connection request goes to the socket holding its exact tuple
 //     (bpf_skc_lookup_tcp: a retransmitted SYN finds its request socket)
 //     unless that is a listener or in TIME_WAIT; else to ztunnel's
-//     listener on 15001, or on 15053 for DNS over TCP (to port 53, DNS
-//     capture on, the source pod not opted out), which must be a listener.
+//     listener on 15001, which must be a listener.
+//   - DNS over TCP (to port 53, DNS capture on, the source pod not opted
+//     out) goes through a NAT per connection (dnsTCPConnect,
+//     dnsTCPSegment, poddns.go): the request's destination is recorded in
+//     the dnstcp map and becomes 127.0.0.1:15053 or [::1]:15053, then it
+//     goes to the socket of that tuple or to the 15053 listener; every
+//     later segment of a recorded connection gets the same destination
+//     and stays marked; the proxy's segments get the recorded source back.
+//     ztunnel's DNS listener is not transparent: without the NAT, IPv4
+//     refuses to route its SYN-ACK from the resolver's address. The
+//     rewritten segments reach TCP only with
+//     net.ipv4.conf.lo.route_localnet=1 (ip_route_input_slow drops a
+//     destination in 127/8 as martian otherwise).
 //   - UDP DNS, captured, goes to the 15053 UDP socket, and its original
 //     destination is recorded for the reply (recordDNSQuery).
 //   - An unmarked UDP datagram from 127.0.0.1:15053 or [::1]:15053 to a

@@ -19,7 +19,9 @@
 //	pod_egress    tc egress of eth0: app_outbound's rules; ztunnel's own packets (mark 0x539) pass;
 //	              captured packets get TProxyMark and go to lo's ingress (bpf_redirect, BPF_F_INGRESS)
 //	pod_loopback  tc ingress of lo: marked packets to ztunnel's sockets (15001, 15053), as ztunnel_assign;
-//	              ztunnel's DNS replies from 127.0.0.1:15053 get the source the client asked (dnsorig map)
+//	              ztunnel's DNS replies from 127.0.0.1:15053 get the source the client asked (dnsorig map);
+//	              DNS over TCP goes through a NAT per connection to 127.0.0.1:15053 / [::1]:15053
+//	              (dnstcp map; IPv4 needs net.ipv4.conf.lo.route_localnet=1 in the pod)
 //	pod_ingress   tc ingress of eth0: §5 "to an ambient pod" in-pod; 15008 passes, the rest to 15006
 //
 // app_outbound and pod_egress are generated from the same blocks
@@ -65,8 +67,8 @@
 // # Helpers and the licence string
 //
 // The programs call bpf_map_lookup_elem, bpf_map_update_elem (the dnsorig
-// map), bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_csum_diff and
-// bpf_skb_store_bytes (pod_loopback's DNS replies), bpf_redirect, bpf_redirect_peer
+// and dnstcp maps), bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_csum_diff and
+// bpf_skb_store_bytes (pod_loopback's DNS rewrites), bpf_redirect, bpf_redirect_peer
 // (kernel 5.10) with bpf_skb_change_type before it, bpf_skc_lookup_tcp and
 // bpf_sk_lookup_udp (in the caller's netns, or in ztunnel's by its netns
 // id), bpf_sk_release and bpf_sk_assign (kernel 5.7). None of them is GPL-only in the kernel (the

@@ -146,6 +146,7 @@ const (
 	ipv4OffVIHL  = 0
 	ipv4OffFrag  = 6
 	ipv4OffProto = 9
+	ipv4OffCsum  = 10
 	ipv4OffSaddr = 12
 	ipv4OffDaddr = 16
 
@@ -163,6 +164,8 @@ const (
 	ipv6FragOffOff = 2
 
 	tcpOffFlags = 13
+	tcpOffCsum  = 16
+	tcpHlen     = 20
 	tcpFlagSYN  = 0x02
 	tcpFlagACK  = 0x10
 
@@ -170,6 +173,7 @@ const (
 	l4OffDport = 2
 	l4PortsLen = 4
 	udpHlen    = 8
+	udpOffCsum = 6
 )
 
 // EtherTypes.

@@ -39,6 +39,9 @@ type world struct {
 	// dnsOrig is the dnsorig map: the original destination of a client's
 	// DNS query.
 	dnsOrig func(client netip.AddrPort) (netip.AddrPort, bool)
+	// dnsTCP is the dnstcp map: the original destination of a client's
+	// DNS connection.
+	dnsTCP func(client netip.AddrPort) (netip.AddrPort, bool)
 }
 
 // tuple is a packet's TCP addresses and ports.

@@ -249,8 +249,19 @@ func zeroDstMAC() asm.Instructions {
 //   - A connection request goes to the socket holding its exact tuple
 //     (bpf_skc_lookup_tcp: a retransmitted SYN finds its request socket)
 //     unless that is a listener or in TIME_WAIT; else to ztunnel's
-//     listener on 15001, or on 15053 for DNS over TCP (to port 53, DNS
-//     capture on, the source pod not opted out), which must be a listener.
+//     listener on 15001, which must be a listener.
+//   - DNS over TCP (to port 53, DNS capture on, the source pod not opted
+//     out) goes through a NAT per connection (dnsTCPConnect,
+//     dnsTCPSegment, poddns.go): the request's destination is recorded in
+//     the dnstcp map and becomes 127.0.0.1:15053 or [::1]:15053, then it
+//     goes to the socket of that tuple or to the 15053 listener; every
+//     later segment of a recorded connection gets the same destination
+//     and stays marked; the proxy's segments get the recorded source back.
+//     ztunnel's DNS listener is not transparent: without the NAT, IPv4
+//     refuses to route its SYN-ACK from the resolver's address. The
+//     rewritten segments reach TCP only with
+//     net.ipv4.conf.lo.route_localnet=1 (ip_route_input_slow drops a
+//     destination in 127/8 as martian otherwise).
 //   - UDP DNS, captured, goes to the 15053 UDP socket, and its original
 //     destination is recorded for the reply (recordDNSQuery).
 //   - An unmarked UDP datagram from 127.0.0.1:15053 or [::1]:15053 to a
@@ -310,29 +321,29 @@ func loopbackFamily(f family) asm.Instructions {
 			asm.Mov.Reg(asm.R0, regL4),
 			asm.Add.Imm(asm.R0, tcpOffFlags+1),
 			asm.JGT.Reg(asm.R0, regDataEnd, labelNoSocket),
+			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
+			asm.JEq.Imm(asm.R1, be16(portDNS), l("tcp53")),
 			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
 			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
 			asm.JNE.Imm(asm.R1, tcpFlagSYN, "pl_marked"),
 		),
-		f.tupleFromPacket(false),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, l("listener")),
-			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
-			asm.JEq.Imm(asm.R1, tcpListen, l("release")),
-			asm.JEq.Imm(asm.R1, tcpTimeWait, l("release")),
-			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
-			asm.Ja.Label("pl_assign"),
-		},
-		at(l("release"),
-			asm.Mov.Reg(asm.R1, asm.R0),
-			asm.FnSkRelease.Call(),
+		f.synSocket(l("tcp"), l("tcp_outbound")),
+		at(l("tcp_outbound"), f.listenerAt(l("tcp_outbound_lookup"), "pl_assign", false, PortOutbound, false)...),
+
+		// TCP to port 53: a connection to ztunnel's DNS proxy when it is
+		// captured DNS, through the NAT of dnsTCPConnect and dnsTCPSegment.
+		at(l("tcp53"),
+			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
+			asm.JNE.Imm(asm.R1, tcpFlagSYN, l("tcp53_segment")),
 		),
-		at(l("listener"), f.flagsOf(l("src"), f.saddr)...),
-		dnsCaptured(l("tcp_dns")),
-		f.listenerAt(l("tcp_outbound"), "pl_assign", false, PortOutbound, false),
-		at(l("tcp_dns"), f.listenerAt(l("tcp_dns_lookup"), "pl_assign", false, PortDNS, true)...),
+		f.flagsOf(l("src"), f.saddr),
+		dnsCaptured(l("tcp53_dns")),
+		asm.Instructions{asm.Ja.Label(l("tcp"))},
+		f.dnsTCPConnect(l("tcp53_dns"), l("tcp53_syn")),
+		at(l("tcp53_syn"), f.synSocket(l("tcp53_exact"), l("tcp53_listener"))...),
+		at(l("tcp53_listener"), f.listenerAt(l("tcp_dns_lookup"), "pl_assign", false, PortDNS, true)...),
+		f.dnsTCPSegment(l("tcp53_segment")),
 
 		// UDP: only captured DNS.
 		at(l("udp"),
@@ -345,6 +356,32 @@ func loopbackFamily(f family) asm.Instructions {
 		asm.Instructions{asm.Ja.Label(labelNoSocket)},
 		at(l("udp_dns"), f.listenerAt(l("udp_dns_lookup"), l("udp_record"), true, PortDNS, true)...),
 		f.recordDNSQuery(l("udp_record"), "pl_assign"),
+	)
+}
+
+// synSocket is entered at label with a connection request, its TCP flags
+// bounds-checked from R9: the socket holding its exact tuple in this netns
+// (bpf_skc_lookup_tcp: a retransmitted SYN finds its request socket) goes
+// to pl_assign (stackProto = 1) unless it is a listener or in TIME_WAIT;
+// else it jumps to next.
+func (f family) synSocket(label, next string) asm.Instructions {
+	return concat(
+		at(label, f.tupleFromPacket(false)...),
+		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
+		f.skcLookupTCP(),
+		asm.Instructions{
+			asm.JEq.Imm(asm.R0, 0, next),
+			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
+			asm.JEq.Imm(asm.R1, tcpListen, label+"_release"),
+			asm.JEq.Imm(asm.R1, tcpTimeWait, label+"_release"),
+			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
+			asm.Ja.Label("pl_assign"),
+		},
+		at(label+"_release",
+			asm.Mov.Reg(asm.R1, asm.R0),
+			asm.FnSkRelease.Call(),
+			asm.Ja.Label(next),
+		),
 	)
 }
 

@@ -28,6 +28,11 @@ func podFuzzSeeds(tb testing.TB) [][]byte {
 		packet{src: remoteV6, dst: clientV6, proto: layers.IPProtocolUDP, dport: mrasm.PortDNS}.build(tb),
 		packet{src: loopbackV4, dst: clientV4, proto: layers.IPProtocolUDP, sport: mrasm.PortDNS, dport: 40000}.build(tb),
 		packet{src: loopbackV6, dst: clientV6, proto: layers.IPProtocolUDP, sport: mrasm.PortDNS, dport: 40000}.build(tb),
+		packet{src: clientV6, dst: dnsV6, sport: 40000, dport: 53}.build(tb),
+		packet{src: clientV4, dst: dnsV4, sport: 40000, dport: 53, ack: true}.build(tb),
+		packet{src: clientV6, dst: dnsV6, sport: 40000, dport: 53, ack: true}.build(tb),
+		packet{src: loopbackV4, dst: clientV4, sport: mrasm.PortDNS, dport: 40000, ack: true}.build(tb),
+		packet{src: loopbackV6, dst: clientV6, sport: mrasm.PortDNS, dport: 40000, synack: true}.build(tb),
 	}
 }
 
@@ -103,10 +108,11 @@ func fuzzPodProgram(f *testing.F, name string, allowed map[int32]bool) {
 		// The record of the frame's source, as a client: only a query
 		// pod_loopback gives ztunnel's DNS socket may write it.
 		source, isIP := frameSource(frame)
-		var recordBefore, recordAfter netip.AddrPort
-		var hadRecord, hasRecord bool
+		var recordBefore, recordAfter, tcpBefore, tcpAfter netip.AddrPort
+		var hadRecord, hasRecord, hadTCP, hasTCP bool
 		if isIP {
 			recordBefore, hadRecord = w.dnsOrig(source)
+			tcpBefore, hadTCP = w.dnsTCP(source)
 		}
 
 		out := make([]byte, len(frame)+64)
@@ -141,6 +147,14 @@ func fuzzPodProgram(f *testing.F, name string, allowed map[int32]bool) {
 		}
 		if isIP {
 			recordAfter, hasRecord = w.dnsOrig(source)
+			tcpAfter, hasTCP = w.dnsTCP(source)
+		}
+		if client, orig, ok := w.dnsTCPConnectOf(frame, mark); name == mrasm.PodLoopback && ok {
+			if tcpAfter != orig || !hasTCP {
+				t.Fatalf("the DNS connection of %s to %s left the record %s (%v)", client, orig, tcpAfter, hasTCP)
+			}
+		} else if tcpAfter != tcpBefore || hasTCP != hadTCP {
+			t.Fatalf("%s (%s) changed the TCP record of %s from %s (%v) to %s (%v)", name, got.verdict, source, tcpBefore, hadTCP, tcpAfter, hasTCP)
 		}
 		if client, orig, ok := w.dnsQueryOf(frame, mark); name == mrasm.PodLoopback && ok {
 			if recordAfter != orig || !hasRecord {
@@ -165,6 +179,13 @@ func (f *fixture) podWorld(tb testing.TB, listeners bool) world {
 	w.pod, w.inPod, w.listeners = podIPs, true, listeners
 	w.dnsOrig = func(client netip.AddrPort) (netip.AddrPort, bool) {
 		orig, err := f.maps.DNSOrig.Get(client)
+		if err != nil && !errors.Is(err, maps.ErrNotFound) {
+			tb.Fatal(err)
+		}
+		return orig, err == nil
+	}
+	w.dnsTCP = func(client netip.AddrPort) (netip.AddrPort, bool) {
+		orig, err := f.maps.DNSTCP.Get(client)
 		if err != nil && !errors.Is(err, maps.ErrNotFound) {
 			tb.Fatal(err)
 		}

@@ -56,7 +56,10 @@ func (w world) podLoopback(frame []byte, mark uint32) outcome {
 			return oNoSocket
 		}
 		if frame[x.l4+13]&0x12 != 0x02 {
-			return oMarked // the stack's own lookup finds its socket
+			return oMarked // the stack's own lookup finds its socket (after dnsTCPRewrite)
+		}
+		if _, dport, _ := ports(frame, x.l4); w.dnsCaptured(x.src, dport) && !dnsTCPRewritable(frame) {
+			return oNoSocket // the NAT to 15053 takes no options, extension headers or cut header
 		}
 		return w.listener() // 15053 for captured DNS, else 15001: both ztunnel's
 	case x.proto == 17:
@@ -157,31 +160,44 @@ func (w world) podFrame(prog string, frame []byte, mark uint32) []byte {
 
 // dnsReplyOf returns the client (destination address and port) of frame
 // when it is a reply of ztunnel's DNS proxy as pod_loopback knows one: UDP
-// from the family's loopback address, port 15053, with no IPv4 options or
-// IPv6 extension header, not a fragment.
-func dnsReplyOf(frame []byte) (client netip.AddrPort, v6, ok bool) {
+// or TCP (tcp) from the family's loopback address, port 15053, with no
+// IPv4 options or IPv6 extension header, not a fragment, its L4 header
+// whole.
+func dnsReplyOf(frame []byte) (client netip.AddrPort, tcp, ok bool) {
 	p := parse(frame)
 	x := p.ip
 	switch {
 	case p.etherType == 0x0800 && !p.bad:
-		if frame[14] != 0x45 || be16At(frame, 20)&0x3fff != 0 || x.proto != 17 || x.src != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+		if frame[14] != 0x45 || be16At(frame, 20)&0x3fff != 0 || x.src != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
 			return client, false, false
 		}
 	case p.etherType == 0x86dd && !p.bad:
-		if frame[20] != 17 || x.src != netip.IPv6Loopback() {
+		if x.src != netip.IPv6Loopback() {
 			return client, false, false
 		}
 	default:
 		return client, false, false
 	}
-	if x.l4+8 > len(frame) {
+	next := frame[23]
+	if x.v6 {
+		next = frame[20]
+	}
+	hlen := 8
+	switch {
+	case next == 6 && x.proto == 6:
+		tcp, hlen = true, 20
+	case next == 17 && x.proto == 17:
+	default:
+		return client, false, false
+	}
+	if x.l4+hlen > len(frame) {
 		return client, false, false
 	}
 	sport, dport, _ := ports(frame, x.l4)
 	if sport != 15053 {
 		return client, false, false
 	}
-	return netip.AddrPortFrom(x.dst, dport), x.v6, true
+	return netip.AddrPortFrom(x.dst, dport), tcp, true
 }
 
 // dnsQueryOf returns the client and the original destination of a
@@ -198,50 +214,122 @@ func (w world) dnsQueryOf(frame []byte, mark uint32) (client, orig netip.AddrPor
 	return netip.AddrPortFrom(x.src, sport), netip.AddrPortFrom(x.dst, dport), true
 }
 
+// dnsTCPRewritable: an IP frame whose TCP header is right after the fixed
+// IP header (no IPv4 options, no IPv6 extension header) and whole.
+func dnsTCPRewritable(frame []byte) bool {
+	p := parse(frame)
+	x := p.ip
+	fixed := 34
+	if x.v6 {
+		fixed = 54
+	}
+	return !p.bad && x.proto == 6 && !x.later && x.l4 == fixed && x.l4+20 <= len(frame)
+}
+
+// dnsTCPConnectOf returns the client and the original destination of a
+// captured DNS connection request that pod_loopback records and sends to
+// ztunnel's DNS proxy (dnsTCPConnect), whether or not the proxy listens.
+func (w world) dnsTCPConnectOf(frame []byte, mark uint32) (client, orig netip.AddrPort, ok bool) {
+	if mark&mrasm.TProxyMask != mrasm.TProxyMark || !dnsTCPRewritable(frame) {
+		return client, orig, false
+	}
+	x := parse(frame).ip
+	sport, dport, _ := ports(frame, x.l4)
+	if frame[x.l4+13]&0x12 != 0x02 || !w.dnsCaptured(x.src, dport) {
+		return client, orig, false
+	}
+	return netip.AddrPortFrom(x.src, sport), netip.AddrPortFrom(x.dst, dport), true
+}
+
+// dnsTCPSegmentOf reports whether pod_loopback rewrites the destination of
+// a marked TCP segment that is not a connection request
+// (dnsTCPSegment): to port 53, its source recorded as a client connected
+// to its destination.
+func (w world) dnsTCPSegmentOf(frame []byte, mark uint32) bool {
+	if mark&mrasm.TProxyMask != mrasm.TProxyMark || !dnsTCPRewritable(frame) || w.dnsTCP == nil {
+		return false
+	}
+	x := parse(frame).ip
+	sport, dport, _ := ports(frame, x.l4)
+	if dport != 53 || frame[x.l4+13]&0x12 == 0x02 {
+		return false
+	}
+	orig, ok := w.dnsTCP(netip.AddrPortFrom(x.src, sport))
+	return ok && orig == netip.AddrPortFrom(x.dst, dport)
+}
+
+// rewriteAddrPort is frame with the address at addrOff and the port at
+// portOff made to's, the checksums updated as bpf_l3_csum_replace and
+// bpf_l4_csum_replace update them (RFC 1624, eqn. 3): the IPv4 header's,
+// and the L4 checksum at csumOff, through its pseudo-header; with mangled
+// (BPF_F_MARK_MANGLED_0, UDP) a checksum of zero stays zero and a computed
+// zero becomes 0xffff.
+func rewriteAddrPort(frame []byte, v6 bool, addrOff, portOff, csumOff int, to netip.AddrPort, mangled bool) []byte {
+	out := bytes.Clone(frame)
+	a := to.Addr().As16()
+	n := 4
+	newAddr := a[12:]
+	if v6 {
+		n, newAddr = 16, a[:]
+	}
+	oldAddr := bytes.Clone(out[addrOff : addrOff+n])
+	if !v6 {
+		binary.BigEndian.PutUint16(out[24:], csumReplace(be16At(out, 24), oldAddr, newAddr))
+	}
+	newPort := binary.BigEndian.AppendUint16(nil, to.Port())
+	fix := func(sum uint16) uint16 {
+		if mangled && sum == 0 {
+			return 0xffff
+		}
+		return sum
+	}
+	if sum := be16At(out, csumOff); sum != 0 || !mangled {
+		sum = fix(csumReplace(sum, oldAddr, newAddr))
+		sum = fix(csumReplace(sum, out[portOff:portOff+2], newPort))
+		binary.BigEndian.PutUint16(out[csumOff:], sum)
+	}
+	copy(out[addrOff:], newAddr)
+	copy(out[portOff:], newPort)
+	return out
+}
+
 // podLoopbackFrame is the frame pod_loopback leaves: a DNS reply to a
 // client with a record gets the recorded destination as its source, the
 // checksums updated as the kernel's bpf_l3_csum_replace and
 // bpf_l4_csum_replace update them (RFC 1624, eqn. 3; BPF_F_MARK_MANGLED_0:
 // an IPv4 UDP checksum of zero stays zero, a computed zero becomes 0xffff).
 func (w world) podLoopbackFrame(frame []byte, mark uint32) []byte {
-	out := bytes.Clone(frame)
-	if mark&mrasm.TProxyMask == mrasm.TProxyMark {
-		return out
-	}
-	client, v6, ok := dnsReplyOf(frame)
-	if !ok || w.dnsOrig == nil {
-		return out
-	}
-	orig, ok := w.dnsOrig(client)
-	if !ok {
-		return out
-	}
-	// The record's 16 bytes, or their last 4 over IPv4 (a record made by
-	// an IPv4 query is v4-mapped).
-	a := orig.Addr().As16()
-	oldAddr, newAddr := []byte{127, 0, 0, 1}, a[12:]
-	saddr, l4 := 26, 34
+	v6 := parse(frame).ip.v6
+	daddr, saddr, l4 := 30, 26, 34
 	if v6 {
-		oldAddr, newAddr = netip.IPv6Loopback().AsSlice(), a[:]
-		saddr, l4 = 22, 54
-	} else {
-		binary.BigEndian.PutUint16(out[24:], csumReplace(be16At(out, 24), oldAddr, newAddr))
+		daddr, saddr, l4 = 38, 22, 54
 	}
-	newPort := binary.BigEndian.AppendUint16(nil, orig.Port())
-	mangled := func(sum uint16) uint16 {
-		if sum == 0 {
-			return 0xffff
+	proxy := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), mrasm.PortDNS)
+	if v6 {
+		proxy = netip.AddrPortFrom(netip.IPv6Loopback(), mrasm.PortDNS)
+	}
+	if mark&mrasm.TProxyMask == mrasm.TProxyMark {
+		if _, _, ok := w.dnsTCPConnectOf(frame, mark); ok || w.dnsTCPSegmentOf(frame, mark) {
+			return rewriteAddrPort(frame, v6, daddr, l4+2, l4+16, proxy, false)
 		}
-		return sum
+		return bytes.Clone(frame)
 	}
-	if sum := be16At(out, l4+6); sum != 0 {
-		sum = mangled(csumReplace(sum, oldAddr, newAddr))
-		sum = mangled(csumReplace(sum, []byte{0x3a, 0xcd}, newPort))
-		binary.BigEndian.PutUint16(out[l4+6:], sum)
+	client, tcp, ok := dnsReplyOf(frame)
+	records := w.dnsOrig
+	if tcp {
+		records = w.dnsTCP
 	}
-	copy(out[saddr:], newAddr)
-	copy(out[l4:], newPort)
-	return out
+	if !ok || records == nil {
+		return bytes.Clone(frame)
+	}
+	orig, ok := records(client)
+	if !ok {
+		return bytes.Clone(frame)
+	}
+	if tcp {
+		return rewriteAddrPort(frame, v6, saddr, l4, l4+16, orig, false)
+	}
+	return rewriteAddrPort(frame, v6, saddr, l4, l4+6, orig, true)
 }
 
 // csumReplace is the checksum sum after the bytes from became to: the

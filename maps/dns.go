@@ -49,8 +49,24 @@ func (s SockAddr) AddrPort() netip.AddrPort {
 // reply reaches the client unchanged and is ignored, as without this map.
 const DNSOrigMaxEntries = 16384
 
-// DNSOrig is the dnsorig map, written by pod_loopback only: a read-only
-// view for tests and dumps, and the writes a test needs.
+// DNSTCPMaxEntries is the size of the dnstcp map: one entry per client
+// socket that opened a DNS connection captured by pod_loopback (the
+// client's address and port -> the address and port it connected to). The
+// program deletes none: a connection's last segments (the ACK of the
+// second FIN, and the ACKs a TIME_WAIT socket repeats) follow the last
+// FIN, and only sequence numbers, which the program does not track, tell
+// them from the rest; a record deleted early would send them unrewritten
+// to a destination no socket holds. The LRU evicts the least recently
+// used record instead, and every segment of a connection refreshes its
+// own (each is looked up), so only records of closed connections go: DNS
+// over TCP is the fallback for truncated answers, and 16384 records of 40
+// bytes cover far more connections than a node opens to its resolvers
+// within a TIME_WAIT (60 s). A client port's next connection (a SYN)
+// overwrites its record.
+const DNSTCPMaxEntries = 16384
+
+// DNSOrig is the dnsorig map, or the dnstcp map, written by pod_loopback
+// only: a read-only view for tests and dumps, and the writes a test needs.
 type DNSOrig struct{ *ebpf.Map }
 
 // Get returns the original destination of the DNS query client sent, or

@@ -6,7 +6,7 @@
 // [EndpointOffMAC]), so the kernel side and the Go side cannot drift apart.
 // [LayoutVersion] names the layout; pins of another version are replaced.
 //
-// Six maps exist (DESIGN.md §1, §5, §6):
+// Seven maps exist (DESIGN.md §1, §5, §6):
 //
 //	endpoints  hash          [Key] (16-byte IP, IPv4 v4-mapped)  -> [Endpoint]
 //	epcache    array[65536]  [SlotOf] the key                    -> [Slot]
@@ -14,6 +14,7 @@
 //	relays     array[1]      0                                   -> [RelayPorts]
 //	stats      percpu        [Verdict]                           -> [Counter]
 //	dnsorig    LRU hash      [SockAddr] a pod's DNS client socket -> [SockAddr] its query's destination
+//	dnstcp     LRU hash      [SockAddr] a pod's DNS-over-TCP client  -> [SockAddr] its connection's destination
 //
 // endpoints holds every address of this node the programs must know: the
 // ambient pods' (with their veth, MAC and policy), the node's own (the
@@ -32,7 +33,10 @@
 // DNS proxy listens on 127.0.0.1:15053 and answers from there, while the
 // client's socket is connected to the resolver it asked; pod_loopback
 // records where each captured query was going and gives the reply that
-// source back.
+// source back. dnstcp does the same for DNS over TCP, where pod_loopback
+// also rewrites the client's segments to 127.0.0.1:15053 or [::1]:15053
+// (a NAT per connection: the kernel cannot answer a connection to a
+// foreign address from a socket that is not transparent).
 //
 // Integers in values are in host byte order (as cilium/ebpf marshals them);
 // addresses and MACs are in network byte order, as they appear in packets, so

@@ -103,10 +103,10 @@ func TestPinAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(first.Created) != 6 {
-		t.Errorf("first open created %v, want all six maps", first.Created)
+	if len(first.Created) != 7 {
+		t.Errorf("first open created %v, want all seven maps", first.Created)
 	}
-	for _, name := range []string{"endpoints", "epcache", "ztunnel", "relays", "stats", "dnsorig"} {
+	for _, name := range []string{"endpoints", "epcache", "ztunnel", "relays", "stats", "dnsorig", "dnstcp"} {
 		info, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatalf("pin %s: %v", name, err)
@@ -366,8 +366,9 @@ func TestReplaceIncompatible(t *testing.T) {
 }
 
 // TestDNSOrigAddedToOldPins opens pins of this layout version made before
-// the dnsorig map existed: Open keeps every other map and its entries and
-// creates the new pin beside them; Put and Get round-trip both families.
+// the dnsorig and dnstcp maps existed: Open keeps every other map and its
+// entries and creates the new pins beside them; Put and Get round-trip
+// both families in both maps.
 func TestDNSOrigAddedToOldPins(t *testing.T) {
 	dir := pinDir(t)
 	first, err := maps.Open(maps.Options{PinDir: dir})
@@ -379,30 +380,34 @@ func TestDNSOrigAddedToOldPins(t *testing.T) {
 		t.Fatal(err)
 	}
 	first.Close()
-	if err := os.Remove(filepath.Join(dir, maps.DNSOrigName)); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{maps.DNSOrigName, maps.DNSTCPName} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	second, err := maps.Open(maps.Options{PinDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer second.Close()
-	if !slices.Equal(second.Created, []string{maps.DNSOrigName}) || len(second.Replaced) != 0 {
-		t.Errorf("reopen created %v and replaced %v, want only dnsorig created", second.Created, second.Replaced)
+	if !slices.Equal(second.Created, []string{maps.DNSOrigName, maps.DNSTCPName}) || len(second.Replaced) != 0 {
+		t.Errorf("reopen created %v and replaced %v, want only dnsorig and dnstcp created", second.Created, second.Replaced)
 	}
 	if _, err := second.Endpoints.Get(ip); err != nil {
 		t.Errorf("the endpoints map lost its entry: %v", err)
 	}
 	for _, c := range [][2]string{{"198.18.1.10:40000", "10.96.0.10:53"}, {"[fd10::10]:40000", "[fd00::a]:53"}} {
 		client, orig := netip.MustParseAddrPort(c[0]), netip.MustParseAddrPort(c[1])
-		if _, err := second.DNSOrig.Get(client); !errors.Is(err, maps.ErrNotFound) {
-			t.Errorf("Get(%s) before Put: %v, want ErrNotFound", client, err)
-		}
-		if err := second.DNSOrig.Put(client, orig); err != nil {
-			t.Fatal(err)
-		}
-		if got, err := second.DNSOrig.Get(client); err != nil || got != orig {
-			t.Errorf("Get(%s) = %s, %v; want %s", client, got, err, orig)
+		for _, m := range []*maps.DNSOrig{second.DNSOrig, second.DNSTCP} {
+			if _, err := m.Get(client); !errors.Is(err, maps.ErrNotFound) {
+				t.Errorf("Get(%s) before Put: %v, want ErrNotFound", client, err)
+			}
+			if err := m.Put(client, orig); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := m.Get(client); err != nil || got != orig {
+				t.Errorf("Get(%s) = %s, %v; want %s", client, got, err, orig)
+			}
 		}
 	}
 	pinned, err := maps.OpenPinned(dir)

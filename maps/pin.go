@@ -44,6 +44,7 @@ type Set struct {
 	Relays    *Relays
 	Stats     *Stats
 	DNSOrig   *DNSOrig
+	DNSTCP    *DNSOrig
 
 	// Created lists the reference names of the maps that Open created, as
 	// opposed to re-opened from pins.
@@ -122,6 +123,7 @@ func Open(opts Options) (*Set, error) {
 	s.Relays = &Relays{opened[RelaysName]}
 	s.Stats = &Stats{opened[StatsName]}
 	s.DNSOrig = &DNSOrig{opened[DNSOrigName]}
+	s.DNSTCP = &DNSOrig{opened[DNSTCPName]}
 	if !slices.Contains(s.Created, CacheName) {
 		// Heal a cache that an earlier writer left out of step (it was
 		// killed between a map write and a slot write); rewrites nothing
@@ -173,7 +175,7 @@ func OpenPinned(dir string) (*Set, error) {
 	}
 	return &Set{Endpoints: &Endpoints{Map: opened[EndpointsName], Cache: opened[CacheName]},
 		Ztunnel: &ZtunnelMap{opened[ZtunnelName]}, Relays: &Relays{opened[RelaysName]}, Stats: &Stats{opened[StatsName]},
-		DNSOrig: &DNSOrig{opened[DNSOrigName]}}, nil
+		DNSOrig: &DNSOrig{opened[DNSOrigName]}, DNSTCP: &DNSOrig{opened[DNSTCPName]}}, nil
 }
 
 // Maps returns the maps by reference name, the form that
@@ -186,6 +188,7 @@ func (s *Set) Maps() map[string]*ebpf.Map {
 		RelaysName:    s.Relays.Map,
 		StatsName:     s.Stats.Map,
 		DNSOrigName:   s.DNSOrig.Map,
+		DNSTCPName:    s.DNSTCP.Map,
 	}
 }
 

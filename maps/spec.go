@@ -15,11 +15,12 @@ const (
 	RelaysName    = "relays"
 	StatsName     = "stats"
 	DNSOrigName   = "dnsorig"
+	DNSTCPName    = "dnstcp"
 )
 
 // A map added to Specs needs no new LayoutVersion: Open creates its pin
 // beside the others, and an agent of the same version without it leaves
-// it alone (dnsorig was added so in version 2).
+// it alone (dnsorig and dnstcp were added so in version 2).
 //
 // LayoutVersion is part of every map's kernel name. Bump it whenever a key or
 // value changes meaning, even at the same size: an agent then refuses pins of
@@ -82,6 +83,13 @@ func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 			KeySize:    SockAddrSize,
 			ValueSize:  SockAddrSize,
 			MaxEntries: DNSOrigMaxEntries,
+		},
+		DNSTCPName: {
+			Name:       kernelName("dnstcp"),
+			Type:       ebpf.LRUHash,
+			KeySize:    SockAddrSize,
+			ValueSize:  SockAddrSize,
+			MaxEntries: DNSTCPMaxEntries,
 		},
 		StatsName: {
 			Name:       kernelName("stats"),

@@ -107,12 +107,6 @@ func TestSemanticsInPod(t *testing.T) {
 			for _, f := range scenario.Semantics() {
 				t.Run(f.ID+" "+f.Name, func(t *testing.T) {
 					for _, v6 := range []bool{false, true} {
-						if f.ID == "s9" && !v6 {
-							// TODO(#15): ztunnel's TCP DNS listener is on
-							// 127.0.0.1, not transparent: IPv4 needs NAT.
-							t.Log("IPv4 skipped: TCP DNS in-pod needs NAT to ztunnel's loopback listener (in progress)")
-							continue
-						}
 						if o := f.Run(b, v6); !f.OK(o) {
 							t.Errorf("%s: path %q, want %q: %v", scenario.Family(v6), o.Path, f.Expect, o.Err)
 						}

@@ -332,6 +332,13 @@ func setupPodNetns(p Pod) (podNetns, error) {
 	if err := h.Do(func() error {
 		return writeSysctls(map[string]string{
 			"net/ipv4/conf/lo/accept_local": "1",
+			// DNS over TCP is handed to ztunnel's listener on
+			// 127.0.0.1:15053 with its destination rewritten
+			// (pod_loopback); the redirect dropped the packet's
+			// route, and IPv4 input drops a loopback destination as a
+			// martian unless lo allows it. Only what arrives on lo
+			// without a route is concerned: the redirected packets.
+			"net/ipv4/conf/lo/route_localnet": "1",
 			// No TIME_WAIT in the pod: ztunnel's side of a captured
 			// connection has the application's very tuple (no NAT), so
 			// when ztunnel closes first its TIME_WAIT socket holds the
@@ -356,7 +363,7 @@ func setupPodNetns(p Pod) (podNetns, error) {
 }
 
 // resetPodSysctls sets back what setupPodNetns changed in the netns at
-// path: lo's accept_local to the kernel's default, tcp_max_tw_buckets to
+// path: lo's accept_local and route_localnet to the kernel's default, tcp_max_tw_buckets to
 // the node's (what a new netns starts with: both follow the size of the
 // kernel's TCP hash table). A netns that is gone has nothing to reset.
 func (d *Dataplane) resetPodSysctls(path string) error {
@@ -377,7 +384,8 @@ func (d *Dataplane) resetPodSysctls(path string) error {
 	}
 	defer h.Close()
 	return h.Do(func() error {
-		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "0", "net/ipv4/tcp_max_tw_buckets": twBuckets})
+		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "0", "net/ipv4/conf/lo/route_localnet": "0",
+			"net/ipv4/tcp_max_tw_buckets": twBuckets})
 	})
 }
 

@@ -358,11 +358,6 @@ func TestSemanticsInPod(t *testing.T) {
 				Dataplane: dataplane.Config{CaptureDNS: true}})
 			for _, f := range scenario.Semantics() {
 				t.Run(f.ID+" "+f.Name, func(t *testing.T) {
-					if f.ID == "s9" {
-						// TODO(#15): ztunnel's TCP DNS listener is on
-						// 127.0.0.1, not transparent: IPv4 needs NAT.
-						t.Skip("TCP DNS in-pod: NAT to ztunnel's loopback listener in progress")
-					}
 					runFlow(t, b, f)
 				})
 			}

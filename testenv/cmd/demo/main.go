@@ -4,8 +4,7 @@
 // traffic for every flow of the design over IPv4 and IPv6, prints side by
 // side what path each took in node mode and in in-pod mode, and the
 // programs' counters, and removes everything. It exits non-zero if any flow
-// did not take the path the design says (but for the in-pod flows known to
-// be pending a fix elsewhere, which it shows).
+// did not take the path the design says.
 package main
 
 import (
@@ -74,18 +73,6 @@ var modes = []*ztunnelMode{
 		serves: "ztunnel of Istio 1.18-1.20 (its shared, node-level mode), or a node proxy with transparent listeners in its own netns; capture on the pods' host veths"},
 	{name: "IN-POD MODE", inPod: true, agent: agent.ZtunnelModeInPod,
 		serves: "ztunnel of Istio 1.21+, installed without istio-cni and talking ZDS to the agent; capture inside each ambient pod's netns, where ztunnel opens its listeners"},
-}
-
-// knownInPod says why flow f may fail in in-pod mode for a reason being
-// fixed elsewhere (dataplane's TestSemanticsInPod skips it): shown, not
-// counted as a failure. Empty for every other flow.
-func knownInPod(f scenario.Flow) string {
-	if f.ID == "s9" {
-		// ztunnel's TCP DNS listener is on 127.0.0.1, not transparent:
-		// IPv4 needs NAT to reach it.
-		return "known: TCP DNS over IPv4 in-pod pending NAT"
-	}
-	return ""
 }
 
 func run(pods, inPodPods int, modeFlag string) (err error) {
@@ -202,15 +189,14 @@ func kernelRelease() string {
 
 // outcome is a flow's run in one mode, for one family.
 type outcome struct {
-	o     scenario.Observation
-	ok    string // OK, FAIL, or KNOWN for a known in-pod failure
-	known string
+	o  scenario.Observation
+	ok string // OK or FAIL
 }
 
 // printFlows runs flows over IPv4 and IPv6 in each mode, prints a row for
 // each flow and family with the path it was expected to take and the one
 // observed in each mode, and returns the number of runs that did not take
-// it (but the known ones).
+// it.
 func printFlows(flows []scenario.Flow) (bad int) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	head := []string{"FLOW", "FAMILY", "WHAT", "EXPECTED PATH"}
@@ -234,9 +220,6 @@ func printFlows(flows []scenario.Flow) (bad int) {
 					observed = "?"
 				}
 				row = append(row, observed, fmt.Sprint(r.o.Bytes), r.ok)
-				if r.known != "" {
-					notes = append(notes, fmt.Sprintf("%s: %s", strings.ToLower(m.name), r.known))
-				}
 				if r.o.Err != nil {
 					notes = append(notes, fmt.Sprintf("%s: error: %v", strings.ToLower(m.name), r.o.Err))
 				}
@@ -293,11 +276,6 @@ func runFlow(m *ztunnelMode, f scenario.Flow, v6 bool) outcome {
 	r := outcome{o: f.Run(m.box, v6), ok: "OK"}
 	if !f.OK(r.o) {
 		r.ok = "FAIL"
-		if m.inPod {
-			if r.known = knownInPod(f); r.known != "" {
-				r.ok = "KNOWN"
-			}
-		}
 	}
 	return r
 }

@@ -8,13 +8,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
@@ -224,9 +227,11 @@ func exchange(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
 
 // checkNoCapture fails the test if anything of the in-pod capture is left in
 // pod's netns: a program on a hook of eth0 or lo, the mark rule or a route
-// of its table, in either family.
+// of its table, in either family, lo's accept_local on, or
+// tcp_max_tw_buckets other than the node's.
 func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
 	t.Helper()
+	cfg0 := cfg
 	cfg.NodeNetns = p.Path()
 	for _, name := range []string{"eth0", "lo"} {
 		atts, err := dataplane.ListAttachments(cfg, name)
@@ -237,9 +242,13 @@ func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
 			t.Errorf("left on %s in %s: %v", name, p.Name, a)
 		}
 	}
+	nodeTW := nodeSysctl(t, cfg0.NodeNetns, "net/ipv4/tcp_max_tw_buckets")
 	must(t, p.Do(func() error {
 		if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/lo/accept_local"); err != nil || string(b) != "0\n" {
 			t.Errorf("lo's accept_local in %s is %q (%v), want the default 0", p.Name, b, err)
+		}
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_max_tw_buckets"); err != nil || string(b) != nodeTW {
+			t.Errorf("tcp_max_tw_buckets in %s is %q (%v), want the node's %q", p.Name, b, err, nodeTW)
 		}
 		c, err := rtnetlink.Dial(nil)
 		if err != nil {
@@ -268,6 +277,94 @@ func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
 		}
 		return nil
 	}))
+}
+
+// nodeSysctl reads a sysctl in the netns at path (the node's).
+func nodeSysctl(t *testing.T, path, name string) string {
+	t.Helper()
+	h, err := netns.GetFromPath(path)
+	must(t, err)
+	defer h.Close()
+	var v []byte
+	must(t, testutil.Do(h, func() (err error) {
+		v, err = os.ReadFile("/proc/sys/" + name)
+		return err
+	}))
+	return string(v)
+}
+
+// bindNetns bind mounts the netns of ns at dir/name, as `ip netns add`
+// and container runtimes do, until the test ends.
+func bindNetns(t *testing.T, ns *testenv.Namespace, dir, name string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	must(t, os.WriteFile(path, nil, 0o600))
+	must(t, unix.Mount(ns.Path(), path, "", unix.MS_BIND, ""))
+	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
+	return path
+}
+
+// startSleep starts a process in ns, which makes ns reachable as
+// /proc/<pid>/ns/net, until the test ends.
+func startSleep(t *testing.T, ns *testenv.Namespace) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "600")
+	must(t, ns.Start(cmd))
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// sameNetns tells whether two paths are the same network namespace.
+func sameNetns(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// TestInPodUninstall: uninstall finds the pods captured in-pod from the
+// kernel alone, one through a bind mount in a netns directory, the other
+// only through a process in it, and leaves nothing of the capture in
+// either (programs, policy routing of both families, sysctls) nor in the
+// pin directory. A netns of the node with neither stays out.
+func TestInPodUninstall(t *testing.T) {
+	n := newInPodNode(t, testenv.WiringVeth)
+	bystander := n.node.AddPod("bystander", testenv.NotAmbient)
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		must(t, n.dp.EnrollInPod(n.pod(p)))
+	}
+	dir := t.TempDir()
+	bindNetns(t, &n.client.Namespace, dir, "client")
+	bindNetns(t, &bystander.Namespace, dir, "bystander")
+	startSleep(t, &n.server.Namespace)
+
+	found, err := dataplane.FindInPodNetns(n.cfg, []string{dir})
+	must(t, err)
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		if !slices.ContainsFunc(found, func(path string) bool { return sameNetns(path, p.Path()) }) {
+			t.Errorf("FindInPodNetns = %v: %s's netns is not among them", found, p.Name)
+		}
+	}
+	if len(found) != 2 {
+		t.Errorf("FindInPodNetns = %v, want the two pods' only", found)
+	}
+
+	n.dp.Close()
+	if err := dataplane.Uninstall(n.cfg, found...); err != nil {
+		t.Fatalf("uninstall: %v", err)
+	}
+	// Before checkNoCapture, which makes the tc pin directory again.
+	if entries, err := os.ReadDir(n.cfg.PinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory left: %v (%v)", entries, err)
+	}
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		checkNoCapture(t, n.cfg, p)
+	}
+	// Again: nothing to do, no error.
+	if err := dataplane.Uninstall(n.cfg, found...); err != nil {
+		t.Errorf("uninstall again: %v", err)
+	}
 }
 
 // TestInPodPodDeleted: a pod deleted with its capture in place (its netns

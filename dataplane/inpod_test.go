@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -465,4 +466,98 @@ func TestSemanticsInPod(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInspectInPod: status lists the pods captured in-pod, found from the
+// kernel alone (one through a bind mount, one through a process in it):
+// their IPs, interface, the three programs and the policy routing, and not
+// as node mode's pods with missing programs. A pod whose programs were
+// removed by hand, and one whose policy routing was, is each a problem.
+func TestInspectInPod(t *testing.T) {
+	n := newInPodNode(t, testenv.WiringVeth)
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		must(t, n.dp.EnrollInPod(n.pod(p)))
+	}
+	dir := t.TempDir()
+	bindNetns(t, &n.client.Namespace, dir, "client")
+	startSleep(t, &n.server.Namespace)
+	opts := dataplane.InspectOptions{NodeNetns: n.node.Path(), PinDir: n.cfg.PinDir, NetnsDirs: []string{dir}}
+	inspect := func() (dataplane.Status, map[string]dataplane.InPodStatus) {
+		t.Helper()
+		st, err := dataplane.Inspect(context.Background(), opts)
+		must(t, err)
+		byPod := map[string]dataplane.InPodStatus{}
+		for _, ip := range st.InPod {
+			for _, p := range []*testenv.Pod{n.client, n.server} {
+				if slices.Contains(ip.IPs, p.IPv4.String()) {
+					byPod[p.Name] = ip
+				}
+			}
+		}
+		return st, byPod
+	}
+
+	st, byPod := inspect()
+	if len(st.InPod) != 2 || len(byPod) != 2 {
+		t.Fatalf("status lists in-pod pods %+v, want the client and the server", st.InPod)
+	}
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		ps := byPod[p.Name]
+		if !slices.Equal(ps.IPs, sortedStrings(p.IPv4.String(), p.IPv6.String())) || ps.Interface != "eth0" || ps.Mode == "missing" ||
+			!ps.PolicyRouting || len(ps.Programs) != 3 || !sameNetns(ps.Netns, p.Path()) {
+			t.Errorf("%s: %+v", p.Name, ps)
+		}
+		for _, prog := range ps.Programs {
+			if !strings.HasPrefix(prog.Name, "pod_") || prog.Mode != ps.Mode || prog.ID == 0 {
+				t.Errorf("%s: program %+v", p.Name, prog)
+			}
+		}
+	}
+	if len(st.Pods) != 0 {
+		t.Errorf("in-pod pods listed as node mode's: %+v", st.Pods)
+	}
+	if len(st.Problems) != 0 {
+		t.Errorf("problems: %v", st.Problems)
+	}
+
+	// The server's programs removed by hand.
+	podCfg := n.cfg
+	podCfg.NodeNetns = n.server.Path()
+	must(t, dataplane.Detach(podCfg, "eth0"))
+	must(t, dataplane.Detach(podCfg, "lo"))
+	// The client's rule to table 100 removed by hand.
+	for _, fam := range []string{"-4", "-6"} {
+		cmd := exec.Command("ip", fam, "rule", "del", "fwmark", fmt.Sprintf("%#x/%#x", mrasm.TProxyMark, mrasm.TProxyMask), "lookup", fmt.Sprint(mrasm.TProxyTable))
+		must(t, n.client.Start(cmd))
+		must(t, cmd.Wait())
+	}
+
+	st, byPod = inspect()
+	if ps := byPod[n.server.Name]; ps.Mode != "missing" || len(ps.Programs) != 0 {
+		t.Errorf("server with its programs removed: %+v", ps)
+	}
+	if ps := byPod[n.client.Name]; ps.PolicyRouting || ps.Mode == "missing" {
+		t.Errorf("client with its rule removed: %+v", ps)
+	}
+	want := map[string]string{
+		n.server.Name: "has its map entries but not its programs pod_loopback, pod_ingress, pod_egress",
+		n.client.Name: "has its programs but not the policy routing",
+	}
+	for pod, problem := range want {
+		found := false
+		for _, p := range st.Problems {
+			found = found || strings.Contains(p, problem) && strings.Contains(p, byPod[pod].IPs[0])
+		}
+		if !found {
+			t.Errorf("no problem %q for the %s; problems: %v", problem, pod, st.Problems)
+		}
+	}
+	if len(st.Problems) != 2 {
+		t.Errorf("problems: %v, want the two above", st.Problems)
+	}
+}
+
+func sortedStrings(s ...string) []string {
+	slices.Sort(s)
+	return s
 }

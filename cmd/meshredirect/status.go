@@ -74,8 +74,12 @@ func writeStatus(w io.Writer, st dataplane.Status) error {
 	fmt.Fprintf(w, "DNS resolvers: %s\n", orNone(strings.Join(st.Resolvers, ", ")))
 	fmt.Fprintf(w, "tunnel ports of the node (pods' UDP to them dropped): %s\n", orNone(strings.Trim(fmt.Sprint(st.RelayPorts), "[]")))
 	z := st.Ztunnel
-	fmt.Fprintf(w, "ztunnel: %s (ifindex %d, netns id %d), MAC %s, IPs %s; ready %s, DNS capture %s, UDP %s, fail open %s\n\n",
-		orNone(z.Interface), z.Ifindex, z.NetnsID, z.MAC, orNone(strings.Join(z.IPs, ", ")), yesNo(z.Ready), yesNo(z.CaptureDNS), z.UDP, yesNo(z.FailOpen))
+	if z.Ifindex == 0 && len(st.InPod) > 0 && len(st.Pods) == 0 {
+		fmt.Fprintf(w, "ztunnel: in each pod (in-pod mode; see ZTUNNEL below)\n\n")
+	} else {
+		fmt.Fprintf(w, "ztunnel: %s (ifindex %d, netns id %d), MAC %s, IPs %s; ready %s, DNS capture %s, UDP %s, fail open %s\n\n",
+			orNone(z.Interface), z.Ifindex, z.NetnsID, z.MAC, orNone(strings.Join(z.IPs, ", ")), yesNo(z.Ready), yesNo(z.CaptureDNS), z.UDP, yesNo(z.FailOpen))
+	}
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "POD\tIPS\tINTERFACE\tMODE\tPOLICY\tPKTS OUT\tPKTS IN")

@@ -41,7 +41,7 @@ func TestWriteStatusInPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"IN-POD POD", "app/client", "198.18.16.1,fd10::1", "/run/netns/cni-1", "pod_egress@eth0/egress", "acked",
+	for _, want := range []string{"ztunnel: in each pod", "IN-POD POD", "app/client", "198.18.16.1,fd10::1", "/run/netns/cni-1", "pod_egress@eth0/egress", "acked",
 		"/proc/42/ns/net", "missing", "2 pods captured in their netns"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)

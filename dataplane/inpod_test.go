@@ -24,6 +24,7 @@ import (
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
+	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
 )
@@ -38,7 +39,7 @@ type inPodNode struct {
 	cfg            dataplane.Config
 }
 
-func newInPodNode(t *testing.T, wiring testenv.Wiring) *inPodNode {
+func newInPodNode(t *testing.T, wiring testenv.Wiring, mode ...tc.Mode) *inPodNode {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	n := &inPodNode{node: testenv.NewNode(t, testenv.NodeOptions{Wiring: wiring})}
@@ -46,6 +47,9 @@ func newInPodNode(t *testing.T, wiring testenv.Wiring) *inPodNode {
 	n.server = n.node.AddPod("server", testenv.Ambient)
 	n.remote = n.node.AddPeerNode("node2").AddPod("remote", testenv.NotAmbient)
 	n.cfg = dataplane.Config{NodeNetns: n.node.Path(), PinDir: filepath.Join(testutil.BPFFS(t), "meshredirect")}
+	if len(mode) > 0 {
+		n.cfg.AttachMode = mode[0]
+	}
 	dp, err := dataplane.Open(n.cfg)
 	must(t, err)
 	n.dp = dp
@@ -328,9 +332,16 @@ func sameNetns(a, b string) bool {
 // kernel alone, one through a bind mount in a netns directory, the other
 // only through a process in it, and leaves nothing of the capture in
 // either (programs, policy routing of both families, sysctls) nor in the
-// pin directory. A netns of the node with neither stays out.
+// pin directory. A netns of the node with neither stays out. Both attach
+// modes: tcx links found by their pins, legacy filters by their names.
 func TestInPodUninstall(t *testing.T) {
-	n := newInPodNode(t, testenv.WiringVeth)
+	for _, mode := range []tc.Mode{tc.ModeTCX, tc.ModeLegacy} {
+		t.Run(mode.String(), func(t *testing.T) { testInPodUninstall(t, mode) })
+	}
+}
+
+func testInPodUninstall(t *testing.T, mode tc.Mode) {
+	n := newInPodNode(t, testenv.WiringVeth, mode)
 	bystander := n.node.AddPod("bystander", testenv.NotAmbient)
 	for _, p := range []*testenv.Pod{n.client, n.server} {
 		must(t, n.dp.EnrollInPod(n.pod(p)))
@@ -349,6 +360,16 @@ func TestInPodUninstall(t *testing.T) {
 	}
 	if len(found) != 2 {
 		t.Errorf("FindInPodNetns = %v, want the two pods' only", found)
+	}
+
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		podCfg := n.cfg
+		podCfg.NodeNetns = p.Path()
+		atts, err := dataplane.ListAttachments(podCfg, "eth0")
+		must(t, err)
+		if len(atts) != 2 || atts[0].Mode != mode {
+			t.Fatalf("%s's eth0 holds %v, want two %s attachments", p.Name, atts, mode)
+		}
 	}
 
 	n.dp.Close()

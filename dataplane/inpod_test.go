@@ -329,10 +329,11 @@ func sameNetns(a, b string) bool {
 }
 
 // TestInPodUninstall: uninstall finds the pods captured in-pod from the
-// kernel alone, one through a bind mount in a netns directory, the other
-// only through a process in it, and leaves nothing of the capture in
-// either (programs, policy routing of both families, sysctls) nor in the
-// pin directory. A netns of the node with neither stays out. Both attach
+// kernel alone, through a bind mount in a netns directory or only through
+// a process in it, by their programs or, for a pod that lost them, by its
+// policy routing and map entries, and leaves nothing of the capture in
+// any (programs, policy routing of both families, sysctls) nor in the pin
+// directory. A netns of the node with neither stays out. Both attach
 // modes: tcx links found by their pins, legacy filters by their names.
 func TestInPodUninstall(t *testing.T) {
 	for _, mode := range []tc.Mode{tc.ModeTCX, tc.ModeLegacy} {
@@ -343,23 +344,32 @@ func TestInPodUninstall(t *testing.T) {
 func testInPodUninstall(t *testing.T, mode tc.Mode) {
 	n := newInPodNode(t, testenv.WiringVeth, mode)
 	bystander := n.node.AddPod("bystander", testenv.NotAmbient)
-	for _, p := range []*testenv.Pod{n.client, n.server} {
+	// half has lost its programs (by hand): only its policy routing and
+	// its map entries say it is ours.
+	half := n.node.AddPod("half", testenv.Ambient)
+	pods := []*testenv.Pod{n.client, n.server, half}
+	for _, p := range pods {
 		must(t, n.dp.EnrollInPod(n.pod(p)))
 	}
 	dir := t.TempDir()
 	bindNetns(t, &n.client.Namespace, dir, "client")
 	bindNetns(t, &bystander.Namespace, dir, "bystander")
+	bindNetns(t, &half.Namespace, dir, "half")
 	startSleep(t, &n.server.Namespace)
+	halfCfg := n.cfg
+	halfCfg.NodeNetns = half.Path()
+	must(t, dataplane.Detach(halfCfg, "eth0"))
+	must(t, dataplane.Detach(halfCfg, "lo"))
 
 	found, err := dataplane.FindInPodNetns(n.cfg, []string{dir})
 	must(t, err)
-	for _, p := range []*testenv.Pod{n.client, n.server} {
+	for _, p := range pods {
 		if !slices.ContainsFunc(found, func(path string) bool { return sameNetns(path, p.Path()) }) {
 			t.Errorf("FindInPodNetns = %v: %s's netns is not among them", found, p.Name)
 		}
 	}
-	if len(found) != 2 {
-		t.Errorf("FindInPodNetns = %v, want the two pods' only", found)
+	if len(found) != len(pods) {
+		t.Errorf("FindInPodNetns = %v, want the pods' only", found)
 	}
 
 	for _, p := range []*testenv.Pod{n.client, n.server} {
@@ -380,7 +390,7 @@ func testInPodUninstall(t *testing.T, mode tc.Mode) {
 	if entries, err := os.ReadDir(n.cfg.PinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin directory left: %v (%v)", entries, err)
 	}
-	for _, p := range []*testenv.Pod{n.client, n.server} {
+	for _, p := range pods {
 		checkNoCapture(t, n.cfg, p)
 	}
 	// Again: nothing to do, no error.

@@ -238,6 +238,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.keepCNIInstalled(ctx)
 	}
 
+	if a.zds != nil {
+		go a.onZtunnelConnect(ctx)
+	}
 	go func() {
 		t := time.NewTicker(a.cfg.ResyncPeriod)
 		defer t.Stop()
@@ -258,6 +261,29 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent stopped; capture stays in place")
 	return nil
+}
+
+// onZtunnelConnect resyncs the node each time a ztunnel connects and acks
+// its snapshot (in-pod mode): the pods captured while none was connected
+// get their enrolment annotation, which records ztunnel's ack, and the
+// ambient config its ztunnelReady.
+func (a *Agent) onZtunnelConnect(ctx context.Context) {
+	var seen uint64
+	for {
+		if err := a.zds.WaitConnected(ctx); err != nil {
+			return
+		}
+		if n := a.zds.Stats().Connections; n != seen {
+			seen = n
+			a.queue.Add(keyZtunnel)
+			a.queue.Add(keyResync)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func (a *Agent) close() {

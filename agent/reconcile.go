@@ -84,7 +84,9 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, netns strin
 			return err
 		}
 	}
-	if err := a.capture(p, pod); waitingForZtunnel(err) {
+	err = a.capture(p, pod)
+	acked := err == nil
+	if waitingForZtunnel(err) {
 		// Captured, and kept for ztunnel's snapshot: its traffic is
 		// dropped until ztunnel connects and opens its listeners.
 		a.noteDecision(key, "waiting for ztunnel", func() {
@@ -118,7 +120,10 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, netns strin
 		a.log.Info("enrolled pod", "pod", key, "ips", ips, "interface", p.HostIfindex, "reason", reason)
 		a.events.Eventf(pod, corev1.EventTypeNormal, "Enrolled", "traffic captured into ztunnel (%s)", reason)
 	})
-	if pod.Annotations[RedirectionAnnotation] != RedirectionEnabled {
+	// In-pod mode the annotation says ztunnel has the pod (Istio's
+	// istio-cni sets it once ztunnel acked): not while the pod only waits
+	// for ztunnel. A resync annotates it once ztunnel took it.
+	if acked && pod.Annotations[RedirectionAnnotation] != RedirectionEnabled {
 		if err := a.annotate(pod, true); err != nil {
 			a.m.enrolErrors.WithLabelValues(reasonAnnotate).Inc()
 			a.log.Error("annotate pod", "pod", key, "error", err)

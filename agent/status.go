@@ -21,7 +21,9 @@ type StatusOptions struct {
 
 // NodeStatus is what `meshredirect status` shows: the node's datapath as
 // dataplane.Inspect reads it from the kernel and the pins, with each pod
-// named from the API when it answers.
+// named from the API when it answers. A pod captured in-pod shows whether
+// ztunnel has it: the enrolment annotation, which the agent sets in in-pod
+// mode only once ztunnel acknowledged the pod over ZDS.
 func NodeStatus(ctx context.Context, o StatusOptions) (dataplane.Status, error) {
 	st, err := dataplane.Inspect(ctx, o.InspectOptions)
 	if err != nil {
@@ -32,7 +34,7 @@ func NodeStatus(ctx context.Context, o StatusOptions) (dataplane.Status, error) 
 		p := &st.Pods[i]
 		for _, ip := range p.IPs {
 			if n, ok := names[ip]; ok {
-				p.Namespace, p.Name = n[0], n[1]
+				p.Namespace, p.Name = n.namespace, n.name
 			}
 		}
 	}
@@ -40,13 +42,36 @@ func NodeStatus(ctx context.Context, o StatusOptions) (dataplane.Status, error) 
 		a, b := st.Pods[i], st.Pods[j]
 		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
 	})
+	for i := range st.InPod {
+		p := &st.InPod[i]
+		for _, ip := range p.IPs {
+			if n, ok := names[ip]; ok {
+				p.Namespace, p.Name = n.namespace, n.name
+				p.Ztunnel = "not acked"
+				if n.enrolled {
+					p.Ztunnel = "acked"
+				}
+			}
+		}
+	}
+	sort.SliceStable(st.InPod, func(i, j int) bool {
+		a, b := st.InPod[i], st.InPod[j]
+		return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+	})
 	return st, nil
 }
 
-// podNames maps pod IPs to namespace and name from the API, when a client
-// is given and the API answers within a few seconds; empty otherwise.
-func podNames(ctx context.Context, o StatusOptions) map[string][2]string {
-	out := map[string][2]string{}
+// podRef is a pod of the node as the API has it.
+type podRef struct {
+	namespace, name string
+	// enrolled: annotated ambient.istio.io/redirection=enabled.
+	enrolled bool
+}
+
+// podNames maps pod IPs to the pods from the API, when a client is given
+// and the API answers within a few seconds; empty otherwise.
+func podNames(ctx context.Context, o StatusOptions) map[string]podRef {
+	out := map[string]podRef{}
 	if o.Client == nil || o.NodeName == "" {
 		return out
 	}
@@ -58,7 +83,8 @@ func podNames(ctx context.Context, o StatusOptions) map[string][2]string {
 	}
 	for _, p := range pods.Items {
 		for _, ip := range podIPs(&p) {
-			out[ip.String()] = [2]string{p.Namespace, p.Name}
+			out[ip.String()] = podRef{namespace: p.Namespace, name: p.Name,
+				enrolled: p.Annotations[RedirectionAnnotation] == RedirectionEnabled}
 		}
 	}
 	return out

@@ -21,8 +21,8 @@
 //
 // and, for the CLI, functions that need no loaded programs and work whether
 // or not an agent runs: Inspect (what `status` shows), ListAttachments and
-// Detach (`list`, `detach`), DescribePrograms (`dump`), FindZtunnelNetns
-// and Uninstall. The pins' layout is spelled once: the maps in the pin
+// Detach (`list`, `detach`), DescribePrograms (`dump`), FindZtunnelNetns,
+// FindInPodNetns and Uninstall. The pins' layout is spelled once: the maps in the pin
 // directory, the tcx links and qdisc markers in TCPinDir of it.
 //
 // Everything it makes lives in the kernel: the maps are pinned, legacy

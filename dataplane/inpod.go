@@ -367,8 +367,14 @@ func setupPodNetns(p Pod) (podNetns, error) {
 // the node's (what a new netns starts with: both follow the size of the
 // kernel's TCP hash table). A netns that is gone has nothing to reset.
 func (d *Dataplane) resetPodSysctls(path string) error {
+	return resetPodSysctls(d.nl, path)
+}
+
+// resetPodSysctls is (*Dataplane).resetPodSysctls with the node's netns
+// node.
+func resetPodSysctls(node *nsLink, path string) error {
 	var twBuckets string
-	if err := d.nl.Do(func() error {
+	if err := node.Do(func() error {
 		b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_max_tw_buckets")
 		twBuckets = strings.TrimSpace(string(b))
 		return err
@@ -383,10 +389,13 @@ func (d *Dataplane) resetPodSysctls(path string) error {
 		return err
 	}
 	defer h.Close()
-	return h.Do(func() error {
+	if err := h.Do(func() error {
 		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "0", "net/ipv4/conf/lo/route_localnet": "0",
 			"net/ipv4/tcp_max_tw_buckets": twBuckets})
-	})
+	}); err != nil {
+		return fmt.Errorf("reset sysctls in %s: %w", h, err)
+	}
+	return nil
 }
 
 // PruneInPod removes, in in-pod mode, what no desired pod needs on the

@@ -8,18 +8,23 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
+	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
 )
@@ -34,7 +39,7 @@ type inPodNode struct {
 	cfg            dataplane.Config
 }
 
-func newInPodNode(t *testing.T, wiring testenv.Wiring) *inPodNode {
+func newInPodNode(t *testing.T, wiring testenv.Wiring, mode ...tc.Mode) *inPodNode {
 	t.Helper()
 	testutil.RequirePrivileged(t)
 	n := &inPodNode{node: testenv.NewNode(t, testenv.NodeOptions{Wiring: wiring})}
@@ -42,6 +47,9 @@ func newInPodNode(t *testing.T, wiring testenv.Wiring) *inPodNode {
 	n.server = n.node.AddPod("server", testenv.Ambient)
 	n.remote = n.node.AddPeerNode("node2").AddPod("remote", testenv.NotAmbient)
 	n.cfg = dataplane.Config{NodeNetns: n.node.Path(), PinDir: filepath.Join(testutil.BPFFS(t), "meshredirect")}
+	if len(mode) > 0 {
+		n.cfg.AttachMode = mode[0]
+	}
 	dp, err := dataplane.Open(n.cfg)
 	must(t, err)
 	n.dp = dp
@@ -224,9 +232,11 @@ func exchange(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
 
 // checkNoCapture fails the test if anything of the in-pod capture is left in
 // pod's netns: a program on a hook of eth0 or lo, the mark rule or a route
-// of its table, in either family.
+// of its table, in either family, lo's accept_local or route_localnet on, or
+// tcp_max_tw_buckets other than the node's.
 func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
 	t.Helper()
+	cfg0 := cfg
 	cfg.NodeNetns = p.Path()
 	for _, name := range []string{"eth0", "lo"} {
 		atts, err := dataplane.ListAttachments(cfg, name)
@@ -237,9 +247,15 @@ func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
 			t.Errorf("left on %s in %s: %v", name, p.Name, a)
 		}
 	}
+	nodeTW := nodeSysctl(t, cfg0.NodeNetns, "net/ipv4/tcp_max_tw_buckets")
 	must(t, p.Do(func() error {
-		if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/lo/accept_local"); err != nil || string(b) != "0\n" {
-			t.Errorf("lo's accept_local in %s is %q (%v), want the default 0", p.Name, b, err)
+		for _, key := range []string{"accept_local", "route_localnet"} {
+			if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/lo/" + key); err != nil || string(b) != "0\n" {
+				t.Errorf("lo's %s in %s is %q (%v), want the default 0", key, p.Name, b, err)
+			}
+		}
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_max_tw_buckets"); err != nil || string(b) != nodeTW {
+			t.Errorf("tcp_max_tw_buckets in %s is %q (%v), want the node's %q", p.Name, b, err, nodeTW)
 		}
 		c, err := rtnetlink.Dial(nil)
 		if err != nil {
@@ -268,6 +284,121 @@ func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
 		}
 		return nil
 	}))
+}
+
+// nodeSysctl reads a sysctl in the netns at path (the node's).
+func nodeSysctl(t *testing.T, path, name string) string {
+	t.Helper()
+	h, err := netns.GetFromPath(path)
+	must(t, err)
+	defer h.Close()
+	var v []byte
+	must(t, testutil.Do(h, func() (err error) {
+		v, err = os.ReadFile("/proc/sys/" + name)
+		return err
+	}))
+	return string(v)
+}
+
+// bindNetns bind mounts the netns of ns at dir/name, as `ip netns add`
+// and container runtimes do, until the test ends.
+func bindNetns(t *testing.T, ns *testenv.Namespace, dir, name string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	must(t, os.WriteFile(path, nil, 0o600))
+	must(t, unix.Mount(ns.Path(), path, "", unix.MS_BIND, ""))
+	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
+	return path
+}
+
+// startSleep starts a process in ns, which makes ns reachable as
+// /proc/<pid>/ns/net, until the test ends.
+func startSleep(t *testing.T, ns *testenv.Namespace) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "600")
+	must(t, ns.Start(cmd))
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// sameNetns tells whether two paths are the same network namespace.
+func sameNetns(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// TestInPodUninstall: uninstall finds the pods captured in-pod from the
+// kernel alone, through a bind mount in a netns directory or only through
+// a process in it, by their programs or, for a pod that lost them, by its
+// policy routing and map entries, and leaves nothing of the capture in
+// any (programs, policy routing of both families, sysctls) nor in the pin
+// directory. A netns of the node with neither stays out. Both attach
+// modes: tcx links found by their pins, legacy filters by their names.
+func TestInPodUninstall(t *testing.T) {
+	for _, mode := range []tc.Mode{tc.ModeTCX, tc.ModeLegacy} {
+		t.Run(mode.String(), func(t *testing.T) { testInPodUninstall(t, mode) })
+	}
+}
+
+func testInPodUninstall(t *testing.T, mode tc.Mode) {
+	n := newInPodNode(t, testenv.WiringVeth, mode)
+	bystander := n.node.AddPod("bystander", testenv.NotAmbient)
+	// half has lost its programs (by hand): only its policy routing and
+	// its map entries say it is ours.
+	half := n.node.AddPod("half", testenv.Ambient)
+	pods := []*testenv.Pod{n.client, n.server, half}
+	for _, p := range pods {
+		must(t, n.dp.EnrollInPod(n.pod(p)))
+	}
+	dir := t.TempDir()
+	bindNetns(t, &n.client.Namespace, dir, "client")
+	bindNetns(t, &bystander.Namespace, dir, "bystander")
+	bindNetns(t, &half.Namespace, dir, "half")
+	startSleep(t, &n.server.Namespace)
+	halfCfg := n.cfg
+	halfCfg.NodeNetns = half.Path()
+	must(t, dataplane.Detach(halfCfg, "eth0"))
+	must(t, dataplane.Detach(halfCfg, "lo"))
+
+	found, err := dataplane.FindInPodNetns(n.cfg, []string{dir})
+	must(t, err)
+	for _, p := range pods {
+		if !slices.ContainsFunc(found, func(path string) bool { return sameNetns(path, p.Path()) }) {
+			t.Errorf("FindInPodNetns = %v: %s's netns is not among them", found, p.Name)
+		}
+	}
+	if len(found) != len(pods) {
+		t.Errorf("FindInPodNetns = %v, want the pods' only", found)
+	}
+
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		podCfg := n.cfg
+		podCfg.NodeNetns = p.Path()
+		atts, err := dataplane.ListAttachments(podCfg, "eth0")
+		must(t, err)
+		if len(atts) != 2 || atts[0].Mode != mode {
+			t.Fatalf("%s's eth0 holds %v, want two %s attachments", p.Name, atts, mode)
+		}
+	}
+
+	n.dp.Close()
+	if err := dataplane.Uninstall(n.cfg, found...); err != nil {
+		t.Fatalf("uninstall: %v", err)
+	}
+	// Before checkNoCapture, which makes the tc pin directory again.
+	if entries, err := os.ReadDir(n.cfg.PinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory left: %v (%v)", entries, err)
+	}
+	for _, p := range pods {
+		checkNoCapture(t, n.cfg, p)
+	}
+	// Again: nothing to do, no error.
+	if err := dataplane.Uninstall(n.cfg, found...); err != nil {
+		t.Errorf("uninstall again: %v", err)
+	}
 }
 
 // TestInPodPodDeleted: a pod deleted with its capture in place (its netns
@@ -430,4 +561,98 @@ func TestPruneInPod(t *testing.T) {
 	if zt.Ifindex != 0 {
 		t.Errorf("the ztunnel map still names a node-level ztunnel (ifindex %d)", zt.Ifindex)
 	}
+}
+
+// TestInspectInPod: status lists the pods captured in-pod, found from the
+// kernel alone (one through a bind mount, one through a process in it):
+// their IPs, interface, the three programs and the policy routing, and not
+// as node mode's pods with missing programs. A pod whose programs were
+// removed by hand, and one whose policy routing was, is each a problem.
+func TestInspectInPod(t *testing.T) {
+	n := newInPodNode(t, testenv.WiringVeth)
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		must(t, n.dp.EnrollInPod(n.pod(p)))
+	}
+	dir := t.TempDir()
+	bindNetns(t, &n.client.Namespace, dir, "client")
+	startSleep(t, &n.server.Namespace)
+	opts := dataplane.InspectOptions{NodeNetns: n.node.Path(), PinDir: n.cfg.PinDir, NetnsDirs: []string{dir}}
+	inspect := func() (dataplane.Status, map[string]dataplane.InPodStatus) {
+		t.Helper()
+		st, err := dataplane.Inspect(context.Background(), opts)
+		must(t, err)
+		byPod := map[string]dataplane.InPodStatus{}
+		for _, ip := range st.InPod {
+			for _, p := range []*testenv.Pod{n.client, n.server} {
+				if slices.Contains(ip.IPs, p.IPv4.String()) {
+					byPod[p.Name] = ip
+				}
+			}
+		}
+		return st, byPod
+	}
+
+	st, byPod := inspect()
+	if len(st.InPod) != 2 || len(byPod) != 2 {
+		t.Fatalf("status lists in-pod pods %+v, want the client and the server", st.InPod)
+	}
+	for _, p := range []*testenv.Pod{n.client, n.server} {
+		ps := byPod[p.Name]
+		if !slices.Equal(ps.IPs, sortedStrings(p.IPv4.String(), p.IPv6.String())) || ps.Interface != "eth0" || ps.Mode == "missing" ||
+			!ps.PolicyRouting || len(ps.Programs) != 3 || !sameNetns(ps.Netns, p.Path()) {
+			t.Errorf("%s: %+v", p.Name, ps)
+		}
+		for _, prog := range ps.Programs {
+			if !strings.HasPrefix(prog.Name, "pod_") || prog.Mode != ps.Mode || prog.ID == 0 {
+				t.Errorf("%s: program %+v", p.Name, prog)
+			}
+		}
+	}
+	if len(st.Pods) != 0 {
+		t.Errorf("in-pod pods listed as node mode's: %+v", st.Pods)
+	}
+	if len(st.Problems) != 0 {
+		t.Errorf("problems: %v", st.Problems)
+	}
+
+	// The server's programs removed by hand.
+	podCfg := n.cfg
+	podCfg.NodeNetns = n.server.Path()
+	must(t, dataplane.Detach(podCfg, "eth0"))
+	must(t, dataplane.Detach(podCfg, "lo"))
+	// The client's rule to table 100 removed by hand.
+	for _, fam := range []string{"-4", "-6"} {
+		cmd := exec.Command("ip", fam, "rule", "del", "fwmark", fmt.Sprintf("%#x/%#x", mrasm.TProxyMark, mrasm.TProxyMask), "lookup", fmt.Sprint(mrasm.TProxyTable))
+		must(t, n.client.Start(cmd))
+		must(t, cmd.Wait())
+	}
+
+	st, byPod = inspect()
+	if ps := byPod[n.server.Name]; ps.Mode != "missing" || len(ps.Programs) != 0 {
+		t.Errorf("server with its programs removed: %+v", ps)
+	}
+	if ps := byPod[n.client.Name]; ps.PolicyRouting || ps.Mode == "missing" {
+		t.Errorf("client with its rule removed: %+v", ps)
+	}
+	want := map[string]string{
+		n.server.Name: "has its map entries but not its programs pod_loopback, pod_ingress, pod_egress",
+		n.client.Name: "has its programs but not the policy routing",
+	}
+	for pod, problem := range want {
+		found := false
+		for _, p := range st.Problems {
+			found = found || strings.Contains(p, problem) && strings.Contains(p, byPod[pod].IPs[0])
+		}
+		if !found {
+			t.Errorf("no problem %q for the %s; problems: %v", problem, pod, st.Problems)
+		}
+	}
+	if len(st.Problems) != 2 {
+		t.Errorf("problems: %v, want the two above", st.Problems)
+	}
+}
+
+func sortedStrings(s ...string) []string {
+	slices.Sort(s)
+	return s
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -30,11 +31,14 @@ type Status struct {
 	Resolvers []string `json:"resolvers"`
 	// RelayPorts are the node's UDP tunnel ports, to which a pod's
 	// datagrams are dropped.
-	RelayPorts []uint16                `json:"relayPorts"`
-	Ztunnel    ZtunnelStatus           `json:"ztunnel"`
-	Pods       []PodStatus             `json:"pods"`
-	Programs   []ProgramStatus         `json:"programs"`
-	Verdicts   map[string]maps.Counter `json:"verdicts"`
+	RelayPorts []uint16      `json:"relayPorts"`
+	Ztunnel    ZtunnelStatus `json:"ztunnel"`
+	Pods       []PodStatus   `json:"pods"`
+	// InPod are the pods captured inside their own netns (in-pod mode),
+	// found from the kernel alone; absent on a node without any.
+	InPod    []InPodStatus           `json:"inPod,omitempty"`
+	Programs []ProgramStatus         `json:"programs"`
+	Verdicts map[string]maps.Counter `json:"verdicts"`
 	// Problems are inconsistencies worth a look (a pod without its
 	// programs, programs without a pod, ztunnel not ready, ...).
 	Problems []string `json:"problems"`
@@ -86,6 +90,49 @@ type PodStatus struct {
 	PacketsIn  uint64 `json:"packetsIn"`
 }
 
+// InPodStatus is one pod captured in its own network namespace (in-pod
+// mode): a netns, other than the node's and ztunnel's, that holds our
+// programs or our policy routing, or an address that is a pod in the
+// endpoints map without programs on its host veth.
+type InPodStatus struct {
+	// Namespace and Name come from the API (the agent's NodeStatus fills
+	// them); empty when it is not reachable.
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name,omitempty"`
+	// IPs are the netns's addresses that are pods in the endpoints map,
+	// else all its global addresses.
+	IPs []string `json:"ips"`
+	// Netns is the path the netns was found at: a bind mount, or
+	// /proc/<pid>/ns/net of a process in it.
+	Netns string `json:"netns"`
+	// Interface is the pod's interface in its netns (eth0).
+	Interface string `json:"interface"`
+	// Mode is the attach mode of its programs: tc, tcx, or "missing"
+	// when not all three in-pod programs are attached.
+	Mode     string         `json:"mode"`
+	Programs []InPodProgram `json:"programs"`
+	// PolicyRouting says whether the mark rule and `local default dev
+	// lo` of table 100 are there, both families: without them captured
+	// packets do not reach ztunnel's sockets in the pod.
+	PolicyRouting bool `json:"policyRouting"`
+	// Policy is the pod's own capture policy, as PodStatus.Policy.
+	Policy string `json:"policy,omitempty"`
+	// Ztunnel says whether ztunnel took the pod: "acked" when the pod
+	// carries ambient.istio.io/redirection=enabled (the agent sets it in
+	// in-pod mode only after ztunnel acknowledged the pod over ZDS), "not
+	// acked" when it does not, empty when the API was not asked.
+	Ztunnel string `json:"ztunnel,omitempty"`
+}
+
+// InPodProgram is one of our programs attached inside a pod's netns.
+type InPodProgram struct {
+	Name      string `json:"name"`
+	ID        uint32 `json:"id"`
+	Interface string `json:"interface"`
+	Direction string `json:"direction"`
+	Mode      string `json:"mode"`
+}
+
 // ProgramStatus is one program found attached.
 type ProgramStatus struct {
 	Name        string    `json:"name"`
@@ -107,6 +154,10 @@ type InspectOptions struct {
 	// PinDir is the bpffs directory of the pins; empty means
 	// DefaultPinDir.
 	PinDir string
+	// NetnsDirs are the directories of netns bind mounts searched, with
+	// /proc/*/ns/net, for pods captured in-pod; nil means
+	// resolve.DefaultNetnsDirs.
+	NetnsDirs []string
 	// AssignFailedWait is how long status waits to see whether a non-zero
 	// assign_failed count rises; zero means a second.
 	AssignFailedWait time.Duration
@@ -162,8 +213,14 @@ func Inspect(ctx context.Context, o InspectOptions) (Status, error) {
 		return st, err
 	}
 
-	in := inspection{st: &st, set: set, node: node, attachments: attachments, entries: entries}
-	for _, step := range []func() error{in.addresses, in.ztunnel, in.pods} {
+	scans, err := scanNetns(cfg, o.NetnsDirs)
+	if err != nil {
+		st.Problems = append(st.Problems, fmt.Sprintf("pods' netns not all read, in-pod pods may be missing: %v", err))
+	}
+
+	in := inspection{st: &st, set: set, node: node, attachments: attachments, entries: entries,
+		scans: scans, inPodIPs: map[netip.Addr]bool{}}
+	for _, step := range []func() error{in.addresses, in.inPod, in.ztunnel, in.pods} {
 		if err := step(); err != nil {
 			return st, err
 		}
@@ -179,6 +236,10 @@ type inspection struct {
 	node        *nsLink
 	attachments []tc.Attachment
 	entries     map[netip.Addr]maps.Endpoint
+	// scans are the netns other than the node's; inPodIPs the endpoints
+	// map's pods that inPod found in one of them.
+	scans    []netnsScan
+	inPodIPs map[netip.Addr]bool
 }
 
 func (in inspection) problem(format string, args ...any) {
@@ -236,6 +297,8 @@ func (in inspection) ztunnel() error {
 		in.problem("ztunnel's veth (ifindex %d) is gone", zt.Ifindex)
 	}
 	switch {
+	case zt.Ifindex == 0 && !in.nodeModePods():
+		// In-pod mode only: ztunnel lives in each pod, not in this map.
 	case zt.Ifindex == 0:
 		in.problem("no ztunnel set up: ambient pods' traffic is dropped")
 	case !z.Ready && !z.FailOpen:
@@ -254,7 +317,7 @@ func (in inspection) pods() error {
 	st := in.st
 	byIf := map[int]*PodStatus{}
 	for ip, e := range in.entries {
-		if !e.IsPod() {
+		if !e.IsPod() || in.inPodIPs[ip] {
 			continue
 		}
 		p := byIf[int(e.Ifindex)]
@@ -269,7 +332,9 @@ func (in inspection) pods() error {
 		modes[a.Mode.String()] = true
 	}
 	for mode := range modes {
-		st.Features.AttachModes = append(st.Features.AttachModes, mode)
+		if !slices.Contains(st.Features.AttachModes, mode) {
+			st.Features.AttachModes = append(st.Features.AttachModes, mode)
+		}
 	}
 	sort.Strings(st.Features.AttachModes)
 	for ifindex, p := range byIf {
@@ -297,6 +362,118 @@ func (in inspection) pods() error {
 		}
 		if a.Defunct {
 			in.problem("defunct tcx link %s (its interface is gone)", a.PinPath)
+		}
+	}
+	return nil
+}
+
+// nodeModePods tells whether the endpoints map has pods other than those
+// captured in-pod.
+func (in inspection) nodeModePods() bool {
+	for ip, e := range in.entries {
+		if e.IsPod() && !in.inPodIPs[ip] {
+			return true
+		}
+	}
+	return false
+}
+
+// inPod fills the pods captured in their own netns, and says which have
+// their map entries without their programs, or programs without the
+// policy routing that delivers what they capture.
+func (in inspection) inPod() error {
+	st := in.st
+	// Host veths that carry node mode's programs: their pods are node
+	// mode's, whatever their netns holds.
+	nodeMode := map[int]bool{}
+	for _, a := range in.attachments {
+		if p := programOf(a); p == mrasm.AppOutbound || p == mrasm.AppInbound {
+			nodeMode[a.Ifindex] = true
+		}
+	}
+	modes := map[string]bool{}
+	for _, s := range in.scans {
+		if s.ztunnel() {
+			continue
+		}
+		ips := s.podIPs(in.entries)
+		if slices.ContainsFunc(ips, func(ip netip.Addr) bool { return nodeMode[int(in.entries[ip].Ifindex)] }) {
+			continue
+		}
+		if !s.ours(in.entries) && len(ips) == 0 {
+			continue
+		}
+		p := InPodStatus{Netns: s.path, PolicyRouting: s.policyRouting()}
+		for _, ip := range ips {
+			in.inPodIPs[ip] = true
+			p.IPs = append(p.IPs, ip.String())
+		}
+		if len(ips) > 0 {
+			p.Policy = policyOf(in.entries[ips[0]].Flags).String()
+		} else {
+			for _, a := range s.addrs {
+				p.IPs = append(p.IPs, a.ip.String())
+			}
+		}
+		sort.Strings(p.IPs)
+		hooks := map[string]bool{}
+		var podModes []string
+		for _, a := range s.attachments {
+			name := programOf(a)
+			p.Programs = append(p.Programs, InPodProgram{Name: name, ID: uint32(a.ProgramID), Interface: a.Ifname,
+				Direction: string(a.Direction), Mode: a.Mode.String()})
+			if a.Defunct {
+				continue
+			}
+			if a.Ifindex != mrasm.LoopbackIfindex && p.Interface == "" {
+				p.Interface = a.Ifname
+			}
+			for _, h := range podHooks {
+				if h.name == name && h.dir == a.Direction {
+					hooks[h.name] = true
+				}
+			}
+			if !slices.Contains(podModes, a.Mode.String()) {
+				podModes = append(podModes, a.Mode.String())
+			}
+			modes[a.Mode.String()] = true
+		}
+		if p.Interface == "" {
+			for _, a := range s.addrs {
+				if len(ips) == 0 || slices.Contains(ips, a.ip) {
+					p.Interface = s.ifnames[a.index]
+					break
+				}
+			}
+		}
+		sort.Strings(podModes)
+		p.Mode = strings.Join(podModes, "+")
+		var missing []string
+		for _, h := range podHooks {
+			if !hooks[h.name] {
+				missing = append(missing, h.name)
+			}
+		}
+		if len(missing) > 0 {
+			p.Mode = "missing"
+		}
+		switch {
+		case len(ips) > 0 && len(missing) > 0:
+			in.problem("in-pod pod %v (netns %s) has its map entries but not its programs %s: its traffic is not captured",
+				p.IPs, s.path, strings.Join(missing, ", "))
+		case len(ips) == 0:
+			in.problem("in-pod capture in netns %s (%v) belongs to no enrolled pod", s.path, p.IPs)
+		}
+		if len(hooks) > 0 && !p.PolicyRouting {
+			in.problem("in-pod pod %v (netns %s) has its programs but not the policy routing (fwmark %#x lookup %d, local default dev lo table %d, both families): captured packets do not reach ztunnel's sockets",
+				p.IPs, s.path, mrasm.TProxyMark, mrasm.TProxyTable, mrasm.TProxyTable)
+		}
+		st.InPod = append(st.InPod, p)
+	}
+	sort.Slice(st.InPod, func(i, j int) bool { return strings.Join(st.InPod[i].IPs, ",") < strings.Join(st.InPod[j].IPs, ",") })
+	for mode := range modes {
+		if !slices.Contains(st.Features.AttachModes, mode) {
+			st.Features.AttachModes = append(st.Features.AttachModes, mode)
 		}
 	}
 	return nil

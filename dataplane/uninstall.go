@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/jsimonetti/rtnetlink/v2"
 	"golang.org/x/sys/unix"
@@ -15,16 +16,22 @@ import (
 )
 
 // Uninstall removes everything meshredirect made on the node: every program
-// attachment of ours in the node's netns and in the given ztunnel netns
-// (whose policy routing rules go too), the tcx link pins and qdisc markers,
-// and the maps' pins. It works whether or not an agent runs, and repeating
-// it is harmless.
-func Uninstall(cfg Config, ztunnelNetns ...string) error {
+// attachment of ours in the node's netns and in each of the given network
+// namespaces, ztunnel's (FindZtunnelNetns) and those of pods captured
+// in-pod (FindInPodNetns), whose policy routing goes too and whose sysctls
+// are set back (lo's accept_local and route_localnet to 0, tcp_max_tw_buckets to the node's);
+// then the tcx link pins and qdisc markers, and the maps' pins. It works
+// whether or not an agent runs (a running agent puts back what it
+// reconciles), and repeating it is harmless.
+func Uninstall(cfg Config, netns ...string) error {
 	liftMemlock()
 	var errs []error
 	detachAll := func(tcCfg tc.Config) {
 		m, err := tc.New(tcCfg)
 		if err != nil {
+			if tcCfg.NetnsPath != "" && errors.Is(err, os.ErrNotExist) {
+				return // a pod's netns gone meanwhile took its programs
+			}
 			errs = append(errs, err)
 			return
 		}
@@ -33,8 +40,11 @@ func Uninstall(cfg Config, ztunnelNetns ...string) error {
 		if err != nil {
 			errs = append(errs, err)
 		}
+		// The capture stops before what receives it goes: pod_egress
+		// (the last of podHooks) first, as detachPodPrograms does.
+		slices.SortStableFunc(all, func(a, b tc.Attachment) int { return hookRank(b) - hookRank(a) })
 		for _, a := range all {
-			if err := m.Detach(a.Ifindex, a.Direction); err != nil {
+			if err := m.Detach(a.Ifindex, a.Direction); err != nil && !isGone(err) {
 				errs = append(errs, err)
 			}
 		}
@@ -44,11 +54,23 @@ func Uninstall(cfg Config, ztunnelNetns ...string) error {
 	}
 	pinDir := cfg.tcPinDir()
 	detachAll(cfg.tcConfig(cfg.NodeNetns))
-	for _, path := range ztunnelNetns {
+	node, err := openNetns(cfg.NodeNetns)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, path := range netns {
 		detachAll(cfg.tcConfig(path))
 		if err := removeLocalDelivery(path); err != nil {
 			errs = append(errs, err)
 		}
+		if node != nil {
+			if err := resetPodSysctls(node, path); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if node != nil {
+		node.Close()
 	}
 	if err := os.RemoveAll(pinDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
@@ -57,6 +79,12 @@ func Uninstall(cfg Config, ztunnelNetns ...string) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// hookRank orders attachments for detaching: the in-pod hooks by their
+// place in podHooks, every other one after them.
+func hookRank(a tc.Attachment) int {
+	return slices.IndexFunc(podHooks, func(h podHook) bool { return h.name == programOf(a) && h.dir == a.Direction })
 }
 
 // removeLocalDelivery removes, from the netns at path, what

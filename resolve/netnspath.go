@@ -83,9 +83,30 @@ func (r *Resolver) NetnsPath(nsid int) (string, error) {
 	return "", fmt.Errorf("find netns id %d in %s and %s/*/ns/net: %w", nsid, dirs, r.procDir, ErrNotFound)
 }
 
+// Namespaces lists a path to each network namespace that a bind mount in
+// netnsDirs or a process under procDir ("" means /proc) is in: bind mounts
+// first, then /proc/<pid>/ns/net, one path per namespace (by device and
+// inode). Paths that are not namespaces are left for the caller to reject
+// (opening one as a netns fails). It is how uninstall and status find the
+// pods' namespaces from the kernel alone.
+func Namespaces(netnsDirs []string, procDir string) []string {
+	if procDir == "" {
+		procDir = "/proc"
+	}
+	var out []string
+	for _, c := range listCandidates(netnsDirs, procDir) {
+		out = append(out, c.path)
+	}
+	return out
+}
+
 // candidates lists the paths to search, bind mounts first, one per
 // namespace.
 func (r *Resolver) candidates() []candidate {
+	return listCandidates(r.netnsDirs, r.procDir)
+}
+
+func listCandidates(netnsDirs []string, procDir string) []candidate {
 	var out []candidate
 	seen := map[nsKey]bool{}
 	add := func(path string) {
@@ -99,7 +120,7 @@ func (r *Resolver) candidates() []candidate {
 			out = append(out, candidate{path: path, key: k})
 		}
 	}
-	for _, dir := range r.netnsDirs {
+	for _, dir := range netnsDirs {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			continue // most nodes have no /var/run/netns
@@ -108,7 +129,7 @@ func (r *Resolver) candidates() []candidate {
 			add(filepath.Join(dir, e.Name()))
 		}
 	}
-	entries, err := os.ReadDir(r.procDir)
+	entries, err := os.ReadDir(procDir)
 	if err != nil {
 		return out
 	}
@@ -116,7 +137,7 @@ func (r *Resolver) candidates() []candidate {
 		if !isPid(e.Name()) {
 			continue
 		}
-		add(filepath.Join(r.procDir, e.Name(), "ns", "net"))
+		add(filepath.Join(procDir, e.Name(), "ns", "net"))
 	}
 	return out
 }

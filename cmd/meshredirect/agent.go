@@ -76,7 +76,7 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringSliceVar(&f.excluded, "exclude-namespaces", agent.DefaultExcludedNamespaces, "namespaces whose pods are never captured")
 	fl.StringVar(&f.configFile, "config-file", agent.DefaultConfigFile, "where the ambient config ({\"ztunnelReady\":...}) is written")
 	fl.StringSliceVar(&f.nodeIPs, "node-ip", nil, "addresses of the node besides those its network namespace holds, which the agent reads and follows itself (a pod's TCP to the node passes only as a reply of the node's own connection, such as a kubelet probe)")
-	fl.StringSliceVar(&f.netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's")
+	fl.StringSliceVar(&f.netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's and in-pod pods'")
 	fl.DurationVar(&f.resyncPeriod, "resync-period", agent.DefaultResyncPeriod, "how often the whole node is reconciled besides on every change")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -282,7 +282,9 @@ func newUninstallCmd() *cobra.Command {
 		Short: "Remove everything meshredirect made on this node",
 		Long: `uninstall removes what the agent made on this node: the programs on every
 interface (filters and tcx links, and the qdiscs it created), ztunnel's
-policy routing rules, the pins under --pin-dir, the ambient config file, and,
+policy routing rules, the capture inside each pod of in-pod mode (its
+programs, policy routing and sysctls; the pods' network namespaces are found
+in --netns-dir and /proc/*/ns/net), the pins under --pin-dir, the ambient config file, and,
 when the API is reachable, the enrolment annotation of this node's pods, and
 the CNI plugin (its conflist entry and binary). Run
 it after stopping the agent; pods' traffic is no longer captured afterwards.
@@ -297,7 +299,14 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 			if err != nil {
 				fmt.Fprintf(out, "ztunnel's netns not found (%v): its rules stay until its pod goes\n", err)
 			}
-			if err := dataplane.Uninstall(dpCfg, ztNetns...); err != nil {
+			podNetns, err := dataplane.FindInPodNetns(dpCfg, netnsDirs)
+			if err != nil {
+				fmt.Fprintf(out, "some network namespaces could not be read (%v): an in-pod capture in them stays\n", err)
+			}
+			if len(podNetns) > 0 {
+				fmt.Fprintf(out, "found in-pod capture in %d network namespaces\n", len(podNetns))
+			}
+			if err := dataplane.Uninstall(dpCfg, append(ztNetns, podNetns...)...); err != nil {
 				errs = append(errs, err.Error())
 			} else {
 				fmt.Fprintf(out, "removed programs, links and pins (%s)\n", pinDir)
@@ -331,7 +340,7 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 	}
 	cmd.Flags().StringVar(&nodeNetns, "node-netns", "", "the node's network namespace as a path, if this process does not run in it")
 	cmd.Flags().StringVar(&pinDir, "pin-dir", dataplane.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
-	cmd.Flags().StringSliceVar(&netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's")
+	cmd.Flags().StringSliceVar(&netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's and in-pod pods'")
 	cmd.Flags().StringVar(&configFile, "config-file", agent.DefaultConfigFile, "the ambient config file to remove")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
 	cmd.Flags().StringVar(&nodeName, "node-name", os.Getenv("NODE_NAME"), "remove the enrolment annotation from this node's pods (empty: skip)")

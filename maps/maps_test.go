@@ -385,6 +385,15 @@ func TestDNSOrigAddedToOldPins(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// status on a node whose agent is older: the other pins open.
+	old, err := maps.OpenPinned(dir)
+	if err != nil {
+		t.Fatalf("open the pins of an agent without the DNS maps: %v", err)
+	}
+	if old.DNSOrig.Map != nil || old.DNSTCP.Map != nil {
+		t.Error("DNS maps opened where there are none")
+	}
+	old.Close()
 	second, err := maps.Open(maps.Options{PinDir: dir})
 	if err != nil {
 		t.Fatal(err)

@@ -141,8 +141,9 @@ var ErrNoPins = errors.New("no meshredirect pins")
 
 // OpenPinned opens the pinned maps under dir without ever creating one, for
 // tools that look at a node (status) while an agent may or may not run. A
-// missing pin is an error wrapping ErrNoPins; an incompatible one wraps
-// ErrIncompatiblePin.
+// missing pin is an error wrapping ErrNoPins, but for the DNS maps, which
+// an older agent did not make (their fields are then nil maps); an
+// incompatible one wraps ErrIncompatiblePin.
 func OpenPinned(dir string) (*Set, error) {
 	if err := removeMemlock(); err != nil {
 		return nil, err
@@ -157,6 +158,11 @@ func OpenPinned(dir string) (*Set, error) {
 	for name, spec := range Specs(0) {
 		path := filepath.Join(dir, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) && (name == DNSOrigName || name == DNSTCPName) {
+			// Added beside the pins of an older agent by the first agent
+			// that has them: until it runs, a node has none.
+			continue
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			return fail(fmt.Errorf("%w under %s (has the agent run on this node? is bpffs mounted at /sys/fs/bpf?)", ErrNoPins, dir))
 		}

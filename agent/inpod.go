@@ -154,6 +154,7 @@ func (a *Agent) reconcileDataplane(desired []dataplane.Pod, keep []netip.Addr, b
 			keep = append(keep, p.IPs...)
 		}
 	}
+	errs = append(errs, a.releaseStale(desired, keep))
 	pruned, err := a.dp.PruneInPod(desired, keep)
 	res.Detached, res.Deleted = pruned.Detached, pruned.Deleted
 	if err != nil {
@@ -218,4 +219,54 @@ func (c *zdsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.events, s.Connections, "accepted")
 	counter(c.events, s.HellosRejected, "hello_rejected")
 	counter(c.events, s.AckTimeouts, "ack_timeout")
+}
+
+// releaseStale releases the in-pod capture of the pods whose addresses the
+// endpoints map holds but no desired (or kept) pod claims: pods that left
+// the mesh while no agent ran, their capture still in their netns (pinned
+// programs and maps outlive the agent). ztunnel, whose snapshot leaves
+// them out, has let them go: captured, their TCP would meet no listener.
+// A pod that was deleted took its netns along; only its entries are left,
+// which PruneInPod removes.
+func (a *Agent) releaseStale(desired []dataplane.Pod, keep []netip.Addr) error {
+	want := map[netip.Addr]bool{}
+	for _, p := range desired {
+		for _, ip := range p.IPs {
+			want[ip] = true
+		}
+	}
+	for _, ip := range keep {
+		want[ip] = true
+	}
+	entries, err := a.dp.PodEntries()
+	if err != nil {
+		return err
+	}
+	byNetns := map[string][]netip.Addr{}
+	for ip := range entries {
+		if want[ip] {
+			continue
+		}
+		iface, err := a.loc.Resolve([]netip.Addr{ip})
+		if err != nil {
+			continue // no interface leads there: the pod is gone
+		}
+		path, err := a.loc.NetnsPath(iface.PeerNetnsID)
+		if err != nil {
+			continue
+		}
+		byNetns[path] = append(byNetns[path], ip)
+	}
+	var errs []error
+	for path, ips := range byNetns {
+		found, err := a.dp.ReleaseInPod(ips, path)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if found {
+			a.log.Info("released the in-pod capture of a pod no longer in the mesh", "netns", path, "ips", ips)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -338,3 +338,39 @@ func TestInPodLeave(t *testing.T) {
 		}
 	}
 }
+
+// TestInPodLeaveWhileAgentDown: a pod leaves the mesh while no agent runs.
+// The capture in its netns outlives the agent; the next agent leaves it
+// out of ztunnel's snapshot (ztunnel lets it go) and releases its capture,
+// so its traffic goes direct instead of meeting no listener.
+func TestInPodLeaveWhileAgentDown(t *testing.T) {
+	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})
+	b := e.box
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	args := []string{"--ztunnel-mode", agent.ZtunnelModeInPod, "--zds-socket", b.ZDSPath}
+	first := e.startAgentProcess(t, args...)
+	e.waitInPod(b.Client, b.Server)
+	first.signal(t, syscall.SIGKILL)
+	e.labelNamespace(e.ns, agent.ModeNone)
+	e.startAgentProcess(t, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := b.Standin.WaitPods(ctx, func(p []ztunnel.PodState) bool { return len(p) == 0 }); err != nil {
+		t.Fatalf("ztunnel still serves the pods after the new agent's snapshot: %+v", b.Standin.Pods())
+	}
+	e.waitFor("the client's capture released from its netns", 20*time.Second, func() bool {
+		cfg := dataplane.Config{NodeNetns: b.Client.Path(), PinDir: e.pinDir}
+		for _, iface := range []string{"eth0", "lo"} {
+			if atts, err := dataplane.ListAttachments(cfg, iface); err != nil || len(atts) > 0 {
+				return false
+			}
+		}
+		return true
+	})
+	b.Echo(b.Remote, scenario.EchoPort)
+	for _, v6 := range []bool{false, true} {
+		if o := scenario.Observe(b, &b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort)); o.Err != nil || o.Path != scenario.Direct {
+			t.Errorf("client -> remote after leaving the mesh while no agent ran (%s): path %q, %v", scenario.Family(v6), o.Path, o.Err)
+		}
+	}
+}

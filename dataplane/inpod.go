@@ -484,3 +484,23 @@ func verifierError(err error) error {
 	}
 	return err
 }
+
+// ReleaseInPod removes the in-pod capture of a pod that is no longer
+// captured, if its netns (at netns) holds ours: a pod that left the mesh,
+// or whose capture an earlier agent made, while no agent ran. ips are the
+// addresses its endpoints map entries are under. It reports whether it
+// found capture there; a netns with none of ours is left as it is (the
+// address may belong to another pod by now).
+func (d *Dataplane) ReleaseInPod(ips []netip.Addr, netns string) (bool, error) {
+	s, err := scanOne(d.cfg, netns)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look for in-pod capture in %s: %w", netns, err)
+	}
+	if len(s.attachments) == 0 && !s.routed() {
+		return false, nil
+	}
+	return true, d.UnenrollInPod(Pod{Name: netns, IPs: ips, Netns: netns})
+}

@@ -207,7 +207,9 @@ func podHooksAttached(m *tc.Manager, ifindex int, ids map[string]ebpf.ProgramID)
 // leave its interfaces (pod_egress first), the policy routing goes, and its
 // addresses leave the endpoints map (unless another role keeps them). A
 // netns that is gone (the pod was deleted) took the programs with it: only
-// the pins of tcx links are left, which the node's Prune removes.
+// the pins of tcx links are left, which Prune removes once the kernel has
+// torn the netns down (asynchronously: lo's link is defunct only then), at
+// the latest at the next reconcile.
 func (d *Dataplane) UnenrollInPod(p Pod) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

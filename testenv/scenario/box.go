@@ -300,13 +300,14 @@ func (b *Box) PodOf(p *testenv.Pod) dataplane.Pod {
 	return dp
 }
 
-// RestartStandin stops the stand-in, as ztunnel's pod stops, and starts a
-// new one with the same options: in in-pod mode its listeners in the pods
-// close, and the new one takes the pods back from the agent's snapshot. It
-// returns the records of the one that stopped.
+// RestartStandin stops the stand-in as ztunnel's pod stops (SIGTERM: it
+// drains, letting the flows in progress finish) and starts a new one with
+// the same options: in in-pod mode its listeners in the pods close, and the
+// new one takes the pods back from the agent's snapshot. It returns the
+// records of the one that stopped.
 func (b *Box) RestartStandin(tb testenv.TB) []ztunnel.Record {
 	old := b.Standin
-	old.Close()
+	old.Drain(5 * time.Second)
 	records := old.Records()
 	b.startStandin(tb, b.opts)
 	return records

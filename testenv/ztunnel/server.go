@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -239,7 +240,9 @@ func (s *Server) Close() error {
 	s.cancel()
 	var errs []error
 	for _, l := range s.listeners {
-		errs = append(errs, l.Close())
+		if err := l.Close(); !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
 	}
 	for c := range s.conns {
 		c.Close()
@@ -248,6 +251,34 @@ func (s *Server) Close() error {
 	s.closePods()
 	s.wg.Wait()
 	return errors.Join(errs...)
+}
+
+// Drain stops the stand-in as ztunnel stops on SIGTERM: it stops accepting
+// (closes its listeners, in in-pod mode those in every pod), lets the
+// flows in progress finish, for at most timeout, and closes. A client that
+// connects meanwhile has its SYN dropped (no listener) and sent again by
+// its kernel, to whatever listens by then.
+func (s *Server) Drain(timeout time.Duration) error {
+	s.mu.Lock()
+	closers := slices.Clone(s.listeners)
+	if s.inpod != nil {
+		for _, p := range s.inpod.pods {
+			closers = append(closers, p.listeners...)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range closers {
+		l.Close()
+	}
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			break
+		}
+	}
+	return s.Close()
 }
 
 // track registers a connection for Close to close; false (with c closed)

@@ -322,21 +322,7 @@ func TestInPodLeave(t *testing.T) {
 	if _, err := b.Standin.WaitPods(ctx, func(p []ztunnel.PodState) bool { return len(p) == 0 }); err != nil {
 		t.Fatalf("ztunnel still serves pods after they left the mesh: %+v", b.Standin.Pods())
 	}
-	e.waitFor("the client's capture removed from its netns", 10*time.Second, func() bool {
-		cfg := dataplane.Config{NodeNetns: b.Client.Path(), PinDir: e.pinDir}
-		for _, iface := range []string{"eth0", "lo"} {
-			if atts, err := dataplane.ListAttachments(cfg, iface); err != nil || len(atts) > 0 {
-				return false
-			}
-		}
-		return true
-	})
-	b.Echo(b.Remote, scenario.EchoPort)
-	for _, v6 := range []bool{false, true} {
-		if o := scenario.Observe(b, &b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort)); o.Err != nil || o.Path != scenario.Direct {
-			t.Errorf("client -> remote after leaving the mesh (%s): path %q, %v", scenario.Family(v6), o.Path, o.Err)
-		}
-	}
+	e.checkReleased(b.Client, 10*time.Second, "after leaving the mesh")
 }
 
 // TestInPodLeaveWhileAgentDown: a pod leaves the mesh while no agent runs.
@@ -358,8 +344,16 @@ func TestInPodLeaveWhileAgentDown(t *testing.T) {
 	if _, err := b.Standin.WaitPods(ctx, func(p []ztunnel.PodState) bool { return len(p) == 0 }); err != nil {
 		t.Fatalf("ztunnel still serves the pods after the new agent's snapshot: %+v", b.Standin.Pods())
 	}
-	e.waitFor("the client's capture released from its netns", 20*time.Second, func() bool {
-		cfg := dataplane.Config{NodeNetns: b.Client.Path(), PinDir: e.pinDir}
+	e.checkReleased(b.Client, 20*time.Second, "after leaving the mesh while no agent ran")
+}
+
+// checkReleased waits until nothing of ours is attached in p's netns any
+// more, then checks that p's traffic to the remote host goes direct.
+func (e *env) checkReleased(p *testenv.Pod, timeout time.Duration, when string) {
+	e.t.Helper()
+	b := e.box
+	e.waitFor("the capture of "+p.Name+" released from its netns", timeout, func() bool {
+		cfg := dataplane.Config{NodeNetns: p.Path(), PinDir: e.pinDir}
 		for _, iface := range []string{"eth0", "lo"} {
 			if atts, err := dataplane.ListAttachments(cfg, iface); err != nil || len(atts) > 0 {
 				return false
@@ -369,8 +363,8 @@ func TestInPodLeaveWhileAgentDown(t *testing.T) {
 	})
 	b.Echo(b.Remote, scenario.EchoPort)
 	for _, v6 := range []bool{false, true} {
-		if o := scenario.Observe(b, &b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort)); o.Err != nil || o.Path != scenario.Direct {
-			t.Errorf("client -> remote after leaving the mesh while no agent ran (%s): path %q, %v", scenario.Family(v6), o.Path, o.Err)
+		if o := scenario.Observe(b, &p.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort)); o.Err != nil || o.Path != scenario.Direct {
+			e.t.Errorf("%s -> remote %s (%s): path %q, %v", p.Name, when, scenario.Family(v6), o.Path, o.Err)
 		}
 	}
 }

@@ -454,16 +454,7 @@ func (d *Dataplane) PruneInPod(desired []Pod, keep []netip.Addr) (ReconcileResul
 	if err != nil {
 		return res, fmt.Errorf("prune for in-pod mode: %w", err)
 	}
-	for ip := range entries {
-		if want[ip] {
-			continue
-		}
-		if err := d.clearPod(ip); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		res.Deleted = append(res.Deleted, ip)
-	}
+	errs = append(errs, d.clearUnwanted(entries, want, &res)...)
 	pruned, err := d.node.Prune()
 	if err != nil {
 		errs = append(errs, err)

@@ -95,16 +95,7 @@ func (d *Dataplane) Reconcile(desired []Pod, keep []netip.Addr) (ReconcileResult
 		}
 		res.Detached = append(res.Detached, a)
 	}
-	for ip := range entries {
-		if wantIP[ip] {
-			continue
-		}
-		if err := d.clearPod(ip); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		res.Deleted = append(res.Deleted, ip)
-	}
+	errs = append(errs, d.clearUnwanted(entries, wantIP, &res)...)
 	pruned, err := d.node.Prune()
 	if err != nil {
 		errs = append(errs, err)
@@ -150,4 +141,21 @@ func programOf(a tc.Attachment) string {
 		return a.Name
 	}
 	return a.ProgramName
+}
+
+// clearUnwanted removes the pod entries of entries whose address want does
+// not hold, recording each in res.Deleted.
+func (d *Dataplane) clearUnwanted(entries map[netip.Addr]maps.Endpoint, want map[netip.Addr]bool, res *ReconcileResult) []error {
+	var errs []error
+	for ip := range entries {
+		if want[ip] {
+			continue
+		}
+		if err := d.clearPod(ip); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.Deleted = append(res.Deleted, ip)
+	}
+	return errs
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# build.sh builds the reference CNI plugins (ptp, bridge, host-local) of
+# build.sh builds the reference CNI plugins (ptp, bridge, host-local, and loopback,
+# which a container runtime calls for every pod) of
 # github.com/containernetworking/plugins, pinned in go.mod beside this file,
 # into a cache directory outside the repository and prints that directory.
 # When the stamp matches it returns at once; two runs never build at once.
@@ -23,13 +24,14 @@ if [ "$(cat "$cache/stamp" 2>/dev/null)" = "$stamp" ]; then
 	echo "$cache"
 	exit 0
 fi
-echo "cniplugins: building ptp, bridge, host-local $version into $cache" >&2
+echo "cniplugins: building ptp, bridge, host-local, loopback $version into $cache" >&2
 tmp="$(mktemp -d "$cache/.build-XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/" \
 	github.com/containernetworking/plugins/plugins/main/ptp \
 	github.com/containernetworking/plugins/plugins/main/bridge \
-	github.com/containernetworking/plugins/plugins/ipam/host-local
-mv "$tmp"/ptp "$tmp"/bridge "$tmp"/host-local "$cache/"
+	github.com/containernetworking/plugins/plugins/ipam/host-local \
+	github.com/containernetworking/plugins/plugins/main/loopback
+mv "$tmp"/ptp "$tmp"/bridge "$tmp"/host-local "$tmp"/loopback "$cache/"
 echo "$stamp" >"$cache/stamp"
 echo "$cache"

@@ -3,7 +3,13 @@
 # The meshredirect image: the agent and its CNI plugin, static binaries on
 # distroless; the chart's DaemonSet runs `/meshredirect agent ...`.
 #
-#   make image        # docker build -t meshredirect:dev .
+#   docker build -t meshredirect:dev .
+#
+# `make image` builds the same image without a container engine: the same
+# static binaries, the same paths, entrypoint, command and user, written by
+# internal/ociimage (Go) as a docker archive, bin/meshredirect-image.tar, on
+# no base image (no distroless CA certificates or tzdata, which the agent does
+# not read); TestAgentMatchesDockerfile keeps the two in step.
 #
 # The build stage runs on the builder's own platform and cross-compiles: the
 # binary is pure Go (CGO_ENABLED=0, the programs are generated in Go, no C), so

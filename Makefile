@@ -8,7 +8,7 @@ TOOLS ?= $(HOME)/.cache/meshredirect/tools
 STATICCHECK_VERSION ?= v0.8.2
 XTOOLS_VERSION ?= v0.52.0
 
-.PHONY: all build test lint tools demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image bench bench-quick bench-report
+.PHONY: all build test lint tools demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image test-images bench bench-quick bench-report
 
 all: build
 
@@ -91,10 +91,31 @@ bench-report:
 manifests:
 	cd deploy/tools && $(GO) run ./render -chart ../charts/meshredirect -o ../meshredirect.yaml
 
-## image: build the container image where a container engine runs (none does on these machines).
-IMAGE ?= meshredirect:dev
+## image: the release image (the agent and its CNI plugin, static) as a docker archive, built in Go by
+## testenv/cmd/images: no container engine, no registry. Import it with
+## `ctr -n k8s.io images import bin/meshredirect-image.tar` or `docker load -i bin/meshredirect-image.tar`.
+## The Dockerfile builds the same image on distroless where docker runs (`docker build .`).
+IMAGE_TAG ?= dev
+IMAGE_ARCHIVE ?= bin/meshredirect-image.tar
+IMAGE_BIN ?= bin/image
+# -s -w: no symbol table or DWARF, as in the Dockerfile; panics still name functions.
+STATIC_BUILD = CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
 image:
-	@if docker info >/dev/null 2>&1; then docker build -t $(IMAGE) . ; else 	  echo "no container engine runs here (docker info failed): $(IMAGE) not built."; 	  echo "The image is the static binaries of make build (bin/meshredirect, bin/meshredirect-cni) on gcr.io/distroless/static-debian12."; fi
+	@mkdir -p $(IMAGE_BIN)
+	$(STATIC_BUILD) -o $(IMAGE_BIN)/ ./cmd/meshredirect ./cmd/meshredirect-cni
+	$(GO) run ./testenv/cmd/images -bin $(IMAGE_BIN) -images agent -tag $(IMAGE_TAG) \
+		-revision "$$(git rev-parse HEAD 2>/dev/null)" -o $(IMAGE_ARCHIVE)
+	@echo "import it: ctr -n k8s.io images import $(IMAGE_ARCHIVE)   (or: docker load -i $(IMAGE_ARCHIVE))"
+
+## test-images: every image (agent, ztunnel stand-in, testapp, pause) in one archive, for a real node's
+## containerd (ctr -n k8s.io images import bin/test-images.tar).
+TEST_IMAGES_ARCHIVE ?= bin/test-images.tar
+test-images:
+	@mkdir -p $(IMAGE_BIN)
+	$(STATIC_BUILD) -o $(IMAGE_BIN)/ ./cmd/meshredirect ./cmd/meshredirect-cni \
+		./testenv/cmd/ztunnel-standin ./testenv/cmd/testapp ./testenv/cmd/pause
+	$(GO) run ./testenv/cmd/images -bin $(IMAGE_BIN) -tag $(IMAGE_TAG) \
+		-revision "$$(git rev-parse HEAD 2>/dev/null)" -o $(TEST_IMAGES_ARCHIVE)
 
 ## kube-bins: build kube-apiserver and etcd (v1.37.2) from the Go module proxy for the tests that
 ## need a real API server, cached outside the repo (~/.cache/meshredirect/kube): 6-20 min once, then instant.

@@ -23,19 +23,20 @@ type Capability struct {
 
 // ChartCapabilities are the capabilities the chart grants the agent's
 // container, in the chart's order; every other one is dropped
-// (deploy/README.md, Privileges). Host.Missing says which of them the agent
-// needs on a given kernel.
+// (deploy/README.md, Privileges). CAP_SYS_RESOURCE is granted only with
+// the chart value liftMemlock=true, for kernels before 5.11. Host.Missing
+// says which of them the agent needs on a given kernel.
 var ChartCapabilities = []Capability{
 	{"CAP_BPF", unix.CAP_BPF, "needed to load the programs, create and pin the maps and make tcx links"},
 	{"CAP_NET_ADMIN", unix.CAP_NET_ADMIN, "needed to attach programs and set sysctls, routes and rules"},
 	{"CAP_SYS_ADMIN", unix.CAP_SYS_ADMIN, "needed to enter ztunnel's network namespace with setns"},
-	{"CAP_SYS_RESOURCE", unix.CAP_SYS_RESOURCE, "needed to lift RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps and programs to"},
+	{"CAP_SYS_RESOURCE", unix.CAP_SYS_RESOURCE, "needed to lift RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps and programs to: install the chart with liftMemlock=true"},
 	{"CAP_SYS_PTRACE", unix.CAP_SYS_PTRACE, "needed to open /proc/<pid>/ns/net of ztunnel and other processes"},
 }
 
 // chartGrants is the parenthesis of every message: what to compare the
 // container's capabilities with.
-const chartGrants = "the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE, SYS_PTRACE"
+const chartGrants = "the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE with liftMemlock=true, SYS_PTRACE"
 
 // Host is what decides which capabilities the agent needs on a node, and
 // which it holds.

@@ -100,7 +100,7 @@ func TestChartCapabilities(t *testing.T) {
 			if took > 5*time.Second {
 				t.Errorf("the agent without %s took %s to stop", drop.Name, took)
 			}
-			want := fmt.Sprintf("meshredirect: missing capability %s: %s (the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE, SYS_PTRACE)", drop.Name, drop.Why)
+			want := fmt.Sprintf("meshredirect: missing capability %s: %s (the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE with liftMemlock=true, SYS_PTRACE)", drop.Name, drop.Why)
 			if !strings.Contains(out, want) {
 				t.Errorf("no message %q", want)
 			}

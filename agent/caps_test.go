@@ -65,7 +65,7 @@ func TestMissingCapabilities(t *testing.T) {
 			}
 			for i, l := range lines {
 				if !strings.HasPrefix(l, "missing capability "+c.want[i]+": needed to ") ||
-					!strings.HasSuffix(l, " (the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE, SYS_PTRACE)") {
+					!strings.HasSuffix(l, " (the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE with liftMemlock=true, SYS_PTRACE)") {
 					t.Errorf("line %q", l)
 				}
 			}
@@ -76,9 +76,25 @@ func TestMissingCapabilities(t *testing.T) {
 // TestMissingCapabilityMessage pins the exact wording of one message.
 func TestMissingCapabilityMessage(t *testing.T) {
 	h := Host{Effective: without(all5, unix.CAP_NET_ADMIN), LastCap: unix.CAP_LAST_CAP, Kernel: [2]int{6, 18}}
-	const want = "missing capability CAP_NET_ADMIN: needed to attach programs and set sysctls, routes and rules (the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE, SYS_PTRACE)"
+	const want = "missing capability CAP_NET_ADMIN: needed to attach programs and set sysctls, routes and rules (the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE with liftMemlock=true, SYS_PTRACE)"
 	if err := h.Err(); err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
+	}
+}
+
+// TestMissingCapabilityMessageMemlock: on a kernel before 5.11 the message
+// says which chart value grants CAP_SYS_RESOURCE, which the chart leaves out
+// by default; from 5.11 the agent starts without it.
+func TestMissingCapabilityMessageMemlock(t *testing.T) {
+	h := Host{Effective: without(all5, unix.CAP_SYS_RESOURCE), LastCap: unix.CAP_LAST_CAP, Kernel: [2]int{5, 10}}
+	const want = "missing capability CAP_SYS_RESOURCE: needed to lift RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps and programs to: " +
+		"install the chart with liftMemlock=true (the chart grants BPF, NET_ADMIN, SYS_ADMIN, SYS_RESOURCE with liftMemlock=true, SYS_PTRACE)"
+	if err := h.Err(); err == nil || err.Error() != want {
+		t.Errorf("got %v\nwant %s", err, want)
+	}
+	h.Kernel = [2]int{5, 11}
+	if err := h.Err(); err != nil {
+		t.Errorf("on 5.11 without CAP_SYS_RESOURCE: %v", err)
 	}
 }
 

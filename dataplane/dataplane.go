@@ -56,6 +56,13 @@ type Config struct {
 	// MountBPFFS says whether to mount a bpffs at /sys/fs/bpf when the pin
 	// directory is not on one: MountBPFFSAuto (the default), Always, Never.
 	MountBPFFS string
+	// ProcSysNet is where the net sysctls are read and written (rp_filter
+	// of the node and ztunnel's netns, lo's and TIME_WAIT's in pods'):
+	// the host's /proc/sys/net, mounted elsewhere in a container, whose
+	// runtime refuses mounts under /proc. Empty means DefaultProcSysNet.
+	// Its files show the netns of the thread that opens them, wherever it
+	// is mounted.
+	ProcSysNet string
 	// Log receives a line per change; nil discards.
 	Log *slog.Logger
 }
@@ -65,6 +72,13 @@ func (c Config) pinDir() string {
 		return maps.DefaultPinDir
 	}
 	return c.PinDir
+}
+
+func (c Config) sysctls() sysctlDir {
+	if c.ProcSysNet == "" {
+		return DefaultProcSysNet
+	}
+	return sysctlDir(c.ProcSysNet)
 }
 
 func (c Config) tcPinDir() string { return TCPinDir(c.pinDir()) }
@@ -122,6 +136,11 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 	opts.PodsMaxEntries = cfg.PodsMaxEntries
 
+	// Before anything is made: a missing mount would otherwise show when
+	// ztunnel comes, with maps created and programs attached.
+	if err := cfg.sysctls().check(); err != nil {
+		return nil, err
+	}
 	set, err := openMaps(cfg)
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/internal/testutil"
@@ -236,11 +237,33 @@ func TestRedirectWithoutPeer(t *testing.T) {
 // ztunnel's packets with its clients' addresses still leave the node (flows
 // 2 and 4 need that), ztunnel's veth is the only interface that filters
 // less than before, and the others keep their effective value.
+//
+// With Config.ProcSysNet a bind mount of /proc/sys/net elsewhere, as in the
+// DaemonSet (/host/proc/sys/net: runc refuses mounts under /proc), the same
+// holds: the files show the netns of the thread that opens them, so the
+// writes made in the node's netns land there, not in the netns of whoever
+// made the mount.
 func TestReversePathFilter(t *testing.T) {
-	b := newBox(t, scenario.Options{RPFilter: 1})
+	t.Run("proc", func(t *testing.T) { testReversePathFilter(t, "") })
+	t.Run("bind mount elsewhere", func(t *testing.T) {
+		testutil.RequirePrivileged(t)
+		dir := t.TempDir()
+		must(t, unix.Mount("/proc/sys/net", dir, "", unix.MS_BIND, ""))
+		t.Cleanup(func() {
+			if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+				t.Errorf("unmount %s: %v", dir, err)
+			}
+		})
+		testReversePathFilter(t, dir)
+	})
+}
+
+func testReversePathFilter(t *testing.T, procSysNet string) {
+	b := newBox(t, scenario.Options{RPFilter: 1, Dataplane: dataplane.Config{ProcSysNet: procSysNet}})
 	for _, id := range []string{"2", "4"} {
 		t.Run(id, func(t *testing.T) { runFlow(t, b, flow(t, id)) })
 	}
+	// Read through /proc/sys/net itself, in the node's netns.
 	must(t, b.Node.Do(func() error {
 		entries, err := os.ReadDir("/proc/sys/net/ipv4/conf")
 		if err != nil {

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -77,7 +76,7 @@ func (d *Dataplane) EnrollInPod(p Pod) error {
 		}
 	}
 
-	ns, err := setupPodNetns(p)
+	ns, err := setupPodNetns(d.cfg.sysctls(), p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || isGone(err) {
 			err = fmt.Errorf("%w (%v)", ErrInterfaceGone, err)
@@ -283,7 +282,7 @@ func detachPodPrograms(tcCfg tc.Config, ifindex int) error {
 // which IPv4 takes for a martian on input unless accept_local is on
 // (fib_validate_source; the dst the packet had on its way out is dropped
 // by the redirect, so the input route lookup runs).
-func setupPodNetns(p Pod) (podNetns, error) {
+func setupPodNetns(sys sysctlDir, p Pod) (podNetns, error) {
 	h, err := openNetns(p.Netns)
 	if err != nil {
 		return podNetns{}, err
@@ -332,15 +331,15 @@ func setupPodNetns(p Pod) (podNetns, error) {
 		return podNetns{}, err
 	}
 	if err := h.Do(func() error {
-		return writeSysctls(map[string]string{
-			"net/ipv4/conf/lo/accept_local": "1",
+		return sys.write(map[string]string{
+			"ipv4/conf/lo/accept_local": "1",
 			// DNS over TCP is handed to ztunnel's listener on
 			// 127.0.0.1:15053 with its destination rewritten
 			// (pod_loopback); the redirect dropped the packet's
 			// route, and IPv4 input drops a loopback destination as a
 			// martian unless lo allows it. Only what arrives on lo
 			// without a route is concerned: the redirected packets.
-			"net/ipv4/conf/lo/route_localnet": "1",
+			"ipv4/conf/lo/route_localnet": "1",
 			// No TIME_WAIT in the pod: ztunnel's side of a captured
 			// connection has the application's very tuple (no NAT), so
 			// when ztunnel closes first its TIME_WAIT socket holds the
@@ -356,7 +355,7 @@ func setupPodNetns(p Pod) (podNetns, error) {
 			// the same netns, over lo, which neither loses nor reorders
 			// segments, and ztunnel's own connections keep PAWS
 			// (timestamps) against an old connection's segments.
-			"net/ipv4/tcp_max_tw_buckets": "0",
+			"ipv4/tcp_max_tw_buckets": "0",
 		})
 	}); err != nil {
 		return podNetns{}, fmt.Errorf("set sysctls in %s: %w", h, err)
@@ -369,16 +368,16 @@ func setupPodNetns(p Pod) (podNetns, error) {
 // the node's (what a new netns starts with: both follow the size of the
 // kernel's TCP hash table). A netns that is gone has nothing to reset.
 func (d *Dataplane) resetPodSysctls(path string) error {
-	return resetPodSysctls(d.nl, path)
+	return resetPodSysctls(d.cfg.sysctls(), d.nl, path)
 }
 
 // resetPodSysctls is (*Dataplane).resetPodSysctls with the node's netns
-// node.
-func resetPodSysctls(node *nsLink, path string) error {
+// node and the sysctls in sys.
+func resetPodSysctls(sys sysctlDir, node *nsLink, path string) error {
 	var twBuckets string
 	if err := node.Do(func() error {
-		b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_max_tw_buckets")
-		twBuckets = strings.TrimSpace(string(b))
+		var err error
+		twBuckets, err = sys.read("ipv4/tcp_max_tw_buckets")
 		return err
 	}); err != nil {
 		return fmt.Errorf("read the node's tcp_max_tw_buckets: %w", err)
@@ -392,8 +391,8 @@ func resetPodSysctls(node *nsLink, path string) error {
 	}
 	defer h.Close()
 	if err := h.Do(func() error {
-		return writeSysctls(map[string]string{"net/ipv4/conf/lo/accept_local": "0", "net/ipv4/conf/lo/route_localnet": "0",
-			"net/ipv4/tcp_max_tw_buckets": twBuckets})
+		return sys.write(map[string]string{"ipv4/conf/lo/accept_local": "0", "ipv4/conf/lo/route_localnet": "0",
+			"ipv4/tcp_max_tw_buckets": twBuckets})
 	}); err != nil {
 		return fmt.Errorf("reset sysctls in %s: %w", h, err)
 	}

@@ -56,6 +56,7 @@ const (
 	DefaultPinDir         = maps.DefaultPinDir
 	DefaultPodsMaxEntries = maps.DefaultPodsMaxEntries
 	DefaultPriority       = tc.DefaultPriority
+	DefaultProcSysNet     = "/proc/sys/net"
 )
 
 // ErrMapFull is returned by Enrol when the endpoints map has no room for a

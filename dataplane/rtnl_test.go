@@ -362,7 +362,7 @@ func TestZtunnelRouting(t *testing.T) {
 
 	z := Ztunnel{Name: "test/ztunnel", Netns: path}
 	for range 2 {
-		mac, err := setupZtunnelNetns(z)
+		mac, err := setupZtunnelNetns(DefaultProcSysNet, z)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -559,7 +559,7 @@ func TestWatchNode(t *testing.T) {
 	// No IPv6 link-local addresses, whose DAD would announce a change of
 	// its own a second after each new link.
 	testutil.MustDo(t, ns, func() error {
-		return writeSysctls(map[string]string{"net/ipv6/conf/default/addr_gen_mode": "1"})
+		return sysctlDir(DefaultProcSysNet).write(map[string]string{"ipv6/conf/default/addr_gen_mode": "1"})
 	})
 	h, err := vnl.NewHandleAt(ns)
 	if err != nil {

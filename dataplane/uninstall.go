@@ -64,7 +64,7 @@ func Uninstall(cfg Config, netns ...string) error {
 			errs = append(errs, err)
 		}
 		if node != nil {
-			if err := resetPodSysctls(node, path); err != nil {
+			if err := resetPodSysctls(cfg.sysctls(), node, path); err != nil {
 				errs = append(errs, err)
 			}
 		}

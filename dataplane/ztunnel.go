@@ -6,9 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/jsimonetti/rtnetlink/v2"
 	"golang.org/x/sys/unix"
@@ -52,7 +50,7 @@ func (d *Dataplane) SetZtunnel(z Ztunnel) error {
 	if z.Netns == "" || z.HostIfindex <= 0 {
 		return fmt.Errorf("set ztunnel %s: its netns and host interface are needed", z.Name)
 	}
-	mac, err := setupZtunnelNetns(z)
+	mac, err := setupZtunnelNetns(d.cfg.sysctls(), z)
 	if err != nil {
 		return fmt.Errorf("set ztunnel %s: %w", z.Name, err)
 	}
@@ -200,7 +198,7 @@ func (d *Dataplane) configFlags() uint16 {
 // reverse path filtering (a captured packet's source is routed elsewhere),
 // forwarding and TIME_WAIT.
 // It returns the MAC of ztunnel's interface. Repeating it changes nothing.
-func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
+func setupZtunnelNetns(sys sysctlDir, z Ztunnel) (net.HardwareAddr, error) {
 	h, err := openNetns(z.Netns)
 	if err != nil {
 		return nil, err
@@ -233,12 +231,12 @@ func setupZtunnelNetns(z Ztunnel) (net.HardwareAddr, error) {
 		// is answered with an ACK (a reset dance, or with tcp_rfc1337 no
 		// answer at all). Timestamps (PAWS) still guard a new connection
 		// against an old one's segments.
-		return writeSysctls(map[string]string{
-			"net/ipv4/conf/all/rp_filter":               "0",
-			"net/ipv4/conf/" + z.iface() + "/rp_filter": "0",
-			"net/ipv4/ip_forward":                       "0",
-			"net/ipv6/conf/all/forwarding":              "0",
-			"net/ipv4/tcp_max_tw_buckets":               "0",
+		return sys.write(map[string]string{
+			"ipv4/conf/all/rp_filter":               "0",
+			"ipv4/conf/" + z.iface() + "/rp_filter": "0",
+			"ipv4/ip_forward":                       "0",
+			"ipv6/conf/all/forwarding":              "0",
+			"ipv4/tcp_max_tw_buckets":               "0",
 		})
 	}); err != nil {
 		return nil, fmt.Errorf("set sysctls in ztunnel's netns: %w", err)
@@ -341,19 +339,19 @@ func (d *Dataplane) allowForeignSource(ifindex int) error {
 		return fmt.Errorf("find interface %d: %w", ifindex, err)
 	}
 	zt := l.name
+	sys := d.cfg.sysctls()
 	return d.nl.Do(func() error {
-		const conf = "/proc/sys/net/ipv4/conf"
-		all, err := readSysctlInt(filepath.Join(conf, "all", "rp_filter"))
+		all, err := sys.readInt("ipv4/conf/all/rp_filter")
 		if err != nil {
 			return err
 		}
-		if err := writeSysctls(map[string]string{"net/ipv4/conf/" + zt + "/rp_filter": "0"}); err != nil {
+		if err := sys.write(map[string]string{"ipv4/conf/" + zt + "/rp_filter": "0"}); err != nil {
 			return err
 		}
 		if all == 0 {
 			return nil
 		}
-		entries, err := os.ReadDir(conf)
+		entries, err := os.ReadDir(sys.path("ipv4/conf"))
 		if err != nil {
 			return err
 		}
@@ -362,38 +360,19 @@ func (d *Dataplane) allowForeignSource(ifindex int) error {
 			if e.Name() == "all" || e.Name() == zt {
 				continue
 			}
-			key := "net/ipv4/conf/" + e.Name() + "/rp_filter"
-			if v, err := readSysctlInt(filepath.Join("/proc/sys", key)); err == nil && v < all {
+			key := "ipv4/conf/" + e.Name() + "/rp_filter"
+			if v, err := sys.readInt(key); err == nil && v < all {
 				raise[key] = strconv.Itoa(all)
 			}
 		}
-		if err := writeSysctls(raise); err != nil {
+		if err := sys.write(raise); err != nil {
 			return err
 		}
-		if err := writeSysctls(map[string]string{"net/ipv4/conf/all/rp_filter": "0"}); err != nil {
+		if err := sys.write(map[string]string{"ipv4/conf/all/rp_filter": "0"}); err != nil {
 			return err
 		}
 		d.log.Info("lowered net.ipv4.conf.all.rp_filter to 0 so that ztunnel's veth alone stops filtering; the other interfaces keep their effective value",
 			"previous_all", all, "raised", len(raise), "ztunnel_veth", zt)
 		return nil
 	})
-}
-
-func readSysctlInt(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
-
-func writeSysctls(kv map[string]string) error {
-	var errs []error
-	for k, v := range kv {
-		path := filepath.Join("/proc/sys", k)
-		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
-			errs = append(errs, fmt.Errorf("write %s: %w", path, err))
-		}
-	}
-	return errors.Join(errs...)
 }

@@ -54,6 +54,7 @@ type agentFlags struct {
 	replacePins     bool
 	ztunnelMode     string
 	zdsSocket       string
+	procSysNet      string
 }
 
 func (f *agentFlags) register(cmd *cobra.Command) {
@@ -62,6 +63,7 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.nodeNetns, "node-netns", "", "the node's network namespace as a path, if the agent does not run in it (default: this process's; the DaemonSet runs on the host network)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")
 	fl.StringVar(&f.pinDir, "pin-dir", dataplane.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
+	fl.StringVar(&f.procSysNet, "proc-sys-net", dataplane.DefaultProcSysNet, "where the net sysctls are written: the host's /proc/sys/net, mounted elsewhere in a container (a container runtime refuses mounts under /proc); its files show the netns of the thread that opens them, wherever it is mounted")
 	fl.Uint32Var(&f.podsMaxEntries, "pods-max-entries", dataplane.DefaultPodsMaxEntries, "capacity of the endpoints map: one entry per pod IP and node address (a new size replaces the pinned map without dropping capture)")
 	fl.StringVar(&f.attachMode, "attach-mode", "auto", "attach programs as tcx links (kernel 6.6+) or legacy tc filters: auto, tcx or tc")
 	fl.Uint16Var(&f.priority, "priority", dataplane.DefaultPriority, "priority of the legacy tc filters (Cilium uses 1)")
@@ -143,7 +145,7 @@ func (f *agentFlags) config() (agent.Config, error) {
 		NodeName: f.nodeName,
 		Dataplane: dataplane.Config{NodeNetns: f.nodeNetns, PinDir: f.pinDir, PodsMaxEntries: f.podsMaxEntries, AttachMode: mode, Priority: f.priority,
 			RedirectPeer: peer, CaptureDNS: f.captureDNS, StrictUDP: f.udp == agent.UDPDrop, FailOpen: f.failOpen,
-			MountBPFFS: f.mountBPFFS, ReplaceIncompatiblePins: f.replacePins},
+			MountBPFFS: f.mountBPFFS, ReplaceIncompatiblePins: f.replacePins, ProcSysNet: f.procSysNet},
 		ExcludedNamespaces: f.excluded,
 		ZtunnelSelector:    f.ztunnelSelector,
 		ConfigFile:         f.configFile,
@@ -270,6 +272,7 @@ func newUninstallCmd() *cobra.Command {
 	var (
 		nodeNetns  string
 		pinDir     string
+		procSysNet string
 		netnsDirs  []string
 		configFile string
 		kubeconfig string
@@ -294,7 +297,7 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
 			var errs []string
-			dpCfg := dataplane.Config{NodeNetns: nodeNetns, PinDir: pinDir}
+			dpCfg := dataplane.Config{NodeNetns: nodeNetns, PinDir: pinDir, ProcSysNet: procSysNet}
 			ztNetns, err := dataplane.FindZtunnelNetns(dpCfg, netnsDirs)
 			if err != nil {
 				fmt.Fprintf(out, "ztunnel's netns not found (%v): its rules stay until its pod goes\n", err)
@@ -340,6 +343,7 @@ It is safe to repeat. net.ipv4.conf.all.rp_filter, lowered to 0 for ztunnel
 	}
 	cmd.Flags().StringVar(&nodeNetns, "node-netns", "", "the node's network namespace as a path, if this process does not run in it")
 	cmd.Flags().StringVar(&pinDir, "pin-dir", dataplane.DefaultPinDir, "bpffs directory of the maps, tcx links and qdisc markers")
+	cmd.Flags().StringVar(&procSysNet, "proc-sys-net", dataplane.DefaultProcSysNet, "where the net sysctls of in-pod pods are set back: the host's /proc/sys/net, mounted elsewhere in a container (a container runtime refuses mounts under /proc)")
 	cmd.Flags().StringSliceVar(&netnsDirs, "netns-dir", []string{"/var/run/netns", "/run/netns"}, "directories of network namespace bind mounts, searched (with /proc) for ztunnel's and in-pod pods'")
 	cmd.Flags().StringVar(&configFile, "config-file", agent.DefaultConfigFile, "the ambient config file to remove")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty: the in-cluster service account")

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
@@ -54,5 +55,36 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 		if !strings.Contains(out, s) {
 			t.Errorf("agent --help lacks %q", s)
 		}
+	}
+}
+
+// TestProcSysNetFlag: --proc-sys-net reaches the dataplane's configuration
+// (the DaemonSet mounts the host's /proc/sys/net at /host/proc/sys/net, as
+// runc refuses mounts under /proc) and defaults to /proc/sys/net; uninstall,
+// which sets in-pod pods' sysctls back, has it too.
+func TestProcSysNetFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "/proc/sys/net"},
+		{[]string{"--proc-sys-net=/host/proc/sys/net"}, "/host/proc/sys/net"},
+	} {
+		var f agentFlags
+		cmd := &cobra.Command{Use: "agent"}
+		f.register(cmd)
+		if err := cmd.ParseFlags(append([]string{"--node-name=n1"}, c.args...)); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := f.config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Dataplane.ProcSysNet; got != c.want {
+			t.Errorf("%v: Dataplane.ProcSysNet = %q, want %q", c.args, got, c.want)
+		}
+	}
+	if fl := newUninstallCmd().Flags().Lookup("proc-sys-net"); fl == nil || fl.DefValue != "/proc/sys/net" {
+		t.Errorf("uninstall --proc-sys-net: %+v, want a flag defaulting to /proc/sys/net", fl)
 	}
 }

@@ -267,7 +267,7 @@ func TestPodSecurity(t *testing.T) {
 		"host namespaces (hostNetwork=true, hostPID=true)",
 		"hostPath volumes",
 		"non-default capabilities",
-		`"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"`,
+		`"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE" in`,
 		"AppArmor",
 		"seLinuxOptions",
 	} {

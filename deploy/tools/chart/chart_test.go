@@ -3,6 +3,7 @@ package chart
 import (
 	"bytes"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -28,8 +29,12 @@ const (
 )
 
 // capabilities are the ones the agent's container adds, all others dropped; the README and
-// values.yaml say why each is there.
-var capabilities = []corev1.Capability{"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
+// values.yaml say why each is there. capabilitiesLiftMemlock are those with liftMemlock: true,
+// for kernels before 5.11.
+var (
+	capabilities            = []corev1.Capability{"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
+	capabilitiesLiftMemlock = []corev1.Capability{"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
+)
 
 // defaultArgs are the agent's arguments with the chart's default values: every flag, the
 // agent's defaults made explicit.
@@ -37,6 +42,7 @@ var defaultArgs = []string{
 	"agent",
 	"--node-name=$(NODE_NAME)",
 	"--pin-dir=/sys/fs/bpf/meshredirect",
+	"--proc-sys-net=/host/proc/sys/net",
 	"--pods-max-entries=65536",
 	"--attach-mode=auto",
 	"--priority=2",
@@ -266,8 +272,9 @@ func TestVolumes(t *testing.T) {
 		// The host's bpffs, so that the pins outlive the container. Not Bidirectional: the
 		// agent mounts nothing there, and only privileged containers may (TestDryRun).
 		{"/sys/fs/bpf", "DirectoryOrCreate", "/sys/fs/bpf", corev1.MountPropagationHostToContainer, false},
-		// Writable net sysctls (rp_filter): the runtime mounts /proc/sys read-only.
-		{"/proc/sys/net", "Directory", "/proc/sys/net", "", false},
+		// Writable net sysctls (rp_filter): the runtime mounts /proc/sys read-only, and runc
+		// refuses a mount under /proc (TestNoMountUnderProc).
+		{"/proc/sys/net", "Directory", "/host/proc/sys/net", "", false},
 		{"/etc/ambient-config", "DirectoryOrCreate", "/etc/ambient-config", "", false},
 		// ztunnel's ZDS socket: ztunnel's pod connects to it (in-pod mode).
 		{"/var/run/ztunnel", "DirectoryOrCreate", "/var/run/ztunnel", "", false},
@@ -281,6 +288,76 @@ func TestVolumes(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, mounts(t, ds, c)); diff != "" {
 		t.Errorf("mounts (-want +got):\n%s", diff)
+	}
+}
+
+// podSpecs are the pod templates of both DaemonSets, the chart's (with the defaults and with
+// every value changed) and the uninstall manifest's.
+func podSpecs(t *testing.T) map[string]corev1.PodSpec {
+	t.Helper()
+	out := map[string]corev1.PodSpec{}
+	for name, vals := range map[string]map[string]any{"chart defaults": nil, "chart, every value changed": values(t, nonDefaultValues)} {
+		var ds appsv1.DaemonSet
+		decode(t, mustRender(t, Options{Values: vals}).Find("DaemonSet"), &ds)
+		out[name] = ds.Spec.Template.Spec
+	}
+	out[uninstallPath] = uninstallDaemonSet(t).Spec.Template.Spec
+	return out
+}
+
+// TestNoMountUnderProc: no container mounts anything at or under /proc. runc refuses such a
+// destination ("cannot be mounted because it is inside /proc", libcontainer's
+// checkProcMount; only lxcfs's files are let through), so the pod would never start under
+// containerd or CRI-O. The host's /proc/sys/net is at /host/proc/sys/net instead, and the
+// container that writes sysctls is told so with --proc-sys-net.
+func TestNoMountUnderProc(t *testing.T) {
+	for name, spec := range podSpecs(t) {
+		hostPaths := map[string]string{}
+		for _, v := range spec.Volumes {
+			if v.HostPath != nil {
+				hostPaths[v.Name] = v.HostPath.Path
+			}
+		}
+		var containers []corev1.Container
+		containers = append(containers, spec.InitContainers...)
+		containers = append(containers, spec.Containers...)
+		for _, c := range containers {
+			procSysNet := ""
+			for _, m := range c.VolumeMounts {
+				if p := path.Clean(m.MountPath); p == "/proc" || strings.HasPrefix(p, "/proc/") {
+					t.Errorf("%s: container %s mounts %s at %s, inside /proc: runc refuses it", name, c.Name, m.Name, m.MountPath)
+				}
+				if hostPaths[m.Name] == "/proc/sys/net" {
+					procSysNet = m.MountPath
+				}
+			}
+			if procSysNet == "" {
+				continue
+			}
+			if want := "--proc-sys-net=" + procSysNet; !slices.Contains(c.Args, want) {
+				t.Errorf("%s: container %s mounts the host's /proc/sys/net at %s without %s: %v", name, c.Name, procSysNet, want, c.Args)
+			}
+		}
+	}
+}
+
+// TestSysResourceOnlyWithLiftMemlock: SYS_RESOURCE, needed before 5.11 only and missing from
+// some hosts' bounding set (where runc fails the container: "unable to apply caps"), is asked
+// for only with liftMemlock: true, and never by uninstall, which loads nothing.
+func TestSysResourceOnlyWithLiftMemlock(t *testing.T) {
+	for _, tt := range []struct {
+		values string
+		want   bool
+	}{{"{}", false}, {"liftMemlock: false", false}, {"liftMemlock: true", true}} {
+		_, c := daemonSet(t, mustRender(t, Options{Values: values(t, tt.values)}))
+		if got := slices.Contains(c.SecurityContext.Capabilities.Add, "SYS_RESOURCE"); got != tt.want {
+			t.Errorf("%s: SYS_RESOURCE added %v, want %v", tt.values, got, tt.want)
+		}
+	}
+	for _, c := range uninstallDaemonSet(t).Spec.Template.Spec.InitContainers {
+		if c.SecurityContext != nil && c.SecurityContext.Capabilities != nil && slices.Contains(c.SecurityContext.Capabilities.Add, "SYS_RESOURCE") {
+			t.Errorf("%s: container %s adds SYS_RESOURCE", uninstallPath, c.Name)
+		}
 	}
 }
 
@@ -317,8 +394,12 @@ func TestSecurityContext(t *testing.T) {
 			if want := []corev1.Capability{"ALL"}; !slices.Equal(sc.Capabilities.Drop, want) {
 				t.Errorf("capabilities drop %v, want %v", sc.Capabilities.Drop, want)
 			}
-			if !slices.Equal(sc.Capabilities.Add, capabilities) {
-				t.Errorf("capabilities add %v, want exactly %v", sc.Capabilities.Add, capabilities)
+			want := capabilities
+			if tt.values != nil { // liftMemlock: true
+				want = capabilitiesLiftMemlock
+			}
+			if !slices.Equal(sc.Capabilities.Add, want) {
+				t.Errorf("capabilities add %v, want exactly %v", sc.Capabilities.Add, want)
 			}
 			if ps := ds.Spec.Template.Spec.SecurityContext; ps != nil && (ps.RunAsNonRoot != nil || len(ps.Sysctls) > 0) {
 				t.Errorf("pod securityContext %+v", ps)
@@ -415,6 +496,7 @@ appArmorProfile: {type: RuntimeDefault}
 seccompProfile: {type: Unconfined}
 seLinuxOptions: null
 cni: {install: true, socket: /run/mesh/agent.sock, confDir: /etc/kubernetes/cni/net.d, binDir: /home/kubernetes/bin, plugin: /usr/local/bin/meshredirect-cni}
+liftMemlock: true
 `
 
 // TestValues changes one value at a time and checks the one flag or field it must change:
@@ -596,6 +678,12 @@ func TestValues(t *testing.T) {
 					t.Errorf("probes %+v %+v", c.ReadinessProbe, c.LivenessProbe)
 				}
 			}},
+		{name: "liftMemlock", values: "liftMemlock: true",
+			check: func(t *testing.T, _ *Rendered, _ *appsv1.DaemonSet, c *corev1.Container) {
+				if got := c.SecurityContext.Capabilities.Add; !slices.Equal(got, capabilitiesLiftMemlock) {
+					t.Errorf("capabilities add %v, want %v", got, capabilitiesLiftMemlock)
+				}
+			}},
 		{name: "security profiles", values: "{appArmorProfile: {type: Localhost, localhostProfile: meshredirect}, seccompProfile: {type: Unconfined}, seLinuxOptions: null}",
 			check: func(t *testing.T, _ *Rendered, _ *appsv1.DaemonSet, c *corev1.Container) {
 				sc := c.SecurityContext
@@ -670,6 +758,7 @@ func TestSchemaRefuses(t *testing.T) {
 		{"resyncPeriod: 5 minutes", "resyncPeriod"},
 		{"metrics: {port: 0}", "port"},
 		{"captureDNS: \"yes\"", "captureDNS"},
+		{"liftMemlock: \"true\"", "liftMemlock"},
 		{"udp: reject", "udp"},
 		{"dnsResolvers: [kube-dns]", "dnsResolvers"},
 		{"configFile: {dir: etc, name: config.json}", "dir"},
@@ -785,13 +874,7 @@ func TestManifestUpToDate(t *testing.T) {
 // TestUninstallManifest checks that deploy/meshredirect-uninstall.yaml, written by hand, runs
 // the image of the chart and cleans the paths the chart's defaults use.
 func TestUninstallManifest(t *testing.T) {
-	raw, err := os.ReadFile(uninstallPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs := strings.Split(string(raw), "\n---\n")
-	var ds appsv1.DaemonSet
-	decode(t, &Object{Kind: "DaemonSet", YAML: docs[len(docs)-1]}, &ds)
+	ds := uninstallDaemonSet(t)
 	if len(ds.Spec.Template.Spec.InitContainers) != 1 {
 		t.Fatalf("%d init containers", len(ds.Spec.Template.Spec.InitContainers))
 	}
@@ -811,6 +894,19 @@ func TestUninstallManifest(t *testing.T) {
 	if !ds.Spec.Template.Spec.HostNetwork || !ds.Spec.Template.Spec.HostPID {
 		t.Error("uninstall must run in the node's network and PID namespaces")
 	}
+}
+
+// uninstallDaemonSet decodes the DaemonSet of deploy/meshredirect-uninstall.yaml.
+func uninstallDaemonSet(tb testing.TB) *appsv1.DaemonSet {
+	tb.Helper()
+	raw, err := os.ReadFile(uninstallPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	docs := strings.Split(string(raw), "\n---\n")
+	var ds appsv1.DaemonSet
+	decode(tb, &Object{Kind: "DaemonSet", YAML: docs[len(docs)-1]}, &ds)
+	return &ds
 }
 
 // TestNoCNIPlugin: with the plugin off (no install, no socket) nothing of it

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshredirect/meshredirect/testenv/proc"
 )
 
 var (
@@ -174,9 +176,9 @@ func TestStopLeavesNothing(t *testing.T) {
 		t.Errorf("GET /api/v1/namespaces = %d: %s", code, body)
 	}
 	pids := map[string]int{}
-	for _, c := range []*child{srv.apiserver, srv.etcd} {
-		pids[c.name] = c.cmd.Process.Pid
-		t.Logf("%s: pid %d, %s", c.name, c.cmd.Process.Pid, rss(c.cmd.Process.Pid))
+	for _, c := range []*proc.Process{srv.apiserver, srv.etcd} {
+		pids[c.Name] = c.Cmd.Process.Pid
+		t.Logf("%s: pid %d, %s", c.Name, c.Cmd.Process.Pid, rss(c.Cmd.Process.Pid))
 	}
 
 	begin = time.Now()

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/meshredirect/meshredirect/testenv/proc"
 )
 
 // AdminUser is the user that [Server.AdminToken] authenticates as; it is in system:masters.
@@ -46,6 +48,11 @@ type Options struct {
 	// ReadyTimeout bounds the wait for /readyz; default 90 s, which covers a loaded 2-core
 	// machine (measured: ~4 s idle, up to ~27 s under load).
 	ReadyTimeout time.Duration
+	// ServiceAccountAdmission keeps the ServiceAccount admission plugin on, as a cluster has
+	// it: pods get their ServiceAccount's token mounted, and a pod whose ServiceAccount does
+	// not exist is refused. Without a controller-manager to create each namespace's default
+	// ServiceAccount, leave it off.
+	ServiceAccountAdmission bool
 	// ExtraAPIServerArgs are appended to kube-apiserver's flags and so override them.
 	ExtraAPIServerArgs []string
 }
@@ -61,9 +68,9 @@ type Server struct {
 
 	dir       string
 	tokens    map[string]string
-	spawner   *spawner
-	etcd      *child
-	apiserver *child
+	spawner   *proc.Spawner
+	etcd      *proc.Process
+	apiserver *proc.Process
 
 	stopOnce sync.Once
 	stopErr  error
@@ -94,7 +101,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create control plane directory: %w", err)
 	}
-	s := &Server{dir: dir, tokens: map[string]string{}, spawner: newSpawner()}
+	s := &Server{dir: dir, tokens: map[string]string{}, spawner: proc.NewSpawner()}
 	defer func() {
 		if err != nil {
 			_ = s.Stop()
@@ -153,7 +160,7 @@ func (s *Server) startEtcd(ctx context.Context, bin string, env []string) (strin
 		"--unsafe-no-fsync",
 		"--log-level=warn",
 	}
-	s.etcd, err = startChild(s.spawner, s.dir, "etcd", bin, args, env)
+	s.etcd, err = proc.Start(s.spawner, s.dir, "etcd", bin, args, env)
 	if err != nil {
 		return "", err
 	}
@@ -197,14 +204,16 @@ func (s *Server) startAPIServer(ctx context.Context, bin string, env []string, e
 		"--service-cluster-ip-range=" + opts.ServiceClusterIPRange,
 		"--token-auth-file=" + filepath.Join(s.dir, "tokens.csv"),
 		"--authorization-mode=RBAC",
-		// No controller-manager creates the default ServiceAccount the plugin would insist on.
-		"--disable-admission-plugins=ServiceAccount",
 		// The agent's own pods are privileged; let tests create them.
 		"--allow-privileged=true",
 	}
+	if !opts.ServiceAccountAdmission {
+		// No controller-manager creates the default ServiceAccount the plugin would insist on.
+		args = append(args, "--disable-admission-plugins=ServiceAccount")
+	}
 	args = append(args, opts.ExtraAPIServerArgs...)
 
-	s.apiserver, err = startChild(s.spawner, s.dir, "kube-apiserver", bin, args, env)
+	s.apiserver, err = proc.Start(s.spawner, s.dir, "kube-apiserver", bin, args, env)
 	if err != nil {
 		return err
 	}
@@ -252,7 +261,7 @@ func (s *Server) get(hc *http.Client, path string) bool {
 
 // poll calls ready until it returns true, failing early with the log's tail if c exits and
 // with both logs' tails if ctx ends first.
-func (s *Server) poll(ctx context.Context, c *child, ready func() bool) error {
+func (s *Server) poll(ctx context.Context, c *proc.Process, ready func() bool) error {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -260,11 +269,11 @@ func (s *Server) poll(ctx context.Context, c *child, ready func() bool) error {
 			return nil
 		}
 		select {
-		case <-c.done:
-			if c.portTaken() {
-				return fmt.Errorf("%w: %w", errPortTaken, c.exitError())
+		case <-c.Done():
+			if portTaken(c) {
+				return fmt.Errorf("%w: %w", errPortTaken, c.ExitError())
 			}
-			return c.exitError()
+			return c.ExitError()
 		case <-ctx.Done():
 			return fmt.Errorf("%w:\n%s", context.Cause(ctx), s.Logs())
 		case <-tick.C:
@@ -282,9 +291,9 @@ func (s *Server) Token(user string) string {
 // They are gone after [Server.Stop].
 func (s *Server) Logs() string {
 	var out string
-	for _, c := range []*child{s.etcd, s.apiserver} {
+	for _, c := range []*proc.Process{s.etcd, s.apiserver} {
 		if c != nil {
-			out += "--- " + c.name + " log (last lines) ---\n" + c.tail() + "\n"
+			out += "--- " + c.Name + " log (last lines) ---\n" + c.Tail() + "\n"
 		}
 	}
 	return out
@@ -299,12 +308,12 @@ func (s *Server) Stop() error {
 		if s.apiserver != nil {
 			s.Resume() // a paused process would sit on its SIGTERM
 		}
-		for _, c := range []*child{s.apiserver, s.etcd} {
+		for _, c := range []*proc.Process{s.apiserver, s.etcd} {
 			if c != nil {
-				errs = append(errs, c.stop())
+				errs = append(errs, c.Stop())
 			}
 		}
-		s.spawner.close()
+		s.spawner.Close()
 		if err := os.RemoveAll(s.dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove control plane directory: %w", err))
 		}
@@ -347,10 +356,10 @@ func clientFor(ca []byte) (*http.Client, error) {
 // Pause freezes kube-apiserver (SIGSTOP): clients' requests and watches
 // hang as they would against an unreachable control plane, until Resume.
 func (s *Server) Pause() error {
-	return s.apiserver.cmd.Process.Signal(syscall.SIGSTOP)
+	return s.apiserver.Cmd.Process.Signal(syscall.SIGSTOP)
 }
 
 // Resume lets a paused kube-apiserver run again (SIGCONT).
 func (s *Server) Resume() error {
-	return s.apiserver.cmd.Process.Signal(syscall.SIGCONT)
+	return s.apiserver.Cmd.Process.Signal(syscall.SIGCONT)
 }

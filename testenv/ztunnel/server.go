@@ -181,7 +181,13 @@ func startWith(opts Options, dial zdsDialer) (*Server, error) {
 			go s.dnsLoop(s.node, c.(*net.UDPConn))
 		}
 		if opts.AdminAddr != "" {
-			l, err := lc.Listen(s.ctx, "tcp", opts.AdminAddr)
+			// lc's sockets are IPv6-only (the stand-in opens its listeners once per
+			// family), so an IPv4 address needs an IPv4 socket.
+			network := "tcp"
+			if ap, err := netip.ParseAddrPort(opts.AdminAddr); err == nil && ap.Addr().Is4() {
+				network = "tcp4"
+			}
+			l, err := lc.Listen(s.ctx, network, opts.AdminAddr)
 			if err != nil {
 				return fmt.Errorf("listen for admin on %s: %w", opts.AdminAddr, err)
 			}

@@ -137,7 +137,7 @@ func (c *cluster) createNamespace(t *testing.T, ns string, labels map[string]str
 // an unknown or duplicate field is an error) and runs admission, and nothing is stored.
 func TestDryRun(t *testing.T) {
 	c := newCluster(t)
-	manifest, err := Manifest(chartDir)
+	manifest, err := Manifest(chartDir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -843,7 +843,7 @@ func TestNotes(t *testing.T) {
 
 // TestManifestUpToDate fails when deploy/meshredirect.yaml is not what the chart renders now.
 func TestManifestUpToDate(t *testing.T) {
-	fresh, err := Manifest(chartDir)
+	fresh, err := Manifest(chartDir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -154,17 +154,21 @@ metadata:
     pod-security.kubernetes.io/warn: privileged
 `
 
-// Manifest renders the chart in dir with its default values into the single file
-// deploy/meshredirect.yaml: a header, the namespace, and every object, each after a
-// "# Source:" line as in `helm template`.
-func Manifest(dir string) ([]byte, error) {
-	r, err := Render(dir, Options{})
+// Manifest renders the chart in dir into the single file of deploy/meshredirect.yaml (with
+// the zero Options: the default values): a header, the namespace, and every object, each
+// after a "# Source:" line as in `helm template`.
+func Manifest(dir string, opts Options) ([]byte, error) {
+	r, err := Render(dir, opts)
 	if err != nil {
 		return nil, err
 	}
 	var b bytes.Buffer
-	fmt.Fprintf(&b, manifestHeader, Namespace)
-	fmt.Fprintf(&b, "---\n"+namespaceYAML, Namespace)
+	ns := opts.Namespace
+	if ns == "" {
+		ns = Namespace
+	}
+	fmt.Fprintf(&b, manifestHeader, ns)
+	fmt.Fprintf(&b, "---\n"+namespaceYAML, ns)
 	for _, o := range r.Objects {
 		fmt.Fprintf(&b, "---\n# Source: %s\n%s", o.Source, o.YAML)
 	}

@@ -164,3 +164,32 @@ func killShims() error {
 	}
 	return fmt.Errorf("containerd shims %v still running after SIGKILL", left)
 }
+
+// leftProcesses reports any process but this one still in the node's mount namespace: every
+// process the node started must be gone once it stopped.
+func leftProcesses() error {
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return err
+	}
+	procs, _ := os.ReadDir("/proc")
+	var left []string
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if mnt, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); mnt != self {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if len(cmdline) == 0 {
+			continue // a zombie on its way out, or a kernel thread
+		}
+		left = append(left, fmt.Sprintf("%d (%s)", pid, bytes.ReplaceAll(bytes.TrimRight(cmdline, "\x00"), []byte{0}, []byte{' '})))
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("processes left in the node's mount namespace: %s", strings.Join(left, ", "))
+	}
+	return nil
+}

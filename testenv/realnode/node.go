@@ -262,7 +262,7 @@ func (n *Node) stop() {
 		errs = append(errs, n.API.Stop())
 	}
 	n.spawner.Close()
-	errs = append(errs, n.removeCgroups(), n.unwire(), n.unmount())
+	errs = append(errs, n.removeCgroups(), n.unwire(), n.unmount(), leftProcesses())
 	if err := errors.Join(errs...); err != nil {
 		n.tb.Errorf("real node: stop: %v", err)
 	}

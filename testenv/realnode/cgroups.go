@@ -130,52 +130,18 @@ func removeCgroup(dir string) error {
 	return fmt.Errorf("remove cgroup %s: %w", dir, err)
 }
 
-// killShims kills the containerd shims of this mount namespace: they outlive containerd by
-// design (a containerd restart must not stop containers) and are no one's child.
-func killShims() error {
+// nodeProcesses returns the processes of the node's mount namespace but this one, with their
+// command lines (arguments joined by spaces). Zombies and kernel threads, which have no command
+// line, are left out.
+func nodeProcesses() (map[int]string, error) {
 	self, err := os.Readlink("/proc/self/ns/mnt")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	procs, _ := os.ReadDir("/proc")
-	var left []int
-	for range 100 {
-		left = left[:0]
-		for _, p := range procs {
-			pid, err := strconv.Atoi(p.Name())
-			if err != nil {
-				continue
-			}
-			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			if !bytes.Contains(cmdline, []byte("containerd-shim")) {
-				continue
-			}
-			if mnt, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); mnt != self {
-				continue
-			}
-			left = append(left, pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if len(left) == 0 {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-		procs, _ = os.ReadDir("/proc")
-	}
-	return fmt.Errorf("containerd shims %v still running after SIGKILL", left)
-}
-
-// leftProcesses reports any process but this one still in the node's mount namespace: every
-// process the node started must be gone once it stopped.
-func leftProcesses() error {
-	self, err := os.Readlink("/proc/self/ns/mnt")
-	if err != nil {
-		return err
-	}
-	procs, _ := os.ReadDir("/proc")
-	var left []string
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
+	entries, _ := os.ReadDir("/proc")
+	procs := map[int]string{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
@@ -183,12 +149,50 @@ func leftProcesses() error {
 			continue
 		}
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if len(cmdline) == 0 {
-			continue // a zombie on its way out, or a kernel thread
+		if len(cmdline) > 0 {
+			procs[pid] = string(bytes.ReplaceAll(bytes.TrimRight(cmdline, "\x00"), []byte{0}, []byte{' '}))
 		}
-		left = append(left, fmt.Sprintf("%d (%s)", pid, bytes.ReplaceAll(bytes.TrimRight(cmdline, "\x00"), []byte{0}, []byte{' '})))
+	}
+	return procs, nil
+}
+
+// killShims kills the containerd shims of this mount namespace: they outlive containerd by
+// design (a containerd restart must not stop containers) and are no one's child.
+func killShims() error {
+	var left []int
+	for range 100 {
+		procs, err := nodeProcesses()
+		if err != nil {
+			return err
+		}
+		left = left[:0]
+		for pid, cmdline := range procs {
+			if strings.Contains(cmdline, "containerd-shim") {
+				left = append(left, pid)
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if len(left) == 0 {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("containerd shims %v still running after SIGKILL", left)
+}
+
+// leftProcesses reports any process but this one still in the node's mount namespace: every
+// process the node started must be gone once it stopped.
+func leftProcesses() error {
+	procs, err := nodeProcesses()
+	if err != nil {
+		return err
+	}
+	var left []string
+	for pid, cmdline := range procs {
+		left = append(left, fmt.Sprintf("%d (%s)", pid, cmdline))
 	}
 	if len(left) > 0 {
+		slices.Sort(left)
 		return fmt.Errorf("processes left in the node's mount namespace: %s", strings.Join(left, ", "))
 	}
 	return nil

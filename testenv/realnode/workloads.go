@@ -127,6 +127,8 @@ spec:
         httpGet:
           path: /healthz
           port: 8080
+        # testapp serves HTTP only after its dials at start: give them their timeout.
+        initialDelaySeconds: 6
         periodSeconds: 1
         failureThreshold: 2
 `

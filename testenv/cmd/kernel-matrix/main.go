@@ -60,6 +60,9 @@ type config struct {
 	testArgs    []string
 	mirror      string
 	security    string
+	floor       vm.Floor
+	floorFile   string
+	writeFloor  string
 }
 
 func main() {
@@ -115,6 +118,9 @@ func parseFlags() (*config, error) {
 	flag.StringVar(&cfg.run, "run", "", "only run the tests matching this regular expression (-test.run)")
 	flag.StringVar(&testArgs, "test-args", "", "more space-separated arguments for every test binary (-test.short, -test.count=2)")
 	flag.StringVar(&cfg.mirror, "mirror", "http://deb.debian.org/debian", "Debian archive")
+	flag.StringVar(&cfg.floorFile, "floor", "",
+		"fail unless each package passes at least the floor file's count on each kernel (\"kernel package least-passed\" lines), reports some test, and exists; not applied with -run")
+	flag.StringVar(&cfg.writeFloor, "write-floor", "", "write this run's passed counts to this file as the next floor")
 	flag.StringVar(&cfg.security, "security", "http://deb.debian.org/debian-security", "Debian security archive")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: kernel-matrix [flags]\n\nRuns the privileged tests on other kernels in qemu and prints a table.\n\n")
@@ -128,6 +134,17 @@ func parseFlags() (*config, error) {
 	cfg.testArgs = strings.Fields(testArgs)
 	if len(cfg.kernels) == 0 || len(cfg.pkgs) == 0 {
 		return nil, errors.New("-kernels and -pkgs must name at least one each")
+	}
+	if cfg.floorFile != "" && cfg.run == "" {
+		f, err := os.Open(cfg.floorFile)
+		if err != nil {
+			return nil, fmt.Errorf("-floor: %w", err)
+		}
+		cfg.floor, err = vm.ReadFloor(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("-floor %s: %w", cfg.floorFile, err)
+		}
 	}
 	if cfg.logDir == "" {
 		cfg.logDir = filepath.Join(cfg.cacheDir, "kernel-matrix-logs")
@@ -227,6 +244,28 @@ func run(ctx context.Context, cfg *config) (int, error) {
 	}
 	fmt.Printf("\nlogs: %s; whole run %s\n", cfg.logDir, time.Since(start).Round(100*time.Millisecond))
 	fmt.Printf("kernels: %d passed, %d failed, %d skipped\n", pass, fail, skip)
+	switch {
+	case cfg.floor != nil:
+		problems := cfg.floor.Check(runs)
+		for _, p := range problems {
+			fmt.Printf("below the floor (%s): %s\n", cfg.floorFile, p)
+		}
+		if len(problems) == 0 {
+			fmt.Printf("every package is at or above its floor (%s)\n", cfg.floorFile)
+		}
+		ok = ok && len(problems) == 0
+	case cfg.floorFile != "":
+		fmt.Printf("the floor (%s) is not applied: -run chose the tests\n", cfg.floorFile)
+	}
+	if cfg.writeFloor != "" {
+		var b strings.Builder
+		if err := vm.WriteFloor(&b, runs); err != nil {
+			return 1, fmt.Errorf("-write-floor: %w", err)
+		}
+		if err := os.WriteFile(cfg.writeFloor, []byte(b.String()), 0o644); err != nil {
+			return 1, err
+		}
+	}
 	if !ok {
 		return 1, nil
 	}
@@ -271,6 +310,13 @@ func build(ctx context.Context, cfg *config, root, work string) ([]vm.TestBinary
 		name := strings.TrimPrefix(path.Clean(filepath.ToSlash(pkg)), "./")
 		dir := filepath.Join(root, filepath.FromSlash(name))
 		if tf, _ := filepath.Glob(filepath.Join(dir, "*_test.go")); len(tf) == 0 {
+			if cfg.floor != nil {
+				// Under a floor every package named must run: a mistyped
+				// one would otherwise pass by testing nothing.
+				fmt.Fprintf(os.Stderr, "%s: no such package or no tests\n", pkg)
+				failed = append(failed, pkg)
+				continue
+			}
 			fmt.Fprintf(os.Stderr, "skipping %s: no such package or no tests (yet)\n", pkg)
 			continue
 		}
@@ -290,7 +336,7 @@ func build(ctx context.Context, cfg *config, root, work string) ([]vm.TestBinary
 	}
 	fmt.Fprintf(os.Stderr, "built init and %d test binaries in %.1fs\n", len(tests), time.Since(start).Seconds())
 	if len(failed) > 0 {
-		return nil, "", fmt.Errorf("tests of %s do not build", strings.Join(failed, ", "))
+		return nil, "", fmt.Errorf("tests of %s do not build (or do not exist)", strings.Join(failed, ", "))
 	}
 	return tests, initBin, nil
 }

@@ -123,7 +123,7 @@ func checkFilterDump(t *testing.T, d filterDump) {
 			}
 			s, ok := findSlot(h.name, got.priority())
 			if !ok {
-				t.Errorf("%s message %d: parsed as %+v, at a priority where no filter was added", h.name, i, got)
+				t.Errorf("%s message %d: parsed as %+v, priority() %d, where no filter was added", h.name, i, got, got.priority())
 				continue
 			}
 			want := filter{

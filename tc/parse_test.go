@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	gotc "github.com/florianl/go-tc"
 	"github.com/florianl/go-tc/core"
 	"github.com/jsimonetti/rtnetlink/v2"
@@ -65,29 +67,61 @@ func TestPinNames(t *testing.T) {
 	}
 }
 
+// FuzzParsePinName: a name parses only if the package would write it
+// exactly so, and every name the package writes parses back to what made
+// it.
 func FuzzParsePinName(f *testing.F) {
 	for _, s := range []string{"tcx-nsc5-if12-ingress", "clsact-nsi4026531840-if3", "tcx-nsc5-if12-egress-x"} {
-		f.Add(s)
+		f.Add(s, uint64(5), false, uint32(12), false, false)
 	}
-	f.Fuzz(func(t *testing.T, name string) {
-		p, ok := parsePinName(name)
-		if !ok {
+	f.Add("", uint64(1<<64-1), true, uint32(1<<31-1), true, false)
+	f.Add("", uint64(0), false, uint32(1), false, true)
+	f.Fuzz(func(t *testing.T, name string, nsNumber uint64, inode bool, ifindex uint32, egress, marker bool) {
+		// Whatever parses is a name the package would make.
+		if p, ok := parsePinName(name); ok {
+			m := &Manager{pinDir: "d", ns: &netnsRef{id: p.netns}}
+			want := m.linkPinPath(p.ifindex, p.dir)
+			if p.marker {
+				want = m.markerPath(p.ifindex)
+			}
+			if "d/"+name != want {
+				t.Errorf("parsed %q as %+v, which the package writes %q", name, p, want)
+			}
+		}
+
+		// Whatever the package makes parses back: any namespace id
+		// (netnsRef.identify), any interface index the kernel hands out
+		// (a positive int32).
+		if ifindex == 0 || ifindex > 1<<31-1 {
 			return
 		}
-		// Whatever parses is a name the package would make.
-		m := &Manager{pinDir: "d", ns: &netnsRef{id: p.netns}}
-		want := m.linkPinPath(p.ifindex, p.dir)
-		if p.marker {
-			want = m.markerPath(p.ifindex)
+		id := fmt.Sprintf("nsc%d", nsNumber)
+		if inode {
+			id = fmt.Sprintf("nsi%d", nsNumber)
 		}
-		if "d/"+name != want {
-			t.Errorf("parsed %q as %+v, which the package writes %q", name, p, want)
+		m := &Manager{pinDir: "d", ns: &netnsRef{id: id}}
+		want := pinName{marker: marker, netns: id, ifindex: int(ifindex)}
+		path := m.markerPath(want.ifindex)
+		if !marker {
+			want.dir = Ingress
+			if egress {
+				want.dir = Egress
+			}
+			path = m.linkPinPath(want.ifindex, want.dir)
+		}
+		got, ok := parsePinName(strings.TrimPrefix(path, "d/"))
+		if !ok || got != want {
+			t.Errorf("the package writes %+v as %q, which parses as %+v, %v", want, path, got, ok)
 		}
 	})
 }
 
-// filterMessage encodes a filter as the kernel dumps it.
-func filterMessage(t testing.TB, f filter, extra func(ae *netlink.AttributeEncoder)) []byte {
+// encodeFilter encodes a filter the way the kernel dumps one
+// (tcf_fill_node, cls_bpf_dump): TCA_KIND, TCA_CHAIN unless 0, and
+// TCA_OPTIONS holding the bpf name, program ID and, if set, the flags,
+// with an option of a future kernel. The options are written whatever the
+// kind, to show that only a bpf filter's are read as bpf options.
+func encodeFilter(f filter, extra func(ae *netlink.AttributeEncoder)) ([]byte, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.TCA_KIND, f.kind)
 	if f.chain != 0 {
@@ -96,8 +130,10 @@ func filterMessage(t testing.TB, f filter, extra func(ae *netlink.AttributeEncod
 	ae.Nested(unix.TCA_OPTIONS, func(nae *netlink.AttributeEncoder) error {
 		nae.String(tcaBPFName, f.name)
 		nae.Uint32(tcaBPFID, uint32(f.progID))
-		nae.Uint32(tcaBPFFlags, tcaBPFFlagActDirect)
-		nae.Bytes(99, []byte{1, 2, 3}) // an option of a future kernel
+		if f.direct {
+			nae.Uint32(tcaBPFFlags, tcaBPFFlagActDirect)
+		}
+		nae.Bytes(99, []byte{1, 2, 3})
 		return nil
 	})
 	if extra != nil {
@@ -105,14 +141,25 @@ func filterMessage(t testing.TB, f filter, extra func(ae *netlink.AttributeEncod
 	}
 	b, err := ae.Encode()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return append(f.marshal(), b...)
+	return append(f.marshal(), b...), nil
 }
 
-// TestParseFilter: what we need is read, and attributes we do not know
-// (another tool's, a newer kernel's) are skipped, not errors.
-func TestParseFilter(t *testing.T) {
+func filterMessage(tb testing.TB, f filter, extra func(ae *netlink.AttributeEncoder)) []byte {
+	tb.Helper()
+	b, err := encodeFilter(f, extra)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
+
+// TestParseFilterSkipsUnknownAttributes: attributes no kernel sends yet
+// (a newer kernel's, top level and in the bpf options) are skipped, not
+// errors. Encoded here, as no kernel can produce them; TestParseFilter
+// holds the parser to the kernel's own bytes.
+func TestParseFilterSkipsUnknownAttributes(t *testing.T) {
 	want := filter{
 		tcmsg:  tcmsg{ifindex: 7, handle: 1, parent: ingressParent, info: 2<<16 | filterProtocol},
 		kind:   "bpf",
@@ -132,10 +179,11 @@ func TestParseFilter(t *testing.T) {
 	if got != want {
 		t.Errorf("parseFilter = %+v, want %+v", got, want)
 	}
-	if !got.ours() || got.priority() != 2 {
-		t.Errorf("ours %v, priority %d", got.ours(), got.priority())
-	}
+}
 
+// TestFilterOurs: a filter is ours when it is a bpf filter (not a
+// priority's header, handle 0) named with our prefix.
+func TestFilterOurs(t *testing.T) {
 	for _, c := range []struct {
 		f    filter
 		ours bool
@@ -152,17 +200,89 @@ func TestParseFilter(t *testing.T) {
 	}
 }
 
+// FuzzParseFilter holds parseFilter to two properties:
+//
+//   - fields encoded as the kernel would are read back exactly (name,
+//     program ID and flags only of a bpf filter; strings without a
+//     trailing NUL, which a netlink string cannot carry), priority() is
+//     the priority and ours() says whether it is a bpf filter named with
+//     our prefix;
+//   - whatever bytes parse, the filter read, encoded again, parses to the
+//     same filter, so ours() and priority() agree on both.
+//
+// The seeds in testdata/fuzz/FuzzParseFilter include every message of the
+// recorded kernel dump (testdata/filter-dump.txt).
 func FuzzParseFilter(f *testing.F) {
-	f.Add(filterMessage(f, filter{kind: "bpf", name: "meshredirect:x", tcmsg: tcmsg{handle: 1}}, nil))
-	f.Add(filterMessage(f, filter{kind: "u32", chain: 9}, nil))
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		f, err := parseFilter(b)
+	add := func(b []byte, g filter) {
+		f.Add(b, int32(g.ifindex), g.handle, g.parent, g.priority(), uint16(g.info), g.kind, g.chain, g.name, uint32(g.progID), g.direct)
+	}
+	ours := filter{tcmsg: tcmsg{ifindex: 3, handle: 1, parent: ingressParent, info: 2<<16 | filterProtocol}, kind: "bpf", name: "meshredirect:x", progID: 9, direct: true}
+	add(filterMessage(f, ours, nil), ours)
+	u32 := filter{kind: "u32", chain: 9}
+	add(filterMessage(f, u32, nil), u32)
+	add([]byte{}, filter{})
+	f.Fuzz(func(t *testing.T, b []byte, ifindex int32, handle, parent uint32, prio, proto uint16, kind string, chain uint32, name string, progID uint32, direct bool) {
+		// Fields to bytes and back.
+		in := filter{
+			tcmsg: tcmsg{ifindex: int(ifindex), handle: handle, parent: parent, info: uint32(prio)<<16 | uint32(proto)},
+			kind:  kind, chain: chain, name: name, progID: ebpf.ProgramID(progID), direct: direct,
+		}
+		if !strings.HasSuffix(kind, "\x00") && !strings.HasSuffix(name, "\x00") && fits(in) {
+			want := in
+			if want.kind != "bpf" {
+				want.name, want.progID, want.direct = "", 0, false
+			}
+			got, err := parseFilter(filterMessage(t, in, nil))
+			if err != nil || got != want {
+				t.Errorf("%+v encoded parses as %+v, %v; want %+v", in, got, err, want)
+			}
+			if got.priority() != prio {
+				t.Errorf("priority %d protocol %#04x encoded: priority() = %d", prio, proto, got.priority())
+			}
+			wantOurs := kind == "bpf" && handle != 0 && strings.HasPrefix(name, "meshredirect:")
+			if got.ours() != wantOurs {
+				t.Errorf("%+v: ours() = %v, want %v", got, got.ours(), wantOurs)
+			}
+		}
+
+		// Bytes to fields, and again.
+		first, err := parseFilter(b)
 		if err != nil {
 			return
 		}
-		_ = fmt.Sprint(f.ours(), f.priority())
+		if strings.HasSuffix(first.kind, "\x00") || strings.HasSuffix(first.name, "\x00") {
+			t.Fatalf("parsed %x as %+v: a netlink string keeps its NUL terminator", b, first)
+		}
+		if !fits(first) {
+			return
+		}
+		again, err := parseFilter(filterMessage(t, first, nil))
+		if err != nil || again != first {
+			t.Errorf("parsed %x as %+v; that encoded parses as %+v, %v", b, first, again, err)
+		}
+		if again.ours() != first.ours() || again.priority() != first.priority() {
+			t.Errorf("%+v: ours %v, priority %d; after a round trip ours %v, priority %d",
+				first, first.ours(), first.priority(), again.ours(), again.priority())
+		}
 	})
+}
+
+// fits reports whether encodeFilter's attributes fit in a netlink
+// attribute's 64 KiB.
+func fits(f filter) bool {
+	return len(f.kind) < 1<<15 && len(f.name) < 1<<15
+}
+
+// fuzzSeed writes a filter message as a seed of FuzzParseFilter, with its
+// fields (as parsed) as the other arguments.
+func fuzzSeed(tb testing.TB, msg []byte) []byte {
+	tb.Helper()
+	f, err := parseFilter(msg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\nint32(%d)\nuint32(%d)\nuint32(%d)\nuint16(%d)\nuint16(%d)\nstring(%q)\nuint32(%d)\nstring(%q)\nuint32(%d)\nbool(%v)\n",
+		msg, int32(f.ifindex), f.handle, f.parent, f.priority(), uint16(f.info), f.kind, f.chain, f.name, uint32(f.progID), f.direct)
 }
 
 // TestTcmsgRoundTrip: the hand-written tcmsg decodes to what it encoded,

@@ -74,7 +74,7 @@ demo:
 FUZZ_TARGETS ?= ./asm:FuzzAppOutbound:60000 ./asm:FuzzAppInbound:60000 ./asm:FuzzZtunnelIngress:60000 \
 	./asm:FuzzZtunnelEgress:60000 ./asm:FuzzZtunnelAssign:60000 ./asm:FuzzPodEgress:10000 ./asm:FuzzPodLoopback:18000 \
 	./asm:FuzzPodIngress:12000 ./cmd/meshredirect-cni:FuzzPluginConfig:100000 ./cni:FuzzConflist:3000 ./agent:FuzzDecide:8000 \
-	./zds:FuzzRequest:30000 ./zds:FuzzResponse:10000
+	./zds:FuzzRequest:30000 ./zds:FuzzResponse:10000 ./tc:FuzzParseFilter:40000 ./tc:FuzzParsePinName:40000
 FUZZ_SCALE ?= 12
 define run-fuzz
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; n=$$(( $${rest##*:} * $(1) )); \

@@ -208,6 +208,11 @@ func TestParseFilter(t *testing.T) {
 // with iproute2's tc and with go-tc, and dumps them.
 func liveFilterDump(t *testing.T) filterDump {
 	tcPath := testutil.RequireTool(t, "tc", "(iproute2) to add filters as an operator would")
+	// The kernel matrix's guest has busybox's tc, which knows no clsact
+	// or bpf filters: only iproute2's will do.
+	if v, _ := exec.Command(tcPath, "-V").CombinedOutput(); !strings.Contains(string(v), "iproute2") {
+		testutil.MissingPrerequisite(t, fmt.Sprintf("needs iproute2's tc; %s is %q", tcPath, strings.TrimSpace(string(v))))
+	}
 	ns := testutil.NewNetns(t)
 	h, err := vnl.NewHandleAt(ns)
 	if err != nil {

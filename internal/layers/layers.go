@@ -50,6 +50,7 @@ var Allowed = map[string][]string{
 	"internal/bpffs":       nil,
 	"internal/nlmsg":       {"github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
 	"internal/layers":      nil,
+	"internal/repocheck":   nil,
 	"internal/ociimage":    nil,
 	"cni":                  nil,
 	"zds":                  nil,

@@ -1,9 +1,15 @@
 # meshredirect: the two set-up commands are `make demo` and `make test` (as root).
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 30m
-# Every package but the real node's, which `make test` runs on its own after them (test-node):
-# its control plane, kubelet and containerd would load the 2 cores the other suites time on.
-PKGS ?= $(shell $(GO) list ./... | grep -v /testenv/realnode)
+# The packages whose tests run under the race detector (the agent's informers, reconcile, CNI and
+# ZDS servers; the dataplane; the harness of streams, stand-ins and nodes): about 5 minutes more
+# of compiling on a cold machine (cgo: .ci/run installs gcc), and their suites run slower.
+RACE_PKGS ?= $(shell $(GO) list ./agent ./cni ./dataplane ./testenv/... | grep -v /testenv/realnode)
+# Every other package but the real node's, which `make test` runs on its own after them
+# (test-node, also under -race): its control plane, kubelet and containerd would load the 2 cores
+# the other suites time on.
+PKGS ?= $(filter-out $(RACE_PKGS),$(shell $(GO) list ./... | grep -v /testenv/realnode))
+GOTEST_RACE = CGO_ENABLED=1 $(GO) test -race
 # Linters, pinned, built from the module proxy into a cache outside the
 # repository (a warm run reuses them).
 TOOLS ?= $(HOME)/.cache/meshredirect/tools
@@ -18,10 +24,12 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/meshredirect ./cmd/meshredirect
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/meshredirect-cni ./cmd/meshredirect-cni
 
-## test: everything, as root: vet, static build, no C, the privileged suites.
+## test: everything, as root: vet, static build, no C, the privileged suites (the agent, cni,
+## dataplane and testenv packages under -race), the real node, every fuzz target.
 test: lint check-no-c kube-bins cni-bins
 	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test $(GOTEST_FLAGS) $(PKGS)
+	$(GOTEST_RACE) $(GOTEST_FLAGS) $(RACE_PKGS)
 	cd deploy/tools && $(GO) test $(GOTEST_FLAGS) ./...
 	$(MAKE) test-node
 	$(call run-fuzz,1)
@@ -32,7 +40,7 @@ test: lint check-no-c kube-bins cni-bins
 ## whole life (testenv/realnode). As root; about 2.5 minutes. Needs containerd and runc
 ## (apt-get install containerd runc), which .ci/run installs.
 test-node: kube-bins cni-bins
-	$(GO) test $(GOTEST_FLAGS) -v ./testenv/realnode
+	$(GOTEST_RACE) $(GOTEST_FLAGS) -v ./testenv/realnode
 
 ## lint: gofmt, go vet, staticcheck and deadcode (nothing unreachable, tests and examples counted).
 lint: tools

@@ -191,16 +191,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if a.zds != nil {
-		zdsDone := make(chan struct{})
-		defer func() { <-zdsDone }()
-		go func() {
-			defer close(zdsDone)
-			if err := a.zds.Serve(ctx); err != nil && ctx.Err() == nil {
-				a.log.Error("serve ztunnel", "socket", a.cfg.ZDSSocket, "error", err)
-			}
-		}()
-	}
 	a.podFactory.Start(ctx.Done())
 	a.nsFactory.Start(ctx.Done())
 	a.log.Info("waiting for the informer caches", "node", a.cfg.NodeName)
@@ -231,6 +221,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		// Not fatal: what failed is retried, the rest is in place.
 		a.log.Error("first reconcile incomplete", "error", err)
+	}
+	if a.zds != nil {
+		// Only now that the first reconcile has filled the set: the
+		// snapshot a connecting ztunnel gets ends with snapshot_sent,
+		// which makes it drop every pod the snapshot left out, listeners
+		// and all (statemanager.rs reconcile). Served earlier, a
+		// restarted agent handed the ztunnel that stayed connected to its
+		// predecessor an empty snapshot, and every captured pod's traffic
+		// was dropped until the reconcile added it back (a quarter of a
+		// second of lost DNS in TestNoGapThroughAgentTransitions/inpod).
+		// Meanwhile ztunnel's connection waits in the listen backlog.
+		zdsDone := make(chan struct{})
+		defer func() { <-zdsDone }()
+		go func() {
+			defer close(zdsDone)
+			if err := a.zds.Serve(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("serve ztunnel", "socket", a.cfg.ZDSSocket, "error", err)
+			}
+		}()
 	}
 	a.ready.Store(true)
 	a.log.Info("agent ready", "node", a.cfg.NodeName, "enrolled", a.enrolledCount())

@@ -17,6 +17,8 @@ import (
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
+	"github.com/meshredirect/meshredirect/testenv/scenario"
+	"github.com/meshredirect/meshredirect/testenv/ztunnel"
 )
 
 // converged waits until the node's datapath is exactly what the API says:
@@ -92,7 +94,7 @@ func TestMapFull(t *testing.T) {
 // TestIncompatiblePinsReplaced: a restarted agent finds pins of another
 // size (here, --pods-max-entries changed) and replaces them without
 // dropping capture: a client streams through the restart without a failed
-// request.
+// request, without a gap, every request through ztunnel.
 func TestIncompatiblePinsReplaced(t *testing.T) {
 	e := newEnv(t)
 	b := e.box
@@ -102,17 +104,14 @@ func TestIncompatiblePinsReplaced(t *testing.T) {
 	e.converged(t, set, b.Client, b.Server)
 	set.Close()
 
-	s := startStream(b)
+	s := startStream(t, b)
 	time.Sleep(time.Second)
 	first.signal(t, syscall.SIGKILL)
 	second := e.startAgentProcess(t, "--pods-max-entries", "2048")
 	time.Sleep(2 * time.Second)
-	ok, failed, firstErr := s.finish()
-	t.Logf("through the replacement: %d requests ok, %d failed", ok, failed)
-	if failed != 0 || ok < 20 {
-		t.Errorf("%d ok, %d failed (first: %v)", ok, failed, firstErr)
-		s.explain(t, b, nil)
-	}
+	res := s.finish(t, nil)
+	res.atLeast(t, 20)
+	res.noGap(t, "across the pins' replacement")
 	if !strings.Contains(second.output(), "replaced a pinned map") {
 		t.Errorf("no log line for the replacement:\n%s", second.output())
 	}
@@ -180,7 +179,8 @@ func TestBPFFSNotMounted(t *testing.T) {
 }
 
 // TestAPIServerDown: the API server freezes for 30 s while pods come and
-// go in the node's netns. The datapath keeps working for the pods it has,
+// go in the node's netns. The datapath keeps working for the pods it has
+// (a client streams through ztunnel without a failed request or a gap),
 // and when the API returns the agent catches up with what changed.
 func TestAPIServerDown(t *testing.T) {
 	if testing.Short() {
@@ -194,20 +194,17 @@ func TestAPIServerDown(t *testing.T) {
 	set := e.maps()
 	e.converged(t, set, b.Client, b.Server)
 
-	s := startStream(b)
+	s := startStream(t, b)
 	must(t, srv.Pause())
 	// While the API is down: the server pod's netns goes (its veth with
 	// it); a new pod's netns appears. Neither is in the API yet.
 	b.Server.Delete()
 	late := b.Node.AddPod("late", testenv.NotAmbient)
 	time.Sleep(30 * time.Second)
-	ok, failed, firstErr := s.finish()
+	res := s.finish(t, set)
 	must(t, srv.Resume())
-	t.Logf("during the outage: %d requests ok, %d failed", ok, failed)
-	if failed != 0 || ok < 100 {
-		t.Errorf("the datapath did not keep working: %d ok, %d failed (first: %v)", ok, failed, firstErr)
-		s.explain(t, b, set)
-	}
+	res.atLeast(t, 100)
+	res.noGap(t, "during the API's outage")
 
 	// The API catches up with the node, and the agent with the API.
 	must(t, e.deletePodObject(e.ns, "server"))
@@ -241,9 +238,12 @@ func TestZtunnelFlapping(t *testing.T) {
 }
 
 // TestSoak: 60 s of pod churn (create, label ambient, unlabel, delete)
-// while clients stream through stable enrolled pods: no failed request on
-// the stable pods, and afterwards nothing leaked: no filter, link, map
-// entry or pin beyond the stable pods'.
+// while a client streams through a stable enrolled pod: each churned pod is
+// seen enrolled (its IPs in the map, its two programs on its host veth)
+// and its flow seen passing ztunnel before it is unlabelled and deleted;
+// the stable pod's requests all go through ztunnel, none fails, no gap;
+// and afterwards nothing leaked: no filter, link, map entry or pin beyond
+// the stable pods'.
 func TestSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("60 s of churn")
@@ -255,7 +255,7 @@ func TestSoak(t *testing.T) {
 	set := e.maps()
 	e.converged(t, set, b.Client, b.Server)
 
-	s := startStream(b)
+	s := startStream(t, b)
 	deadline := time.Now().Add(60 * time.Second)
 	cycles := 0
 	for i := 0; time.Now().Before(deadline); i++ {
@@ -263,19 +263,24 @@ func TestSoak(t *testing.T) {
 		p := b.Node.AddPod(name, testenv.NotAmbient)
 		e.createPod(p, e.plainNS, nil) // outside the mesh
 		e.labelPod(e.plainNS, name, agent.ModeAmbient)
-		time.Sleep(100 * time.Millisecond)
+		e.waitFor(name+" enrolled", 10*time.Second, func() bool { return e.enrolled(set, p) && e.hooked(p) == 2 })
+		v6 := i%2 == 1
+		if o := scenario.Observe(b, &p.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort)); o.Err != nil || o.Path != scenario.ViaZtunnel(ztunnel.PortOutbound) {
+			t.Fatalf("cycle %d: %s -> remote (%s): path %q, %v", i, name, scenario.Family(v6), o.Path, o.Err)
+		}
 		e.labelPod(e.plainNS, name, agent.ModeNone)
 		time.Sleep(50 * time.Millisecond)
 		e.labelPod(e.plainNS, name, agent.ModeAmbient)
 		e.deletePod(p, e.plainNS)
 		cycles++
 	}
-	ok, failed, firstErr := s.finish()
-	t.Logf("%d churn cycles; the stable pods: %d requests ok, %d failed", cycles, ok, failed)
-	if failed != 0 {
-		t.Errorf("%d requests of the stable pods failed (first: %v)", failed, firstErr)
-		s.explain(t, b, set)
+	res := s.finish(t, set)
+	t.Logf("%d churn cycles in 60 s, each pod seen enrolled and its flow through ztunnel", cycles)
+	if cycles < minSoakCycles {
+		t.Errorf("%d churn cycles in 60 s, want at least %d", cycles, minSoakCycles)
 	}
+	res.atLeast(t, 100)
+	res.noGap(t, "during the churn")
 	e.converged(t, set, b.Client, b.Server)
 	entries, err := os.ReadDir(dataplane.TCPinDir(e.pinDir))
 	must(t, err)
@@ -309,6 +314,28 @@ func TestSoak(t *testing.T) {
 		t.Errorf("%d tcx pins for %d tcx attachments: %v %v", links, tcx, node, zt)
 	}
 	runFlow(t, b, "1")
+}
+
+// minSoakCycles is the fewest churn cycles TestSoak accepts in its 60 s:
+// a cycle makes a pod (a netns and a veth), waits for its enrolment, runs a
+// flow and deletes it. Measured: 294 cycles on a 2-core machine shared
+// with three other test runs; a third of that leaves room for a slower
+// machine and still says the churn went on.
+const minSoakCycles = 100
+
+// hooked counts the attachments on p's host veth.
+func (e *env) hooked(p *testenv.Pod) int {
+	all, err := e.attachments()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n := 0
+	for _, a := range all {
+		if a.Ifindex == p.HostVethIndex && !a.Defunct {
+			n++
+		}
+	}
+	return n
 }
 
 // syncBuffer is a strings.Builder safe for a process's two output streams

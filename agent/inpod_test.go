@@ -191,28 +191,17 @@ func TestInPodZtunnelRestart(t *testing.T) {
 	e.startAgent(e.inPod)
 	e.waitInPod(b.Client, b.Server)
 
-	s := startStream(b)
+	s := startStream(t, b)
 	time.Sleep(time.Second)
 	before := b.RestartStandin(t)
 	e.waitInPod(b.Client, b.Server)
 	time.Sleep(time.Second)
-	ok, failed, firstErr := s.finish()
-	t.Logf("requests through ztunnel's restart: %d ok, %d failed", ok, failed)
-	if failed != 0 {
-		t.Errorf("%d requests failed across ztunnel's restart (first: %v)", failed, firstErr)
-		s.explain(t, b, nil)
-	}
-	if ok < 20 {
-		t.Errorf("only %d requests went through", ok)
-	}
-	carried := 0
-	for _, r := range append(before, b.Standin.Records()...) {
-		if r.Source.Addr().Unmap() == b.Client.IPv4 || r.Source.Addr() == b.Client.IPv6 {
-			carried++
-		}
-	}
-	if int64(carried) < ok {
-		t.Errorf("the stand-ins carried %d flows of the client, fewer than the %d requests", carried, ok)
+	// SYNs sent again while no listener was up are expected here, and
+	// the requests they slowed: finish logs them, they are no gap.
+	res := s.finish(t, nil, before)
+	res.atLeast(t, 20)
+	if len(res.slow) > 0 {
+		t.Logf("%d requests slowed by ztunnel's restart (the slowest %v)", len(res.slow), res.max)
 	}
 	if st := b.Standin.ZDS(); st.Connects < 1 || st.Adds < 2 || st.Snapshots < 1 {
 		t.Errorf("the new stand-in's ZDS conversation: %+v, want a connection with both pods and a snapshot", st)
@@ -222,7 +211,8 @@ func TestInPodZtunnelRestart(t *testing.T) {
 // TestInPodAgentRestart kills the agent (SIGKILL) while a client streams
 // requests through its in-pod capture, and starts a new one: ztunnel keeps
 // its listeners while the agent is away, the new agent replaces the
-// programs in place and sends ztunnel its snapshot, and no request fails.
+// programs in place and sends ztunnel its snapshot, and no request fails
+// or is stalled (no gap), every one through ztunnel.
 func TestInPodAgentRestart(t *testing.T) {
 	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})
 	b := e.box
@@ -231,7 +221,7 @@ func TestInPodAgentRestart(t *testing.T) {
 	first := e.startAgentProcess(t, args...)
 	e.waitInPod(b.Client, b.Server)
 
-	s := startStream(b)
+	s := startStream(t, b)
 	time.Sleep(time.Second)
 	first.signal(t, syscall.SIGKILL)
 	time.Sleep(500 * time.Millisecond)
@@ -243,18 +233,9 @@ func TestInPodAgentRestart(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	second.signal(t, syscall.SIGTERM)
-	ok, failed, firstErr := s.finish()
-	t.Logf("requests through the agent's restart: %d ok, %d failed", ok, failed)
-	if failed != 0 {
-		t.Errorf("%d requests failed across the agent's restart (first: %v)", failed, firstErr)
-		s.explain(t, b, nil)
-	}
-	if ok < 20 {
-		t.Errorf("only %d requests went through", ok)
-	}
-	if n := len(b.RecordsFrom(b.Client.IPv4)) + len(b.RecordsFrom(b.Client.IPv6)); int64(n) < ok {
-		t.Errorf("the stand-in carried %d flows of the client, fewer than the %d requests", n, ok)
-	}
+	res := s.finish(t, nil)
+	res.atLeast(t, 20)
+	res.noGap(t, "across the agent's restart")
 	if served := b.Standin.Pods(); len(served) != 2 {
 		t.Errorf("the stand-in serves %d pods after the restart, want the client and the server: %+v", len(served), served)
 	}

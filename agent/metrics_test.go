@@ -65,15 +65,15 @@ func TestMetricsWhileTrafficFlows(t *testing.T) {
 	}
 
 	before := scrape(t, srv)
-	s := startStream(e.box)
+	s := startStream(t, e.box)
 	time.Sleep(time.Second)
 	mid := scrape(t, srv)
 	time.Sleep(time.Second)
-	ok, failed, _ := s.finish()
+	res := s.finish(t, set)
 	after := scrape(t, srv)
-	if ok == 0 || failed != 0 {
-		s.explain(t, e.box, set)
-		t.Fatalf("stream: %d ok, %d failed", ok, failed)
+	res.atLeast(t, 1)
+	if t.Failed() {
+		t.FailNow()
 	}
 
 	out := `meshredirect_datapath_packets_total{verdict="redirected_out"}`
@@ -94,7 +94,7 @@ func TestMetricsWhileTrafficFlows(t *testing.T) {
 	if after["meshredirect_reconcile_duration_seconds_count"] < 1 {
 		t.Error("no reconcile was timed")
 	}
-	t.Logf("during the stream: %d requests; redirected_out +%.0f, marked +%.0f packets", ok, after[out]-before[out], after[marked]-before[marked])
+	t.Logf("during the stream: %d requests; redirected_out +%.0f, marked +%.0f packets", res.ok, after[out]-before[out], after[marked]-before[marked])
 }
 
 // newMetricsServer serves the agent's handler for the test and returns its

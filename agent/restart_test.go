@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -10,14 +9,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/meshredirect/meshredirect/agent"
 	"github.com/meshredirect/meshredirect/dataplane"
-	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
@@ -140,74 +137,11 @@ func (p *agentProcess) signal(t *testing.T, sig syscall.Signal) {
 	}
 }
 
-// stream sends a request through an enrolled pod every few milliseconds
-// until stopped, counting failures: each one a new TCP connection from the
-// client to the remote host, through ztunnel.
-type stream struct {
-	ok, failed atomic.Int64
-	firstErr   atomic.Value
-	stop       context.CancelFunc
-	done       chan struct{}
-	start      time.Time
-	mu         sync.Mutex
-	errs       []string // the first failures, with their time in the stream
-}
-
-func startStream(b *scenario.Box) *stream {
-	b.Echo(b.Remote, scenario.EchoPort)
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &stream{stop: cancel, done: make(chan struct{}), start: time.Now()}
-	go func() {
-		defer close(s.done)
-		for i := 0; ctx.Err() == nil; i++ {
-			v6 := i%2 == 1
-			if _, err := scenario.Exchange(&b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort), 3*time.Second); err != nil {
-				s.failed.Add(1)
-				s.firstErr.CompareAndSwap(nil, err.Error())
-				s.mu.Lock()
-				if len(s.errs) < 10 {
-					s.errs = append(s.errs, fmt.Sprintf("%v: %v", time.Since(s.start).Round(time.Millisecond), err))
-				}
-				s.mu.Unlock()
-			} else {
-				s.ok.Add(1)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
-	return s
-}
-
-// explain logs, after failures, what tells their cause: the first failed
-// requests, the stand-in's failed flows and the programs' counters.
-func (s *stream) explain(t *testing.T, b *scenario.Box, set *maps.Set) {
-	t.Helper()
-	s.mu.Lock()
-	t.Logf("first failures (time since the stream began):\n%s", strings.Join(s.errs, "\n"))
-	s.mu.Unlock()
-	n := 0
-	for _, r := range b.Standin.Records() {
-		if r.Err != "" && n < 10 {
-			n++
-			t.Logf("stand-in flow %d at %v: %s -> %s on %d: %s", r.ID, r.Start.Sub(s.start).Round(time.Millisecond), r.Source, r.OrigDst, r.Listener, r.Err)
-		}
-	}
-	if set != nil {
-		if stats, err := set.Stats.Read(); err == nil {
-			t.Logf("the programs' counters: %v", stats)
-		}
-	}
-}
-
-func (s *stream) finish() (ok, failed int64, firstErr any) {
-	s.stop()
-	<-s.done
-	return s.ok.Load(), s.failed.Load(), s.firstErr.Load()
-}
-
 // TestRestartWithoutGap kills the agent (SIGKILL) while a client streams
 // requests through an enrolled pod, deletes a pod while no agent runs, and
-// starts a new agent: no request fails, no filter is duplicated, and the
+// starts a new agent: every request goes through ztunnel, none fails, none
+// is stalled (no gap: no request slow by a retransmission's time, no
+// segment sent again by the client), no filter is duplicated, and the
 // deleted pod's leftovers are removed. Then SIGTERM leaves capture in place.
 func TestRestartWithoutGap(t *testing.T) {
 	e := newEnv(t)
@@ -217,7 +151,7 @@ func TestRestartWithoutGap(t *testing.T) {
 	set := e.maps()
 	e.waitFor("client and server enrolled", 10*time.Second, func() bool { return e.enrolled(set, b.Client) && e.enrolled(set, b.Server) })
 
-	s := startStream(b)
+	s := startStream(t, b)
 	time.Sleep(time.Second)
 	first.signal(t, syscall.SIGKILL)
 
@@ -235,18 +169,9 @@ func TestRestartWithoutGap(t *testing.T) {
 	// A graceful stop leaves capture in place.
 	second.signal(t, syscall.SIGTERM)
 	time.Sleep(time.Second)
-	ok, failed, firstErr := s.finish()
-	t.Logf("requests through the restarts: %d ok, %d failed", ok, failed)
-	if failed != 0 {
-		t.Errorf("%d requests failed across the restart (first: %v)", failed, firstErr)
-		s.explain(t, b, set)
-	}
-	if ok < 20 {
-		t.Errorf("only %d requests went through", ok)
-	}
-	if n := len(b.RecordsFrom(b.Client.IPv4)) + len(b.RecordsFrom(b.Client.IPv6)); int64(n) < ok {
-		t.Errorf("the stand-in carried %d flows of the client, fewer than the %d requests", n, ok)
-	}
+	res := s.finish(t, set)
+	res.atLeast(t, 20)
+	res.noGap(t, "across the agent's restarts")
 	if !strings.Contains(second.output(), "agent stopped; capture stays in place") {
 		t.Errorf("no log line for the graceful stop:\n%s", second.output())
 	}

@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,11 +36,22 @@ func TestStatusAndUninstallInPod(t *testing.T) {
 		sleep.Process.Kill()
 		sleep.Wait()
 	})
+	pods := []*testenv.Pod{b.Client, b.Server}
+	was := map[*testenv.Pod]map[string]string{}
+	for _, pod := range pods {
+		was[pod] = testenv.ReadSysctls(t, pod.Netns, testenv.InPodSysctls)
+	}
 	e.labelNamespace(e.ns, agent.ModeAmbient)
 	p := e.startAgentProcess(t, "--ztunnel-mode", agent.ZtunnelModeInPod, "--zds-socket", b.ZDSPath)
 	e.waitFor("the client and the server annotated (ztunnel acked them)", 20*time.Second, func() bool {
 		return e.annotation(e.ns, b.Client.Name) == agent.RedirectionEnabled && e.annotation(e.ns, b.Server.Name) == agent.RedirectionEnabled
 	})
+	// The checkers see both families and the pods' sysctls: the capture is
+	// all there before.
+	for _, pod := range pods {
+		checkPolicyRouting(t, pod, pod.Name+"'s netns (enrolled)", true)
+		testenv.CheckSysctls(t, pod.Netns, pod.Name+"'s netns (enrolled)", testenv.InPodSysctls)
+	}
 	p.signal(t, syscall.SIGTERM)
 
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
@@ -95,14 +105,8 @@ func TestStatusAndUninstallInPod(t *testing.T) {
 			t.Errorf("pod %s still annotated %q", pod, a)
 		}
 	}
-	var nodeTW string
-	must(t, b.Node.Do(func() error {
-		v, err := os.ReadFile("/proc/sys/net/ipv4/tcp_max_tw_buckets")
-		nodeTW = string(v)
-		return err
-	}))
-	for _, pod := range []*testenv.Pod{b.Client, b.Server} {
-		checkInPodGone(t, pod, e.pinDir, nodeTW)
+	for _, pod := range pods {
+		checkInPodGone(t, pod, e.pinDir, was[pod])
 	}
 	b.Echo(b.Remote, scenario.EchoPort)
 	for _, v6 := range []bool{false, true} {
@@ -113,31 +117,22 @@ func TestStatusAndUninstallInPod(t *testing.T) {
 }
 
 // checkInPodGone fails the test if anything of the in-pod capture is left
-// in pod's netns, as `tc`, `ip` and /proc/sys show it.
-func checkInPodGone(t *testing.T, pod *testenv.Pod, pinDir, nodeTW string) {
+// in pod's netns: a filter (as `tc` shows it) or tcx link on eth0 or lo, a
+// rule or a route of the policy routing in either family, or a sysctl
+// enrolment changes other than it was before, in was.
+func checkInPodGone(t *testing.T, pod *testenv.Pod, pinDir string, was map[string]string) {
 	t.Helper()
-	run := func(args ...string) string {
-		cmd := exec.Command(args[0], args[1:]...)
-		var out strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &out
-		must(t, pod.Start(cmd))
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("%s in %s: %v\n%s", strings.Join(args, " "), pod.Name, err, &out)
-		}
-		return out.String()
-	}
-	for _, fam := range []string{"-4", "-6"} {
-		if out := run("ip", fam, "rule"); strings.Contains(out, "0x400") || strings.Contains(out, "lookup 100") {
-			t.Errorf("%s: rule left (ip %s rule):\n%s", pod.Name, fam, out)
-		}
-		if out := run("ip", fam, "route", "show", "table", "100"); strings.TrimSpace(out) != "" {
-			t.Errorf("%s: routes of table 100 left (ip %s):\n%s", pod.Name, fam, out)
-		}
-	}
 	for _, ifc := range []string{"eth0", "lo"} {
 		for _, dir := range []string{"ingress", "egress"} {
-			if out := run("tc", "filter", "show", "dev", ifc, dir); strings.Contains(out, "pod_") || strings.Contains(out, "meshredirect") {
-				t.Errorf("%s: filter left on %s %s:\n%s", pod.Name, ifc, dir, out)
+			cmd := exec.Command("tc", "filter", "show", "dev", ifc, dir)
+			var out strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, &out
+			must(t, pod.Start(cmd))
+			if err := cmd.Wait(); err != nil {
+				t.Errorf("tc filter show dev %s %s in %s: %v\n%s", ifc, dir, pod.Name, err, &out)
+			}
+			if s := out.String(); strings.Contains(s, "pod_") || strings.Contains(s, "meshredirect") {
+				t.Errorf("%s: filter left on %s %s:\n%s", pod.Name, ifc, dir, s)
 			}
 		}
 	}
@@ -152,11 +147,16 @@ func checkInPodGone(t *testing.T, pod *testenv.Pod, pinDir, nodeTW string) {
 			t.Errorf("%s: left on %s: %v", pod.Name, ifc, a)
 		}
 	}
-	for name, want := range map[string]string{"net/ipv4/conf/lo/accept_local": "0\n", "net/ipv4/tcp_max_tw_buckets": nodeTW} {
-		if got := run("cat", "/proc/sys/"+name); got != want {
-			t.Errorf("%s: %s is %q, want %q", pod.Name, name, got, fmt.Sprint(want))
-		}
-	}
+	checkPolicyRouting(t, pod, pod.Name+"'s netns", false)
+	testenv.CheckSysctls(t, pod.Netns, pod.Name+"'s netns", was)
+}
+
+// checkPolicyRouting fails the test unless pod's netns (named what) holds
+// the dataplane's policy routing, both families, when enrolled, or nothing
+// of it when not (testenv.CheckPolicyRouting).
+func checkPolicyRouting(t *testing.T, pod *testenv.Pod, what string, enrolled bool) {
+	t.Helper()
+	testenv.CheckPolicyRouting(t, pod.Netns, what, enrolled)
 }
 
 // TestInPodNotAnnotatedWithoutZtunnel: in in-pod mode the enrolment

@@ -198,14 +198,17 @@ func TestRestartWithoutGap(t *testing.T) {
 }
 
 // TestUninstall: `meshredirect uninstall` removes everything the agent made
-// on the node: programs, links, pins, ztunnel's rules, the config file,
-// and the pods' enrolment annotations.
+// on the node: programs, links, pins, ztunnel's policy routing (rules and
+// routes, both families), the config file, and the pods' enrolment
+// annotations.
 func TestUninstall(t *testing.T) {
 	e := newEnv(t)
 	b := e.box
 	e.labelNamespace(e.ns, agent.ModeAmbient)
 	p := e.startAgentProcess(t)
 	e.waitFor("the client annotated", 10*time.Second, func() bool { return e.annotation(e.ns, b.Client.Name) == agent.RedirectionEnabled })
+	// The checker sees both families: all of it is there before.
+	checkPolicyRouting(t, b.Ztunnel, "ztunnel's netns before uninstall", true)
 	p.signal(t, syscall.SIGTERM)
 
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
@@ -228,13 +231,7 @@ func TestUninstall(t *testing.T) {
 			t.Errorf("pod %s still annotated %q", pod, a)
 		}
 	}
-	must(t, b.Ztunnel.Do(func() error {
-		out, err := exec.Command("ip", "rule").CombinedOutput()
-		if strings.Contains(string(out), "0x400") {
-			t.Errorf("ztunnel's rule left:\n%s", out)
-		}
-		return err
-	}))
+	checkPolicyRouting(t, b.Ztunnel, "ztunnel's netns", false)
 	b.Echo(b.Remote, scenario.EchoPort)
 	for _, v6 := range []bool{false, true} {
 		if o := scenario.Observe(b, &b.Client.Namespace, v6, addr(b.Remote, v6, scenario.EchoPort)); o.Path != scenario.Direct || o.Err != nil {

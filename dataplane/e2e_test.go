@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
 	"github.com/meshredirect/meshredirect/tc"
+	"github.com/meshredirect/meshredirect/testenv"
 	"github.com/meshredirect/meshredirect/testenv/scenario"
 )
 
@@ -290,10 +290,16 @@ func testReversePathFilter(t *testing.T, procSysNet string) {
 	}))
 }
 
-// TestUninstallLeavesNothing: after Uninstall no attachment, pin or
-// ztunnel routing rule is left.
+// TestUninstallLeavesNothing: after Uninstall no attachment, pin, or rule
+// or route of ztunnel's policy routing (either family) is left, and
+// ztunnel's netns has TIME_WAIT again.
 func TestUninstallLeavesNothing(t *testing.T) {
 	b := newBox(t, scenario.Options{})
+	// The checkers see both families, and ztunnel's sysctls: all of it is
+	// there before.
+	testenv.CheckPolicyRouting(t, b.Ztunnel.Netns, "ztunnel's netns before uninstall", true)
+	tw := map[string]string{"net/ipv4/tcp_max_tw_buckets": "0"}
+	testenv.CheckSysctls(t, b.Ztunnel.Netns, "ztunnel's netns before uninstall", tw)
 	must(t, b.DP.Close())
 	must(t, dataplane.Uninstall(b.Config, b.Ztunnel.Path()))
 	if entries, err := os.ReadDir(b.Config.PinDir); err == nil {
@@ -314,12 +320,9 @@ func TestUninstallLeavesNothing(t *testing.T) {
 			t.Errorf("attachments left in %s: %v", ns, all)
 		}
 	}
-	// ztunnel's netns has its rules no more.
-	must(t, b.Ztunnel.Do(func() error {
-		out, err := exec.Command("ip", "rule").CombinedOutput()
-		if strings.Contains(string(out), "lookup 100") {
-			t.Errorf("rule left in ztunnel's netns:\n%s", out)
-		}
-		return err
-	}))
+	// ztunnel's netns has its rules and routes no more, in either family.
+	testenv.CheckPolicyRouting(t, b.Ztunnel.Netns, "ztunnel's netns", false)
+	// TIME_WAIT is back: the node's tcp_max_tw_buckets, which a new netns
+	// starts with.
+	testenv.CheckSysctls(t, b.Ztunnel.Netns, "ztunnel's netns", testenv.ReadSysctls(t, b.Node.Netns, tw))
 }

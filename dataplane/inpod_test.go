@@ -16,9 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
@@ -139,6 +137,7 @@ func TestInPodCapture(t *testing.T) {
 			// The server's application, which only the node's
 			// connections and ztunnel's may reach.
 			n.server.StartEcho(8080)
+			clientWas := testenv.ReadSysctls(t, n.client.Netns, testenv.InPodSysctls)
 			for _, p := range []*testenv.Pod{n.client, n.server} {
 				for _, network := range []string{"tcp4", "tcp6"} {
 					transparentListener(t, &p.Namespace, network, mrasm.PortOutbound)
@@ -148,6 +147,7 @@ func TestInPodCapture(t *testing.T) {
 				// Again: nothing changes.
 				must(t, n.dp.EnrollInPod(n.pod(p)))
 			}
+			checkCaptured(t, n.client)
 			for _, v6 := range []bool{false, true} {
 				ipOf := func(p *testenv.Pod) netip.Addr {
 					if v6 {
@@ -191,7 +191,7 @@ func TestInPodCapture(t *testing.T) {
 					t.Errorf("unenrolled client -> %s did not reach the remote echo", remote)
 				}
 			}
-			checkNoCapture(t, n.cfg, n.client)
+			checkNoCapture(t, n.cfg, n.client, clientWas)
 			for _, ip := range []netip.Addr{n.client.IPv4, n.client.IPv6} {
 				if e, err := n.dp.Maps().Endpoints.Get(ip); err == nil && e.IsPod() {
 					t.Errorf("the endpoints map still has the unenrolled pod's %s", ip)
@@ -231,12 +231,11 @@ func exchange(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
 }
 
 // checkNoCapture fails the test if anything of the in-pod capture is left in
-// pod's netns: a program on a hook of eth0 or lo, the mark rule or a route
-// of its table, in either family, lo's accept_local or route_localnet on, or
-// tcp_max_tw_buckets other than the node's.
-func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
+// pod's netns: a program on a hook of eth0 or lo, a rule or a route of the
+// policy routing in either family (testenv.ReadPolicyRouting), or a sysctl
+// enrolment sets (testenv.InPodSysctls) other than it was before, in was.
+func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod, was map[string]string) {
 	t.Helper()
-	cfg0 := cfg
 	cfg.NodeNetns = p.Path()
 	for _, name := range []string{"eth0", "lo"} {
 		atts, err := dataplane.ListAttachments(cfg, name)
@@ -247,57 +246,18 @@ func checkNoCapture(t *testing.T, cfg dataplane.Config, p *testenv.Pod) {
 			t.Errorf("left on %s in %s: %v", name, p.Name, a)
 		}
 	}
-	nodeTW := nodeSysctl(t, cfg0.NodeNetns, "net/ipv4/tcp_max_tw_buckets")
-	must(t, p.Do(func() error {
-		for _, key := range []string{"accept_local", "route_localnet"} {
-			if b, err := os.ReadFile("/proc/sys/net/ipv4/conf/lo/" + key); err != nil || string(b) != "0\n" {
-				t.Errorf("lo's %s in %s is %q (%v), want the default 0", key, p.Name, b, err)
-			}
-		}
-		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_max_tw_buckets"); err != nil || string(b) != nodeTW {
-			t.Errorf("tcp_max_tw_buckets in %s is %q (%v), want the node's %q", p.Name, b, err, nodeTW)
-		}
-		c, err := rtnetlink.Dial(nil)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-			rules, err := c.Rule.List()
-			if err != nil {
-				return err
-			}
-			for _, r := range rules {
-				if r.Family == fam && r.Attributes != nil && r.Attributes.Table != nil && *r.Attributes.Table == mrasm.TProxyTable {
-					t.Errorf("rule to table %d left in %s (family %d)", mrasm.TProxyTable, p.Name, fam)
-				}
-			}
-			routes, err := c.Route.List()
-			if err != nil {
-				return err
-			}
-			for _, r := range routes {
-				if r.Family == fam && r.Attributes.Table == mrasm.TProxyTable {
-					t.Errorf("route %v in table %d left in %s", r.Attributes.Dst, mrasm.TProxyTable, p.Name)
-				}
-			}
-		}
-		return nil
-	}))
+	testenv.CheckPolicyRouting(t, p.Netns, p.Name+"'s netns", false)
+	testenv.CheckSysctls(t, p.Netns, p.Name+"'s netns", was)
 }
 
-// nodeSysctl reads a sysctl in the netns at path (the node's).
-func nodeSysctl(t *testing.T, path, name string) string {
+// checkCaptured fails the test unless pod's netns holds the policy routing
+// of both families and the sysctls enrolment sets, whose absence
+// checkNoCapture checks: so it provably reads both families, and the pod's
+// sysctls.
+func checkCaptured(t *testing.T, p *testenv.Pod) {
 	t.Helper()
-	h, err := netns.GetFromPath(path)
-	must(t, err)
-	defer h.Close()
-	var v []byte
-	must(t, testutil.Do(h, func() (err error) {
-		v, err = os.ReadFile("/proc/sys/" + name)
-		return err
-	}))
-	return string(v)
+	testenv.CheckPolicyRouting(t, p.Netns, p.Name+"'s netns (enrolled)", true)
+	testenv.CheckSysctls(t, p.Netns, p.Name+"'s netns (enrolled)", testenv.InPodSysctls)
 }
 
 // bindNetns bind mounts the netns of ns at dir/name, as `ip netns add`
@@ -355,8 +315,11 @@ func testInPodUninstall(t *testing.T, mode tc.Mode) {
 	// its map entries say it is ours.
 	half := n.node.AddPod("half", testenv.Ambient)
 	pods := []*testenv.Pod{n.client, n.server, half}
+	was := map[*testenv.Pod]map[string]string{}
 	for _, p := range pods {
+		was[p] = testenv.ReadSysctls(t, p.Netns, testenv.InPodSysctls)
 		must(t, n.dp.EnrollInPod(n.pod(p)))
+		checkCaptured(t, p)
 	}
 	dir := t.TempDir()
 	bindNetns(t, &n.client.Namespace, dir, "client")
@@ -398,7 +361,7 @@ func testInPodUninstall(t *testing.T, mode tc.Mode) {
 		t.Errorf("pin directory left: %v (%v)", entries, err)
 	}
 	for _, p := range pods {
-		checkNoCapture(t, n.cfg, p)
+		checkNoCapture(t, n.cfg, p, was[p])
 	}
 	// Again: nothing to do, no error.
 	if err := dataplane.Uninstall(n.cfg, found...); err != nil {

@@ -20,12 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshredirect/meshredirect/dataplane"
-	"github.com/meshredirect/meshredirect/internal/testutil"
+	"github.com/meshredirect/meshredirect/testenv"
 )
 
 // pinDir is the chart's default --pin-dir.
@@ -342,8 +343,22 @@ func (c *cluster) restartAgent(t *testing.T, ctx context.Context) {
 // uninstall deletes the chart's objects as `helm uninstall` does, runs the uninstall
 // DaemonSet of deploy/meshredirect-uninstall.yaml until its pod is Ready (the node is clean
 // then), and checks the node: no pins, no plugin in the CNI configuration or binary directory,
-// no in-pod capture in any pod's netns.
+// no in-pod capture in any pod's netns, and in the ambient pods' netns, none of the policy
+// routing of either family (there before) and the sysctls as a pod's outside the mesh.
 func (c *cluster) uninstall(t *testing.T, ctx context.Context) {
+	// What the ambient pods' netns hold before (the checkers see both
+	// families, and the pods' sysctls), and what they should hold after:
+	// what a pod outside the mesh, made by the same CNI, has.
+	ambient := []*corev1.Pod{c.a1, c.a2}
+	plain := podNetns(t, c.p1)
+	was := testenv.ReadSysctls(t, plain, testenv.InPodSysctls)
+	plain.Close()
+	for _, p := range ambient {
+		ns := podNetns(t, p)
+		testenv.CheckPolicyRouting(t, ns, p.Name+"'s netns (captured)", true)
+		testenv.CheckSysctls(t, ns, p.Name+"'s netns (captured)", testenv.InPodSysctls)
+		ns.Close()
+	}
 	if err := c.Delete(ctx, c.chart); err != nil {
 		t.Fatal(err)
 	}
@@ -380,22 +395,22 @@ func (c *cluster) uninstall(t *testing.T, ctx context.Context) {
 	if err != nil || len(left) > 0 {
 		t.Errorf("in-pod capture left in %v (%v)", left, err)
 	}
-	for _, p := range []*corev1.Pod{c.a2} {
-		ns, err := PodNetns(ipsOf(p)(false))
-		if err != nil {
-			t.Fatal(err)
-		}
-		testutil.MustDo(t, ns, func() error {
-			for _, fam := range []string{"-4", "-6"} {
-				out, err := exec.Command("ip", fam, "rule", "show").CombinedOutput()
-				if err != nil || bytes.Contains(out, []byte("fwmark")) || bytes.Contains(out, []byte("lookup 100")) {
-					return fmt.Errorf("ip %s rule in %s after uninstall (%v):\n%s", fam, p.Name, err, out)
-				}
-			}
-			return nil
-		})
+	for _, p := range ambient {
+		ns := podNetns(t, p)
+		testenv.CheckPolicyRouting(t, ns, p.Name+"'s netns", false)
+		testenv.CheckSysctls(t, ns, p.Name+"'s netns (as p1's, outside the mesh)", was)
 		ns.Close()
 	}
+}
+
+// podNetns opens the network namespace of pod p, by its IPv4 address.
+func podNetns(t *testing.T, p *corev1.Pod) netns.NsHandle {
+	t.Helper()
+	ns, err := PodNetns(ipsOf(p)(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }
 
 // TestInPodLifecycle runs a pod's whole life on the default install, checking capture and

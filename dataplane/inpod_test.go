@@ -312,9 +312,12 @@ func testInPodUninstall(t *testing.T, mode tc.Mode) {
 	n := newInPodNode(t, testenv.WiringVeth, mode)
 	bystander := n.node.AddPod("bystander", testenv.NotAmbient)
 	// half has lost its programs (by hand): only its policy routing and
-	// its map entries say it is ours.
+	// its map entries say it is ours. lone has lost all but its IPv6 mark
+	// rule, as a uninstall that failed half way leaves a netns: that rule
+	// alone must make it found, or a second uninstall never cleans it.
 	half := n.node.AddPod("half", testenv.Ambient)
-	pods := []*testenv.Pod{n.client, n.server, half}
+	lone := n.node.AddPod("lone", testenv.Ambient)
+	pods := []*testenv.Pod{n.client, n.server, half, lone}
 	was := map[*testenv.Pod]map[string]string{}
 	for _, p := range pods {
 		was[p] = testenv.ReadSysctls(t, p.Netns, testenv.InPodSysctls)
@@ -330,6 +333,28 @@ func testInPodUninstall(t *testing.T, mode tc.Mode) {
 	halfCfg.NodeNetns = half.Path()
 	must(t, dataplane.Detach(halfCfg, "eth0"))
 	must(t, dataplane.Detach(halfCfg, "lo"))
+	bindNetns(t, &lone.Namespace, dir, "lone")
+	loneCfg := n.cfg
+	loneCfg.NodeNetns = lone.Path()
+	must(t, dataplane.Detach(loneCfg, "eth0"))
+	must(t, dataplane.Detach(loneCfg, "lo"))
+	must(t, lone.Do(func() error {
+		for _, args := range [][]string{
+			{"-4", "rule", "del", "fwmark", "0x400/0xfff", "lookup", "100"},
+			{"-4", "route", "del", "local", "default", "dev", "lo", "table", "100"},
+			{"-6", "route", "del", "local", "default", "dev", "lo", "table", "100"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		return nil
+	}))
+	loneRouting, err := testenv.ReadPolicyRouting(lone.Netns)
+	must(t, err)
+	if left := loneRouting.String(); !strings.Contains(left, "IPv6 rule") || strings.Contains(left, "IPv4") || strings.Contains(left, "route") {
+		t.Fatalf("lone's netns should hold its IPv6 rule alone; it holds:\n%s", left)
+	}
 
 	found, err := dataplane.FindInPodNetns(n.cfg, []string{dir})
 	must(t, err)

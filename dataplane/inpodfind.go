@@ -35,10 +35,20 @@ type netnsScan struct {
 	ifnames map[int]string
 }
 
-// routed tells whether the netns has the rule and the route of one family:
-// our policy routing, or what is left of it.
+// routed tells whether the netns has any of our policy routing: a rule
+// with our mark or a local route in our table, of either family. A netns
+// that kept one of them only (an uninstall that failed half way) is still
+// found, so that a second uninstall removes it.
 func (s netnsScan) routed() bool {
-	return s.rule[0] && s.route[0] || s.rule[1] && s.route[1]
+	return s.rule != [2]bool{} || s.route != [2]bool{}
+}
+
+// marked tells whether the netns has a rule with our mark and table, of
+// either family: ours by the mark, where a lone `local default dev lo
+// table 100` could be another installer's (istio-cni's in-pod TPROXY
+// mode routed its pods so).
+func (s netnsScan) marked() bool {
+	return s.rule != [2]bool{}
 }
 
 // policyRouting tells whether the policy routing is complete, both
@@ -70,7 +80,7 @@ func (s netnsScan) podIPs(entries map[netip.Addr]maps.Endpoint) []netip.Addr {
 // ours tells whether the netns holds in-pod capture of this install: our
 // attachments, or our policy routing in a netns with an address that is a
 // pod in our endpoints map (entries nil: the map is gone, a half-done
-// uninstall, and any such routing counts). The address check keeps other
+// uninstall, and any rule with our mark counts). The address check keeps other
 // installs' pods out (a node in a box in another test, istio-cni).
 func (s netnsScan) ours(entries map[netip.Addr]maps.Endpoint) bool {
 	if len(s.attachments) > 0 {
@@ -79,7 +89,10 @@ func (s netnsScan) ours(entries map[netip.Addr]maps.Endpoint) bool {
 	if !s.routed() {
 		return false
 	}
-	return entries == nil || len(s.podIPs(entries)) > 0
+	if entries == nil {
+		return s.marked()
+	}
+	return len(s.podIPs(entries)) > 0
 }
 
 // scanNetns reads every candidate netns but the node's: bind mounts in

@@ -86,7 +86,14 @@ func (a *Agent) enrol(key string, pod *corev1.Pod, ips []netip.Addr, netns strin
 	}
 	err = a.capture(p, pod)
 	acked := err == nil
-	if waitingForZtunnel(err) {
+	if waitingForZtunnel(err) && !a.ready.Load() {
+		// The first reconcile: ztunnel is served only after it (Run),
+		// and gets this pod in its first snapshot. A ztunnel that was
+		// connected to the agent before this one still serves the pod.
+		a.noteDecision(key, "captured before ztunnel is served", func() {
+			a.log.Info("pod captured; ztunnel gets it in its snapshot once the agent is ready", "pod", key)
+		})
+	} else if waitingForZtunnel(err) {
 		// Captured, and kept for ztunnel's snapshot: its traffic is
 		// dropped until ztunnel connects and opens its listeners.
 		a.noteDecision(key, "waiting for ztunnel", func() {

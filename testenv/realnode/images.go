@@ -3,8 +3,10 @@ package realnode
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/meshredirect/meshredirect/internal/ociimage"
@@ -32,29 +34,33 @@ var commands = map[string]string{
 }
 
 // buildImages builds the project's static binaries from this checkout and writes the four
-// images into one archive, which startContainerd imports.
+// images into one archive, which startContainerd imports. The archive is written by the images
+// command, as `make image` writes the release image, not in this process: under -race the
+// compression alone took a minute of each Start.
 func (n *Node) buildImages(ctx context.Context) error {
 	root, err := moduleRoot()
 	if err != nil {
 		return err
 	}
 	n.Bin = filepath.Join(n.dir, "bin")
-	args := []string{"build", "-trimpath", "-o", n.Bin + "/"}
-	for _, pkg := range commands {
-		args = append(args, pkg)
-	}
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Dir = root
-	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v: %s", err, out)
-	}
-	specs, err := ociimage.Images(ociimage.ImagesOptions{Bin: n.Bin, Tag: "dev"})
-	if err != nil {
-		return err
+	tools := filepath.Join(n.dir, "tools")
+	for _, b := range []struct {
+		dir  string
+		pkgs []string
+	}{{n.Bin, slices.Sorted(maps.Values(commands))}, {tools, []string{"./testenv/cmd/images"}}} {
+		cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-trimpath", "-o", b.dir + "/"}, b.pkgs...)...)
+		cmd.Dir = root
+		cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %v: %v: %s", b.pkgs, err, out)
+		}
 	}
 	n.images = filepath.Join(n.dir, "images.tar")
-	return ociimage.Write(n.images, specs...)
+	cmd := exec.CommandContext(ctx, filepath.Join(tools, "images"), "-bin", n.Bin, "-tag", "dev", "-o", n.images)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("write the images: %v: %s", err, out)
+	}
+	return nil
 }
 
 // moduleRoot is the directory of the module this test runs in.

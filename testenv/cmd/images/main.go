@@ -3,10 +3,9 @@
 // `ctr -n k8s.io images import FILE` and `docker load -i FILE` read: no
 // registry, no container engine.
 //
-// `make image` runs it for the release image (agent); a real-node test
-// imports the test images (ztunnel, testapp, pause) into the node's
-// containerd the same way, or builds the archive in Go with
-// ociimage.Images and ociimage.Write.
+// `make image` runs it for the release image (agent); a real node
+// (testenv/realnode) runs it for all four and imports them into its
+// containerd.
 //
 // Usage:
 //

@@ -1,13 +1,10 @@
 package agent_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,7 +49,7 @@ type stream struct {
 	stop   context.CancelFunc
 	done   chan struct{}
 	start  time.Time
-	before tcpCounters // the client's netns, as the stream began
+	before testenv.TCPCounters // the client's netns, as the stream began
 
 	mu   sync.Mutex
 	reqs []request
@@ -62,7 +59,7 @@ type stream struct {
 func startStream(t *testing.T, b *scenario.Box) *stream {
 	t.Helper()
 	b.Echo(b.Remote, scenario.EchoPort)
-	before, err := readTCPCounters(&b.Client.Namespace)
+	before, err := testenv.ReadTCPCounters(b.Client.Netns)
 	must(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &stream{b: b, stop: cancel, done: make(chan struct{}), start: time.Now(), before: before}
@@ -83,82 +80,6 @@ func startStream(t *testing.T, b *scenario.Box) *stream {
 	return s
 }
 
-// tcpCounters are a netns's TCP retransmission counters: segments sent
-// again (Tcp: RetransSegs in /proc/net/snmp), and from TcpExt in
-// /proc/net/netstat the SYNs among them (TCPSynRetrans), the
-// retransmission timer's firings (TCPTimeouts) and the tail loss probes
-// (TCPLossProbes, RFC 8985).
-type tcpCounters struct {
-	RetransSegs, SynRetrans, Timeouts, LossProbes int64
-}
-
-func (c tcpCounters) sub(d tcpCounters) tcpCounters {
-	return tcpCounters{c.RetransSegs - d.RetransSegs, c.SynRetrans - d.SynRetrans, c.Timeouts - d.Timeouts, c.LossProbes - d.LossProbes}
-}
-
-// lost counts the segments sent again because one was lost: every
-// retransmission but the tail loss probes. A probe is sent when an ACK is
-// a few RTTs late, as the delayed ACKs of a pod's lo make it in in-pod
-// mode (measured: one or two per 500 requests with no agent restart, each
-// answered by a DSACK, so the original had arrived); it stalls nothing.
-func (c tcpCounters) lost() int64 { return max(c.RetransSegs-c.LossProbes, 0) }
-
-func (c tcpCounters) String() string {
-	return fmt.Sprintf("%d segments sent again (%d SYNs, %d tail loss probes), %d retransmission timeouts",
-		c.RetransSegs, c.SynRetrans, c.LossProbes, c.Timeouts)
-}
-
-// readTCPCounters reads ns's counters: /proc/thread-self/net is the netns
-// of the calling thread, which Do has moved into ns (/proc/self/net would
-// be the process's first thread's).
-func readTCPCounters(ns *testenv.Namespace) (tcpCounters, error) {
-	var c tcpCounters
-	err := ns.Do(func() error {
-		var err error
-		if c.RetransSegs, err = procNetCounter("/proc/thread-self/net/snmp", "Tcp:", "RetransSegs"); err != nil {
-			return err
-		}
-		for name, v := range map[string]*int64{"TCPSynRetrans": &c.SynRetrans, "TCPTimeouts": &c.Timeouts, "TCPLossProbes": &c.LossProbes} {
-			if *v, err = procNetCounter("/proc/thread-self/net/netstat", "TcpExt:", name); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return c, err
-}
-
-// procNetCounter reads one counter of a /proc/net file of header and value
-// lines, each pair beginning with prefix.
-func procNetCounter(path, prefix, name string) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	var header []string
-	s := bufio.NewScanner(f)
-	s.Buffer(nil, 1<<20)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) == 0 || fields[0] != prefix {
-			continue
-		}
-		if header == nil {
-			header = fields
-			continue
-		}
-		if i := slices.Index(header, name); i > 0 && i < len(fields) {
-			return strconv.ParseInt(fields[i], 10, 64)
-		}
-		header = nil
-	}
-	if err := s.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("no %s %s in %s", prefix, name, path)
-}
-
 // streamResult is what a finished stream showed.
 type streamResult struct {
 	s             *stream
@@ -166,10 +87,10 @@ type streamResult struct {
 	failed        []request // failed, or carried but not as sent
 	bypassed      []request // succeeded without passing ztunnel
 	p50, p99, max time.Duration
-	baseline      time.Duration // the p99 of the requests under 1 s
-	slow          []request     // slower than baseline + gapMargin
-	retrans       tcpCounters   // the client's netns, during the stream
-	detail        []string      // why each failed request failed
+	baseline      time.Duration       // the p99 of the requests under 1 s
+	slow          []request           // slower than baseline + gapMargin
+	retrans       testenv.TCPCounters // the client's netns, during the stream
+	detail        []string            // why each failed request failed
 }
 
 // finish stops the stream and checks every request: it counts as ok only
@@ -184,11 +105,11 @@ func (s *stream) finish(t *testing.T, set *maps.Set, earlier ...[]ztunnel.Record
 	s.stop()
 	<-s.done
 	res := &streamResult{s: s}
-	after, err := readTCPCounters(&s.b.Client.Namespace)
+	after, err := testenv.ReadTCPCounters(s.b.Client.Netns)
 	if err != nil {
 		t.Errorf("read the client's TCP counters: %v", err)
 	}
-	res.retrans = after.sub(s.before)
+	res.retrans = after.Sub(s.before)
 	s.mu.Lock()
 	reqs := slices.Clone(s.reqs)
 	s.mu.Unlock()
@@ -329,7 +250,7 @@ func (res *streamResult) noGap(t *testing.T, what string) {
 		t.Errorf("gap %s: %s (%s) at %v (%s) took %v, over the p99 %v + %v", what, r, scenario.Family(r.v6),
 			r.start.Sub(res.s.start).Round(time.Millisecond), r.start.UTC().Format("15:04:05.000"), r.latency.Round(time.Millisecond), res.baseline, gapMargin)
 	}
-	if c := res.retrans; c.lost() != 0 || c.SynRetrans != 0 || c.Timeouts != 0 {
+	if c := res.retrans; c.Lost() != 0 || c.SynRetrans != 0 || c.Timeouts != 0 {
 		t.Errorf("gap %s: in the client's netns %v", what, c)
 	}
 }

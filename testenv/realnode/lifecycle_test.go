@@ -274,10 +274,30 @@ func (c *cluster) deletePod(t *testing.T, ctx context.Context, name string) {
 	}
 }
 
-// stream sends requests from src to dst, one connection each, until stop is closed, and
-// returns how many were sent and the failures: an exchange that failed, or one the stand-in
-// has no record of on listener.
-func (c *cluster) stream(ctx context.Context, src, dst netip.AddrPort, listener int, stop <-chan struct{}) (sent int, failed []error) {
+// streamResult is what a stream of requests came to.
+type streamResult struct {
+	sent      int
+	failed    []error         // an exchange that failed, or one the stand-in has no record of
+	latencies []time.Duration // of the requests that succeeded
+	retrans   testenv.TCPCounters
+}
+
+// stream sends requests from src (a pod) to dst, one connection each, until stop is closed,
+// and returns what they came to: every exchange must succeed and have its record on
+// listener; the client's netns's retransmission counters are read before and after.
+func (c *cluster) stream(ctx context.Context, src, dst netip.AddrPort, listener int, stop <-chan struct{}) streamResult {
+	var res streamResult
+	ns, err := PodNetns(src.Addr())
+	if err != nil {
+		res.failed = append(res.failed, err)
+		return res
+	}
+	defer ns.Close()
+	before, err := testenv.ReadTCPCounters(ns)
+	if err != nil {
+		res.failed = append(res.failed, err)
+		return res
+	}
 	payload := []byte("stream request\n")
 	var clients []netip.AddrPort
 	for {
@@ -285,37 +305,68 @@ func (c *cluster) stream(ctx context.Context, src, dst netip.AddrPort, listener 
 		case <-stop:
 			for _, cl := range clients {
 				if _, err := recordOf(ctx, c.zt, listener, cl, dst, len(payload)); err != nil {
-					failed = append(failed, err)
+					res.failed = append(res.failed, err)
 				}
 			}
-			return sent, failed
+			after, err := testenv.ReadTCPCounters(ns)
+			if err != nil {
+				res.failed = append(res.failed, err)
+			}
+			res.retrans = after.Sub(before)
+			return res
 		default:
 		}
-		sent++
+		res.sent++
+		start := time.Now()
 		client, err := exchange(src.Addr(), dst, payload)
 		if err != nil {
-			failed = append(failed, fmt.Errorf("request %d: %w", sent, err))
+			res.failed = append(res.failed, fmt.Errorf("request %d: %w", res.sent, err))
 		} else {
+			res.latencies = append(res.latencies, time.Since(start))
 			clients = append(clients, client)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
+// gapMargin: a request slower than the stream's p99 by this much waited for something sent
+// again (a lost SYN costs 1 s, a lost segment 200 ms and more), not for the scheduler.
+const gapMargin = 200 * time.Millisecond
+
+// gaps returns what shows that traffic stalled during the stream: requests slower than its
+// p99 by gapMargin, and segments the client sent again because one was lost (tail loss probes,
+// sent for a late ACK, are not such).
+func (r streamResult) gaps() []string {
+	var out []string
+	if len(r.latencies) > 0 {
+		sorted := slices.Sorted(slices.Values(r.latencies))
+		p99 := sorted[(len(sorted)-1)*99/100]
+		for i, l := range r.latencies {
+			if l > p99+gapMargin {
+				out = append(out, fmt.Sprintf("a request (%d of those that succeeded) took %v, over the p99 %v + %v", i+1, l.Round(time.Millisecond), p99.Round(time.Millisecond), gapMargin))
+			}
+		}
+	}
+	if c := r.retrans; c.Lost() != 0 || c.SynRetrans != 0 || c.Timeouts != 0 {
+		out = append(out, "in the client's netns "+c.String())
+	}
+	return out
+}
+
 // restartAgent deletes the agent's pod while a1 streams requests to p1, waits until the
-// DaemonSet's new pod is Ready, and checks that no request failed and every one went through
-// ztunnel.
+// DaemonSet's new pod is Ready, and checks that no request failed, every one went through
+// ztunnel, and none stalled (no gap): the new agent hands the ztunnel still connected every
+// pod in its first snapshot.
 func (c *cluster) restartAgent(t *testing.T, ctx context.Context) {
 	old, err := c.WaitPodsReady(ctx, agentNamespace, agentSelector, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop := make(chan struct{})
-	var sent int
-	var failed []error
+	var res streamResult
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		sent, failed = c.stream(ctx, netip.AddrPortFrom(ipsOf(c.a1)(false), 0),
+		res = c.stream(ctx, netip.AddrPortFrom(ipsOf(c.a1)(false), 0),
 			netip.AddrPortFrom(ipsOf(c.p1)(false), echoPort), 15001, stop)
 	})
 	time.Sleep(time.Second)
@@ -334,9 +385,17 @@ func (c *cluster) restartAgent(t *testing.T, ctx context.Context) {
 	if err != nil {
 		t.Fatalf("the agent's pod was not replaced: %v\n%s", err, c.PodTable())
 	}
-	t.Logf("agent pod replaced in %.1f s under a stream of %d requests, %d failed", replaced.Seconds(), sent, len(failed))
-	if len(failed) > 0 {
-		t.Fatalf("%d of %d requests failed or bypassed ztunnel, first: %v", len(failed), sent, errors.Join(failed[:min(len(failed), 5)]...))
+	maxLatency := time.Duration(0)
+	if len(res.latencies) > 0 {
+		maxLatency = slices.Max(res.latencies)
+	}
+	t.Logf("agent pod replaced in %.1f s under a stream of %d requests, %d failed; slowest %v; client: %s",
+		replaced.Seconds(), res.sent, len(res.failed), maxLatency.Round(time.Millisecond), res.retrans)
+	if len(res.failed) > 0 {
+		t.Fatalf("%d of %d requests failed or bypassed ztunnel, first: %v", len(res.failed), res.sent, errors.Join(res.failed[:min(len(res.failed), 5)]...))
+	}
+	if gaps := res.gaps(); len(gaps) > 0 {
+		t.Errorf("gap while the agent's pod was replaced:\n%s", strings.Join(gaps, "\n"))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -183,7 +184,11 @@ func TestInPodCNI(t *testing.T) {
 // reconnects, gets the agent's snapshot and opens its listeners again, and
 // no request fails (a SYN dropped while no listener is up is sent again by
 // the client's kernel), every request carried by one stand-in or the
-// other.
+// other. One exception, which is ztunnel's and not the capture's: a
+// connection request already queued on the old stand-in's listener when it
+// closes is reset by the kernel (inet_csk_listen_stop), as it is when a
+// real ztunnel stops; measured 1 run in 20. At most two such resets, and
+// only while the old stand-in stops.
 func TestInPodZtunnelRestart(t *testing.T) {
 	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})
 	b := e.box
@@ -193,13 +198,24 @@ func TestInPodZtunnelRestart(t *testing.T) {
 
 	s := startStream(t, b)
 	time.Sleep(time.Second)
+	stopping := time.Now()
 	before := b.RestartStandin(t)
+	restarted := time.Now()
+	s.excuse = func(r request) string {
+		if strings.Contains(r.err.Error(), "connection reset by peer") && r.start.Before(restarted) && r.start.Add(r.latency).After(stopping) {
+			return "reset while the old stand-in closed its listeners"
+		}
+		return ""
+	}
 	e.waitInPod(b.Client, b.Server)
 	time.Sleep(time.Second)
 	// SYNs sent again while no listener was up are expected here, and
 	// the requests they slowed: finish logs them, they are no gap.
 	res := s.finish(t, nil, before)
 	res.atLeast(t, 20)
+	if len(res.excused) > 2 {
+		t.Errorf("%d connection requests reset while the old stand-in stopped, more than the two a listener's queue holds at this pace", len(res.excused))
+	}
 	if len(res.slow) > 0 {
 		t.Logf("%d requests slowed by ztunnel's restart (the slowest %v)", len(res.slow), res.max)
 	}

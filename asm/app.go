@@ -161,23 +161,13 @@ func (r outboundRules) family(f family) asm.Instructions {
 		f.l4(l("ext"), l4Labels{icmp: icmp, l4: l("l4"), fragment: l("frag"), bad: labelParseErr}),
 
 		// R3 = protocol, R9 = its header.
-		at(l("l4"),
-			asm.JEq.Imm(regProto, ipprotoTCP, l("tcp")),
-			asm.JEq.Imm(regProto, ipprotoUDP, l("udp")),
-			asm.Ja.Label(labelDroppedProtocol),
-		),
+		at(l("l4"), tcpOrUDP(l("tcp"), l("udp"))...),
 
 		// TCP. A connection request (SYN without ACK) is a new flow: its
 		// source is checked. Any other segment goes to ztunnel unless it
 		// is for the node.
-		at(l("tcp"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, tcpOffFlags+1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
-			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
-			asm.JEq.Imm(asm.R1, tcpFlagSYN, l("syn")),
-		),
+		at(l("tcp"), l4Bounds(tcpOffFlags+1, labelParseErr)...),
+		jumpIfSYN(l("syn")),
 		f.lookupEndpoint(l("tcp_dst"), f.daddr, l("tcp_bypass")),
 		asm.Instructions{
 			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
@@ -214,11 +204,7 @@ func (r outboundRules) family(f family) asm.Instructions {
 
 		// UDP: DNS to ztunnel when captured, the rest by the UDP policy.
 		at(l("udp"), r.checkSource(f, l("udp_src"), labelSpoofed)...),
-		asm.Instructions{
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-		},
+		l4Bounds(l4PortsLen, labelParseErr),
 		// To the node: never to one of its tunnels, which would forward
 		// what the datagram carries.
 		f.lookupEndpoint(l("udp_dst"), f.daddr, l("udp_dns")),
@@ -281,10 +267,8 @@ func (r outboundRules) icmp(f family, label string) asm.Instructions {
 	)
 	check := l("icmp6_type")
 	return concat(
-		at(label,
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, 1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+		at(label, l4Bounds(1, labelParseErr)...),
+		asm.Instructions{
 			// fe80::/10 or :: as source: link-scope, never forwarded.
 			asm.LoadMem(asm.R1, regData, src, asm.Half),
 			asm.And.Imm(asm.R1, be16(0xffc0)),
@@ -293,7 +277,7 @@ func (r outboundRules) icmp(f family, label string) asm.Instructions {
 			asm.LoadMem(asm.R2, regData, src+8, asm.DWord),
 			asm.Or.Reg(asm.R1, asm.R2),
 			asm.JEq.Imm(asm.R1, 0, check),
-		),
+		},
 		r.checkSource(f, l("icmp6_src"), labelSpoofed),
 		at(check,
 			asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
@@ -469,18 +453,10 @@ func inboundFamily(f family) asm.Instructions {
 		at("in_"+f.name, f.parse(labelParseErr)...),
 		f.l4(l("ext"), l4Labels{icmp: l("icmp"), l4: l("l4"), fragment: l("frag"), bad: labelParseErr}),
 
-		at(l("l4"),
-			asm.JEq.Imm(regProto, ipprotoTCP, l("tcp")),
-			asm.JEq.Imm(regProto, ipprotoUDP, l("udp")),
-			asm.Ja.Label(labelDroppedProtocol),
-		),
+		at(l("l4"), tcpOrUDP(l("tcp"), l("udp"))...),
 
 		// TCP: for this pod?
-		at(l("tcp"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-		),
+		at(l("tcp"), l4Bounds(l4PortsLen, labelParseErr)...),
 		f.lookupEndpoint(l("tcp_dst"), f.daddr, l("not_mine")),
 		asm.Instructions{
 			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
@@ -568,16 +544,16 @@ func inboundICMPStrict(f family, label string) asm.Instructions {
 	if !f.v6 {
 		return at(label, asm.Ja.Label(labelDroppedPolicy))
 	}
-	return at(label,
-		asm.Mov.Reg(asm.R0, regL4),
-		asm.Add.Imm(asm.R0, 1),
-		asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-		asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
-		asm.JLT.Imm(asm.R1, icmp6RouterSolicit, labelDroppedPolicy),
-		asm.JGT.Imm(asm.R1, icmp6Redirect, labelDroppedPolicy),
-		asm.LoadMem(asm.R1, regData, ethHlen+ipv6OffHopLim, asm.Byte),
-		asm.JNE.Imm(asm.R1, ndHopLimit, labelDroppedPolicy),
-		asm.Ja.Label(labelPass),
+	return concat(
+		at(label, l4Bounds(1, labelParseErr)...),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
+			asm.JLT.Imm(asm.R1, icmp6RouterSolicit, labelDroppedPolicy),
+			asm.JGT.Imm(asm.R1, icmp6Redirect, labelDroppedPolicy),
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv6OffHopLim, asm.Byte),
+			asm.JNE.Imm(asm.R1, ndHopLimit, labelDroppedPolicy),
+			asm.Ja.Label(labelPass),
+		},
 	)
 }
 

@@ -67,6 +67,47 @@ func (f family) checkBounds(short string) asm.Instructions {
 	}
 }
 
+// l4Bounds jumps to short unless the n bytes from the L4 header (R9) on
+// are in the frame. Clobbers R0.
+func l4Bounds(n int32, short string) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R0, regL4),
+		asm.Add.Imm(asm.R0, n),
+		asm.JGT.Reg(asm.R0, regDataEnd, short),
+	}
+}
+
+// jumpIfSYN jumps to label for a connection request: a TCP segment with
+// SYN and without ACK. The TCP flags must be bounds-checked from R9.
+// Clobbers R1.
+func jumpIfSYN(label string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+		asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
+		asm.JEq.Imm(asm.R1, tcpFlagSYN, label),
+	}
+}
+
+// jumpUnlessSYN jumps to label for a TCP segment that is not a connection
+// request (see jumpIfSYN). Clobbers R1.
+func jumpUnlessSYN(label string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+		asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
+		asm.JNE.Imm(asm.R1, tcpFlagSYN, label),
+	}
+}
+
+// tcpOrUDP jumps to tcp or udp by the L4 protocol (R3); any other protocol
+// is dropped (dropped_protocol).
+func tcpOrUDP(tcp, udp string) asm.Instructions {
+	return asm.Instructions{
+		asm.JEq.Imm(regProto, ipprotoTCP, tcp),
+		asm.JEq.Imm(regProto, ipprotoUDP, udp),
+		asm.Ja.Label(labelDroppedProtocol),
+	}
+}
+
 // jumpIfOptions jumps to label when the IP header carries IPv4 options or
 // IPv6 extension headers: R9 (the L4 header) is not right after the fixed
 // header. A packet that passes on an exception made for its destination

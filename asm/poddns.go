@@ -393,11 +393,9 @@ func (f family) dnsTCPConnect(label, next string) asm.Instructions {
 			asm.LoadMem(regDataEnd, regCtx, skbDataEnd, asm.Word),
 			asm.Mov.Reg(regL4, regData),
 			asm.Add.Imm(regL4, int32(ethHlen+f.hlen)),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, tcpOffFlags+1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelNoSocket),
-			asm.Ja.Label(next),
 		},
+		l4Bounds(tcpOffFlags+1, labelNoSocket),
+		asm.Instructions{asm.Ja.Label(next)},
 	)
 }
 
@@ -405,11 +403,7 @@ func (f family) dnsTCPConnect(label, next string) asm.Instructions {
 // frame: the checksum rewritten is in it, and a helper refusing a segment
 // half-way would leave it half rewritten.
 func tcpHeader(short string) asm.Instructions {
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R0, regL4),
-		asm.Add.Imm(asm.R0, tcpHlen),
-		asm.JGT.Reg(asm.R0, regDataEnd, short),
-	}
+	return l4Bounds(tcpHlen, short)
 }
 
 // dnsTCPSegment is entered at label with a marked TCP segment to port 53

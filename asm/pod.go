@@ -356,17 +356,8 @@ func loopbackFamily(f family) asm.Instructions {
 // else it jumps to next.
 func (f family) synSocket(label, next string) asm.Instructions {
 	return concat(
-		at(label, f.tupleFromPacket(false)...),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, next),
-			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
-			asm.JEq.Imm(asm.R1, tcpListen, label+"_release"),
-			asm.JEq.Imm(asm.R1, tcpTimeWait, label+"_release"),
-			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
-			asm.Ja.Label("pl_assign"),
-		},
+		at(label, f.exactSocket(next, label+"_release", label+"_release")...),
+		asm.Instructions{asm.Ja.Label("pl_assign")},
 		at(label+"_release",
 			asm.Mov.Reg(asm.R1, asm.R0),
 			asm.FnSkRelease.Call(),
@@ -447,16 +438,7 @@ func ingressFamily(f family, a podAddrs, node netnsRef) asm.Instructions {
 		},
 		f.checkBounds(labelParseErr),
 		// A socket of this netns for the exact tuple.
-		f.tupleFromPacket(false),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, l("no_socket")),
-			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
-			asm.JEq.Imm(asm.R1, tcpListen, l("release")),
-			asm.JEq.Imm(asm.R1, tcpTimeWait, l("time_wait")),
-			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
-		},
+		f.exactSocket(l("no_socket"), l("release"), l("time_wait")),
 		jumpIfSYN("pi_assign"),
 		asm.Instructions{
 			asm.Mov.Reg(asm.R1, asm.R0),
@@ -520,14 +502,8 @@ func (f family) nodeConnection(prefix string, node netnsRef, found string) asm.I
 	return concat(
 		f.tupleFromPacket(true),
 		asm.Instructions{asm.Mov.Imm(asm.R4, node.id)},
-		f.skcLookupTCP(),
+		f.socketState(none),
 		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, none),
-			asm.LoadMem(asm.R2, asm.R0, sockState, asm.Word),
-			asm.StoreMem(asm.RFP, stackProto, asm.R2, asm.Word),
-			asm.Mov.Reg(asm.R1, asm.R0),
-			asm.FnSkRelease.Call(),
-			asm.LoadMem(asm.R2, asm.RFP, stackProto, asm.Word),
 			asm.JEq.Imm(asm.R2, tcpListen, none),
 			asm.JNE.Imm(asm.R2, tcpTimeWait, found),
 		},

@@ -160,17 +160,8 @@ func assignFamily(f family) asm.Instructions {
 		// No lookup keeps an established flow's cost at a few
 		// instructions.
 		jumpUnlessSYN("za_marked"),
-		f.tupleFromPacket(false),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, l("listener")),
-			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
-			asm.JEq.Imm(asm.R1, tcpListen, l("release")),
-			asm.JEq.Imm(asm.R1, tcpTimeWait, l("release")),
-			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
-			asm.Ja.Label("za_assign"),
-		},
+		f.exactSocket(l("listener"), l("release"), l("release")),
+		asm.Instructions{asm.Ja.Label("za_assign")},
 		at(l("release"),
 			asm.Mov.Reg(asm.R1, asm.R0),
 			asm.FnSkRelease.Call(),

@@ -96,11 +96,7 @@ func (r podRow) run(t *testing.T, f *fixture, v6 bool) {
 		a.listen(t, l.proto+fam, l.port)
 	}
 	in := r.frame(t)
-	var res result
-	testutil.MustDo(t, a.ns, func() error {
-		res = f.runCtx(t, r.prog, in, mrasm.SkBuff{Mark: r.mark})
-		return nil
-	})
+	res := a.runProg(t, f, r.prog, in, r.mark)
 	check(t, in, res, podExpect(r.want, r.mark))
 }
 

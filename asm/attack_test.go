@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
-	"github.com/meshredirect/meshredirect/maps"
 )
 
 // variant is an attacker's variant of a frame.
@@ -231,13 +230,8 @@ func TestPodAttackerCorpus(t *testing.T) {
 			}
 			for _, a := range attempts {
 				t.Run(r.prog+"/"+r.name+"/"+r.fam+"/"+a.name, func(t *testing.T) {
-					flags := maps.ZtunnelReady
-					if r.ztFlags != 0 {
-						flags = r.ztFlags
-					}
-					f.setZtunnel(t, flags)
-					f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
-					t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+					f.setZtunnelOrReady(t, r.ztFlags)
+					f.enrolClient(t, r.podFlags)
 					w := f.podWorld(t, true)
 					want := w.podOutcome(a.prog, a.frame, r.mark)
 					res := pod.runProg(t, f, a.prog, a.frame, r.mark)

@@ -99,11 +99,7 @@ func TestPodDNSReplies(t *testing.T) {
 	for _, r := range rows {
 		for _, v6 := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/%s", r.name, map[bool]string{false: "IPv4", true: "IPv6"}[v6]), func(t *testing.T) {
-				flags := r.flags
-				if flags == 0 {
-					flags = maps.ZtunnelReady
-				}
-				f.setZtunnel(t, flags)
+				f.setZtunnelOrReady(t, r.flags)
 				p := r.frame(v6)
 				key := dnsClient(p, client(v6))
 				putDNSRecord(t, f.maps.DNSOrig, client(v6), resolver(v6), r.record)

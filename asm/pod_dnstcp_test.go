@@ -109,13 +109,8 @@ func TestPodDNSOverTCP(t *testing.T) {
 	for _, r := range rows {
 		for _, v6 := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/%s", r.name, map[bool]string{false: "IPv4", true: "IPv6"}[v6]), func(t *testing.T) {
-				flags := r.flags
-				if flags == 0 {
-					flags = maps.ZtunnelReady
-				}
-				f.setZtunnel(t, flags)
-				f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
-				t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+				f.setZtunnelOrReady(t, r.flags)
+				f.enrolClient(t, r.podFlags)
 				p := r.frame(v6)
 				key := dnsClient(p, client(v6))
 				putDNSRecord(t, f.maps.DNSTCP, client(v6), resolver(v6), r.record)

@@ -424,8 +424,7 @@ func TestZtunnelAssign(t *testing.T) {
 					flags |= maps.ZtunnelCaptureDNS
 				}
 				f.setZtunnel(t, flags)
-				f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
-				t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+				f.enrolClient(t, r.podFlags)
 				a := newAssignNetns(t)
 				for _, l := range r.listeners {
 					a.listen(t, l.proto+fam(v6), l.port)

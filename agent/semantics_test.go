@@ -43,6 +43,7 @@ func TestSemantics(t *testing.T) {
 // waitPolicies waits until the endpoints map holds both addresses of every
 // ambient pod of the box with the flags of its policy.
 func (e *env) waitPolicies(what string) {
+	e.t.Helper()
 	b := e.box
 	set := e.maps()
 	e.waitFor(what, 20*time.Second, func() bool {

@@ -42,7 +42,7 @@ func TestStatusAndUninstallInPod(t *testing.T) {
 		was[pod] = testenv.ReadSysctls(t, pod.Netns, testenv.InPodSysctls)
 	}
 	e.labelNamespace(e.ns, agent.ModeAmbient)
-	p := e.startAgentProcess(t, "--ztunnel-mode", agent.ZtunnelModeInPod, "--zds-socket", b.ZDSPath)
+	p := e.startAgentProcess(t, e.inPodArgs()...)
 	e.waitFor("the client and the server annotated (ztunnel acked them)", 20*time.Second, func() bool {
 		return e.annotation(e.ns, b.Client.Name) == agent.RedirectionEnabled && e.annotation(e.ns, b.Server.Name) == agent.RedirectionEnabled
 	})

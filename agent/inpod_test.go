@@ -43,6 +43,32 @@ func (e *env) inPod(c *agent.Config) {
 	c.ZDSSocket = e.box.ZDSPath
 }
 
+// inPodArgs are inPod as flags of an agent process (startAgentProcess).
+func (e *env) inPodArgs() []string {
+	return []string{"--ztunnel-mode", agent.ZtunnelModeInPod, "--zds-socket", e.box.ZDSPath}
+}
+
+// startInPodProcess makes the namespace ambient, starts an agent process in
+// in-pod mode and waits until ztunnel serves the client and the server.
+func (e *env) startInPodProcess(t *testing.T) *agentProcess {
+	t.Helper()
+	e.labelNamespace(e.ns, agent.ModeAmbient)
+	p := e.startAgentProcess(t, e.inPodArgs()...)
+	e.waitInPod(e.box.Client, e.box.Server)
+	return p
+}
+
+// waitUnserved waits until the stand-in serves no pod; when says after
+// what, for the failure.
+func (e *env) waitUnserved(when string) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := e.box.Standin.WaitPods(ctx, func(p []ztunnel.PodState) bool { return len(p) == 0 }); err != nil {
+		e.t.Fatalf("ztunnel still serves pods %s: %+v", when, e.box.Standin.Pods())
+	}
+}
+
 // waitInPod waits until the stand-in serves every one of pods, listeners
 // up in each, under the uid of its Pod object.
 func (e *env) waitInPod(pods ...*testenv.Pod) {
@@ -89,31 +115,8 @@ func TestSemanticsInPod(t *testing.T) {
 				c.DNSResolvers = b.Resolvers()
 			})
 			e.waitInPod(b.Client, b.Server, b.DNSBypass, b.Strict, b.BypassIn)
-			set := e.maps()
-			e.waitFor("every ambient pod's entries with its policy", 20*time.Second, func() bool {
-				pods, err := set.Endpoints.Pods()
-				if err != nil {
-					return false
-				}
-				for _, p := range []*testenv.Pod{b.Client, b.Server, b.DNSBypass, b.Strict, b.BypassIn} {
-					for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
-						ep, ok := pods[ip]
-						if !ok || ep.Flags != flagsOf(b.Policies[p.Name]) {
-							return false
-						}
-					}
-				}
-				return true
-			})
-			for _, f := range scenario.Semantics() {
-				t.Run(f.ID+" "+f.Name, func(t *testing.T) {
-					for _, v6 := range []bool{false, true} {
-						if o := f.Run(b, v6); !f.OK(o) {
-							t.Errorf("%s: path %q, want %q: %v", scenario.Family(v6), o.Path, f.Expect, o.Err)
-						}
-					}
-				})
-			}
+			e.waitPolicies("every ambient pod's entries with its policy")
+			runSemantics(t, b)
 		})
 	}
 }
@@ -232,16 +235,13 @@ func TestInPodZtunnelRestart(t *testing.T) {
 func TestInPodAgentRestart(t *testing.T) {
 	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})
 	b := e.box
-	e.labelNamespace(e.ns, agent.ModeAmbient)
-	args := []string{"--ztunnel-mode", agent.ZtunnelModeInPod, "--zds-socket", b.ZDSPath}
-	first := e.startAgentProcess(t, args...)
-	e.waitInPod(b.Client, b.Server)
+	first := e.startInPodProcess(t)
 
 	s := startStream(t, b)
 	time.Sleep(time.Second)
 	first.signal(t, syscall.SIGKILL)
 	time.Sleep(500 * time.Millisecond)
-	second := e.startAgentProcess(t, args...)
+	second := e.startAgentProcess(t, e.inPodArgs()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if _, err := b.Standin.WaitZDS(ctx, func(z ztunnel.ZDSState) bool { return z.Connects >= 2 && z.Snapshots >= 2 }); err != nil {
@@ -314,11 +314,7 @@ func TestInPodLeave(t *testing.T) {
 	e.startAgent(e.inPod)
 	e.waitInPod(b.Client, b.Server)
 	e.labelNamespace(e.ns, agent.ModeNone)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := b.Standin.WaitPods(ctx, func(p []ztunnel.PodState) bool { return len(p) == 0 }); err != nil {
-		t.Fatalf("ztunnel still serves pods after they left the mesh: %+v", b.Standin.Pods())
-	}
+	e.waitUnserved("after they left the mesh")
 	e.checkReleased(b.Client, 10*time.Second, "after leaving the mesh")
 }
 
@@ -329,18 +325,11 @@ func TestInPodLeave(t *testing.T) {
 func TestInPodLeaveWhileAgentDown(t *testing.T) {
 	e := newInPodEnv(t, kubeapi.Shared(t), scenario.Options{})
 	b := e.box
-	e.labelNamespace(e.ns, agent.ModeAmbient)
-	args := []string{"--ztunnel-mode", agent.ZtunnelModeInPod, "--zds-socket", b.ZDSPath}
-	first := e.startAgentProcess(t, args...)
-	e.waitInPod(b.Client, b.Server)
+	first := e.startInPodProcess(t)
 	first.signal(t, syscall.SIGKILL)
 	e.labelNamespace(e.ns, agent.ModeNone)
-	e.startAgentProcess(t, args...)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := b.Standin.WaitPods(ctx, func(p []ztunnel.PodState) bool { return len(p) == 0 }); err != nil {
-		t.Fatalf("ztunnel still serves the pods after the new agent's snapshot: %+v", b.Standin.Pods())
-	}
+	e.startAgentProcess(t, e.inPodArgs()...)
+	e.waitUnserved("after the new agent's snapshot")
 	e.checkReleased(b.Client, 20*time.Second, "after leaving the mesh while no agent ran")
 }
 

@@ -34,30 +34,44 @@ func TestSemantics(t *testing.T) {
 				c.Dataplane.CaptureDNS = true
 				c.DNSResolvers = b.Resolvers()
 			})
-			set := e.maps()
-			e.waitFor("every ambient pod enrolled with its policy", 20*time.Second, func() bool {
-				pods, err := set.Endpoints.Pods()
-				if err != nil {
+			e.waitPolicies("every ambient pod enrolled with its policy")
+			runSemantics(t, b)
+		})
+	}
+}
+
+// waitPolicies waits until the endpoints map holds both addresses of every
+// ambient pod of the box with the flags of its policy.
+func (e *env) waitPolicies(what string) {
+	e.t.Helper()
+	b := e.box
+	set := e.maps()
+	e.waitFor(what, 20*time.Second, func() bool {
+		pods, err := set.Endpoints.Pods()
+		if err != nil {
+			return false
+		}
+		for _, p := range []*testenv.Pod{b.Client, b.Server, b.DNSBypass, b.Strict, b.BypassIn} {
+			for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
+				ep, ok := pods[ip]
+				if !ok || ep.Flags != flagsOf(b.Policies[p.Name]) {
 					return false
 				}
-				for _, p := range []*testenv.Pod{b.Client, b.Server, b.DNSBypass, b.Strict, b.BypassIn} {
-					for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
-						ep, ok := pods[ip]
-						if !ok || ep.Flags != flagsOf(b.Policies[p.Name]) {
-							return false
-						}
-					}
+			}
+		}
+		return true
+	})
+}
+
+// runSemantics runs every flow of scenario.Semantics on b, both families,
+// a subtest a flow.
+func runSemantics(t *testing.T, b *scenario.Box) {
+	for _, f := range scenario.Semantics() {
+		t.Run(f.ID+" "+f.Name, func(t *testing.T) {
+			for _, v6 := range []bool{false, true} {
+				if o := f.Run(b, v6); !f.OK(o) {
+					t.Errorf("%s: path %q, want %q: %v", scenario.Family(v6), o.Path, f.Expect, o.Err)
 				}
-				return true
-			})
-			for _, f := range scenario.Semantics() {
-				t.Run(f.ID+" "+f.Name, func(t *testing.T) {
-					for _, v6 := range []bool{false, true} {
-						if o := f.Run(b, v6); !f.OK(o) {
-							t.Errorf("%s: path %q, want %q: %v", scenario.Family(v6), o.Path, f.Expect, o.Err)
-						}
-					}
-				})
 			}
 		})
 	}

@@ -161,23 +161,13 @@ func (r outboundRules) family(f family) asm.Instructions {
 		f.l4(l("ext"), l4Labels{icmp: icmp, l4: l("l4"), fragment: l("frag"), bad: labelParseErr}),
 
 		// R3 = protocol, R9 = its header.
-		at(l("l4"),
-			asm.JEq.Imm(regProto, ipprotoTCP, l("tcp")),
-			asm.JEq.Imm(regProto, ipprotoUDP, l("udp")),
-			asm.Ja.Label(labelDroppedProtocol),
-		),
+		at(l("l4"), tcpOrUDP(l("tcp"), l("udp"))...),
 
 		// TCP. A connection request (SYN without ACK) is a new flow: its
 		// source is checked. Any other segment goes to ztunnel unless it
 		// is for the node.
-		at(l("tcp"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, tcpOffFlags+1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
-			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
-			asm.JEq.Imm(asm.R1, tcpFlagSYN, l("syn")),
-		),
+		at(l("tcp"), l4Bounds(tcpOffFlags+1, labelParseErr)...),
+		jumpIfSYN(l("syn")),
 		f.lookupEndpoint(l("tcp_dst"), f.daddr, l("tcp_bypass")),
 		asm.Instructions{
 			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
@@ -214,11 +204,7 @@ func (r outboundRules) family(f family) asm.Instructions {
 
 		// UDP: DNS to ztunnel when captured, the rest by the UDP policy.
 		at(l("udp"), r.checkSource(f, l("udp_src"), labelSpoofed)...),
-		asm.Instructions{
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-		},
+		l4Bounds(l4PortsLen, labelParseErr),
 		// To the node: never to one of its tunnels, which would forward
 		// what the datagram carries.
 		f.lookupEndpoint(l("udp_dst"), f.daddr, l("udp_dns")),
@@ -241,25 +227,11 @@ func (r outboundRules) family(f family) asm.Instructions {
 		),
 		at(l("udp_policy"), strictUDP(l("udp_strict"))...),
 		asm.Instructions{asm.Ja.Label(labelPass)},
-		at(l("udp_strict"),
-			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
-			asm.JNE.Imm(asm.R1, be16(portDNS), labelDroppedPolicy),
-		),
-		f.jumpIfOptions(labelDroppedPolicy),
-		f.toResolver(l("udp_resolver"), f.daddr),
+		at(l("udp_strict"), f.resolverDNS(l("udp_resolver"), l4OffDport, f.daddr)...),
 
 		// A later fragment: UDP by the UDP policy, ICMP passes, the rest
 		// (TCP, whose first fragment went to ztunnel) is dropped.
-		at(l("frag"),
-			asm.JEq.Imm(regProto, ipprotoUDP, l("frag_udp")),
-			asm.JEq.Imm(regProto, f.icmpProto(), l("frag_icmp")),
-			asm.Ja.Label(labelDroppedFragment),
-		),
-		at(l("frag_udp"), r.checkSource(f, l("frag_udp_src"), labelSpoofed)...),
-		strictUDP(l("frag_strict")),
-		asm.Instructions{asm.Ja.Label(labelPass)},
-		at(l("frag_strict"), f.jumpIfFragmentOptions(labelDroppedPolicy)...),
-		f.toResolver(l("frag_resolver"), f.daddr),
+		f.laterFragment(r.prefix, r.checkSource(f, l("frag_udp_src"), labelSpoofed), f.daddr),
 		at(l("frag_icmp"), r.checkSource(f, l("frag_icmp_src"), labelSpoofed)...),
 		asm.Instructions{asm.Ja.Label(labelPass)},
 
@@ -281,10 +253,8 @@ func (r outboundRules) icmp(f family, label string) asm.Instructions {
 	)
 	check := l("icmp6_type")
 	return concat(
-		at(label,
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, 1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+		at(label, l4Bounds(1, labelParseErr)...),
+		asm.Instructions{
 			// fe80::/10 or :: as source: link-scope, never forwarded.
 			asm.LoadMem(asm.R1, regData, src, asm.Half),
 			asm.And.Imm(asm.R1, be16(0xffc0)),
@@ -293,7 +263,7 @@ func (r outboundRules) icmp(f family, label string) asm.Instructions {
 			asm.LoadMem(asm.R2, regData, src+8, asm.DWord),
 			asm.Or.Reg(asm.R1, asm.R2),
 			asm.JEq.Imm(asm.R1, 0, check),
-		),
+		},
 		r.checkSource(f, l("icmp6_src"), labelSpoofed),
 		at(check,
 			asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
@@ -373,6 +343,44 @@ func (f family) toResolver(prefix string, field int16) asm.Instructions {
 			asm.JEq.Imm(asm.R1, 0, labelDroppedPolicy),
 			asm.Ja.Label(labelPass),
 		},
+	)
+}
+
+// resolverDNS is what the strict UDP policy lets through: DNS with a
+// configured resolver, port 53 at portOff (from R9, bounds-checked) and the
+// resolver's address at field (from the L3 header), without IP options.
+// Anything else is dropped (dropped_policy). prefix names toResolver's
+// labels.
+func (f family) resolverDNS(prefix string, portOff, field int16) asm.Instructions {
+	return concat(
+		asm.Instructions{
+			asm.LoadMem(asm.R1, regL4, portOff, asm.Half),
+			asm.JNE.Imm(asm.R1, be16(portDNS), labelDroppedPolicy),
+		},
+		f.jumpIfOptions(labelDroppedPolicy),
+		f.toResolver(prefix, field),
+	)
+}
+
+// laterFragment is the code for a later fragment (no ports to read) of the
+// program whose labels start with prefix, from <prefix>_<family>_frag on:
+// UDP goes through check and then by the UDP policy, whose strict form
+// passes only a fragment with the resolver at field and no options; ICMP
+// jumps to _frag_icmp, which the caller writes; the rest (TCP, whose first
+// fragment went to ztunnel) is dropped (dropped_fragment).
+func (f family) laterFragment(prefix string, check asm.Instructions, field int16) asm.Instructions {
+	l := func(name string) string { return f.label(prefix, name) }
+	return concat(
+		at(l("frag"),
+			asm.JEq.Imm(regProto, ipprotoUDP, l("frag_udp")),
+			asm.JEq.Imm(regProto, f.icmpProto(), l("frag_icmp")),
+			asm.Ja.Label(labelDroppedFragment),
+		),
+		at(l("frag_udp"), check...),
+		strictUDP(l("frag_strict")),
+		asm.Instructions{asm.Ja.Label(labelPass)},
+		at(l("frag_strict"), f.jumpIfFragmentOptions(labelDroppedPolicy)...),
+		f.toResolver(l("frag_resolver"), field),
 	)
 }
 
@@ -469,18 +477,10 @@ func inboundFamily(f family) asm.Instructions {
 		at("in_"+f.name, f.parse(labelParseErr)...),
 		f.l4(l("ext"), l4Labels{icmp: l("icmp"), l4: l("l4"), fragment: l("frag"), bad: labelParseErr}),
 
-		at(l("l4"),
-			asm.JEq.Imm(regProto, ipprotoTCP, l("tcp")),
-			asm.JEq.Imm(regProto, ipprotoUDP, l("udp")),
-			asm.Ja.Label(labelDroppedProtocol),
-		),
+		at(l("l4"), tcpOrUDP(l("tcp"), l("udp"))...),
 
 		// TCP: for this pod?
-		at(l("tcp"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-		),
+		at(l("tcp"), l4Bounds(l4PortsLen, labelParseErr)...),
 		f.lookupEndpoint(l("tcp_dst"), f.daddr, l("not_mine")),
 		asm.Instructions{
 			asm.LoadMem(asm.R1, asm.R0, maps.EndpointOffFlags, asm.Half),
@@ -529,26 +529,10 @@ func inboundOther(f family, prefix string) asm.Instructions {
 		at(l("udp"), f.dstPolicy(l("udp_dst"))...),
 		strictUDP(l("udp_strict")),
 		asm.Instructions{asm.Ja.Label(labelPass)},
-		at(l("udp_strict"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-			asm.LoadMem(asm.R1, regL4, l4OffSport, asm.Half),
-			asm.JNE.Imm(asm.R1, be16(portDNS), labelDroppedPolicy),
-		),
-		f.jumpIfOptions(labelDroppedPolicy),
-		f.toResolver(l("udp_resolver"), f.saddr),
+		at(l("udp_strict"), l4Bounds(l4PortsLen, labelParseErr)...),
+		f.resolverDNS(l("udp_resolver"), l4OffSport, f.saddr),
 
-		at(l("frag"),
-			asm.JEq.Imm(regProto, ipprotoUDP, l("frag_udp")),
-			asm.JEq.Imm(regProto, f.icmpProto(), l("frag_icmp")),
-			asm.Ja.Label(labelDroppedFragment),
-		),
-		at(l("frag_udp"), f.dstPolicy(l("frag_udp_dst"))...),
-		strictUDP(l("frag_strict")),
-		asm.Instructions{asm.Ja.Label(labelPass)},
-		at(l("frag_strict"), f.jumpIfFragmentOptions(labelDroppedPolicy)...),
-		f.toResolver(l("frag_resolver"), f.saddr),
+		f.laterFragment(prefix, f.dstPolicy(l("frag_udp_dst")), f.saddr),
 		at(l("frag_icmp"), f.dstPolicy(l("frag_icmp_dst"))...),
 		strictUDP(labelDroppedPolicy),
 		asm.Instructions{asm.Ja.Label(labelPass)},
@@ -568,16 +552,16 @@ func inboundICMPStrict(f family, label string) asm.Instructions {
 	if !f.v6 {
 		return at(label, asm.Ja.Label(labelDroppedPolicy))
 	}
-	return at(label,
-		asm.Mov.Reg(asm.R0, regL4),
-		asm.Add.Imm(asm.R0, 1),
-		asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
-		asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
-		asm.JLT.Imm(asm.R1, icmp6RouterSolicit, labelDroppedPolicy),
-		asm.JGT.Imm(asm.R1, icmp6Redirect, labelDroppedPolicy),
-		asm.LoadMem(asm.R1, regData, ethHlen+ipv6OffHopLim, asm.Byte),
-		asm.JNE.Imm(asm.R1, ndHopLimit, labelDroppedPolicy),
-		asm.Ja.Label(labelPass),
+	return concat(
+		at(label, l4Bounds(1, labelParseErr)...),
+		asm.Instructions{
+			asm.LoadMem(asm.R1, regL4, 0, asm.Byte),
+			asm.JLT.Imm(asm.R1, icmp6RouterSolicit, labelDroppedPolicy),
+			asm.JGT.Imm(asm.R1, icmp6Redirect, labelDroppedPolicy),
+			asm.LoadMem(asm.R1, regData, ethHlen+ipv6OffHopLim, asm.Byte),
+			asm.JNE.Imm(asm.R1, ndHopLimit, labelDroppedPolicy),
+			asm.Ja.Label(labelPass),
+		},
 	)
 }
 

@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
-	"github.com/meshredirect/meshredirect/internal/testutil"
-	"github.com/meshredirect/meshredirect/maps"
 )
 
 // variant is an attacker's variant of a frame.
@@ -232,20 +230,11 @@ func TestPodAttackerCorpus(t *testing.T) {
 			}
 			for _, a := range attempts {
 				t.Run(r.prog+"/"+r.name+"/"+r.fam+"/"+a.name, func(t *testing.T) {
-					flags := maps.ZtunnelReady
-					if r.ztFlags != 0 {
-						flags = r.ztFlags
-					}
-					f.setZtunnel(t, flags)
-					f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
-					t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+					f.setZtunnelOrReady(t, r.ztFlags)
+					f.enrolClient(t, r.podFlags)
 					w := f.podWorld(t, true)
 					want := w.podOutcome(a.prog, a.frame, r.mark)
-					var res result
-					testutil.MustDo(t, pod.ns, func() error {
-						res = f.runCtx(t, a.prog, a.frame, mrasm.SkBuff{Mark: r.mark})
-						return nil
-					})
+					res := pod.runProg(t, f, a.prog, a.frame, r.mark)
 					if got := (outcome{res.verdict, res.ret}); !res.counted || got != want {
 						t.Fatalf("%s gave %s (%s), the model %s (%s)", a.prog, res.verdict, action(res.ret), want.verdict, action(want.ret))
 					}

@@ -67,6 +67,47 @@ func (f family) checkBounds(short string) asm.Instructions {
 	}
 }
 
+// l4Bounds jumps to short unless the n bytes from the L4 header (R9) on
+// are in the frame. Clobbers R0.
+func l4Bounds(n int32, short string) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R0, regL4),
+		asm.Add.Imm(asm.R0, n),
+		asm.JGT.Reg(asm.R0, regDataEnd, short),
+	}
+}
+
+// jumpIfSYN jumps to label for a connection request: a TCP segment with
+// SYN and without ACK. The TCP flags must be bounds-checked from R9.
+// Clobbers R1.
+func jumpIfSYN(label string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+		asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
+		asm.JEq.Imm(asm.R1, tcpFlagSYN, label),
+	}
+}
+
+// jumpUnlessSYN jumps to label for a TCP segment that is not a connection
+// request (see jumpIfSYN). Clobbers R1.
+func jumpUnlessSYN(label string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
+		asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
+		asm.JNE.Imm(asm.R1, tcpFlagSYN, label),
+	}
+}
+
+// tcpOrUDP jumps to tcp or udp by the L4 protocol (R3); any other protocol
+// is dropped (dropped_protocol).
+func tcpOrUDP(tcp, udp string) asm.Instructions {
+	return asm.Instructions{
+		asm.JEq.Imm(regProto, ipprotoTCP, tcp),
+		asm.JEq.Imm(regProto, ipprotoUDP, udp),
+		asm.Ja.Label(labelDroppedProtocol),
+	}
+}
+
 // jumpIfOptions jumps to label when the IP header carries IPv4 options or
 // IPv6 extension headers: R9 (the L4 header) is not right after the fixed
 // header. A packet that passes on an exception made for its destination
@@ -246,6 +287,48 @@ func (f family) skcLookupTCP() asm.Instructions {
 	}
 }
 
+// exactSocket looks up the socket of the program's own netns for the
+// packet's exact tuple (bpf_skc_lookup_tcp: a request socket too, so a
+// retransmitted SYN finds it). Without one it jumps to none; a listener
+// jumps to listener and a socket in TIME_WAIT to timeWait, each with the
+// socket in R0, to be released. Any other socket falls through in R0, with
+// stackProto = 1 (established, for assignSocket). The fixed IP header and
+// the ports must be bounds-checked. Clobbers R0-R5.
+func (f family) exactSocket(none, listener, timeWait string) asm.Instructions {
+	return concat(
+		f.tupleFromPacket(false),
+		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
+		f.skcLookupTCP(),
+		asm.Instructions{
+			asm.JEq.Imm(asm.R0, 0, none),
+			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
+			asm.JEq.Imm(asm.R1, tcpListen, listener),
+			asm.JEq.Imm(asm.R1, tcpTimeWait, timeWait),
+			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
+		},
+	)
+}
+
+// socketState looks up the tuple at stackTuple in the netns whose id is in
+// R4 and jumps to none without a socket; with one, it releases it and
+// leaves its state (TCP_LISTEN, TCP_TIME_WAIT, ...) in R2. Clobbers R0-R5
+// and stackProto.
+func (f family) socketState(none string) asm.Instructions {
+	return concat(
+		f.skcLookupTCP(),
+		asm.Instructions{
+			asm.JEq.Imm(asm.R0, 0, none),
+			// The state is read before the release, which ends the
+			// reference; the stack keeps it across the call.
+			asm.LoadMem(asm.R2, asm.R0, sockState, asm.Word),
+			asm.StoreMem(asm.RFP, stackProto, asm.R2, asm.Word),
+			asm.Mov.Reg(asm.R1, asm.R0),
+			asm.FnSkRelease.Call(),
+			asm.LoadMem(asm.R2, asm.RFP, stackProto, asm.Word),
+		},
+	)
+}
+
 // skLookupUDP calls bpf_sk_lookup_udp with the tuple at stackTuple in the
 // netns of skb->dev.
 func (f family) skLookupUDP() asm.Instructions {
@@ -315,14 +398,8 @@ func (f family) socketIn(prefix string, ns netnsRef, found string) asm.Instructi
 	}
 	return concat(
 		netns,
-		f.skcLookupTCP(),
+		f.socketState(none),
 		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, none),
-			asm.LoadMem(asm.R2, asm.R0, sockState, asm.Word),
-			asm.StoreMem(asm.RFP, stackProto, asm.R2, asm.Word),
-			asm.Mov.Reg(asm.R1, asm.R0),
-			asm.FnSkRelease.Call(),
-			asm.LoadMem(asm.R2, asm.RFP, stackProto, asm.Word),
 			asm.JNE.Imm(asm.R2, tcpListen, found),
 			asm.Ja.Label(none),
 		},

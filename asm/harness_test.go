@@ -133,6 +133,14 @@ func newFixture(tb testing.TB, opts mrasm.Options) *fixture {
 // and Linux's old default) and Geneve's.
 var relayPorts = []uint16{4789, 8472, 6081}
 
+// enrolClient enrols the client pod with flags besides EndpointPod for the
+// test, and with none again after it.
+func (f *fixture) enrolClient(t testing.TB, flags uint16) {
+	t.Helper()
+	f.enrol(t, clientIfindex, clientMAC, flags, clientV4, clientV6)
+	t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+}
+
 // enrol puts a pod's endpoints with flags besides EndpointPod.
 func (f *fixture) enrol(tb testing.TB, ifindex uint32, hw net.HardwareAddr, flags uint16, ips ...netip.Addr) {
 	tb.Helper()
@@ -147,6 +155,16 @@ func (f *fixture) putEndpoint(tb testing.TB, ip netip.Addr, ep maps.Endpoint) {
 	if err := f.maps.Endpoints.Put(ip, ep); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// setZtunnelOrReady is setZtunnel with flags, or with ZtunnelReady alone
+// for a row that gives none.
+func (f *fixture) setZtunnelOrReady(tb testing.TB, flags uint16) {
+	tb.Helper()
+	if flags == 0 {
+		flags = maps.ZtunnelReady
+	}
+	f.setZtunnel(tb, flags)
 }
 
 // setZtunnel writes the ztunnel entry with the given flags.

@@ -318,25 +318,19 @@ func loopbackFamily(f family) asm.Instructions {
 		at(l("l4"),
 			asm.JEq.Imm(regProto, ipprotoUDP, l("udp")),
 			asm.JNE.Imm(regProto, ipprotoTCP, labelNoSocket),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, tcpOffFlags+1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelNoSocket),
+		),
+		l4Bounds(tcpOffFlags+1, labelNoSocket),
+		asm.Instructions{
 			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
 			asm.JEq.Imm(asm.R1, be16(portDNS), l("tcp53")),
-			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
-			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
-			asm.JNE.Imm(asm.R1, tcpFlagSYN, "pl_marked"),
-		),
+		},
+		jumpUnlessSYN("pl_marked"),
 		f.synSocket(l("tcp"), l("tcp_outbound")),
 		at(l("tcp_outbound"), f.listenerAt(l("tcp_outbound_lookup"), "pl_assign", false, PortOutbound, false)...),
 
 		// TCP to port 53: a connection to ztunnel's DNS proxy when it is
 		// captured DNS, through the NAT of dnsTCPConnect and dnsTCPSegment.
-		at(l("tcp53"),
-			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
-			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
-			asm.JNE.Imm(asm.R1, tcpFlagSYN, l("tcp53_segment")),
-		),
+		at(l("tcp53"), jumpUnlessSYN(l("tcp53_segment"))...),
 		f.flagsOf(l("src"), f.saddr),
 		dnsCaptured(l("tcp53_dns")),
 		asm.Instructions{asm.Ja.Label(l("tcp"))},
@@ -346,11 +340,7 @@ func loopbackFamily(f family) asm.Instructions {
 		f.dnsTCPSegment(l("tcp53_segment")),
 
 		// UDP: only captured DNS.
-		at(l("udp"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelNoSocket),
-		),
+		at(l("udp"), l4Bounds(l4PortsLen, labelNoSocket)...),
 		f.flagsOf(l("udp_src"), f.saddr),
 		dnsCaptured(l("udp_dns")),
 		asm.Instructions{asm.Ja.Label(labelNoSocket)},
@@ -366,17 +356,8 @@ func loopbackFamily(f family) asm.Instructions {
 // else it jumps to next.
 func (f family) synSocket(label, next string) asm.Instructions {
 	return concat(
-		at(label, f.tupleFromPacket(false)...),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, next),
-			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
-			asm.JEq.Imm(asm.R1, tcpListen, label+"_release"),
-			asm.JEq.Imm(asm.R1, tcpTimeWait, label+"_release"),
-			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
-			asm.Ja.Label("pl_assign"),
-		},
+		at(label, f.exactSocket(next, label+"_release", label+"_release")...),
+		asm.Instructions{asm.Ja.Label("pl_assign")},
 		at(label+"_release",
 			asm.Mov.Reg(asm.R1, asm.R0),
 			asm.FnSkRelease.Call(),
@@ -443,45 +424,22 @@ func podIngress(a podAddrs, cfg PodConfig) asm.Instructions {
 // ingressFamily is pod_ingress's code for one address family.
 func ingressFamily(f family, a podAddrs, node netnsRef) asm.Instructions {
 	l := func(name string) string { return f.label("pi", name) }
-	// isSYN jumps to label for a connection request (SYN without ACK).
-	isSYN := func(label string) asm.Instructions {
-		return asm.Instructions{
-			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
-			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
-			asm.JEq.Imm(asm.R1, tcpFlagSYN, label),
-		}
-	}
 	return concat(
 		at("pi_"+f.name, f.parse(labelParseErr)...),
 		f.l4(l("ext"), l4Labels{icmp: l("icmp"), l4: l("l4"), fragment: l("frag"), bad: labelParseErr}),
 
-		at(l("l4"),
-			asm.JEq.Imm(regProto, ipprotoTCP, l("tcp")),
-			asm.JEq.Imm(regProto, ipprotoUDP, l("udp_port")),
-			asm.Ja.Label(labelDroppedProtocol),
-		),
+		at(l("l4"), tcpOrUDP(l("tcp"), l("udp_port"))...),
 
 		// TCP: HBONE passes.
-		at(l("tcp"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, tcpOffFlags+1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+		at(l("tcp"), l4Bounds(tcpOffFlags+1, labelParseErr)...),
+		asm.Instructions{
 			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
 			asm.JEq.Imm(asm.R1, be16(PortHBONE), labelPass),
-		),
+		},
 		f.checkBounds(labelParseErr),
 		// A socket of this netns for the exact tuple.
-		f.tupleFromPacket(false),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, l("no_socket")),
-			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
-			asm.JEq.Imm(asm.R1, tcpListen, l("release")),
-			asm.JEq.Imm(asm.R1, tcpTimeWait, l("time_wait")),
-			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
-		},
-		isSYN("pi_assign"),
+		f.exactSocket(l("no_socket"), l("release"), l("time_wait")),
+		jumpIfSYN("pi_assign"),
 		asm.Instructions{
 			asm.Mov.Reg(asm.R1, asm.R0),
 			asm.FnSkRelease.Call(),
@@ -491,7 +449,7 @@ func ingressFamily(f family, a podAddrs, node netnsRef) asm.Instructions {
 			asm.Mov.Reg(asm.R1, asm.R0),
 			asm.FnSkRelease.Call(),
 		),
-		isSYN(l("no_socket")),
+		jumpIfSYN(l("no_socket")),
 		asm.Instructions{asm.Ja.Label(labelPass)},
 		at(l("release"),
 			asm.Mov.Reg(asm.R1, asm.R0),
@@ -522,14 +480,12 @@ func ingressFamily(f family, a podAddrs, node netnsRef) asm.Instructions {
 		at(l("inbound"), f.listenerAt(l("tcp_inbound"), "pi_assign", false, PortInbound, false)...),
 
 		// UDP: never to ztunnel's DNS proxy; the rest as app_inbound.
-		at(l("udp_port"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelParseErr),
+		at(l("udp_port"), l4Bounds(l4PortsLen, labelParseErr)...),
+		asm.Instructions{
 			asm.LoadMem(asm.R1, regL4, l4OffDport, asm.Half),
 			asm.JEq.Imm(asm.R1, be16(PortDNS), labelDroppedPolicy),
 			asm.Ja.Label(l("udp")),
-		),
+		},
 		inboundOther(f, "pi"),
 	)
 }
@@ -546,20 +502,12 @@ func (f family) nodeConnection(prefix string, node netnsRef, found string) asm.I
 	return concat(
 		f.tupleFromPacket(true),
 		asm.Instructions{asm.Mov.Imm(asm.R4, node.id)},
-		f.skcLookupTCP(),
+		f.socketState(none),
 		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, none),
-			asm.LoadMem(asm.R2, asm.R0, sockState, asm.Word),
-			asm.StoreMem(asm.RFP, stackProto, asm.R2, asm.Word),
-			asm.Mov.Reg(asm.R1, asm.R0),
-			asm.FnSkRelease.Call(),
-			asm.LoadMem(asm.R2, asm.RFP, stackProto, asm.Word),
 			asm.JEq.Imm(asm.R2, tcpListen, none),
 			asm.JNE.Imm(asm.R2, tcpTimeWait, found),
-			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
-			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
-			asm.JNE.Imm(asm.R1, tcpFlagSYN, found),
 		},
+		jumpUnlessSYN(found),
 		at(none, asm.Mov.Reg(asm.R0, asm.R0)),
 	)
 }

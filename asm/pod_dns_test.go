@@ -99,22 +99,10 @@ func TestPodDNSReplies(t *testing.T) {
 	for _, r := range rows {
 		for _, v6 := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/%s", r.name, map[bool]string{false: "IPv4", true: "IPv6"}[v6]), func(t *testing.T) {
-				flags := r.flags
-				if flags == 0 {
-					flags = maps.ZtunnelReady
-				}
-				f.setZtunnel(t, flags)
+				f.setZtunnelOrReady(t, r.flags)
 				p := r.frame(v6)
-				clientPort := p.sport
-				if p.dst == client(v6) {
-					clientPort = p.dport
-				}
-				key := netip.AddrPortFrom(client(v6), clientPort)
-				if r.record[0] != 0 {
-					if err := f.maps.DNSOrig.Put(netip.AddrPortFrom(client(v6), r.record[0]), netip.AddrPortFrom(resolver(v6), r.record[1])); err != nil {
-						t.Fatal(err)
-					}
-				}
+				key := dnsClient(p, client(v6))
+				putDNSRecord(t, f.maps.DNSOrig, client(v6), resolver(v6), r.record)
 				in := p.build(t)
 				if r.zeroUDPCsum {
 					l4 := 34
@@ -123,14 +111,8 @@ func TestPodDNSReplies(t *testing.T) {
 					}
 					in[l4+6], in[l4+7] = 0, 0
 				}
-				var res result
-				testutil.MustDo(t, pod.ns, func() error {
-					res = f.runCtx(t, r.prog, in, mrasm.SkBuff{Mark: r.mark})
-					return nil
-				})
-				if got := (outcome{res.verdict, res.ret}); !res.counted || got != r.want {
-					t.Errorf("gave %s (%s), want %s (%s)", res.verdict, action(res.ret), r.want.verdict, action(r.want.ret))
-				}
+				res := pod.runProg(t, f, r.prog, in, r.mark)
+				checkOutcome(t, res, r.want)
 				out := res.out[:len(in)]
 				wantOut := bytes.Clone(in)
 				if r.want == oLoopback {
@@ -150,15 +132,52 @@ func TestPodDNSReplies(t *testing.T) {
 				if r.zeroUDPCsum && binary.BigEndian.Uint16(udpOf(out, v6)[6:]) != 0 {
 					t.Errorf("UDP checksum 0 became %#04x", binary.BigEndian.Uint16(udpOf(out, v6)[6:]))
 				}
-				got, err := f.maps.DNSOrig.Get(key)
-				switch {
-				case r.recorded == 0 && !errors.Is(err, maps.ErrNotFound):
-					t.Errorf("the client %s has a record: %s (%v)", key, got, err)
-				case r.recorded != 0 && (err != nil || got != netip.AddrPortFrom(resolver(v6), r.recorded)):
-					t.Errorf("the client %s has the record %s (%v), want %s", key, got, err, netip.AddrPortFrom(resolver(v6), r.recorded))
-				}
+				checkDNSRecord(t, f.maps.DNSOrig, key, resolver(v6), r.recorded)
 			})
 		}
+	}
+}
+
+// checkOutcome fails t unless the run was counted with the outcome want.
+func checkOutcome(t testing.TB, res result, want outcome) {
+	t.Helper()
+	if got := (outcome{res.verdict, res.ret}); !res.counted || got != want {
+		t.Errorf("gave %s (%s), want %s (%s)", res.verdict, action(res.ret), want.verdict, action(want.ret))
+	}
+}
+
+// dnsClient is the client's end of p, a DNS packet to or from client: the
+// key of its record.
+func dnsClient(p packet, client netip.Addr) netip.AddrPort {
+	if p.dst == client {
+		return netip.AddrPortFrom(client, p.dport)
+	}
+	return netip.AddrPortFrom(client, p.sport)
+}
+
+// putDNSRecord puts a row's record in m: client port -> resolver and
+// original destination port; none for a zero port.
+func putDNSRecord(t testing.TB, m *maps.DNSOrig, client, resolver netip.Addr, record [2]uint16) {
+	t.Helper()
+	if record[0] == 0 {
+		return
+	}
+	if err := m.Put(netip.AddrPortFrom(client, record[0]), netip.AddrPortFrom(resolver, record[1])); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkDNSRecord fails t unless m records key -> resolver and port, or,
+// for a zero port, holds no record of key.
+func checkDNSRecord(t testing.TB, m *maps.DNSOrig, key netip.AddrPort, resolver netip.Addr, port uint16) {
+	t.Helper()
+	got, err := m.Get(key)
+	want := netip.AddrPortFrom(resolver, port)
+	switch {
+	case port == 0 && !errors.Is(err, maps.ErrNotFound):
+		t.Errorf("the client %s has a record: %s (%v)", key, got, err)
+	case port != 0 && (err != nil || got != want):
+		t.Errorf("the client %s has the record %s (%v), want %s", key, got, err, want)
 	}
 }
 
@@ -186,13 +205,12 @@ func rewriteSource(tb testing.TB, frame []byte, v6 bool, orig netip.AddrPort) []
 	} else {
 		a := orig.Addr().As4()
 		copy(out[26:30], a[:])
-		out[24], out[25] = 0, 0
-		binary.BigEndian.PutUint16(out[24:], ^onesSum(0, out[14:34]))
+		setIPv4Checksum(out)
 	}
 	binary.BigEndian.PutUint16(out[l4:], orig.Port())
 	if binary.BigEndian.Uint16(frame[l4+6:]) != 0 {
 		out[l4+6], out[l4+7] = 0, 0
-		sum := ^onesSum(udpPseudo(out, v6), udpOf(out, v6))
+		sum := ^segmentSum(out, v6, protoUDP, udpOf(out, v6))
 		if sum == 0 {
 			sum = 0xffff // RFC 768: a computed zero is sent as all ones
 		}
@@ -208,13 +226,13 @@ func checksumsOK(frame []byte, v6 bool) error {
 	l4 := 34
 	if v6 {
 		l4 = 54
-	} else if s := onesSum(0, frame[14:34]); s != 0xffff {
-		return fmt.Errorf("IPv4 header checksum %#04x is wrong (sum %#04x)", binary.BigEndian.Uint16(frame[24:]), s)
+	} else if err := ipv4ChecksumOK(frame); err != nil {
+		return err
 	}
 	if binary.BigEndian.Uint16(frame[l4+6:]) == 0 {
 		return nil
 	}
-	if s := onesSum(udpPseudo(frame, v6), udpOf(frame, v6)); s != 0xffff {
+	if s := segmentSum(frame, v6, protoUDP, udpOf(frame, v6)); s != 0xffff {
 		return fmt.Errorf("UDP checksum %#04x is wrong (sum %#04x)", binary.BigEndian.Uint16(frame[l4+6:]), s)
 	}
 	return nil
@@ -230,20 +248,41 @@ func udpOf(frame []byte, v6 bool) []byte {
 	return frame[l4 : l4+int(binary.BigEndian.Uint16(frame[l4+4:]))]
 }
 
-// udpPseudo is the ones' complement sum of a UDP datagram's pseudo-header.
-func udpPseudo(frame []byte, v6 bool) uint32 {
+// The IP protocol numbers of the segments segmentSum sums.
+const (
+	protoTCP = 6
+	protoUDP = 17
+)
+
+// segmentSum is the folded ones' complement sum of seg, the L4 segment of
+// protocol proto in frame, with its pseudo-header (RFC 768; RFC 8200 §8.1):
+// 0xffff when its checksum is right.
+func segmentSum(frame []byte, v6 bool, proto byte, seg []byte) uint16 {
 	var hdr []byte
-	n := len(udpOf(frame, v6))
 	if v6 {
 		hdr = append(hdr, frame[22:54]...)
-		hdr = binary.BigEndian.AppendUint32(hdr, uint32(n))
-		hdr = append(hdr, 0, 0, 0, 17)
+		hdr = binary.BigEndian.AppendUint32(hdr, uint32(len(seg)))
+		hdr = append(hdr, 0, 0, 0, proto)
 	} else {
 		hdr = append(hdr, frame[26:34]...)
-		hdr = append(hdr, 0, 17)
-		hdr = binary.BigEndian.AppendUint16(hdr, uint16(n))
+		hdr = append(hdr, 0, proto)
+		hdr = binary.BigEndian.AppendUint16(hdr, uint16(len(seg)))
 	}
-	return uint32(onesSum(0, hdr))
+	return onesSum(uint32(onesSum(0, hdr)), seg)
+}
+
+// setIPv4Checksum computes the IPv4 header checksum of frame from scratch.
+func setIPv4Checksum(frame []byte) {
+	frame[24], frame[25] = 0, 0
+	binary.BigEndian.PutUint16(frame[24:], ^onesSum(0, frame[14:34]))
+}
+
+// ipv4ChecksumOK checks the IPv4 header checksum of frame.
+func ipv4ChecksumOK(frame []byte) error {
+	if s := onesSum(0, frame[14:34]); s != 0xffff {
+		return fmt.Errorf("IPv4 header checksum %#04x is wrong (sum %#04x)", binary.BigEndian.Uint16(frame[24:]), s)
+	}
+	return nil
 }
 
 // onesSum is the folded ones' complement sum of b (odd length padded with

@@ -3,13 +3,11 @@ package asm_test
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
-	"github.com/meshredirect/meshredirect/internal/testutil"
 	"github.com/meshredirect/meshredirect/maps"
 )
 
@@ -111,29 +109,12 @@ func TestPodDNSOverTCP(t *testing.T) {
 	for _, r := range rows {
 		for _, v6 := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/%s", r.name, map[bool]string{false: "IPv4", true: "IPv6"}[v6]), func(t *testing.T) {
-				flags := r.flags
-				if flags == 0 {
-					flags = maps.ZtunnelReady
-				}
-				f.setZtunnel(t, flags)
-				f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
-				t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+				f.setZtunnelOrReady(t, r.flags)
+				f.enrolClient(t, r.podFlags)
 				p := r.frame(v6)
-				clientPort := p.sport
-				if p.dst == client(v6) {
-					clientPort = p.dport
-				}
-				key := netip.AddrPortFrom(client(v6), clientPort)
-				if r.record[0] != 0 {
-					if err := f.maps.DNSTCP.Put(netip.AddrPortFrom(client(v6), r.record[0]), netip.AddrPortFrom(resolver(v6), r.record[1])); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if r.udpRecord[0] != 0 {
-					if err := f.maps.DNSOrig.Put(netip.AddrPortFrom(client(v6), r.udpRecord[0]), netip.AddrPortFrom(resolver(v6), r.udpRecord[1])); err != nil {
-						t.Fatal(err)
-					}
-				}
+				key := dnsClient(p, client(v6))
+				putDNSRecord(t, f.maps.DNSTCP, client(v6), resolver(v6), r.record)
+				putDNSRecord(t, f.maps.DNSOrig, client(v6), resolver(v6), r.udpRecord)
 				in := p.build(t)
 				if err := tcpChecksumsOK(in, v6); err != nil {
 					t.Fatalf("the row's frame: %v", err)
@@ -142,14 +123,8 @@ func TestPodDNSOverTCP(t *testing.T) {
 				if r.noProxy {
 					ns = bare
 				}
-				var res result
-				testutil.MustDo(t, ns.ns, func() error {
-					res = f.runCtx(t, r.prog, in, mrasm.SkBuff{Mark: r.mark})
-					return nil
-				})
-				if got := (outcome{res.verdict, res.ret}); !res.counted || got != r.want {
-					t.Errorf("gave %s (%s), want %s (%s)", res.verdict, action(res.ret), r.want.verdict, action(r.want.ret))
-				}
+				res := ns.runProg(t, f, r.prog, in, r.mark)
+				checkOutcome(t, res, r.want)
 				out := res.out[:len(in)]
 				want := bytes.Clone(in)
 				switch r.rewrite {
@@ -167,13 +142,7 @@ func TestPodDNSOverTCP(t *testing.T) {
 				if err := tcpChecksumsOK(out, v6); err != nil {
 					t.Errorf("after the run: %v\n frame %x", err, out)
 				}
-				got, err := f.maps.DNSTCP.Get(key)
-				switch {
-				case r.recorded == 0 && !errors.Is(err, maps.ErrNotFound):
-					t.Errorf("the client %s has a record: %s (%v)", key, got, err)
-				case r.recorded != 0 && (err != nil || got != netip.AddrPortFrom(resolver(v6), r.recorded)):
-					t.Errorf("the client %s has the record %s (%v), want %s", key, got, err, netip.AddrPortFrom(resolver(v6), r.recorded))
-				}
+				checkDNSRecord(t, f.maps.DNSTCP, key, resolver(v6), r.recorded)
 				f.maps.DNSTCP.Delete(maps.SockAddrOf(key))
 				f.maps.DNSOrig.Delete(maps.SockAddrOf(key))
 			})
@@ -202,12 +171,11 @@ func rewriteTCP(frame []byte, v6, source bool, to netip.AddrPort) []byte {
 	} else {
 		a := to.Addr().As4()
 		copy(out[addr:], a[:])
-		out[24], out[25] = 0, 0
-		binary.BigEndian.PutUint16(out[24:], ^onesSum(0, out[14:34]))
+		setIPv4Checksum(out)
 	}
 	binary.BigEndian.PutUint16(out[l4+port:], to.Port())
 	out[l4+16], out[l4+17] = 0, 0
-	binary.BigEndian.PutUint16(out[l4+16:], ^onesSum(tcpPseudo(out, v6), tcpOf(out, v6)))
+	binary.BigEndian.PutUint16(out[l4+16:], ^segmentSum(out, v6, protoTCP, tcpOf(out, v6)))
 	return out
 }
 
@@ -215,11 +183,11 @@ func rewriteTCP(frame []byte, v6, source bool, to netip.AddrPort) []byte {
 // of a frame.
 func tcpChecksumsOK(frame []byte, v6 bool) error {
 	if !v6 {
-		if s := onesSum(0, frame[14:34]); s != 0xffff {
-			return fmt.Errorf("IPv4 header checksum %#04x is wrong (sum %#04x)", binary.BigEndian.Uint16(frame[24:]), s)
+		if err := ipv4ChecksumOK(frame); err != nil {
+			return err
 		}
 	}
-	if s := onesSum(tcpPseudo(frame, v6), tcpOf(frame, v6)); s != 0xffff {
+	if s := segmentSum(frame, v6, protoTCP, tcpOf(frame, v6)); s != 0xffff {
 		return fmt.Errorf("TCP checksum is wrong (sum %#04x)", s)
 	}
 	return nil
@@ -231,20 +199,4 @@ func tcpOf(frame []byte, v6 bool) []byte {
 		return frame[54 : 54+int(binary.BigEndian.Uint16(frame[18:]))]
 	}
 	return frame[34 : 14+int(binary.BigEndian.Uint16(frame[16:]))]
-}
-
-// tcpPseudo is the ones' complement sum of a TCP segment's pseudo-header.
-func tcpPseudo(frame []byte, v6 bool) uint32 {
-	var hdr []byte
-	n := len(tcpOf(frame, v6))
-	if v6 {
-		hdr = append(hdr, frame[22:54]...)
-		hdr = binary.BigEndian.AppendUint32(hdr, uint32(n))
-		hdr = append(hdr, 0, 0, 0, 6)
-	} else {
-		hdr = append(hdr, frame[26:34]...)
-		hdr = append(hdr, 0, 6)
-		hdr = binary.BigEndian.AppendUint16(hdr, uint16(n))
-	}
-	return uint32(onesSum(0, hdr))
 }

@@ -79,13 +79,8 @@ type podRow struct {
 
 func (r podRow) run(t *testing.T, f *fixture, v6 bool) {
 	t.Helper()
-	flags := maps.ZtunnelReady
-	if r.ztFlags != 0 {
-		flags = r.ztFlags
-	}
-	f.setZtunnel(t, flags)
-	f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
-	t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+	f.setZtunnelOrReady(t, r.ztFlags)
+	f.enrolClient(t, r.podFlags)
 	a := newAssignNetns(t)
 	fam := map[bool]string{false: "4", true: "6"}[v6]
 	for _, l := range r.listeners {
@@ -96,11 +91,7 @@ func (r podRow) run(t *testing.T, f *fixture, v6 bool) {
 		a.listen(t, l.proto+fam, l.port)
 	}
 	in := r.frame(t)
-	var res result
-	testutil.MustDo(t, a.ns, func() error {
-		res = f.runCtx(t, r.prog, in, mrasm.SkBuff{Mark: r.mark})
-		return nil
-	})
+	res := a.runProg(t, f, r.prog, in, r.mark)
 	check(t, in, res, podExpect(r.want, r.mark))
 }
 

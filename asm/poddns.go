@@ -81,6 +81,46 @@ func (f family) sockAddrFromPacket(at int16, field, portOff int16) asm.Instructi
 	)
 }
 
+// dnsRecordFromPacket writes a DNS record of the packet at the stack
+// slots: its client (source address and port) at stackDNSClient, the key,
+// and its original destination (destination address and port) at
+// stackDNSOrig, the value. The fixed IP header and the ports (from R9) must
+// be bounds-checked. Clobbers R1.
+func (f family) dnsRecordFromPacket() asm.Instructions {
+	return concat(
+		f.sockAddrFromPacket(stackDNSClient, f.saddr, l4OffSport),
+		f.sockAddrFromPacket(stackDNSOrig, f.daddr, l4OffDport),
+	)
+}
+
+// putDNSRecord stores the record at stackDNSClient -> stackDNSOrig in the
+// map called name, replacing one of the same client (BPF_ANY). Clobbers
+// R0-R5.
+func putDNSRecord(name string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapPtr(asm.R1, 0).WithReference(name),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, stackDNSClient),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, int32(stackDNSOrig)),
+		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
+		asm.FnMapUpdateElem.Call(),
+	}
+}
+
+// lookupDNSRecord looks up the client at stackDNSClient in the map called
+// name and jumps to miss without a record; with one, R0 points at the
+// recorded original destination (a maps.SockAddr). Clobbers R0-R5.
+func lookupDNSRecord(name, miss string) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapPtr(asm.R1, 0).WithReference(name),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, stackDNSClient),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, miss),
+	}
+}
+
 // recordDNSQuery is entered at label with ztunnel's DNS socket in R0 (the
 // lookup's reference) and a captured UDP query, its ports bounds-checked
 // from R9 (the parser's checks still hold: the socket lookup changes no
@@ -90,19 +130,12 @@ func (f family) sockAddrFromPacket(at int16, field, portOff int16) asm.Instructi
 // that no reply will use.
 func (f family) recordDNSQuery(label, assign string) asm.Instructions {
 	return concat(
-		at(label, f.sockAddrFromPacket(stackDNSClient, f.saddr, l4OffSport)...),
-		f.sockAddrFromPacket(stackDNSOrig, f.daddr, l4OffDport),
+		at(label, f.dnsRecordFromPacket()...),
+		// R9 keeps the socket across the call; the packet is not read
+		// again on this path.
+		asm.Instructions{asm.Mov.Reg(regL4, asm.R0)},
+		putDNSRecord(maps.DNSOrigName),
 		asm.Instructions{
-			// R9 keeps the socket across the call; the packet is not read
-			// again on this path.
-			asm.Mov.Reg(regL4, asm.R0),
-			asm.LoadMapPtr(asm.R1, 0).WithReference(maps.DNSOrigName),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, stackDNSClient),
-			asm.Mov.Reg(asm.R3, asm.RFP),
-			asm.Add.Imm(asm.R3, int32(stackDNSOrig)),
-			asm.Mov.Imm(asm.R4, 0), // BPF_ANY
-			asm.FnMapUpdateElem.Call(),
 			asm.Mov.Reg(asm.R0, regL4),
 			asm.Ja.Label(assign),
 		},
@@ -218,13 +251,7 @@ func (f family) dnsReplyProto(p dnsProto, label string) asm.Instructions {
 	)
 	insns = concat(insns,
 		f.sockAddrFromPacket(stackDNSClient, f.daddr, l4OffDport),
-		asm.Instructions{
-			asm.LoadMapPtr(asm.R1, 0).WithReference(p.record),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, stackDNSClient),
-			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, labelPass),
-		},
+		lookupDNSRecord(p.record, labelPass),
 	)
 	for off := int16(0); off < int16(maps.SockAddrSize); off += 4 {
 		insns = append(insns,
@@ -357,17 +384,8 @@ func (f family) dnsTCPConnect(label, next string) asm.Instructions {
 		at(label, f.checkBounds(labelNoSocket)...),
 		f.jumpIfOptions(labelNoSocket),
 		tcpHeader(labelNoSocket),
-		f.sockAddrFromPacket(stackDNSClient, f.saddr, l4OffSport),
-		f.sockAddrFromPacket(stackDNSOrig, f.daddr, l4OffDport),
-		asm.Instructions{
-			asm.LoadMapPtr(asm.R1, 0).WithReference(maps.DNSTCPName),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, stackDNSClient),
-			asm.Mov.Reg(asm.R3, asm.RFP),
-			asm.Add.Imm(asm.R3, int32(stackDNSOrig)),
-			asm.Mov.Imm(asm.R4, 0), // BPF_ANY
-			asm.FnMapUpdateElem.Call(),
-		},
+		f.dnsRecordFromPacket(),
+		putDNSRecord(maps.DNSTCPName),
 		f.proxySockAddr(stackDNSProxy),
 		f.rewriteSockAddr(dnsTCP, f.daddr, l4OffDport, stackDNSOrig, stackDNSProxy),
 		asm.Instructions{
@@ -375,11 +393,9 @@ func (f family) dnsTCPConnect(label, next string) asm.Instructions {
 			asm.LoadMem(regDataEnd, regCtx, skbDataEnd, asm.Word),
 			asm.Mov.Reg(regL4, regData),
 			asm.Add.Imm(regL4, int32(ethHlen+f.hlen)),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, tcpOffFlags+1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelNoSocket),
-			asm.Ja.Label(next),
 		},
+		l4Bounds(tcpOffFlags+1, labelNoSocket),
+		asm.Instructions{asm.Ja.Label(next)},
 	)
 }
 
@@ -387,11 +403,7 @@ func (f family) dnsTCPConnect(label, next string) asm.Instructions {
 // frame: the checksum rewritten is in it, and a helper refusing a segment
 // half-way would leave it half rewritten.
 func tcpHeader(short string) asm.Instructions {
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R0, regL4),
-		asm.Add.Imm(asm.R0, tcpHlen),
-		asm.JGT.Reg(asm.R0, regDataEnd, short),
-	}
+	return l4Bounds(tcpHlen, short)
 }
 
 // dnsTCPSegment is entered at label with a marked TCP segment to port 53
@@ -405,15 +417,8 @@ func (f family) dnsTCPSegment(label string) asm.Instructions {
 		at(label, f.checkBounds(labelNoSocket)...),
 		f.jumpIfOptions("pl_marked"),
 		tcpHeader("pl_marked"),
-		f.sockAddrFromPacket(stackDNSClient, f.saddr, l4OffSport),
-		f.sockAddrFromPacket(stackDNSOrig, f.daddr, l4OffDport),
-		asm.Instructions{
-			asm.LoadMapPtr(asm.R1, 0).WithReference(maps.DNSTCPName),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, stackDNSClient),
-			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, "pl_marked"),
-		},
+		f.dnsRecordFromPacket(),
+		lookupDNSRecord(maps.DNSTCPName, "pl_marked"),
 	)
 	// The record must name this destination: a record of another
 	// connection from the same port (its SYN replaced it) is not this

@@ -153,28 +153,15 @@ func assignFamily(f family) asm.Instructions {
 		at(l("l4"),
 			asm.JEq.Imm(regProto, ipprotoUDP, l("udp")),
 			asm.JNE.Imm(regProto, ipprotoTCP, labelNoSocket),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, tcpOffFlags+1),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelNoSocket),
-			// Not a connection request: ztunnel's stack finds its socket
-			// by the tuple once the mark makes the packet local, as with
-			// TPROXY. No lookup keeps an established flow's cost at a few
-			// instructions.
-			asm.LoadMem(asm.R1, regL4, tcpOffFlags, asm.Byte),
-			asm.And.Imm(asm.R1, tcpFlagSYN|tcpFlagACK),
-			asm.JNE.Imm(asm.R1, tcpFlagSYN, "za_marked"),
 		),
-		f.tupleFromPacket(false),
-		asm.Instructions{asm.Mov.Imm(asm.R4, bpfCurrentNetns)},
-		f.skcLookupTCP(),
-		asm.Instructions{
-			asm.JEq.Imm(asm.R0, 0, l("listener")),
-			asm.LoadMem(asm.R1, asm.R0, sockState, asm.Word),
-			asm.JEq.Imm(asm.R1, tcpListen, l("release")),
-			asm.JEq.Imm(asm.R1, tcpTimeWait, l("release")),
-			asm.StoreImm(asm.RFP, stackProto, 1, asm.Word),
-			asm.Ja.Label("za_assign"),
-		},
+		l4Bounds(tcpOffFlags+1, labelNoSocket),
+		// Not a connection request: ztunnel's stack finds its socket by
+		// the tuple once the mark makes the packet local, as with TPROXY.
+		// No lookup keeps an established flow's cost at a few
+		// instructions.
+		jumpUnlessSYN("za_marked"),
+		f.exactSocket(l("listener"), l("release"), l("release")),
+		asm.Instructions{asm.Ja.Label("za_assign")},
 		at(l("release"),
 			asm.Mov.Reg(asm.R1, asm.R0),
 			asm.FnSkRelease.Call(),
@@ -200,11 +187,7 @@ func assignFamily(f family) asm.Instructions {
 		at(l("hbone"), f.listener(l("tcp_hbone"), false, PortHBONE)...),
 
 		// UDP: only an ambient pod's DNS, when captured.
-		at(l("udp"),
-			asm.Mov.Reg(asm.R0, regL4),
-			asm.Add.Imm(asm.R0, l4PortsLen),
-			asm.JGT.Reg(asm.R0, regDataEnd, labelNoSocket),
-		),
+		at(l("udp"), l4Bounds(l4PortsLen, labelNoSocket)...),
 		f.checkBounds(labelNoSocket),
 		f.lookupEndpoint(l("udp_src"), f.saddr, labelNoSocket),
 		asm.Instructions{

@@ -275,9 +275,16 @@ func (a *assignNetns) timeWait(t testing.TB, from, to netip.Addr) (sport, dport 
 // run runs the assign program inside the netns.
 func (a *assignNetns) run(t testing.TB, f *fixture, frame []byte) result {
 	t.Helper()
+	return a.runProg(t, f, mrasm.ZtunnelAssign, frame, 0)
+}
+
+// runProg runs the program name on frame, with skb->mark mark, inside the
+// netns.
+func (a *assignNetns) runProg(t testing.TB, f *fixture, name string, frame []byte, mark uint32) result {
+	t.Helper()
 	var res result
 	testutil.MustDo(t, a.ns, func() error {
-		res = f.run(t, mrasm.ZtunnelAssign, frame, 0)
+		res = f.runCtx(t, name, frame, mrasm.SkBuff{Mark: mark})
 		return nil
 	})
 	return res
@@ -417,8 +424,7 @@ func TestZtunnelAssign(t *testing.T) {
 					flags |= maps.ZtunnelCaptureDNS
 				}
 				f.setZtunnel(t, flags)
-				f.enrol(t, clientIfindex, clientMAC, r.podFlags, clientV4, clientV6)
-				t.Cleanup(func() { f.enrol(t, clientIfindex, clientMAC, 0, clientV4, clientV6) })
+				f.enrolClient(t, r.podFlags)
 				a := newAssignNetns(t)
 				for _, l := range r.listeners {
 					a.listen(t, l.proto+fam(v6), l.port)

@@ -86,6 +86,32 @@ func (d *Dataplane) putPod(addr netip.Addr, ep maps.Endpoint) (bool, error) {
 	return true, d.maps.Endpoints.Put(addr, next)
 }
 
+// putPods writes the pod part of each address's entry and returns the
+// addresses whose entry it changed: clearPods(put) takes back what this call
+// wrote, not what was there before it. On error it has taken back its own
+// writes.
+func (d *Dataplane) putPods(addrs []netip.Addr, ep maps.Endpoint) (put []netip.Addr, err error) {
+	for _, ip := range addrs {
+		changed, err := d.putPod(ip, ep)
+		if err != nil {
+			d.clearPods(put)
+			return nil, err
+		}
+		if changed {
+			put = append(put, ip)
+		}
+	}
+	return put, nil
+}
+
+// clearPods undoes putPods: a best-effort clearPod of each address, for a
+// failed enroll (the error that made it fail is the one to report).
+func (d *Dataplane) clearPods(addrs []netip.Addr) {
+	for _, ip := range addrs {
+		d.clearPod(ip)
+	}
+}
+
 // clearPod removes the pod part of addr's entry, and the entry with it
 // unless another role keeps it.
 func (d *Dataplane) clearPod(addr netip.Addr) error {

@@ -88,27 +88,15 @@ func (d *Dataplane) EnrollInPod(p Pod) error {
 	if p.HostIfindex > 0 {
 		entry.Ifindex = uint32(p.HostIfindex)
 	}
-	var put []netip.Addr
-	undo := func() {
-		for _, ip := range put {
-			d.clearPod(ip)
-		}
-	}
-	for _, ip := range p.IPs {
-		changed, err := d.putPod(ip, entry)
-		if err != nil {
-			undo()
-			return fmt.Errorf("enroll pod %s in its netns: %w", p, err)
-		}
-		if changed {
-			put = append(put, ip)
-		}
+	put, err := d.putPods(p.IPs, entry)
+	if err != nil {
+		return fmt.Errorf("enroll pod %s in its netns: %w", p, err)
 	}
 
 	cfg := mrasm.PodConfig{IPs: slices.Clone(p.IPs), HostNetnsID: ns.hostNsid}
 	m, err := tc.New(d.cfg.tcConfig(p.Netns))
 	if err != nil {
-		undo()
+		d.clearPods(put)
 		return fmt.Errorf("enroll pod %s in its netns: open tc manager: %w", p, err)
 	}
 	defer m.Close()
@@ -118,7 +106,7 @@ func (d *Dataplane) EnrollInPod(p Pod) error {
 	}
 	ids, err := d.attachPodPrograms(m, ns.ifindex, cfg)
 	if err != nil {
-		undo()
+		d.clearPods(put)
 		return fmt.Errorf("enroll pod %s in its netns: %w", p, err)
 	}
 	if d.inpod == nil {

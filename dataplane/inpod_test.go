@@ -104,9 +104,9 @@ func transparentListener(t *testing.T, ns *testenv.Namespace, network string, po
 	}()
 }
 
-// dialFrom connects from ns to dst and returns what the peer sent: for a
-// transparent listener, "<original destination> <client>".
-func dialFrom(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
+// dialTCP connects from ns to dst over TCP of dst's family within 3 s, and
+// gives the connection 3 s more.
+func dialTCP(ns *testenv.Namespace, dst netip.AddrPort) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	network := "tcp4"
@@ -115,10 +115,20 @@ func dialFrom(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
 	}
 	c, err := ns.DialContext(ctx, network, dst.String())
 	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	return c, nil
+}
+
+// dialFrom connects from ns to dst and returns what the peer sent: for a
+// transparent listener, "<original destination> <client>".
+func dialFrom(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
+	c, err := dialTCP(ns, dst)
+	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
 	b, err := io.ReadAll(c)
 	return string(b), err
 }
@@ -204,18 +214,11 @@ func TestInPodCapture(t *testing.T) {
 // exchange sends a line from ns to the echo server at dst and checks it
 // comes back.
 func exchange(ns *testenv.Namespace, dst netip.AddrPort) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	network := "tcp4"
-	if dst.Addr().Is6() {
-		network = "tcp6"
-	}
-	c, err := ns.DialContext(ctx, network, dst.String())
+	c, err := dialTCP(ns, dst)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
 	const msg = "ping\n"
 	if _, err := io.WriteString(c, msg); err != nil {
 		return "", err

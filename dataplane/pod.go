@@ -110,28 +110,16 @@ func (d *Dataplane) enroll(p Pod) error {
 		return fmt.Errorf("enroll pod %s: %w", p, err)
 	}
 
-	var put []netip.Addr
-	undo := func() {
-		for _, ip := range put {
-			d.clearPod(ip)
-		}
-	}
-	for _, ip := range p.IPs {
-		changed, err := d.putPod(ip, entry)
-		if err != nil {
-			undo()
-			return fmt.Errorf("enroll pod %s: %w", p, err)
-		}
-		if changed {
-			put = append(put, ip)
-		}
+	put, err := d.putPods(p.IPs, entry)
+	if err != nil {
+		return fmt.Errorf("enroll pod %s: %w", p, err)
 	}
 	if testHookBeforeAttach != nil {
 		testHookBeforeAttach(p)
 	}
 	for _, ap := range appPrograms {
 		if err := d.attach(d.node, p.HostIfindex, ap.dir, ap.name); err != nil {
-			undo()
+			d.clearPods(put)
 			for _, done := range appPrograms {
 				if done == ap {
 					break

@@ -16,27 +16,31 @@ import (
 // TCPCounters are a netns's TCP retransmission counters: segments sent
 // again (Tcp: RetransSegs in /proc/net/snmp), and from TcpExt in
 // /proc/net/netstat the SYNs among them (TCPSynRetrans), the
-// retransmission timer's firings (TCPTimeouts) and the tail loss probes
-// (TCPLossProbes, RFC 8985).
+// retransmission timer's firings (TCPTimeouts), the tail loss probes
+// (TCPLossProbes, RFC 8985) and the D-SACKs received (TCPDSACKRecv and
+// TCPDSACKOfoRecv, RFC 2883): the peer saying a segment came twice.
 type TCPCounters struct {
-	RetransSegs, SynRetrans, Timeouts, LossProbes int64
+	RetransSegs, SynRetrans, Timeouts, LossProbes, DSACKs int64
 }
 
 // Sub returns the counts of c since d.
 func (c TCPCounters) Sub(d TCPCounters) TCPCounters {
-	return TCPCounters{c.RetransSegs - d.RetransSegs, c.SynRetrans - d.SynRetrans, c.Timeouts - d.Timeouts, c.LossProbes - d.LossProbes}
+	return TCPCounters{c.RetransSegs - d.RetransSegs, c.SynRetrans - d.SynRetrans, c.Timeouts - d.Timeouts,
+		c.LossProbes - d.LossProbes, c.DSACKs - d.DSACKs}
 }
 
-// Lost counts the segments sent again because one was lost: every
-// retransmission but the tail loss probes. A probe is sent when an ACK is
-// a few RTTs late, as the delayed ACKs of a pod's lo make it in in-pod
-// mode (measured: one or two per 500 requests with no agent restart, each
-// answered by a DSACK, so the original had arrived); it stalls nothing.
-func (c TCPCounters) Lost() int64 { return max(c.RetransSegs-c.LossProbes, 0) }
+// Lost counts the segments sent again because one was lost: the
+// retransmissions the peer did not report as duplicates. A tail loss probe
+// (an ACK a few RTTs late, as a loaded machine or the delayed ACKs of a
+// pod's lo make it) or a RACK retransmission of a segment only delayed
+// reaches a peer that has the original, and it answers with a D-SACK:
+// nothing stalled. Measured in CI's soak under -race: 405 segments sent
+// again, 404 of them probes, no SYN, no timeout.
+func (c TCPCounters) Lost() int64 { return max(c.RetransSegs-c.DSACKs, 0) }
 
 func (c TCPCounters) String() string {
-	return fmt.Sprintf("%d segments sent again (%d SYNs, %d tail loss probes), %d retransmission timeouts",
-		c.RetransSegs, c.SynRetrans, c.LossProbes, c.Timeouts)
+	return fmt.Sprintf("%d segments sent again (%d SYNs, %d tail loss probes, %d reported as duplicates), %d retransmission timeouts",
+		c.RetransSegs, c.SynRetrans, c.LossProbes, c.DSACKs, c.Timeouts)
 }
 
 // ReadTCPCounters reads ns's counters: /proc/thread-self/net is the netns
@@ -49,11 +53,14 @@ func ReadTCPCounters(ns netns.NsHandle) (TCPCounters, error) {
 		if c.RetransSegs, err = procNetCounter("/proc/thread-self/net/snmp", "Tcp:", "RetransSegs"); err != nil {
 			return err
 		}
-		for name, v := range map[string]*int64{"TCPSynRetrans": &c.SynRetrans, "TCPTimeouts": &c.Timeouts, "TCPLossProbes": &c.LossProbes} {
+		var ofo int64
+		for name, v := range map[string]*int64{"TCPSynRetrans": &c.SynRetrans, "TCPTimeouts": &c.Timeouts,
+			"TCPLossProbes": &c.LossProbes, "TCPDSACKRecv": &c.DSACKs, "TCPDSACKOfoRecv": &ofo} {
 			if *v, err = procNetCounter("/proc/thread-self/net/netstat", "TcpExt:", name); err != nil {
 				return err
 			}
 		}
+		c.DSACKs += ofo
 		return nil
 	})
 	return c, err

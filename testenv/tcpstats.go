@@ -38,6 +38,11 @@ func (c TCPCounters) Sub(d TCPCounters) TCPCounters {
 // again, 404 of them probes, no SYN, no timeout.
 func (c TCPCounters) Lost() int64 { return max(c.RetransSegs-c.DSACKs, 0) }
 
+// Stalled reports whether the counts show traffic that waited for a
+// segment sent again: a SYN sent again, a retransmission timeout, or a
+// segment lost (Lost). It is the gap check of every stream.
+func (c TCPCounters) Stalled() bool { return c.Lost() != 0 || c.SynRetrans != 0 || c.Timeouts != 0 }
+
 func (c TCPCounters) String() string {
 	return fmt.Sprintf("%d segments sent again (%d SYNs, %d tail loss probes, %d reported as duplicates), %d retransmission timeouts",
 		c.RetransSegs, c.SynRetrans, c.LossProbes, c.DSACKs, c.Timeouts)

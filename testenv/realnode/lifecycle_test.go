@@ -347,7 +347,7 @@ func (r streamResult) gaps() []string {
 			}
 		}
 	}
-	if c := r.retrans; c.Lost() != 0 || c.SynRetrans != 0 || c.Timeouts != 0 {
+	if c := r.retrans; c.Stalled() {
 		out = append(out, "in the client's netns "+c.String())
 	}
 	return out

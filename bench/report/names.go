@@ -9,6 +9,8 @@ const (
 	ModeExplicit       = "explicit"
 	ModeIptablesNode   = "iptables-node"
 	ModeIptablesInpod  = "iptables-inpod"
+	ModeNftablesInpod  = "nftables-inpod"
+	ModeEBPFInpod      = "ebpf-inpod"
 	ModeEBPFTC         = "ebpf-tc"
 	ModeEBPFTCX        = "ebpf-tcx"
 	ModeEBPFTCRedirect = "ebpf-tc-redirect"
@@ -18,11 +20,37 @@ const (
 // IsEBPF reports whether mode is one of meshredirect's.
 func IsEBPF(mode string) bool {
 	switch mode {
-	case ModeEBPFTC, ModeEBPFTCX, ModeEBPFTCRedirect, ModeEBPFTCXRedir:
+	case ModeEBPFTC, ModeEBPFTCX, ModeEBPFTCRedirect, ModeEBPFTCXRedir, ModeEBPFInpod:
 		return true
 	}
 	return false
 }
+
+// IsInPod reports whether mode puts ztunnel's listeners in each pod's
+// network namespace (Istio 1.21+): two proxies per request, one node
+// crossing each way.
+func IsInPod(mode string) bool {
+	switch mode {
+	case ModeIptablesInpod, ModeNftablesInpod, ModeEBPFInpod:
+		return true
+	}
+	return false
+}
+
+// Families: the IP family of a run's traffic.
+const (
+	FamilyIPv4 = "IPv4"
+	FamilyIPv6 = "IPv6"
+)
+
+// Segments a kernel-path run injects.
+const (
+	// SegmentEstablished is an ACK of a connection the copy holds open.
+	SegmentEstablished = "established"
+	// SegmentSYN is a connection's first segment: a new conntrack entry,
+	// the socket lookup of a listener.
+	SegmentSYN = "SYN"
+)
 
 // Workloads: what a run measured.
 const (
@@ -31,6 +59,9 @@ const (
 	WorkloadKernel = "kernel-path"
 	// WorkloadE2E is HTTP through the stand-in with fortio.
 	WorkloadE2E = "end-to-end"
+	// WorkloadConnect is new connections per second: each request on a
+	// connection of its own (no keep-alive), through the stand-in.
+	WorkloadConnect = "new-connections"
 )
 
 // The kernel paths, named by the hop of a proxied request they measure.

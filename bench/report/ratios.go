@@ -25,8 +25,25 @@ func Median(xs []float64) float64 {
 // runKey identifies the runs a ratio pairs: same workload, path,
 // connections and round.
 type runKey struct {
-	workload, path string
-	connections    int
+	workload, path, family, segment string
+	connections                     int
+}
+
+// familyOf is a run's family, IPv4 when the file did not say.
+func familyOf(f string) string {
+	if f == "" {
+		return FamilyIPv4
+	}
+	return f
+}
+
+// segmentOf is a kernel-path run's segment, established when the file did
+// not say; none for the other workloads.
+func segmentOf(workload, s string) string {
+	if s == "" && workload == WorkloadKernel {
+		return SegmentEstablished
+	}
+	return s
 }
 
 // ComputeRatios pairs every mode's runs with each baseline's runs of the
@@ -41,7 +58,7 @@ func ComputeRatios(runs []Run, baselines []string) []Ratio {
 		if r.Starved {
 			continue
 		}
-		k := runKey{r.Workload, r.Path, r.Connections}
+		k := runKey{r.Workload, r.Path, familyOf(r.Family), segmentOf(r.Workload, r.Segment), r.Connections}
 		if by[k] == nil {
 			by[k] = map[string]map[int]Run{}
 		}
@@ -65,6 +82,12 @@ func ComputeRatios(runs []Run, baselines []string) []Ratio {
 		}
 		if a.path != b.path {
 			return a.path < b.path
+		}
+		if a.family != b.family {
+			return a.family < b.family
+		}
+		if a.segment != b.segment {
+			return a.segment < b.segment
 		}
 		return a.connections < b.connections
 	})
@@ -118,7 +141,7 @@ func pairRatio(mode, base string, k runKey, modeRuns, baseRuns map[int]Run) (Rat
 			p99 = append(p99, x)
 		}
 	}
-	r := Ratio{Mode: mode, Baseline: base, Workload: k.workload, Path: k.path, Connections: k.connections}
+	r := Ratio{Mode: mode, Baseline: base, Workload: k.workload, Path: k.path, Family: k.family, Segment: k.segment, Connections: k.connections}
 	main := ns
 	if k.workload == WorkloadE2E {
 		main = qps

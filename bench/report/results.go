@@ -68,17 +68,30 @@ type RunConfig struct {
 // Run is one measurement. Fields that do not apply to the workload are
 // null: a kernel-path run has no QPS, an end-to-end run no ns per packet.
 type Run struct {
-	Mode        string   `json:"mode"`
-	Workload    string   `json:"workload"`
-	Path        string   `json:"path"`
-	Connections int      `json:"connections"`
-	Round       int      `json:"round"`
-	QPS         *float64 `json:"qps"`
-	P50us       *float64 `json:"p50_us"`
-	P90us       *float64 `json:"p90_us"`
-	P99us       *float64 `json:"p99_us"`
-	NsPerPacket *float64 `json:"ns_per_packet"`
-	CPUusPerReq *float64 `json:"cpu_us_per_req"`
+	Mode     string `json:"mode"`
+	Workload string `json:"workload"`
+	Path     string `json:"path"`
+	// Family is the IP family of the run's traffic: FamilyIPv4 (also
+	// when empty, in files written before IPv6 was measured) or
+	// FamilyIPv6.
+	Family string `json:"family,omitempty"`
+	// Segment is what a kernel-path run injected: SegmentEstablished
+	// (also when empty) or SegmentSYN.
+	Segment     string `json:"segment,omitempty"`
+	Connections int    `json:"connections"`
+	Round       int    `json:"round"`
+	// QPS is requests per second end to end, and new connections per
+	// second (each with one request) for WorkloadConnect.
+	QPS    *float64 `json:"qps"`
+	P50us  *float64 `json:"p50_us"`
+	P90us  *float64 `json:"p90_us"`
+	P99us  *float64 `json:"p99_us"`
+	P999us *float64 `json:"p999_us,omitempty"`
+	// SegmentsPerReq is the TCP segments sent per request by every
+	// namespace of the copy (nstat's OutSegs), end to end.
+	SegmentsPerReq *float64 `json:"segments_per_req,omitempty"`
+	NsPerPacket    *float64 `json:"ns_per_packet"`
+	CPUusPerReq    *float64 `json:"cpu_us_per_req"`
 	// CPUShare is the copy's CPU time over an end-to-end run's wall
 	// time: near 1 when the run kept its pinned CPU busy; lower when it
 	// waited, or when other work on the machine had the CPU.
@@ -108,6 +121,8 @@ type Ratio struct {
 	Baseline       string   `json:"baseline"`
 	Workload       string   `json:"workload"`
 	Path           string   `json:"path"`
+	Family         string   `json:"family,omitempty"`
+	Segment        string   `json:"segment,omitempty"`
 	Connections    int      `json:"connections"`
 	QPSRatioMedian *float64 `json:"qps_ratio_median"`
 	NsRatioMedian  *float64 `json:"ns_ratio_median"`

@@ -9,122 +9,222 @@ import (
 // kernelModes returns the modes with kernel-path runs, in table order.
 func (r *reporter) kernelModes() []string { return modesWith(r.res, WorkloadKernel) }
 
-func (r *reporter) kernel() {
-	modes := r.kernelModes()
-	if len(modes) == 0 {
-		return
+// kernelCase is one family and segment of the kernel path.
+type kernelCase struct{ family, segment string }
+
+func (k kernelCase) String() string { return k.family + " " + k.segment }
+
+// slug names k's chart.
+func (k kernelCase) slug() string { return strings.ToLower(k.family + "-" + k.segment) }
+
+// kernelCases are the families and segments the kernel path measured.
+func (r *reporter) kernelCases() []kernelCase {
+	var out []kernelCase
+	for _, seg := range []string{SegmentEstablished, SegmentSYN} {
+		for _, f := range []string{FamilyIPv4, FamilyIPv6} {
+			for _, run := range r.res.Runs {
+				if run.Workload == WorkloadKernel && familyOf(run.Family) == f && segmentOf(run.Workload, run.Segment) == seg {
+					out = append(out, kernelCase{f, seg})
+					break
+				}
+			}
+		}
 	}
-	rounds := r.res.Config.KernelRounds
+	return out
+}
+
+// notMeasuredCases says which families and segments the kernel path did
+// not measure.
+func (r *reporter) notMeasuredCases() {
+	var miss []string
+	if !r.hasFamily(FamilyIPv6) {
+		miss = append(miss, "IPv6")
+	}
+	if !r.hasSegment(SegmentSYN) {
+		miss = append(miss, "SYN segments (connection setup)")
+	}
+	if len(miss) > 0 {
+		r.p("%s: not measured in this run.", strings.Join(miss, "; "))
+		r.p("")
+	}
+}
+
+func (r *reporter) kernel() {
 	r.p("## Kernel path")
 	r.p("")
-	r.p("TCP ACKs of an established flow (a connection the benchmark holds open through each mode, so that conntrack,")
-	r.p("connmarks, socket lookups and programs see what they see for real traffic) are injected as if they arrived on a host")
-	r.p("veth: `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` and an XDP program that returns `XDP_PASS`, the")
-	r.p("interface's ifindex in the `xdp_md` context, %d frames per run, on a thread pinned to CPU %d. The kernel hands each",
+	modes := r.kernelModes()
+	if len(modes) == 0 {
+		r.p("Not measured in this run.")
+		r.p("")
+		return
+	}
+	r.p("TCP segments of a flow the benchmark holds open through each mode (so that conntrack, connmarks, socket lookups and")
+	r.p("programs see what they see for real traffic) are injected as if they arrived on a host veth: `BPF_PROG_TEST_RUN` with")
+	r.p("`BPF_F_TEST_XDP_LIVE_FRAMES` and an XDP program that returns `XDP_PASS`, the interface's ifindex in the `xdp_md`")
+	r.p("context, %d frames per run, on a thread pinned to CPU %d. The kernel hands each frame to the stack as the interface's",
 		r.res.Config.KernelPackets, r.res.Machine.PinnedCPU)
-	r.p("frame to the stack as the interface's driver would (tc ingress, netfilter, routing, forwarding, redirects, and in the")
-	r.p("same call the softirq work they queue). The segments carry a bad TCP checksum: they cross everything and are dropped")
-	r.p("by the destination's TCP layer, whose `TcpInCsumErrors` (nstat's name for `/proc/net/snmp` Tcp InCsumErrors, read in")
-	r.p("every namespace of the copy) proves where each run's segments went: a run counts only if all of them landed in the")
-	r.p("expected namespace and none elsewhere. The figure is the kernel's own time per frame (the test run's `duration`).")
+	r.p("driver would (tc ingress, netfilter, routing, forwarding, redirects, and in the same call the softirq work they")
+	r.p("queue). The segments carry a bad TCP checksum: they cross everything and are dropped by the destination's TCP layer,")
+	r.p("whose `TcpInCsumErrors` (read in every namespace of the copy) proves where each run's segments went: a run counts only")
+	r.p("if all of them landed in the expected namespace and none elsewhere. The figure is the kernel's own time per frame")
+	r.p("(the test run's `duration`). An established segment is an ACK of the open flow; a SYN is a connection's first")
+	r.p("segment (a new conntrack entry, NAT or a listener's socket lookup).")
 	r.p("")
-	r.p("The paths are the hops of a proxied request: `client->proxy` (the client's segment arrives on its host veth),")
-	r.p("`proxy->server` (the proxy's upstream segment arrives on ztunnel's host veth), `server->proxy` (the server's reply")
-	r.p("arrives on its host veth), `proxy->client` (the proxy's reply arrives on ztunnel's host veth). For `direct` the same")
-	r.p("arrivals go straight to their destination (plain forwarding between the same interfaces). For `iptables-inpod` the")
-	r.p("proxies are in the pods: a request crosses the node once, from the client pod's proxy to the server pod's, where the")
-	r.p("pod's rules deliver it to the proxy's socket (`client->proxy`), and a reply once the other way (`server->proxy`); its")
-	r.p("other two hops are loopback inside a pod, on no host veth.")
+	r.p("The hops of a proxied request: `client->proxy` (the client's segment arrives on its host veth), `proxy->server` (the")
+	r.p("proxy's upstream segment arrives on ztunnel's host veth), `server->proxy` (the server's reply arrives on its host")
+	r.p("veth), `proxy->client` (the proxy's reply arrives on ztunnel's host veth). In the in-pod modes the proxies are in the")
+	r.p("pods: a request crosses the node once, from the client pod's proxy to the server pod's (`client->proxy`), and its")
+	r.p("reply once the other way (`server->proxy`); its other legs are loopback inside a pod, on no host veth. For `direct`")
+	r.p("the same two arrivals go straight to their destination (plain forwarding).")
 	r.p("")
-	r.p("### ns per packet")
-	r.p("")
-	r.p("Median over %d rounds [min–max]; the injection itself (the frame restored and dropped by the XDP program, no stack)", rounds)
-	r.p("costs %.0f ns of each figure.", r.res.Machine.InjectFloorNs)
-	r.p("")
-	r.p("| mode | %s |", strings.Join(KernelPaths, " | "))
-	r.p("|---|%s", strings.Repeat("---:|", len(KernelPaths)))
-	for _, m := range modes {
-		var cells []string
-		for _, path := range KernelPaths {
-			cells = append(cells, r.nsCell(m, path))
-		}
-		r.p("| `%s` | %s |", m, strings.Join(cells, " | "))
-	}
-	r.p("")
-	r.p("![ns per packet by path and mode](%s/kernel-path.png)", r.charts)
-	r.p("")
-	for _, base := range []string{ModeIptablesNode, ModeIptablesInpod, ModeDirect} {
-		if !r.has(base) {
-			continue
-		}
-		r.p("### Against `%s`", base)
-		r.p("")
-		r.p("Median of the per-round ratio ns(mode) / ns(%s) [min–max over rounds]; in parentheses the same with the injection", base)
-		r.p("floor taken off both sides (the cost of the path alone).")
-		r.p("")
-		r.p("| mode | %s |", strings.Join(KernelPaths, " | "))
-		r.p("|---|%s", strings.Repeat("---:|", len(KernelPaths)))
-		for _, m := range modes {
-			if m == base {
-				continue
-			}
-			var cells []string
-			for _, path := range KernelPaths {
-				cells = append(cells, r.ratioCell(m, base, path))
-			}
-			r.p("| `%s` | %s |", m, strings.Join(cells, " | "))
-		}
-		r.p("")
-	}
+	r.load(func(run Run) bool { return run.Workload == WorkloadKernel })
+	r.notMeasuredCases()
+	r.kernelPerRequest()
+	r.kernelPerHop()
 	r.effects()
 	r.proofs()
 }
 
-// nsCell is "median [min–max]" of mode's ns on path, or "–".
-func (r *reporter) nsCell(mode, path string) string {
-	var xs []float64
-	for _, run := range r.res.Runs {
-		if run.Mode == mode && run.Workload == WorkloadKernel && run.Path == path && run.NsPerPacket != nil {
-			xs = append(xs, *run.NsPerPacket)
-		}
-	}
-	if len(xs) == 0 {
-		return "–"
-	}
-	lo, hi := minMax(xs)
-	return fmt.Sprintf("%.0f [%.0f–%.0f]", Median(xs), lo, hi)
-}
-
-// ratioCell is the ratio of mode against base on path, with its spread
-// and the floor-subtracted ratio.
-func (r *reporter) ratioCell(mode, base, path string) string {
-	x, ok := findRatio(r.res.Ratios, mode, base, WorkloadKernel, path, 0)
-	if !ok || x.NsRatioMedian == nil {
-		return "–"
-	}
-	net := r.netRatio(mode, base, path)
-	return fmt.Sprintf("%.2f [%.2f–%.2f] (%.2f)", *x.NsRatioMedian, x.RatioMin, x.RatioMax, net)
-}
-
-// netRatio is the median per-round ratio with the injection floor taken
-// off both figures.
-func (r *reporter) netRatio(mode, base, path string) float64 {
-	floor := r.res.Machine.InjectFloorNs
-	byRound := map[int]float64{}
-	for _, run := range r.res.Runs {
-		if run.Mode == base && run.Workload == WorkloadKernel && run.Path == path && run.NsPerPacket != nil {
-			byRound[run.Round] = *run.NsPerPacket - floor
-		}
-	}
-	var xs []float64
-	for _, run := range r.res.Runs {
-		if run.Mode == mode && run.Workload == WorkloadKernel && run.Path == path && run.NsPerPacket != nil {
-			if b, ok := byRound[run.Round]; ok && b > 0 {
-				xs = append(xs, (*run.NsPerPacket-floor)/b)
+// kernelPerRequest: the sum of a request's hops, per comparison.
+func (r *reporter) kernelPerRequest() {
+	cases := r.kernelCases()
+	r.p("### Kernel path: per request")
+	r.p("")
+	r.p("The sum of the hops one request crosses (node modes: four; in-pod modes and `direct`: two), per round; median over")
+	r.p("%d rounds [min–max]. The injection itself (the frame restored and dropped by XDP, no stack) costs %.0f ns of each hop.",
+		r.res.Config.KernelRounds, r.res.Machine.InjectFloorNs)
+	r.p("")
+	for _, c := range r.comparisons() {
+		r.p("#### %s", c.name)
+		r.p("")
+		var km []string
+		for _, m := range c.modes {
+			if r.ranWorkload(m, WorkloadKernel) {
+				km = append(km, m)
 			}
 		}
+		if len(km) == 0 {
+			r.p("Not measured in this run.")
+			r.p("")
+			continue
+		}
+		if m := r.missing(append([]string{c.subject}, c.baselines...)...); m != "" {
+			r.p("%s: not measured in this run.", m)
+			r.p("")
+		}
+		var head []string
+		for _, k := range cases {
+			head = append(head, k.String())
+		}
+		r.p("ns per request:")
+		r.p("")
+		r.p("| mode | hops | %s |", strings.Join(head, " | "))
+		r.p("|---|---|%s", strings.Repeat("---:|", len(head)))
+		for _, m := range km {
+			var cells []string
+			for _, k := range cases {
+				cells = append(cells, statOfRounds(r.requestTotals(m, k.family, k.segment)).cell("%.0f"))
+			}
+			r.p("| `%s` | %d | %s |", m, len(requestHops(m)), strings.Join(cells, " | "))
+		}
+		r.p("")
+		for _, base := range c.baselines {
+			if !r.ranWorkload(base, WorkloadKernel) {
+				continue
+			}
+			var rows []string
+			for _, m := range km {
+				if m == base {
+					continue
+				}
+				var cells []string
+				for _, k := range cases {
+					cells = append(cells, r.totalRatio(m, base, k.family, k.segment).cell("%.2f"))
+				}
+				rows = append(rows, fmt.Sprintf("| `%s` | %s |", m, strings.Join(cells, " | ")))
+			}
+			r.table(fmt.Sprintf("Against `%s`: median of per-round ratios of the per-request totals [min–max] (lower is better).", base),
+				append([]string{"mode"}, head...), "---|"+strings.Repeat("---:|", len(head)), rows)
+		}
+		r.chartLinks("kernel-request-"+c.slug+".png", "kernel path per request, "+strings.ToLower(c.name))
 	}
-	return Median(xs)
+}
+
+// totalRatio is the median of per-round ratios of the per-request totals.
+func (r *reporter) totalRatio(mode, base, family, segment string) stat {
+	return statOf(pairedRatios(r.requestTotals(mode, family, segment), r.requestTotals(base, family, segment)))
+}
+
+// kernelPerHop: ns per packet on each hop, and each mode against the rules
+// of its comparison.
+func (r *reporter) kernelPerHop() {
+	r.p("### Kernel path: per hop")
+	r.p("")
+	r.p("Median over %d rounds [min–max] of ns per packet on each hop; below each table the ratios against the rules of the", r.res.Config.KernelRounds)
+	r.p("mode's comparison (median of per-round ratios [min–max]; in parentheses the same with the injection floor taken off")
+	r.p("both sides: the cost of the hop alone).")
+	r.p("")
+	for _, k := range r.kernelCases() {
+		r.p("#### %s segments", k)
+		r.p("")
+		r.p("| mode | %s |", strings.Join(KernelPaths, " | "))
+		r.p("|---|%s", strings.Repeat("---:|", len(KernelPaths)))
+		for _, m := range r.kernelModes() {
+			var cells []string
+			for _, path := range KernelPaths {
+				cells = append(cells, r.median(m, kernelSel(path, k.family, k.segment), nsField).cell("%.0f"))
+			}
+			r.p("| `%s` | %s |", m, strings.Join(cells, " | "))
+		}
+		r.p("")
+		for _, c := range r.comparisons() {
+			for _, base := range c.baselines {
+				if !r.ranWorkload(base, WorkloadKernel) {
+					continue
+				}
+				var rows []string
+				for _, m := range c.modes {
+					if m == base || !r.ranWorkload(m, WorkloadKernel) {
+						continue
+					}
+					var cells []string
+					for _, path := range KernelPaths {
+						cells = append(cells, r.ratioCell(m, base, kernelSel(path, k.family, k.segment)))
+					}
+					rows = append(rows, fmt.Sprintf("| `%s` | %s |", m, strings.Join(cells, " | ")))
+				}
+				r.table(fmt.Sprintf("%s against `%s`:", c.name, base), append([]string{"mode"}, KernelPaths...),
+					"---|"+strings.Repeat("---:|", len(KernelPaths)), rows)
+			}
+		}
+		r.chartLinks("kernel-hop-"+k.slug()+".png", "ns per packet by hop and mode, "+k.String())
+	}
+}
+
+// ratioCell is the ratio of mode against base on one hop, with its
+// spread and the floor-subtracted ratio.
+func (r *reporter) ratioCell(mode, base string, s sel) string {
+	x := r.ratio(mode, base, s, nsField)
+	if !x.ok() {
+		return "–"
+	}
+	floor := r.res.Machine.InjectFloorNs
+	net := func(run Run) *float64 {
+		if run.NsPerPacket == nil {
+			return nil
+		}
+		return f64(*run.NsPerPacket - floor)
+	}
+	return fmt.Sprintf("%s (%.2f)", x.cell("%.2f"), r.ratio(mode, base, s, net).med)
+}
+
+// diff is the median per-round difference ns(mode) - ns(base) on a hop.
+func (r *reporter) diff(mode, base string, s sel) (float64, bool) {
+	xs := pairedDiffs(byRound(r.res.Runs, mode, s, nsField), byRound(r.res.Runs, base, s, nsField))
+	if len(xs) == 0 {
+		return 0, false
+	}
+	return Median(xs), true
 }
 
 // effects shows what each choice of meshredirect changes on the kernel
@@ -138,7 +238,7 @@ func (r *reporter) effects() {
 		{ModeEBPFTC, ModeEBPFTCX, "legacy tc filters instead of tcx links (`bpf_redirect_peer`)"},
 		{ModeEBPFTCX, ModeDirect, "meshredirect (tcx, `bpf_redirect_peer`) instead of no mesh at all"},
 	} {
-		if r.has(p.mode) && r.has(p.base) {
+		if r.ranWorkload(p.mode, WorkloadKernel) && r.ranWorkload(p.base, WorkloadKernel) {
 			pairs = append(pairs, p)
 		}
 	}
@@ -147,46 +247,26 @@ func (r *reporter) effects() {
 	}
 	r.p("### What each choice changes")
 	r.p("")
-	r.p("Median of per-round differences in ns per packet (positive: the first costs more) and the ratio.")
+	r.p("IPv4 established segments: median of per-round differences in ns per packet (positive: the first costs more) and")
+	r.p("the ratio.")
 	r.p("")
 	r.p("| change | %s |", strings.Join(KernelPaths, " | "))
 	r.p("|---|%s", strings.Repeat("---:|", len(KernelPaths)))
 	for _, p := range pairs {
 		var cells []string
 		for _, path := range KernelPaths {
-			d, ok := r.diff(p.mode, p.base, path)
-			ratio, rok := r.kernelRatio(p.mode, p.base, path)
-			if !ok || !rok {
+			s := kernelSel(path, FamilyIPv4, SegmentEstablished)
+			d, ok := r.diff(p.mode, p.base, s)
+			ratio := r.ratio(p.mode, p.base, s, nsField)
+			if !ok || !ratio.ok() {
 				cells = append(cells, "–")
 				continue
 			}
-			cells = append(cells, fmt.Sprintf("%+.0f ns (%.2fx)", d, ratio))
+			cells = append(cells, fmt.Sprintf("%+.0f ns (%.2fx)", d, ratio.med))
 		}
 		r.p("| %s | %s |", p.what, strings.Join(cells, " | "))
 	}
 	r.p("")
-}
-
-// diff is the median per-round difference ns(mode) - ns(base) on path.
-func (r *reporter) diff(mode, base, path string) (float64, bool) {
-	by := map[int]float64{}
-	for _, run := range r.res.Runs {
-		if run.Mode == base && run.Workload == WorkloadKernel && run.Path == path && run.NsPerPacket != nil {
-			by[run.Round] = *run.NsPerPacket
-		}
-	}
-	var xs []float64
-	for _, run := range r.res.Runs {
-		if run.Mode == mode && run.Workload == WorkloadKernel && run.Path == path && run.NsPerPacket != nil {
-			if b, ok := by[run.Round]; ok {
-				xs = append(xs, *run.NsPerPacket-b)
-			}
-		}
-	}
-	if len(xs) == 0 {
-		return 0, false
-	}
-	return Median(xs), true
 }
 
 func (r *reporter) proofs() {

@@ -10,10 +10,16 @@ func (r *reporter) meaning() {
 	r.p("## What the numbers mean")
 	r.p("")
 	floor := r.res.Machine.InjectFloorNs
+	// IPv4 established segments on the client->proxy hop: the figures the
+	// explanations below quote.
+	hop := func(mode string) (float64, bool) {
+		s := r.median(mode, kernelSel(PathClientProxy, FamilyIPv4, SegmentEstablished), nsField)
+		return s.med, s.ok()
+	}
 	if r.has(ModeEBPFTCX) && r.has(ModeDirect) {
-		e, n := medianOf(r.res.Runs, ModeEBPFTCX, WorkloadKernel, PathClientProxy, 0, nsField)
-		d, _ := medianOf(r.res.Runs, ModeDirect, WorkloadKernel, PathClientProxy, 0, nsField)
-		if n > 0 {
+		e, ok := hop(ModeEBPFTCX)
+		d, okD := hop(ModeDirect)
+		if ok && okD {
 			cmp := "less than"
 			if e > d {
 				cmp = "more than"
@@ -25,25 +31,25 @@ func (r *reporter) meaning() {
 		}
 	}
 	if r.has(ModeIptablesNode) && r.has(ModeDirect) {
-		n, k := medianOf(r.res.Runs, ModeIptablesNode, WorkloadKernel, PathClientProxy, 0, nsField)
-		d, _ := medianOf(r.res.Runs, ModeDirect, WorkloadKernel, PathClientProxy, 0, nsField)
-		if k > 0 {
+		n, ok := hop(ModeIptablesNode)
+		d, okD := hop(ModeDirect)
+		if ok && okD {
 			r.p("- **What Istio's node-level rules add** to the same hop: %.0f ns over plain forwarding (%.0f vs %.0f): conntrack in", n-d, n, d)
 			r.p("  the node (lookup, window tracking, connmark), ~7 mangle rules in PREROUTING and 2 in FORWARD, three policy rules")
 			r.p("  before table 102, then in ztunnel's netns a mangle rule and a fwmark rule to make a foreign address local.")
 		}
 	}
 	if r.has(ModeIptablesInpod) && r.has(ModeDirect) {
-		n, k := medianOf(r.res.Runs, ModeIptablesInpod, WorkloadKernel, PathClientProxy, 0, nsField)
-		d, _ := medianOf(r.res.Runs, ModeDirect, WorkloadKernel, PathClientProxy, 0, nsField)
-		if k > 0 {
+		n, ok := hop(ModeIptablesInpod)
+		d, okD := hop(ModeDirect)
+		if ok && okD {
 			r.p("- **In-pod rules** cost %.0f ns over plain forwarding on the node crossing (%.0f vs %.0f): the node's probe SNAT", n-d, n, d)
 			r.p("  puts conntrack (and NAT's hooks) on the node's forwarding path, and the destination pod runs conntrack and its")
-			r.p("  mangle chain (an ESTABLISHED accept) before local delivery.")
+			r.p("  chains before local delivery.")
 		}
 	}
 	if r.has(ModeEBPFTCXRedir) && r.has(ModeEBPFTCX) {
-		if d, ok := r.diff(ModeEBPFTCXRedir, ModeEBPFTCX, PathClientProxy); ok {
+		if d, ok := r.diff(ModeEBPFTCXRedir, ModeEBPFTCX, kernelSel(PathClientProxy, FamilyIPv4, SegmentEstablished)); ok {
 			r.p("- **`bpf_redirect_peer` is the largest single choice**: `bpf_redirect` to the veth's egress costs %+.0f ns on", d)
 			r.p("  client->proxy: the segment leaves through the host veth's transmit and the per-CPU backlog before it enters")
 			r.p("  ztunnel's netns, where redirect_peer enters the peer's ingress directly; from ztunnel, `bpf_redirect` also takes")
@@ -53,8 +59,8 @@ func (r *reporter) meaning() {
 		}
 	}
 	if r.has(ModeEBPFTC) && r.has(ModeEBPFTCX) {
-		two, ok2 := r.diff(ModeEBPFTC, ModeEBPFTCX, PathClientProxy)
-		one, ok1 := r.diff(ModeEBPFTC, ModeEBPFTCX, PathProxyServer)
+		two, ok2 := r.diff(ModeEBPFTC, ModeEBPFTCX, kernelSel(PathClientProxy, FamilyIPv4, SegmentEstablished))
+		one, ok1 := r.diff(ModeEBPFTC, ModeEBPFTCX, kernelSel(PathProxyServer, FamilyIPv4, SegmentEstablished))
 		if ok1 && ok2 {
 			r.p("- **tcx links rather than legacy tc filters**: legacy costs %+.0f ns on client->proxy and %+.0f ns on", two, one)
 			r.p("  proxy->server. A segment to ztunnel meets two hooks (the app's host veth, ztunnel's eth0), a segment from ztunnel")
@@ -115,52 +121,17 @@ func (r *reporter) meaning() {
 	r.p("")
 }
 
-// e2eMeaning relates the end-to-end CPU per request to the kernel path.
+// e2eMeaning says what the end-to-end figures can and cannot tell.
 func (r *reporter) e2eMeaning() {
-	c := 16
-	found := false
-	for _, x := range r.res.Config.Connections {
-		if x == c {
-			found = true
-		}
-	}
-	if !found && len(r.res.Config.Connections) > 0 {
-		c = r.res.Config.Connections[len(r.res.Config.Connections)-1]
-	}
-	cpu := func(m string) (float64, bool) {
-		v, n := medianOf(r.res.Runs, m, WorkloadE2E, PathMaxQPS, c, cpuField)
-		return v, n > 0
-	}
-	d, okD := cpu(ModeDirect)
-	e, okE := cpu(ModeEBPFTCX)
-	n, okN := cpu(ModeIptablesNode)
-	x, okX := cpu(ModeExplicit)
-	if !okD || !okE {
-		return
-	}
-	r.p("- **End to end, the proxy costs most and redirection shows.** CPU per request at c=%d (the whole copy on one CPU):", c)
-	r.p("  `direct` %.0f µs (fortio and the server), `ebpf-tcx` %.0f µs: the stand-in's hop adds %.0f µs.", d, e, e-d)
-	if okN {
-		kn, _ := medianOf(r.res.Runs, ModeIptablesNode, WorkloadKernel, PathClientProxy, 0, nsField)
-		ke, _ := medianOf(r.res.Runs, ModeEBPFTCX, WorkloadKernel, PathClientProxy, 0, nsField)
-		per := (kn - ke) / 1000
-		r.p("  `iptables-node` costs %.0f µs more per request; at %.1f µs more per segment on the kernel path that is about %.0f", n-e, per, (n-e)/per)
-		r.p("  segments per request, what a keep-alive request and its response cost on two legs (data and ACKs each way on")
-		r.p("  client<->proxy and proxy<->server, some coalesced): the kernel-path difference accounts for the end-to-end one.")
-	}
-	if okX {
-		if e <= x {
-			kd, _ := medianOf(r.res.Runs, ModeDirect, WorkloadKernel, PathClientProxy, 0, nsField)
-			ke, _ := medianOf(r.res.Runs, ModeEBPFTCX, WorkloadKernel, PathClientProxy, 0, nsField)
-			r.p("  `explicit` (no capture, policy routing only) costs %.0f µs, %.0f µs more than `ebpf-tcx`. Part of that is the", x, x-e)
-			r.p("  node forwarding its segments as it forwards `direct`'s (%.2f µs per segment more than `bpf_redirect_peer` on", (kd-ke)/1000)
-			r.p("  the kernel path); the rest is not explained by the kernel path and moves between runs on this machine.")
-		} else {
-			r.p("  `explicit` (no capture, policy routing only) costs %.0f µs, %.0f µs less than `ebpf-tcx`.", x, e-x)
-		}
-	}
-	r.p("  With every process on one CPU, CPU per request and max QPS move together; at low concurrency QPS also")
-	r.p("  depends on wake-up latency, and one-CPU runs of %s on a busy machine are the noisiest figures here.", r.res.Config.E2EDuration)
+	r.p("- **End to end, the proxies cost most.** CPU per request counts every process of the copy on one CPU: the load")
+	r.p("  generator, the server and the stand-ins, and the kernel work of every segment. How much of a difference between two")
+	r.p("  modes the kernel path explains is computed in %s", linkCPU)
+	r.p("  where the segments per request were measured, and not claimed where they were not. Node and in-pod figures are")
+	r.p("  not compared with each other: an in-pod request crosses two proxies.")
+	r.p("- **Saturation p99 is queueing**: at max QPS a request waits behind the other connections' requests; the")
+	r.p("  fixed-rate percentiles measure the path. With every process on one CPU, CPU per request and max QPS move")
+	r.p("  together; at low concurrency QPS also depends on wake-up latency, and one-CPU runs of %s on a busy machine are", r.res.Config.E2EDuration)
+	r.p("  the noisiest figures here.")
 }
 
 // inpodIstioOriginal is the line bench/mode_iptables_inpod.go changes
@@ -180,7 +151,7 @@ func (r *reporter) rules() {
 	r.p("198.18.16.1, server 198.18.16.2, ztunnel 198.18.16.3). Every copy also turns IPv4 reverse path filtering off on")
 	r.p("every interface of every namespace (proxies send with their clients' addresses; no mode pays for a check another skips).")
 	r.p("")
-	for _, m := range r.res.Config.Modes {
+	for _, m := range r.allModes() {
 		scripts := r.res.Scripts[m]
 		if scripts == "" {
 			continue
@@ -194,10 +165,17 @@ func (r *reporter) rules() {
 			r.p("and port (6081) stands in for Geneve, which this kernel lacks (`ip link add type geneve` fails); IPv4 only; no")
 			r.p("kube-proxy chains (no Service here). Note what the rules do to an established flow: after ztunnel's first reply the")
 			r.p("connection carries connmark 0x210, and later client segments take table 102 (mark 0x40) to ztunnel's veth, not the")
-			r.p("tunnel; only connection requests cross istioout/istioin. The kernel path measures established segments.")
+			r.p("tunnel; only connection requests cross istioout/istioin: the SYN path, where the kernel path measures it.")
 		case ModeIptablesInpod:
-			r.p("Istio's in-pod rules (istio-cni 1.21+, `cni/pkg/iptables`, the `tproxy.golden` set with marks 0x539/0x111) in")
-			r.p("both pods, and the node's probe SNAT. One change: outbound capture. Istio has")
+			if !r.inpodTPROXY() {
+				r.p("Istio's in-pod rules as istio-cni 1.24+ writes them (`cni/pkg/iptables/testdata/default.golden`: nat REDIRECT to")
+				r.p("the proxy's ports, the `raw` table's DNS conntrack zones), in both pods, and the node's probe SNAT. The stand-in")
+				r.p("reads the original destination with `SO_ORIGINAL_DST`, as ztunnel does behind REDIRECT.")
+				break
+			}
+			r.p("Istio's in-pod rules (istio-cni 1.21–1.23, `cni/pkg/iptables`, the `tproxy.golden` set with marks 0x539/0x111) in")
+			r.p("both pods, and the node's probe SNAT. This is the TPROXY variant Istio replaced with nat REDIRECT in 1.24 and removed")
+			r.p("in 1.25. One change: outbound capture. Istio has")
 			r.p("")
 			r.p("```")
 			for _, l := range inpodIstioOriginal {
@@ -213,6 +191,11 @@ func (r *reporter) rules() {
 			r.p("As with Istio's REDIRECT, the proxy's SYN-ACK to the app (mark 0x539, over `lo`) gives the app's connection connmark")
 			r.p("0x111, so its later segments are restored to 0x111 and delivered locally by table 100: only connection requests take")
 			r.p("the 0x112 path.")
+		case ModeNftablesInpod:
+			r.p("Istio's in-pod rules in nftables (`cni/pkg/nftables`), the twin of `iptables-inpod`'s in both pods, with the node's")
+			r.p("probe SNAT; the same stand-in in the same places.")
+		case ModeEBPFInpod:
+			r.p("meshredirect's in-pod mode: the same stand-in in each pod's netns as in `iptables-inpod`, no rules in the pods.")
 		case ModeExplicit:
 			r.p("No capture: policy routing makes ztunnel the next hop of the client's and the server's traffic, and the client dials")
 			r.p("the stand-in's outbound port (15001) at the server's address (the server listens on 15001 too), so the stand-in")
@@ -234,11 +217,13 @@ func (r *reporter) limits() {
 	for _, s := range r.res.Skipped {
 		r.p("- %s.", s)
 	}
-	r.p("- IPv4 only; the datapath's IPv6 is covered by the tests, not by this benchmark.")
+	if !r.hasFamily(FamilyIPv6) {
+		r.p("- IPv6: not measured in this run (IPv4 only); the datapath's IPv6 is covered by the tests.")
+	}
 	r.p("- The stand-in is not ztunnel: it splices plaintext (no mTLS, no HBONE between proxies) and carries a same-node request")
-	r.p("  in one hop. In `iptables-inpod` the server pod's proxy captures the request again (as Istio's in-pod rules do), so")
-	r.p("  its requests cross two proxy hops where the node-level modes cross one: its end-to-end figures include a second")
-	r.p("  splice; its kernel path compares like with like.")
+	r.p("  in one hop. In the in-pod modes the server pod's proxy captures the request again (as Istio's in-pod rules do), so")
+	r.p("  a request crosses two proxies where the node-level modes cross one: the report compares in-pod modes with each other")
+	r.p("  and node modes with each other, never across.")
 	r.p("- The kernel path injects from a thread in the node's namespace; cost charged there (softirq work of the veths and")
 	r.p("  the redirects) is counted, work a real sender does in its own namespace (its socket, its qdisc) is not.")
 	r.p("- Each pod's netns gets its own ephemeral port range (client 10000–29999, ztunnel 30000–44999, server 45000–60999):")

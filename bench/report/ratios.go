@@ -181,28 +181,3 @@ func minMax(xs []float64) (lo, hi float64) {
 	}
 	return lo, hi
 }
-
-// findRatio returns the ratio of mode against baseline for a workload,
-// path and connections, if computed.
-func findRatio(ratios []Ratio, mode, baseline, workload, path string, conns int) (Ratio, bool) {
-	for _, r := range ratios {
-		if r.Mode == mode && r.Baseline == baseline && r.Workload == workload && r.Path == path && r.Connections == conns {
-			return r, true
-		}
-	}
-	return Ratio{}, false
-}
-
-// medianOf returns the median over rounds of a figure of the runs of mode
-// for a workload, path and connections.
-func medianOf(runs []Run, mode, workload, path string, conns int, field func(Run) *float64) (float64, int) {
-	var xs []float64
-	for _, r := range runs {
-		if r.Mode == mode && r.Workload == workload && r.Path == path && r.Connections == conns && !r.Starved {
-			if v := field(r); v != nil && !math.IsNaN(*v) {
-				xs = append(xs, *v)
-			}
-		}
-	}
-	return Median(xs), len(xs)
-}

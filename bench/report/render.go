@@ -44,8 +44,12 @@ func markdown(res *Results, charts string) []byte {
 	r.header()
 	r.machine()
 	r.goals()
+	r.comparisonsIntro()
 	r.kernel()
 	r.endToEnd()
+	r.connect()
+	r.latency()
+	r.ipFamilies()
 	r.programs()
 	r.meaning()
 	r.rules()
@@ -80,16 +84,18 @@ func (r *reporter) header() {
 	r.p("| mode | what redirects the pods' traffic |")
 	r.p("|---|---|")
 	desc := map[string]string{
-		ModeDirect:         "nothing: no mesh, the client talks to the server (the floor of the kernel path)",
+		ModeDirect:         "nothing: no mesh, the client talks to the server (a reference: what the node does without a mesh)",
 		ModeExplicit:       "nothing but routing: ztunnel is the client's next hop, the client dials the stand-in's port (end to end only; see below)",
-		ModeIptablesNode:   "Istio's original node-level ambient rules: ipset, mangle marks and connmarks, policy routing, tunnels (VXLAN for Geneve), TPROXY in ztunnel's netns",
-		ModeIptablesInpod:  "Istio's current default: iptables in each pod's netns to listeners the proxy opens there (the stand-in runs in each pod's netns)",
+		ModeIptablesNode:   "Istio's original node-level ambient rules (1.18–1.20): ipset, mangle marks and connmarks, policy routing, tunnels (VXLAN for Geneve), TPROXY in ztunnel's netns",
+		ModeIptablesInpod:  r.inpodRulesDesc(),
+		ModeNftablesInpod:  "Istio's in-pod rules in nftables (`cni/pkg/nftables`), the same chains as `iptables-inpod` in each pod's netns",
+		ModeEBPFInpod:      "meshredirect's in-pod mode: the stand-in in each pod's netns as for `iptables-inpod`, traffic steered to it by eBPF instead of rules",
 		ModeEBPFTC:         "meshredirect, legacy tc filters, `bpf_redirect_peer`",
 		ModeEBPFTCX:        "meshredirect, tcx links, `bpf_redirect_peer` (what the agent picks on this kernel)",
 		ModeEBPFTCRedirect: "meshredirect, legacy tc filters, `bpf_redirect` + MAC rewrite",
 		ModeEBPFTCXRedir:   "meshredirect, tcx links, `bpf_redirect` + MAC rewrite",
 	}
-	for _, m := range r.res.Config.Modes {
+	for _, m := range r.allModes() {
 		r.p("| `%s` | %s |", m, desc[m])
 	}
 	r.p("")
@@ -140,33 +146,67 @@ func (r *reporter) machine() {
 	}
 }
 
+// table writes a table with its introduction, if it has rows: a table
+// of ratios against a baseline no other mode ran with is left out.
+func (r *reporter) table(intro string, head []string, align string, rows []string) bool {
+	if len(rows) == 0 {
+		return false
+	}
+	if intro != "" {
+		r.p("%s", intro)
+		r.p("")
+	}
+	r.p("| %s |", strings.Join(head, " | "))
+	r.p("|%s", align)
+	for _, row := range rows {
+		r.p("%s", row)
+	}
+	r.p("")
+	return true
+}
+
+// load shows the 1-minute load average the runs of a section started
+// with.
+func (r *reporter) load(match func(Run) bool) {
+	var xs []float64
+	for _, run := range r.res.Runs {
+		if match(run) {
+			xs = append(xs, run.LoadAvg1)
+		}
+	}
+	if len(xs) == 0 {
+		return
+	}
+	lo, hi := minMax(xs)
+	busy := ""
+	if hi > 0.5*float64(r.res.Machine.CPUs) && r.res.Machine.CPUs > 0 {
+		busy = " (busy: other work competed for the CPUs)"
+	}
+	r.p("1-minute load average when these runs started: median %.2f, %.2f to %.2f%s.", Median(xs), lo, hi, busy)
+	r.p("")
+}
+
+// inpodRulesDesc says which of Istio's in-pod rule sets iptables-inpod
+// ran, from its script: 1.21–1.23's TPROXY variant, or the nat REDIRECT
+// rules of 1.24+.
+func (r *reporter) inpodRulesDesc() string {
+	if r.inpodTPROXY() {
+		return "Istio 1.21–1.23's in-pod rules, the TPROXY variant (removed in 1.25): iptables in each pod's netns to listeners the proxy opens there (the stand-in runs in each pod's netns)"
+	}
+	return "Istio's current in-pod rules (1.24+, `cni/pkg/iptables` `default.golden`): nat REDIRECT in each pod's netns to listeners the proxy opens there (the stand-in runs in each pod's netns)"
+}
+
+// inpodTPROXY reports whether iptables-inpod ran Istio's TPROXY variant.
+func (r *reporter) inpodTPROXY() bool {
+	return strings.Contains(r.res.Scripts[ModeIptablesInpod], "TPROXY")
+}
+
 func fmtLoad(l []float64) string {
 	var s []string
 	for _, v := range l {
 		s = append(s, fmt.Sprintf("%.2f", v))
 	}
 	return strings.Join(s, ", ")
-}
-
-// ebpfModes returns the eBPF modes that ran.
-func (r *reporter) ebpfModes() []string {
-	var out []string
-	for _, m := range r.res.Config.Modes {
-		if IsEBPF(m) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// has reports whether mode ran.
-func (r *reporter) has(mode string) bool {
-	for _, m := range r.res.Config.Modes {
-		if m == mode {
-			return true
-		}
-	}
-	return false
 }
 
 func nsField(r Run) *float64  { return r.NsPerPacket }

@@ -5,6 +5,7 @@ import (
 	"image/png"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -60,13 +61,21 @@ func TestResultsRoundTrip(t *testing.T) {
 	}
 }
 
-// TestRender writes the report and the three charts, linked relative to
-// the report.
+// TestRender writes the report from the committed results and every
+// chart it links, each a PNG, each linked relative to the report.
 func TestRender(t *testing.T) {
 	res, err := ReadResults(latestJSON)
 	if err != nil {
 		t.Fatal(err)
 	}
+	md, dir := renderTo(t, res)
+	checkCharts(t, md, dir)
+}
+
+// renderTo renders res into a temporary directory, the charts in its
+// charts/ directory, and returns the report and the chart directory.
+func renderTo(t *testing.T, res *Results) (string, string) {
+	t.Helper()
 	dir := t.TempDir()
 	out := Output{Markdown: filepath.Join(dir, "BENCHMARKS.md"), Charts: filepath.Join(dir, "charts")}
 	if err := Render(res, out); err != nil {
@@ -76,20 +85,38 @@ func TestRender(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"kernel-path.png", "e2e-qps.png", "e2e-p99.png"} {
-		if !bytes.Contains(md, []byte("](charts/"+name+")")) {
-			t.Errorf("the report does not link charts/%s", name)
-		}
-		f, err := os.Open(filepath.Join(out.Charts, name))
+	return string(md), out.Charts
+}
+
+var chartLink = regexp.MustCompile(`\]\(charts/([^)]+\.png)\)`)
+
+// checkCharts: every chart the report links is a PNG in dir, every PNG in
+// dir is linked; returns the linked files.
+func checkCharts(t *testing.T, md, dir string) map[string]bool {
+	t.Helper()
+	linked := map[string]bool{}
+	for _, m := range chartLink.FindAllStringSubmatch(md, -1) {
+		linked[m[1]] = true
+		f, err := os.Open(filepath.Join(dir, m[1]))
 		if err != nil {
-			t.Error(err)
+			t.Errorf("the report links charts/%s: %v", m[1], err)
 			continue
 		}
 		if _, err := png.DecodeConfig(f); err != nil {
-			t.Errorf("chart %s: %v", name, err)
+			t.Errorf("chart %s: %v", m[1], err)
 		}
 		f.Close()
 	}
+	if len(linked) == 0 {
+		t.Error("the report links no chart")
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.png"))
+	for _, f := range files {
+		if !linked[filepath.Base(f)] {
+			t.Errorf("chart %s is drawn but the report does not link it", filepath.Base(f))
+		}
+	}
+	return linked
 }
 
 // firstDiff returns the first line (from 1) where got and want differ,

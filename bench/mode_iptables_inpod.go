@@ -9,16 +9,15 @@ import (
 // 1.25), read in istio/istio at commit 86c9f01fd735 (cni/pkg/config,
 // cni/pkg/iptables, cni/pkg/nftables).
 const (
-	// inpodMark is the mark in-pod ztunnel sets on its sockets (SO_MARK
-	// 0x539, 1337: config.InpodMark), which the rules skip so that
-	// ztunnel's own traffic is not captured again.
-	inpodMark = 0x539
+	// (The rules' 0x539 is the mark in-pod ztunnel sets on its sockets,
+	// SO_MARK 1337: config.InpodMark; the stand-in with -zds sets it.)
+
 	// probeSNATv4 and probeSNATv6 are the node's source for kubelet's
 	// probes (HOST_PROBE_SNAT_IP, HOST_PROBE_SNAT_IPV6 defaults,
 	// cni/README.md), which the pod's rules let through.
 	probeSNATv4 = "169.254.7.127"
 	probeSNATv6 = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
-	// inpodRouteTable and inpodRulePref: ip rule fwmark 0x111/0xfff pref
+	// inpodRoutes is the table of ip rule fwmark 0x111/0xfff pref
 	// 32764 lookup 100, ip route add local 0.0.0.0/0 dev lo table 100
 	// (config.RouteTableInbound, iptables_linux.go
 	// forEachInpodMarkIPRule, forEachLoopbackRoute): replies to ztunnel's

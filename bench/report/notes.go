@@ -33,13 +33,21 @@ func (r *reporter) meaning() {
 			r.p("  before table 102, then in ztunnel's netns a mangle rule and a fwmark rule to make a foreign address local.")
 		}
 	}
-	if r.has(ModeIptablesInpod) && r.has(ModeDirect) {
-		n, k := medianOf(r.res.Runs, ModeIptablesInpod, WorkloadKernel, PathClientProxy, 0, nsField)
+	if r.has(ModeDirect) {
 		d, _ := medianOf(r.res.Runs, ModeDirect, WorkloadKernel, PathClientProxy, 0, nsField)
-		if k > 0 {
-			r.p("- **In-pod rules** cost %.0f ns over plain forwarding on the node crossing (%.0f vs %.0f): the node's probe SNAT", n-d, n, d)
-			r.p("  puts conntrack (and NAT's hooks) on the node's forwarding path, and the destination pod runs conntrack and its")
-			r.p("  mangle chain (an ESTABLISHED accept) before local delivery.")
+		for _, m := range []string{ModeIptablesInpod, ModeNftablesInpod} {
+			n, k := medianOf(r.res.Runs, m, WorkloadKernel, PathClientProxy, 0, nsField)
+			if k == 0 {
+				continue
+			}
+			r.p("- **In-pod rules, `%s`**, cost %.0f ns over plain forwarding on the node crossing (%.0f vs %.0f): the", m, n-d, n, d)
+			r.p("  node's probe SNAT puts conntrack and NAT's hooks on the node's forwarding path, and the destination pod runs")
+			r.p("  conntrack, its mangle and nat hooks (NAT only looks at a connection's first segment) before local delivery.")
+		}
+		if n, k := medianOf(r.res.Runs, ModeEBPFInpod, WorkloadKernel, PathClientProxy, 0, nsField); k > 0 {
+			r.p("- **`ebpf-inpod`** on the same crossing: %.0f ns against %.0f for plain forwarding: no conntrack on the node or", n, d)
+			r.p("  in the pod; the segment meets `pod_ingress` on the server pod's eth0, which passes it to the stand-in's 15008")
+			r.p("  (the `passed` verdicts in the proofs).")
 		}
 	}
 	if r.has(ModeEBPFTCXRedir) && r.has(ModeEBPFTCX) {
@@ -163,11 +171,9 @@ func (r *reporter) e2eMeaning() {
 	r.p("  depends on wake-up latency, and one-CPU runs of %s on a busy machine are the noisiest figures here.", r.res.Config.E2EDuration)
 }
 
-// inpodIstioOriginal is the line bench/mode_iptables_inpod.go changes
-// (marked CHANGED there), as Istio has it: the report shows both.
-var inpodIstioOriginal = []string{
-	"-t nat -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001",
-}
+// istioSnapshot is the istio/istio commit whose in-pod rules the in-pod
+// modes install (bench/mode_iptables_inpod.go, mode_nftables_inpod.go).
+const istioSnapshot = "86c9f01fd735"
 
 // rules prints what each mode ran.
 func (r *reporter) rules() {
@@ -196,23 +202,28 @@ func (r *reporter) rules() {
 			r.p("connection carries connmark 0x210, and later client segments take table 102 (mark 0x40) to ztunnel's veth, not the")
 			r.p("tunnel; only connection requests cross istioout/istioin. The kernel path measures established segments.")
 		case ModeIptablesInpod:
-			r.p("Istio's in-pod rules (istio-cni 1.21+, `cni/pkg/iptables`, the `tproxy.golden` set with marks 0x539/0x111) in")
-			r.p("both pods, and the node's probe SNAT. One change: outbound capture. Istio has")
-			r.p("")
-			r.p("```")
-			for _, l := range inpodIstioOriginal {
-				r.p("iptables %s", l)
-			}
-			r.p("```")
-			r.p("")
-			r.p("and ztunnel reads the original destination with `SO_ORIGINAL_DST`; the stand-in, like ztunnel's TPROXY listeners,")
-			r.p("takes it from the accepted socket's local address, which REDIRECT rewrites to 127.0.0.1. So outbound segments are")
-			r.p("marked 0x112 in mangle OUTPUT, routed to `lo` by that mark and TPROXYed to 15001 as they come back in on `lo` (the")
-			r.p("lines with 0x112). Both put every outbound segment through `lo` once; REDIRECT would NAT it instead of a socket")
-			r.p("lookup. ztunnel's SO_MARK 0x539 is set on the stand-in's sockets by a cgroup/sock_create program on the proxy cgroup.")
-			r.p("As with Istio's REDIRECT, the proxy's SYN-ACK to the app (mark 0x539, over `lo`) gives the app's connection connmark")
-			r.p("0x111, so its later segments are restored to 0x111 and delivered locally by table 100: only connection requests take")
-			r.p("the 0x112 path.")
+			r.p("Istio's in-pod rules as Istio installs them today (istio-cni, ambient in-pod redirection by `nat` REDIRECT since")
+			r.p("1.24, istio/istio #52622; the TPROXY variant was removed in 1.25): `cni/pkg/iptables/testdata/default.golden` for")
+			r.p("IPv4 and the IPv6 half of `default_ipv6.golden`, istio/istio at commit %s, rule for rule, in both pods: nat", istioSnapshot)
+			r.p("REDIRECT of outbound TCP to 15001, of inbound TCP (except HBONE's 15008) to 15006 and of DNS to 15053; mangle")
+			r.p("connmark 0x539 → 0x111 and its restore; raw CT zone 1 for DNS. Beside them Istio's routing (`iptables_linux.go`:")
+			r.p("fwmark 0x111 → table 100, a local route to `lo`), and on the node only the SNAT of kubelet's probes")
+			r.p("(`hostprobe.golden`, `iptables.go` AppendHostRules), with the pods in its ipsets. The probe sources are Istio's")
+			r.p("defaults, 169.254.7.127 and fd16:9254:7127:1337:ffff:ffff:ffff:ffff (the golden files' IPv6 one is a test value).")
+			r.p("The stand-in runs as ztunnel does in-pod (one process in ztunnel's pod,")
+			r.p("`-zds`: handed each pod over ZDS, it opens its listeners in the pod's netns, SO_MARK 0x539 on every socket) and")
+			r.p("reads each redirected connection's original destination with `SO_ORIGINAL_DST`, as ztunnel does.")
+		case ModeNftablesInpod:
+			r.p("The same rules with nftables, as istio-cni's nftables backend installs them: `cni/pkg/nftables/testdata/`")
+			r.p("`default_ipv6.golden` (the dual-stack set; `default.golden` is its IPv4 lines), istio/istio at commit %s, with", istioSnapshot)
+			r.p("`nft -f` in both pods (three inet tables: nat, mangle, raw), the same routing, and on the node the probes' SNAT of")
+			r.p("`hostprobe_ipv6.golden` with its sets declared and `skuid 0` for the golden file's test uid. Same stand-in, same")
+			r.p("placement as `iptables-inpod`.")
+		case ModeEBPFInpod:
+			r.p("meshredirect's in-pod mode (DESIGN.md §6), as the agent sets it up: `dataplane.EnrollInPod` for the client and the")
+			r.p("server (tcx programs on each pod's eth0 and lo, `bpf_sk_assign` to the stand-in's sockets in the pod, policy")
+			r.p("routing for local delivery), nothing on the node, no iptables or nftables rule anywhere. Same stand-in, same")
+			r.p("placement as `iptables-inpod`: what differs between the three in-pod modes is the capture alone.")
 		case ModeExplicit:
 			r.p("No capture: policy routing makes ztunnel the next hop of the client's and the server's traffic, and the client dials")
 			r.p("the stand-in's outbound port (15001) at the server's address (the server listens on 15001 too), so the stand-in")
@@ -235,20 +246,20 @@ func (r *reporter) limits() {
 		r.p("- %s.", s)
 	}
 	r.p("- IPv4 only; the datapath's IPv6 is covered by the tests, not by this benchmark.")
-	r.p("- The stand-in is not ztunnel: it splices plaintext (no mTLS, no HBONE between proxies) and carries a same-node request")
-	r.p("  in one hop. In `iptables-inpod` the server pod's proxy captures the request again (as Istio's in-pod rules do), so")
-	r.p("  its requests cross two proxy hops where the node-level modes cross one: its end-to-end figures include a second")
-	r.p("  splice; its kernel path compares like with like.")
+	r.p("- The stand-in is not ztunnel: no mTLS. In node mode it splices plaintext and carries a same-node request in one")
+	r.p("  hop; in the in-pod modes it does as ztunnel does in-pod, the client pod's 15001 tunnelling to the server pod's 15008")
+	r.p("  over HBONE (plaintext HTTP/2 CONNECT), so their requests cross two proxies where the node-level modes cross one:")
+	r.p("  compare the in-pod modes with each other (same stand-in, same placement), node-level modes with node-level ones.")
 	r.p("- The kernel path injects from a thread in the node's namespace; cost charged there (softirq work of the veths and")
 	r.p("  the redirects) is counted, work a real sender does in its own namespace (its socket, its qdisc) is not.")
 	r.p("- Each pod's netns gets its own ephemeral port range (client 10000–29999, ztunnel 30000–44999, server 45000–60999):")
 	r.p("  the proxies connect upstream with their client's address, and where a client's connection and a proxy's meet one")
-	r.p("  namespace (the node's conntrack in `iptables-node`, the server pod in `iptables-inpod`) an equal port would put two")
-	r.p("  connections on one tuple (seen as SYN challenges and 3 s stalls at 64 connections before the ranges were split).")
-	r.p("  Real ztunnel's HBONE between proxies keeps them apart; the stand-in's plaintext does not.")
+	r.p("  namespace (the node's conntrack in `iptables-node`, the server pod in the in-pod modes, where the stand-in's")
+	r.p("  connection to the server from the client's address meets the client's own) an equal port would put two connections")
+	r.p("  on one tuple (seen as SYN challenges and 3 s stalls at 64 connections before the ranges were split).")
 	r.p("- Per-program figures are a few ns each: on a busy machine they move by more than that between runs (the empty")
 	r.p("  program itself moves); compare them within one run.")
-	r.p("- In the iptables modes conntrack verifies no checksum and tracks windows liberally (`nf_conntrack_checksum=0`,")
+	r.p("- In the iptables and nftables modes conntrack verifies no checksum and tracks windows liberally (`nf_conntrack_checksum=0`,")
 	r.p("  `nf_conntrack_tcp_be_liberal=1`), so that injected segments count as the established flow they copy; a real")
 	r.p("  segment from a local veth is not verified either (CHECKSUM_PARTIAL).")
 	r.p("")

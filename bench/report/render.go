@@ -83,7 +83,9 @@ func (r *reporter) header() {
 		ModeDirect:         "nothing: no mesh, the client talks to the server (the floor of the kernel path)",
 		ModeExplicit:       "nothing but routing: ztunnel is the client's next hop, the client dials the stand-in's port (end to end only; see below)",
 		ModeIptablesNode:   "Istio's original node-level ambient rules: ipset, mangle marks and connmarks, policy routing, tunnels (VXLAN for Geneve), TPROXY in ztunnel's netns",
-		ModeIptablesInpod:  "Istio's current default: iptables in each pod's netns to listeners the proxy opens there (the stand-in runs in each pod's netns)",
+		ModeIptablesInpod:  "Istio's current default (1.24+): iptables in each pod's netns, nat REDIRECT to the listeners ztunnel opens there (`cni/pkg/iptables/testdata/default.golden`); the stand-in in ztunnel's in-pod mode",
+		ModeNftablesInpod:  "the same rules with nftables (istio-cni's nftables backend, `cni/pkg/nftables/testdata/default.golden`); same stand-in, same placement",
+		ModeEBPFInpod:      "meshredirect's in-pod mode: tcx programs on each pod's eth0 and lo, `bpf_sk_assign` to the listeners there, no rule anywhere; same stand-in, same placement",
 		ModeEBPFTC:         "meshredirect, legacy tc filters, `bpf_redirect_peer`",
 		ModeEBPFTCX:        "meshredirect, tcx links, `bpf_redirect_peer` (what the agent picks on this kernel)",
 		ModeEBPFTCRedirect: "meshredirect, legacy tc filters, `bpf_redirect` + MAC rewrite",
@@ -98,7 +100,7 @@ func (r *reporter) header() {
 	r.p("```sh")
 	r.p("make bench        # as root: the full run, about 25 minutes here")
 	r.p("make bench-quick  # as root: the same output in under 5 minutes, fewer rounds and shorter runs")
-	r.p("# both run bench/run.sh, which installs iptables and ipset (Debian) if missing, builds bin/bench and")
+	r.p("# both run bench/run.sh, which installs iptables, ipset and nftables (Debian) if missing, builds bin/bench and")
 	r.p("# bin/ztunnel-standin and runs the benchmark; by hand, with any of its flags:")
 	r.p("sudo bench/run.sh [-quick] [-modes direct,ebpf-tcx,...] [-cpu 1] [-kernel-rounds 20] [-e2e-rounds 5] [-e2e-duration 5s]")
 	r.p("make bench-report # no root, no run: this file and the charts drawn again from bench/results/latest.json")

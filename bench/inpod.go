@@ -76,15 +76,25 @@ func (c *Copy) startInPodStandin(e *env, o buildOptions) {
 	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer wcancel()
 	if err := srv.WaitConnected(wctx); err != nil {
-		e.Fatalf("copy %s: the stand-in did not connect to ZDS: %v%s", c.Mode, err, c.stderrs())
+		e.Fatalf("copy %s: the stand-in did not connect to ZDS: %v%s", c.Mode, err, c.standinStderr())
 	}
 	for _, p := range c.ambientPods() {
 		w := zds.Workload{UID: podUID(p), Info: zds.WorkloadInfo{Name: p.Name, Namespace: "default", ServiceAccount: "default"}, Netns: p.Path()}
 		if err := srv.Add(wctx, w); err != nil {
-			e.Fatalf("copy %s: hand pod %s to the stand-in: %v%s", c.Mode, p.Name, err, c.stderrs())
+			e.Fatalf("copy %s: hand pod %s to the stand-in: %v%s", c.Mode, p.Name, err, c.standinStderr())
 		}
 	}
 	c.ZDS = srv
+}
+
+// standinStderr returns the last lines the stand-in wrote on standard
+// error, for an error message.
+func (c *Copy) standinStderr() string {
+	if len(c.Standins) == 0 {
+		return ""
+	}
+	p := c.Standins[0].proc
+	return fmt.Sprintf("\n%s:\n%s", p.name, lastLines(p.stderr.String(), 5))
 }
 
 // inpodCrossing finds, for an in-pod copy, the connection of the held

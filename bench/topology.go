@@ -122,10 +122,10 @@ func buildCopy(e *env, mode string, o buildOptions) *Copy {
 	// (client:C -> server) and one a proxy opened for another
 	// (client:P -> server) share a tuple space. Where both meet one
 	// namespace (the node's conntrack in iptables-node; the server pod
-	// in iptables-inpod, where the inbound proxy's accepted connection
-	// and its connection to the server are both client:x <-> server:8080)
-	// an equal port would be two connections on one tuple. ztunnel's
-	// HBONE keeps them apart in Istio; the stand-in's plaintext does not.
+	// in the in-pod modes, where the HBONE connection from the client
+	// pod, client:x -> server:15008, and the stand-in's connection to the
+	// server, client:y -> server:8080, meet) an equal port would be two
+	// connections on one tuple, or a conntrack clash.
 	for _, r := range []struct {
 		pod   *testenv.Pod
 		ports string

@@ -87,7 +87,7 @@ func (r *reporter) endToEnd() {
 			f(func(x Run) *float64 { return x.P99us }), f(cpuField))
 	}
 	r.p("")
-	for _, base := range []string{ModeIptablesNode, ModeIptablesInpod, ModeExplicit, ModeDirect} {
+	for _, base := range []string{ModeIptablesNode, ModeIptablesInpod, ModeNftablesInpod, ModeExplicit, ModeDirect} {
 		if !r.has(base) {
 			continue
 		}

@@ -31,10 +31,11 @@ func (r *reporter) kernel() {
 	r.p("The paths are the hops of a proxied request: `client->proxy` (the client's segment arrives on its host veth),")
 	r.p("`proxy->server` (the proxy's upstream segment arrives on ztunnel's host veth), `server->proxy` (the server's reply")
 	r.p("arrives on its host veth), `proxy->client` (the proxy's reply arrives on ztunnel's host veth). For `direct` the same")
-	r.p("arrivals go straight to their destination (plain forwarding between the same interfaces). For `iptables-inpod` the")
-	r.p("proxies are in the pods: a request crosses the node once, from the client pod's proxy to the server pod's, where the")
-	r.p("pod's rules deliver it to the proxy's socket (`client->proxy`), and a reply once the other way (`server->proxy`); its")
-	r.p("other two hops are loopback inside a pod, on no host veth.")
+	r.p("arrivals go straight to their destination (plain forwarding between the same interfaces). For the in-pod modes")
+	r.p("(`iptables-inpod`, `nftables-inpod`, `ebpf-inpod`) the proxies are in the pods: a request crosses the node once, from")
+	r.p("the client pod's proxy to the server pod's HBONE listener (15008), where the pod's capture delivers it to the proxy's")
+	r.p("socket (`client->proxy`), and a reply once the other way (`server->proxy`); their other two hops are loopback inside a")
+	r.p("pod, on no host veth. The same hops, the same stand-in in the same place, in all three.")
 	r.p("")
 	r.p("### ns per packet")
 	r.p("")
@@ -53,7 +54,7 @@ func (r *reporter) kernel() {
 	r.p("")
 	r.p("![ns per packet by path and mode](%s/kernel-path.png)", r.charts)
 	r.p("")
-	for _, base := range []string{ModeIptablesNode, ModeIptablesInpod, ModeDirect} {
+	for _, base := range []string{ModeIptablesNode, ModeIptablesInpod, ModeNftablesInpod, ModeDirect} {
 		if !r.has(base) {
 			continue
 		}

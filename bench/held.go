@@ -26,8 +26,9 @@ type held struct {
 	// (source:P -> server:HoldPort): the proxy's upstream in the node-level
 	// modes, the same as Leg1 in direct mode.
 	Leg1, Leg2 tuple
-	// Crossing is, for iptables-inpod, the connection that crosses the
-	// node: from the client pod's proxy to the server pod's proxy.
+	// Crossing is, for the in-pod modes, the connection that crosses the
+	// node: from the client pod's proxy to the server pod's proxy (its
+	// HBONE listener, 15008).
 	Crossing tuple
 }
 
@@ -88,23 +89,15 @@ func holdConnection(e *env, c *Copy) *held {
 	h := &held{client: cl, server: sv}
 	h.Leg1 = tuple{Src: addrPort(cl.LocalAddr()), Dst: dst}
 	h.Leg2 = tuple{Src: addrPort(sv.RemoteAddr()), Dst: dst}
-	switch c.Mode {
-	case report.ModeDirect:
+	switch {
+	case c.Mode == report.ModeDirect:
 		if h.Leg2 != h.Leg1 {
 			e.Fatalf("copy %s: the server saw %s, the client sent %s: something is in the way", c.Mode, h.Leg2, h.Leg1)
 		}
-	case report.ModeIptablesInpod:
-		// The client pod's proxy carried Leg1 to the server pod's proxy,
-		// which carried it to the server: the crossing is the first's
-		// upstream, the second's client.
-		out := findRecord(e, c, c.Standins[0].pod, func(r ztunnel.Record) bool { return unmap(r.Source) == h.Leg1.Src })
-		in := findRecord(e, c, c.Standins[1].pod, func(r ztunnel.Record) bool { return unmap(r.Source) == unmap(out.Upstream) })
-		if out.Listener != ztunnel.PortOutbound || in.Listener != ztunnel.PortInbound || unmap(in.Upstream) != h.Leg2.Src {
-			e.Fatalf("copy %s: the held connection did not go client proxy :15001 -> server proxy :15006 -> server (records %+v, %+v)", c.Mode, out, in)
-		}
-		h.Crossing = tuple{Src: unmap(out.Upstream), Dst: dst}
+	case report.IsInPod(c.Mode):
+		h.Crossing = inpodCrossing(e, c, h)
 	default:
-		r := findRecord(e, c, c.Standins[0].pod, func(r ztunnel.Record) bool { return unmap(r.Source) == h.Leg1.Src })
+		r := findRecord(e, c, func(r ztunnel.Record) bool { return unmap(r.Source) == h.Leg1.Src })
 		if r.Listener != ztunnel.PortOutbound || unmap(r.Upstream) != h.Leg2.Src {
 			e.Fatalf("copy %s: the held connection did not go through ztunnel's :15001 to the server (record %+v, server saw %s)", c.Mode, r, h.Leg2.Src)
 		}
@@ -112,9 +105,10 @@ func holdConnection(e *env, c *Copy) *held {
 	return h
 }
 
-// findRecord fetches the records of the stand-in in pod and returns the
+// findRecord fetches the records of the copy's stand-in and returns the
 // first that match says is the one.
-func findRecord(e *env, c *Copy, pod *testenv.Pod, match func(ztunnel.Record) bool) ztunnel.Record {
+func findRecord(e *env, c *Copy, match func(ztunnel.Record) bool) ztunnel.Record {
+	pod := c.Standins[0].pod
 	recs, err := standinRecords(pod)
 	if err != nil {
 		e.Fatalf("copy %s: %v", c.Mode, err)

@@ -30,24 +30,28 @@ type injection struct {
 //   - direct: the same four arrivals with no mesh: leg 1 both ways, from
 //     the pods' veths and from ztunnel's (plain forwarding between the
 //     same interfaces, the floor every path is compared with).
-//   - iptables-inpod: the proxies live in the pods, so a request crosses
-//     the node once, from the client pod's proxy to the server pod's
+//   - in-pod modes (iptables-inpod, nftables-inpod, ebpf-inpod): the
+//     proxies live in the pods, so a request crosses the node once, from
+//     the client pod's proxy to the server pod's HBONE listener
 //     (client->proxy: the segment arrives on the client's host veth and
-//     lands at the server pod's proxy), and a reply once the other way
-//     (server->proxy); proxy->server and proxy->client are loopback hops
-//     inside a pod, which no host veth sees: not measured.
+//     lands in the server pod's netns, at the stand-in's :15008 there),
+//     and a reply once the other way (server->proxy: from the server
+//     pod's :15008 to the client pod's proxy); proxy->server and
+//     proxy->client are loopback hops inside a pod, which no host veth
+//     sees: not measured. The same hops in the three modes, the capture
+//     in the pods being what differs.
 func injections(c *Copy, h *held) (out []injection, skipped []string) {
 	add := func(path string, pod *testenv.Pod, flow tuple, expect string) {
 		out = append(out, injection{Path: path, Pod: pod, Flow: flow, Expect: expect,
 			frame: ackFrame(pod.HostVethMAC, pod.MAC, flow)})
 	}
-	switch c.Mode {
-	case report.ModeDirect:
+	switch {
+	case c.Mode == report.ModeDirect:
 		add(report.PathClientProxy, c.Client, h.Leg1, "server")
 		add(report.PathProxyServer, c.Ztunnel, h.Leg1, "server")
 		add(report.PathServerProxy, c.Server, h.Leg1.reverse(), "client")
 		add(report.PathProxyClient, c.Ztunnel, h.Leg1.reverse(), "client")
-	case report.ModeIptablesInpod:
+	case report.IsInPod(c.Mode):
 		add(report.PathClientProxy, c.Client, h.Crossing, "server")
 		add(report.PathServerProxy, c.Server, h.Crossing.reverse(), "client")
 		for _, p := range []string{report.PathProxyServer, report.PathProxyClient} {

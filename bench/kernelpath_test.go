@@ -17,7 +17,7 @@ func TestInjections(t *testing.T) {
 	h := &held{
 		Leg1:     tuple{Src: mustAP("198.18.16.1:10001"), Dst: mustAP("198.18.16.2:9090")},
 		Leg2:     tuple{Src: mustAP("198.18.16.1:30001"), Dst: mustAP("198.18.16.2:9090")},
-		Crossing: tuple{Src: mustAP("198.18.16.1:10002"), Dst: mustAP("198.18.16.2:9090")},
+		Crossing: tuple{Src: mustAP("198.18.16.1:10002"), Dst: mustAP("198.18.16.2:15008")},
 	}
 	type want struct{ pod, expect string }
 	for _, tc := range []struct {
@@ -36,6 +36,10 @@ func TestInjections(t *testing.T) {
 			report.PathServerProxy: {"server", "ztunnel"}, report.PathProxyClient: {"ztunnel", "client"}}, 0},
 		{report.ModeIptablesInpod, map[string]want{
 			report.PathClientProxy: {"client", "server"}, report.PathServerProxy: {"server", "client"}}, 2},
+		{report.ModeNftablesInpod, map[string]want{
+			report.PathClientProxy: {"client", "server"}, report.PathServerProxy: {"server", "client"}}, 2},
+		{report.ModeEBPFInpod, map[string]want{
+			report.PathClientProxy: {"client", "server"}, report.PathServerProxy: {"server", "client"}}, 2},
 	} {
 		c := &Copy{Mode: tc.mode, Client: pod("client"), Server: pod("server"), Ztunnel: pod("ztunnel")}
 		injs, skipped := injections(c, h)
@@ -53,7 +57,7 @@ func TestInjections(t *testing.T) {
 			if tc.mode == report.ModeEBPFTCX && inj.Path == report.PathServerProxy && inj.Flow != h.Leg2.reverse() {
 				t.Errorf("%s: server->proxy injects %s, want the upstream leg's reply %s", tc.mode, inj.Flow, h.Leg2.reverse())
 			}
-			if tc.mode == report.ModeIptablesInpod && inj.Path == report.PathClientProxy && inj.Flow != h.Crossing {
+			if report.IsInPod(tc.mode) && inj.Path == report.PathClientProxy && inj.Flow != h.Crossing {
 				t.Errorf("%s: client->proxy injects %s, want the crossing %s", tc.mode, inj.Flow, h.Crossing)
 			}
 		}

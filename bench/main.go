@@ -5,6 +5,11 @@
 //	explicit          the proxy is the client's next hop (routing only)
 //	iptables-node     Istio's original node-level ambient rules
 //	iptables-inpod    Istio's current default: iptables in each pod's netns
+//	                  (nat REDIRECT, Istio 1.24+)
+//	nftables-inpod    the same rules with nftables (istio-cni's nftables
+//	                  backend)
+//	ebpf-inpod        meshredirect's in-pod mode: tcx programs in each pod's
+//	                  netns, no rule anywhere
 //	ebpf-tc, ebpf-tcx meshredirect, legacy tc filters or tcx links,
 //	                  bpf_redirect_peer
 //	ebpf-tc-redirect, ebpf-tcx-redirect
@@ -178,9 +183,9 @@ func preflight(o options) error {
 	if _, err := os.Stat(o.standin); err != nil {
 		return fmt.Errorf("the ztunnel stand-in binary: %w (build it: go build -o bin/ztunnel-standin ./testenv/cmd/ztunnel-standin, or pass -standin)", err)
 	}
-	for _, tool := range []string{"iptables-restore", "iptables", "ipset", "ip", "taskset"} {
+	for _, tool := range []string{"iptables-restore", "ip6tables-restore", "iptables", "ip6tables", "ipset", "nft", "ip", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s is missing (apt-get install iptables ipset iproute2 util-linux)", tool)
+			return fmt.Errorf("%s is missing (apt-get install iptables ipset nftables iproute2 util-linux)", tool)
 		}
 	}
 	return rlimit.RemoveMemlock()

@@ -10,10 +10,10 @@ import (
 	"github.com/meshredirect/meshredirect/bench/report"
 )
 
-// baselines are the modes every other is compared with: the two iptables
-// modes (the goals), no mesh and the explicit proxy (the floors), and
+// baselines are the modes every other is compared with: Istio's rules,
+// node-level iptables and in-pod iptables and nftables (the goals), no mesh and the explicit proxy (the floors), and
 // ebpf-tcx (to show what the attach mode and the redirect helper change).
-var baselines = []string{report.ModeIptablesNode, report.ModeIptablesInpod, report.ModeDirect, report.ModeExplicit, report.ModeEBPFTCX, report.ModeEBPFTC}
+var baselines = []string{report.ModeIptablesNode, report.ModeIptablesInpod, report.ModeNftablesInpod, report.ModeDirect, report.ModeExplicit, report.ModeEBPFTCX, report.ModeEBPFTC}
 
 // runBench builds a copy per mode and measures: per program, the kernel
 // path, end to end.
@@ -192,6 +192,13 @@ func runEndToEnd(o options, copies map[string]*Copy) ([]report.Run, error) {
 		specs = append(specs, e2eRun{Path: report.PathMaxQPS, Connections: c, QPS: -1})
 	}
 	specs = append(specs, e2eRun{Path: report.PathFixedQPS, Connections: o.fixedConns, QPS: o.fixedQPS})
+	for _, m := range o.modes {
+		proof, err := proveThroughStandin(copies[m])
+		if err != nil {
+			return nil, err
+		}
+		logf("end to end, proved: %s", proof)
+	}
 	logf("end to end: %d rounds of %d runs per mode, %s each", o.e2eRounds, len(specs), o.e2eDuration)
 	var runs []report.Run
 	for round := 1; round <= o.e2eRounds; round++ {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh [bench flags]: what `make bench` and `make bench-quick` run.
 # As root: installs what the benchmark needs and a fresh machine may lack
-# (iptables, ipset: Debian packages), builds the benchmark and the ztunnel
+# (iptables, ipset, nftables: Debian packages), builds the benchmark and the ztunnel
 # stand-in into bin/, and runs the benchmark from the repository's root.
 #
 #   bench/run.sh           # the full run (about 20 minutes here)
@@ -18,6 +18,7 @@ fi
 need=()
 command -v iptables-restore >/dev/null 2>&1 || need+=(iptables)
 command -v ipset >/dev/null 2>&1 || need+=(ipset)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 if ((${#need[@]})); then

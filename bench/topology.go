@@ -8,12 +8,13 @@ import (
 	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/dataplane"
 	"github.com/meshredirect/meshredirect/testenv"
+	"github.com/meshredirect/meshredirect/zds"
 )
 
 // allModes lists every mode in the order tables show them.
 var allModes = []string{
 	report.ModeDirect, report.ModeExplicit, report.ModeIptablesNode, report.ModeIptablesInpod,
-	report.ModeEBPFTC, report.ModeEBPFTCX, report.ModeEBPFTCRedirect, report.ModeEBPFTCXRedir,
+	report.ModeNftablesInpod, report.ModeEBPFInpod, report.ModeEBPFTC, report.ModeEBPFTCX, report.ModeEBPFTCRedirect, report.ModeEBPFTCXRedir,
 }
 
 // hasKernelPath reports whether the kernel path is measured for mode: the
@@ -55,8 +56,11 @@ type Copy struct {
 	// ServerCG (the HTTP server) and ClientCG (the load generator).
 	Cgroup, Proxy, ServerCG, ClientCG *cgroup
 	// Standins are the stand-in processes with the namespace each runs
-	// in: ztunnel's, or for iptables-inpod the client's and the server's.
+	// in: one, in ztunnel's pod (in the in-pod modes it opens its
+	// listeners in the client's and the server's netns).
 	Standins []standin
+	// ZDS is the ZDS server an in-pod copy's stand-in is connected to.
+	ZDS *zds.Server
 	// Agent is the load generator in the client pod.
 	Agent *process
 }
@@ -118,10 +122,10 @@ func buildCopy(e *env, mode string, o buildOptions) *Copy {
 	// (client:C -> server) and one a proxy opened for another
 	// (client:P -> server) share a tuple space. Where both meet one
 	// namespace (the node's conntrack in iptables-node; the server pod
-	// in iptables-inpod, where the inbound proxy's accepted connection
-	// and its connection to the server are both client:x <-> server:8080)
-	// an equal port would be two connections on one tuple. ztunnel's
-	// HBONE keeps them apart in Istio; the stand-in's plaintext does not.
+	// in the in-pod modes, where the HBONE connection from the client
+	// pod, client:x -> server:15008, and the stand-in's connection to the
+	// server, client:y -> server:8080, meet) an equal port would be two
+	// connections on one tuple, or a conntrack clash.
 	for _, r := range []struct {
 		pod   *testenv.Pod
 		ports string
@@ -143,6 +147,10 @@ func buildCopy(e *env, mode string, o buildOptions) *Copy {
 		c.setupIptablesNode(e)
 	case report.ModeIptablesInpod:
 		c.setupIptablesInpod(e)
+	case report.ModeNftablesInpod:
+		c.setupNftablesInpod(e)
+	case report.ModeEBPFInpod:
+		c.setupEBPFInpod(e, o.BPFFS)
 	default:
 		c.setupEBPF(e, o.BPFFS)
 	}
@@ -155,13 +163,10 @@ func buildCopy(e *env, mode string, o buildOptions) *Copy {
 	startProcess(e, &c.Server.Namespace, c.ServerCG, o.CPU, mode+" server",
 		[]string{o.Self, "serve", "-ports", ports}, goenv)
 	switch {
-	case mode == report.ModeIptablesInpod:
-		// ztunnel in-pod: its listeners inside each pod's netns, its
-		// sockets marked 0x539 (set for it by the proxy cgroup).
-		markSockets(e, c.Proxy, inpodMark)
-		for _, p := range []*testenv.Pod{c.Client, c.Server} {
-			c.startStandin(e, p, o)
-		}
+	case report.IsInPod(mode):
+		// ztunnel in-pod (see inpod.go): one process, its listeners
+		// inside each pod's netns, its sockets marked 0x539.
+		c.startInPodStandin(e, o)
 	case hasProxy(mode):
 		c.startStandin(e, c.Ztunnel, o)
 	}
@@ -173,10 +178,10 @@ func buildCopy(e *env, mode string, o buildOptions) *Copy {
 }
 
 // startStandin starts the stand-in binary in pod's netns, in the proxy
-// cgroup, with its admin listener for the records.
-func (c *Copy) startStandin(e *env, pod *testenv.Pod, o buildOptions) {
+// cgroup, with its admin listener for the records and args.
+func (c *Copy) startStandin(e *env, pod *testenv.Pod, o buildOptions, args ...string) {
 	p := startProcess(e, &pod.Namespace, c.Proxy, o.CPU, fmt.Sprintf("%s stand-in in %s", c.Mode, pod.Name),
-		[]string{o.Standin, "-admin", fmt.Sprintf("127.0.0.1:%d", adminPort)})
+		append([]string{o.Standin, "-admin", fmt.Sprintf("127.0.0.1:%d", adminPort)}, args...))
 	c.Standins = append(c.Standins, standin{pod: pod, proc: p})
 }
 

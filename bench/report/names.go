@@ -3,7 +3,14 @@ package report
 // Mode names, as latest.json records them. The eBPF modes are
 // meshredirect's dataplane with an attach mode (legacy tc filters or tcx
 // links) and a redirect helper (bpf_redirect_peer, or bpf_redirect with a
-// MAC rewrite).
+// MAC rewrite). The in-pod modes run ztunnel's listeners in each pod's
+// netns (one stand-in process with -zds, the same in all three) and differ
+// in the capture alone: Istio's current rules with iptables
+// (cni/pkg/iptables/testdata/default.golden: nat REDIRECT to 15001, 15006
+// and 15053, mangle connmark 0x539 -> 0x111, raw CT zone 1 for DNS) or
+// with nftables (cni/pkg/nftables/testdata/default.golden), read in
+// istio/istio at commit 86c9f01fd735, or meshredirect's in-pod programs
+// (ebpf-inpod, tcx, no rule anywhere).
 const (
 	ModeDirect         = "direct"
 	ModeExplicit       = "explicit"

@@ -39,13 +39,20 @@ func (r *reporter) meaning() {
 			r.p("  before table 102, then in ztunnel's netns a mangle rule and a fwmark rule to make a foreign address local.")
 		}
 	}
-	if r.has(ModeIptablesInpod) && r.has(ModeDirect) {
-		n, ok := hop(ModeIptablesInpod)
-		d, okD := hop(ModeDirect)
-		if ok && okD {
-			r.p("- **In-pod rules** cost %.0f ns over plain forwarding on the node crossing (%.0f vs %.0f): the node's probe SNAT", n-d, n, d)
-			r.p("  puts conntrack (and NAT's hooks) on the node's forwarding path, and the destination pod runs conntrack and its")
-			r.p("  chains before local delivery.")
+	if d, okD := hop(ModeDirect); okD {
+		for _, m := range []string{ModeIptablesInpod, ModeNftablesInpod} {
+			n, ok := hop(m)
+			if !ok {
+				continue
+			}
+			r.p("- **In-pod rules, `%s`**, cost %.0f ns over plain forwarding on the node crossing (%.0f vs %.0f): the", m, n-d, n, d)
+			r.p("  node's probe SNAT puts conntrack and NAT's hooks on the node's forwarding path, and the destination pod runs")
+			r.p("  conntrack, its mangle and nat hooks (NAT only looks at a connection's first segment) before local delivery.")
+		}
+		if n, ok := hop(ModeEBPFInpod); ok {
+			r.p("- **`ebpf-inpod`** on the same crossing: %.0f ns against %.0f for plain forwarding: no conntrack on the node or", n, d)
+			r.p("  in the pod; the segment meets `pod_ingress` on the server pod's eth0, which passes it to the stand-in's 15008")
+			r.p("  (the `passed` verdicts in the proofs).")
 		}
 	}
 	if r.has(ModeEBPFTCXRedir) && r.has(ModeEBPFTCX) {
@@ -134,11 +141,9 @@ func (r *reporter) e2eMeaning() {
 	r.p("  the noisiest figures here.")
 }
 
-// inpodIstioOriginal is the line bench/mode_iptables_inpod.go changes
-// (marked CHANGED there), as Istio has it: the report shows both.
-var inpodIstioOriginal = []string{
-	"-t nat -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001",
-}
+// istioSnapshot is the istio/istio commit whose in-pod rules the in-pod
+// modes install (bench/mode_iptables_inpod.go, mode_nftables_inpod.go).
+const istioSnapshot = "86c9f01fd735"
 
 // rules prints what each mode ran.
 func (r *reporter) rules() {
@@ -168,9 +173,17 @@ func (r *reporter) rules() {
 			r.p("tunnel; only connection requests cross istioout/istioin: the SYN path, where the kernel path measures it.")
 		case ModeIptablesInpod:
 			if !r.inpodTPROXY() {
-				r.p("Istio's in-pod rules as istio-cni 1.24+ writes them (`cni/pkg/iptables/testdata/default.golden`: nat REDIRECT to")
-				r.p("the proxy's ports, the `raw` table's DNS conntrack zones), in both pods, and the node's probe SNAT. The stand-in")
-				r.p("reads the original destination with `SO_ORIGINAL_DST`, as ztunnel does behind REDIRECT.")
+				r.p("Istio's in-pod rules as Istio installs them today (istio-cni, ambient in-pod redirection by `nat` REDIRECT since")
+				r.p("1.24, istio/istio #52622; the older TPROXY rules were removed in 1.25): `cni/pkg/iptables/testdata/default.golden` for")
+				r.p("IPv4 and the IPv6 half of `default_ipv6.golden`, istio/istio at commit %s, rule for rule, in both pods: nat", istioSnapshot)
+				r.p("REDIRECT of outbound TCP to 15001, of inbound TCP (except HBONE's 15008) to 15006 and of DNS to 15053; mangle")
+				r.p("connmark 0x539 → 0x111 and its restore; raw CT zone 1 for DNS. Beside them Istio's routing (`iptables_linux.go`:")
+				r.p("fwmark 0x111 → table 100, a local route to `lo`), and on the node only the SNAT of kubelet's probes")
+				r.p("(`hostprobe.golden`, `iptables.go` AppendHostRules), with the pods in its ipsets. The probe sources are Istio's")
+				r.p("defaults, 169.254.7.127 and fd16:9254:7127:1337:ffff:ffff:ffff:ffff (the golden files' IPv6 one is a test value).")
+				r.p("The stand-in runs as ztunnel does in-pod (one process in ztunnel's pod,")
+				r.p("`-zds`: handed each pod over ZDS, it opens its listeners in the pod's netns, SO_MARK 0x539 on every socket) and")
+				r.p("reads each redirected connection's original destination with `SO_ORIGINAL_DST`, as ztunnel does.")
 				break
 			}
 			r.p("Istio's in-pod rules (istio-cni 1.21–1.23, `cni/pkg/iptables`, the `tproxy.golden` set with marks 0x539/0x111) in")
@@ -192,10 +205,16 @@ func (r *reporter) rules() {
 			r.p("0x111, so its later segments are restored to 0x111 and delivered locally by table 100: only connection requests take")
 			r.p("the 0x112 path.")
 		case ModeNftablesInpod:
-			r.p("Istio's in-pod rules in nftables (`cni/pkg/nftables`), the twin of `iptables-inpod`'s in both pods, with the node's")
-			r.p("probe SNAT; the same stand-in in the same places.")
+			r.p("The same rules with nftables, as istio-cni's nftables backend installs them: `cni/pkg/nftables/testdata/`")
+			r.p("`default_ipv6.golden` (the dual-stack set; `default.golden` is its IPv4 lines), istio/istio at commit %s, with", istioSnapshot)
+			r.p("`nft -f` in both pods (three inet tables: nat, mangle, raw), the same routing, and on the node the probes' SNAT of")
+			r.p("`hostprobe_ipv6.golden` with its sets declared and `skuid 0` for the golden file's test uid. Same stand-in, same")
+			r.p("placement as `iptables-inpod`.")
 		case ModeEBPFInpod:
-			r.p("meshredirect's in-pod mode: the same stand-in in each pod's netns as in `iptables-inpod`, no rules in the pods.")
+			r.p("meshredirect's in-pod mode (DESIGN.md §6), as the agent sets it up: `dataplane.EnrollInPod` for the client and the")
+			r.p("server (tcx programs on each pod's eth0 and lo, `bpf_sk_assign` to the stand-in's sockets in the pod, policy")
+			r.p("routing for local delivery), nothing on the node, no iptables or nftables rule anywhere. Same stand-in, same")
+			r.p("placement as `iptables-inpod`: what differs between the three in-pod modes is the capture alone.")
 		case ModeExplicit:
 			r.p("No capture: policy routing makes ztunnel the next hop of the client's and the server's traffic, and the client dials")
 			r.p("the stand-in's outbound port (15001) at the server's address (the server listens on 15001 too), so the stand-in")
@@ -220,21 +239,27 @@ func (r *reporter) limits() {
 	if !r.hasFamily(FamilyIPv6) {
 		r.p("- IPv6: not measured in this run (IPv4 only); the datapath's IPv6 is covered by the tests.")
 	}
-	r.p("- The stand-in is not ztunnel: it splices plaintext (no mTLS, no HBONE between proxies) and carries a same-node request")
-	r.p("  in one hop. In the in-pod modes the server pod's proxy captures the request again (as Istio's in-pod rules do), so")
-	r.p("  a request crosses two proxies where the node-level modes cross one: the report compares in-pod modes with each other")
-	r.p("  and node modes with each other, never across.")
+	r.p("- The stand-in is not ztunnel: no mTLS. In node mode it splices plaintext and carries a same-node request in one")
+	r.p("  hop; in the in-pod modes it does as ztunnel does in-pod, the client pod's 15001 tunnelling to the server pod's 15008")
+	r.p("  over HBONE (plaintext HTTP/2 CONNECT), so their requests cross two proxies where the node-level modes cross one:")
+	r.p("  compare the in-pod modes with each other (same stand-in, same placement), node-level modes with node-level ones.")
 	r.p("- The kernel path injects from a thread in the node's namespace; cost charged there (softirq work of the veths and")
 	r.p("  the redirects) is counted, work a real sender does in its own namespace (its socket, its qdisc) is not.")
 	r.p("- Each pod's netns gets its own ephemeral port range (client 10000–29999, ztunnel 30000–44999, server 45000–60999):")
 	r.p("  the proxies connect upstream with their client's address, and where a client's connection and a proxy's meet one")
-	r.p("  namespace (the node's conntrack in `iptables-node`, the server pod in `iptables-inpod`) an equal port would put two")
-	r.p("  connections on one tuple (seen as SYN challenges and 3 s stalls at 64 connections before the ranges were split).")
-	r.p("  Real ztunnel's HBONE between proxies keeps them apart; the stand-in's plaintext does not.")
+	r.p("  namespace (the node's conntrack in `iptables-node`, the server pod in the in-pod modes, where the stand-in's")
+	r.p("  connection to the server from the client's address meets the client's own) an equal port would put two connections")
+	r.p("  on one tuple (seen as SYN challenges and 3 s stalls at 64 connections before the ranges were split).")
 	r.p("- Per-program figures are a few ns each: on a busy machine they move by more than that between runs (the empty")
 	r.p("  program itself moves); compare them within one run.")
-	r.p("- In the iptables modes conntrack verifies no checksum and tracks windows liberally (`nf_conntrack_checksum=0`,")
+	r.p("- In the iptables and nftables modes conntrack verifies no checksum and tracks windows liberally (`nf_conntrack_checksum=0`,")
 	r.p("  `nf_conntrack_tcp_be_liberal=1`), so that injected segments count as the established flow they copy; a real")
 	r.p("  segment from a local veth is not verified either (CHECKSUM_PARTIAL).")
 	r.p("")
+}
+
+// inpodIstioOriginal is the line the TPROXY variant of iptables-inpod
+// changed (results written before the REDIRECT rules), as Istio has it.
+var inpodIstioOriginal = []string{
+	"-t nat -A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001",
 }

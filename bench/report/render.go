@@ -88,8 +88,8 @@ func (r *reporter) header() {
 		ModeExplicit:       "nothing but routing: ztunnel is the client's next hop, the client dials the stand-in's port (end to end only; see below)",
 		ModeIptablesNode:   "Istio's original node-level ambient rules (1.18–1.20): ipset, mangle marks and connmarks, policy routing, tunnels (VXLAN for Geneve), TPROXY in ztunnel's netns",
 		ModeIptablesInpod:  r.inpodRulesDesc(),
-		ModeNftablesInpod:  "Istio's in-pod rules in nftables (`cni/pkg/nftables`), the same chains as `iptables-inpod` in each pod's netns",
-		ModeEBPFInpod:      "meshredirect's in-pod mode: the stand-in in each pod's netns as for `iptables-inpod`, traffic steered to it by eBPF instead of rules",
+		ModeNftablesInpod:  "the same rules with nftables (istio-cni's nftables backend, `cni/pkg/nftables/testdata/default.golden`); same stand-in, same placement",
+		ModeEBPFInpod:      "meshredirect's in-pod mode: tcx programs on each pod's eth0 and lo, `bpf_sk_assign` to the listeners there, no rule anywhere; same stand-in, same placement",
 		ModeEBPFTC:         "meshredirect, legacy tc filters, `bpf_redirect_peer`",
 		ModeEBPFTCX:        "meshredirect, tcx links, `bpf_redirect_peer` (what the agent picks on this kernel)",
 		ModeEBPFTCRedirect: "meshredirect, legacy tc filters, `bpf_redirect` + MAC rewrite",
@@ -104,7 +104,7 @@ func (r *reporter) header() {
 	r.p("```sh")
 	r.p("make bench        # as root: the full run, about 25 minutes here")
 	r.p("make bench-quick  # as root: the same output in under 5 minutes, fewer rounds and shorter runs")
-	r.p("# both run bench/run.sh, which installs iptables and ipset (Debian) if missing, builds bin/bench and")
+	r.p("# both run bench/run.sh, which installs iptables, ipset and nftables (Debian) if missing, builds bin/bench and")
 	r.p("# bin/ztunnel-standin and runs the benchmark; by hand, with any of its flags:")
 	r.p("sudo bench/run.sh [-quick] [-modes direct,ebpf-tcx,...] [-cpu 1] [-kernel-rounds 20] [-e2e-rounds 5] [-e2e-duration 5s]")
 	r.p("make bench-report # no root, no run: this file and the charts drawn again from bench/results/latest.json")

@@ -79,7 +79,7 @@ func (s *Server) answer(st *site, c *net.UDPConn, port int, from, dst netip.Addr
 // address. The connection's record counts the queries' and replies' bytes.
 func (s *Server) serveDNSTCP(st *site, port int, c *net.TCPConn) {
 	defer s.untrack(c)
-	src, dst := addrPort(c.RemoteAddr()), origDstTCP(st, c)
+	src, dst := addrPort(c.RemoteAddr()), origDstTCP(c)
 	id := s.rec.begin(Record{Listener: port, Proto: "dns-tcp", Source: src, OrigDst: dst, Pod: st.podInfo()})
 	var in, out int64
 	var err error

@@ -16,7 +16,12 @@
 // Redirection (bpf_sk_assign, or TPROXY) hands these sockets packets whose
 // destination is not one of ztunnel's addresses. An accepted connection's
 // local address is therefore the original destination, the address the
-// client dialled, and its remote address the client.
+// client dialled, and its remote address the client. Redirection by NAT
+// (iptables or nftables REDIRECT, Istio's in-pod rules since 1.24) rewrites
+// the destination to the listener's; the stand-in then reads the original
+// from conntrack, as ztunnel does on every accepted TCP connection
+// (src/socket.rs orig_dst_addr_or_default): SO_ORIGINAL_DST, then
+// IP6T_SO_ORIGINAL_DST, else (no NAT, ENOENT) the local address.
 //
 // On 15001 and 15006 the stand-in connects to the original destination
 // with the client's address as source (IP_TRANSPARENT and IP_FREEBIND, bound

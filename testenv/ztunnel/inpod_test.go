@@ -919,3 +919,95 @@ table inet standin {
 		})
 	}
 }
+
+// TestOrigDstRedirect: a connection that iptables REDIRECTs (nat OUTPUT,
+// to 15001, as Istio's in-pod rules do since 1.24) reaches the stand-in
+// with 127.0.0.1 or ::1 as its local address; the record's original
+// destination is still the address the client dialled, which only
+// SO_ORIGINAL_DST (IPv4, also on the dual-stack listener) and
+// IP6T_SO_ORIGINAL_DST (IPv6) know, and the flow reaches it. A connection
+// no NAT touched (to a pod whose namespace has no conntrack at all: the
+// kernel answers ENOENT) records its local address.
+func TestOrigDstRedirect(t *testing.T) {
+	node := testenv.NewNode(t, testenv.NodeOptions{})
+	a, b, c := node.AddPod("a", testenv.Ambient), node.AddPod("b", testenv.NotAmbient), node.AddPod("c", testenv.Ambient)
+	for _, tool := range []string{"iptables-restore", "ip6tables-restore"} {
+		path := testutil.RequireTool(t, tool, "to REDIRECT as Istio's in-pod rules do")
+		lo := "127.0.0.1/32"
+		if tool == "ip6tables-restore" {
+			lo = "::1/128"
+		}
+		if err := a.Do(func() error {
+			cmd := exec.Command(path)
+			cmd.Stdin = strings.NewReader("*nat\n-A OUTPUT ! -d " + lo + " -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001\nCOMMIT\n")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("%s: %v: %s", tool, err, out)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	echo := b.StartEcho(8080)
+	s, f := startInPod(t, Options{})
+	ctx := testContext(t)
+	zc := f.accept(t)
+	zc.mustAck(t, add(a), openNetns(t, a))
+	zc.mustAck(t, add(c), openNetns(t, c))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("records: %+v", s.Records())
+		}
+	})
+
+	for _, fam := range families() {
+		t.Run(fam.name+"/redirected", func(t *testing.T) {
+			dst := netip.AddrPortFrom(ip(b, fam.v6), 8080)
+			conn, err := a.DialContext(ctx, network("tcp", dst.Addr()), dst.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			src := addrPort(conn.LocalAddr())
+			exchange(t, conn, "from a to b through a's 15001")
+			r, err := s.WaitFor(ctx, func(r Record) bool { return r.Source == src && r.Done() })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Listener != PortOutbound || r.OrigDst != dst || r.Target != dst || r.Err != "" || r.ClientToServer == 0 {
+				t.Errorf("record %+v: want listener 15001, original destination %s (the address dialled), bytes carried", r, dst)
+			}
+			peers := echo.Peers()
+			if len(peers) == 0 || peers[len(peers)-1] != r.Upstream {
+				t.Errorf("b saw %v, want %s last", peers, r.Upstream)
+			}
+		})
+		t.Run(fam.name+"/not-nated", func(t *testing.T) {
+			// c's own 15006, dialled: the stand-in refuses it as a loop,
+			// after recording it (the reset may beat the dial's return:
+			// the source port is chosen here).
+			dst := netip.AddrPortFrom(ip(c, fam.v6), PortInbound)
+			src := netip.AddrPortFrom(ip(b, fam.v6), 40123)
+			d := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(src)}
+			if err := b.Do(func() error {
+				conn, err := d.DialContext(ctx, network("tcp", dst.Addr()), dst.String())
+				if err == nil {
+					conn.Close()
+				}
+				if errors.Is(err, syscall.ECONNRESET) {
+					return nil
+				}
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			r, err := s.WaitFor(ctx, func(r Record) bool { return r.Source == src && r.Done() })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Listener != PortInbound || r.OrigDst != dst || r.Pod != podInfo(c) {
+				t.Errorf("record %+v: want listener 15006 of pod c, original destination %s (the local address)", r, dst)
+			}
+		})
+	}
+}

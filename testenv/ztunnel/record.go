@@ -23,8 +23,10 @@ type Record struct {
 	// Source is the client: the accepted connection's remote address, the
 	// query's sender.
 	Source netip.AddrPort `json:"source"`
-	// OrigDst is the original destination: the accepted connection's local
-	// address (on 15008 the outer connection's), the query's destination.
+	// OrigDst is the original destination: what SO_ORIGINAL_DST says of
+	// the accepted connection (a connection NAT redirected), else its
+	// local address (on 15008 the outer connection's local address); the
+	// query's destination.
 	OrigDst netip.AddrPort `json:"origDst"`
 	// Target is where the stand-in connected: OrigDst on 15001 and 15006,
 	// the CONNECT authority on 15008. Not set for DNS.

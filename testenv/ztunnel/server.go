@@ -368,7 +368,7 @@ func (s *Server) acceptLoop(st *site, port int, l *net.TCPListener) {
 // destination, from the client's address.
 func (s *Server) proxy(st *site, port int, c *net.TCPConn) {
 	defer s.untrack(c)
-	src, dst := addrPort(c.RemoteAddr()), origDstTCP(st, c)
+	src, dst := addrPort(c.RemoteAddr()), origDstTCP(c)
 	id := s.rec.begin(Record{Listener: port, Proto: "tcp", Source: src, OrigDst: dst, Target: dst, Pod: st.podInfo()})
 	if s.isSelf(st, dst) {
 		s.reject(id, c, fmt.Errorf("original destination %s is the stand-in's own listener: not forwarding (it would loop)", dst))

@@ -212,43 +212,52 @@ func (s *Server) outboundInPod(st *site, id int, c *net.TCPConn, dst netip.AddrP
 	s.rec.end(id, c2s, s2c, err)
 }
 
-// origDstTCP returns an accepted connection's original destination. In a
-// pod, as ztunnel (socket.rs orig_dst_addr_or_default): SO_ORIGINAL_DST
-// (IP6T_SO_ORIGINAL_DST), for a connection iptables NATed, else the local
-// address (bpf_sk_assign and TPROXY do not NAT). In node mode, the local
-// address.
-func origDstTCP(st *site, c *net.TCPConn) netip.AddrPort {
+// origDstTCP returns an accepted connection's original destination, as
+// ztunnel does in both modes (src/socket.rs orig_dst_addr_or_default):
+// SO_ORIGINAL_DST (SOL_IP), which also answers for an IPv4 connection on
+// a dual-stack [::] listener (ipv6_getsockopt hands SOL_IP to
+// ip_getsockopt), then IP6T_SO_ORIGINAL_DST (SOL_IPV6) for IPv6; where
+// both fail the local address. The kernel says ENOENT when conntrack has
+// no entry for the connection (no NAT in the namespace: bpf_sk_assign,
+// TPROXY, policy routing) and ENOPROTOOPT when conntrack is not loaded at
+// all; an entry with no NAT (TPROXY beside other rules) gives the local
+// address back. What iptables or nftables REDIRECT rewrote (the local
+// address becomes 127.0.0.1 or ::1 and the listener's port) only the
+// conntrack entry still knows.
+func origDstTCP(c *net.TCPConn) netip.AddrPort {
 	local := addrPort(c.LocalAddr())
-	if st.pod == nil {
-		return local
-	}
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return local
 	}
 	var dst netip.AddrPort
-	rc.Control(func(fd uintptr) {
-		// The kernel writes a sockaddr_in (sockaddr_in6) into a buffer of
-		// that size; x/sys/unix has no getter for it.
-		var sa [unix.SizeofSockaddrInet6]byte
-		n := uint32(unix.SizeofSockaddrInet4)
-		if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, unix.SO_ORIGINAL_DST,
-			uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&n)), 0); e == 0 {
-			a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa[0]))
-			dst = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), ntohs(a.Port))
-			return
-		}
-		n = uint32(unix.SizeofSockaddrInet6)
-		if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IPV6, ip6tSoOriginalDst,
-			uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&n)), 0); e == 0 {
-			a := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sa[0]))
-			dst = netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), ntohs(a.Port))
-		}
-	})
+	rc.Control(func(fd uintptr) { dst = soOriginalDst(fd) })
 	if !dst.IsValid() {
 		return local
 	}
 	return dst
+}
+
+// soOriginalDst asks conntrack for the original destination of the
+// connection on fd: IPv4 first, then IPv6. The zero AddrPort when neither
+// knows it.
+func soOriginalDst(fd uintptr) netip.AddrPort {
+	// The kernel writes a sockaddr_in (sockaddr_in6) into a buffer of that
+	// size; x/sys/unix has no getter for it.
+	var sa [unix.SizeofSockaddrInet6]byte
+	n := uint32(unix.SizeofSockaddrInet4)
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, unix.SO_ORIGINAL_DST,
+		uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&n)), 0); e == 0 {
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa[0]))
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), ntohs(a.Port))
+	}
+	n = uint32(unix.SizeofSockaddrInet6)
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IPV6, ip6tSoOriginalDst,
+		uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&n)), 0); e == 0 {
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(&sa[0]))
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), ntohs(a.Port))
+	}
+	return netip.AddrPort{}
 }
 
 // ip6tSoOriginalDst is IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h),

@@ -47,6 +47,7 @@ func markdown(res *Results, charts string) []byte {
 	r.kernel()
 	r.endToEnd()
 	r.programs()
+	r.scale()
 	r.meaning()
 	r.rules()
 	r.limits()

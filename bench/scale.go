@@ -93,9 +93,6 @@ func runScaleAgent(e *env, o options, sc *report.Scale) (skipped []string) {
 			latency("meshredirect-cni alone (exec, to the agent and back, pod captured)", ours))
 		x := report.ScaleEnrolment{Source: report.EnrolFromCNI, Mode: "node", Pods: len(chain), Enrolled: len(chain), Verified: true}
 		x.P50ms, x.P99ms, x.Maxms = percentiles(chain)
-		for _, d := range chain {
-			x.Spanms += d
-		}
 		sc.Enrolment = append(sc.Enrolment, x)
 		logf("scale: CNI ADD: ptp p50 %.2f ms p99 %.2f ms; meshredirect-cni p50 %.2f ms p99 %.2f ms", sc.CNIAdd[0].P50ms, sc.CNIAdd[0].P99ms, sc.CNIAdd[1].P50ms, sc.CNIAdd[1].P99ms)
 	}
@@ -121,7 +118,9 @@ func runScaleAgent(e *env, o options, sc *report.Scale) (skipped []string) {
 	if err != nil {
 		return fail("read the agent's usage", err)
 	}
-	busy.SettleAfter = settled.Round(time.Second).String()
+	if enrolErr == nil {
+		busy.SettleAfter = settled.Round(time.Second).String()
+	}
 	sc.Agent = append(sc.Agent, busy)
 	skipped = append(skipped, "scale: in-pod mode (ZDS) not measured: node mode only")
 	return skipped

@@ -211,7 +211,8 @@ func (r *reporter) scale() {
 		r.p("From the API: pods bound to the node and Pending are created first; the figure starts at each pod's status write (Running,")
 		r.p("its IPs: the kubelet's write, the first moment the agent can act) and ends at the agent's \"enrolled pod\" (entries written,")
 		r.p("programs attached). Span: first write to last capture; writes: how long the status writes themselves took. From CNI ADD:")
-		r.p("the chain's ADD (ptp, then meshredirect-cni, which returns once the agent has captured the pod).")
+		r.p("the chain's ADD (ptp, then meshredirect-cni, which returns once the agent has captured the pod), one pod at a time, on")
+		r.p("the node with one pod and an idle agent, before the 1,000.")
 		r.p("")
 		r.p("| from | ztunnel | pods | enrolled | p50 ms | p99 ms | max ms | span ms | writes ms | pods/s | dataplane checked |")
 		r.p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -220,11 +221,15 @@ func (r *reporter) scale() {
 			if x.Writesms > 0 {
 				w = fmt.Sprintf("%.0f", x.Writesms)
 			}
+			span := "–"
+			if x.Spanms > 0 {
+				span = fmt.Sprintf("%.0f", x.Spanms)
+			}
 			rate := "–"
 			if x.PerSecond > 0 {
 				rate = fmt.Sprintf("%.0f", x.PerSecond)
 			}
-			r.p("| %s | %s | %d | %d | %.1f | %.1f | %.1f | %.0f | %s | %s | %v |", x.Source, x.Mode, x.Pods, x.Enrolled, x.P50ms, x.P99ms, x.Maxms, x.Spanms, w, rate, x.Verified)
+			r.p("| %s | %s | %d | %d | %.1f | %.1f | %.1f | %s | %s | %s | %v |", x.Source, x.Mode, x.Pods, x.Enrolled, x.P50ms, x.P99ms, x.Maxms, span, w, rate, x.Verified)
 		}
 		r.p("")
 	}

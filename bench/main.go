@@ -100,6 +100,7 @@ type options struct {
 	skipKernel    bool
 	skipE2E       bool
 	skipPrograms  bool
+	skipScale     bool
 	hold          bool
 	render        string
 }
@@ -130,6 +131,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.skipKernel, "skip-kernel", false, "skip the kernel path")
 	fs.BoolVar(&o.skipE2E, "skip-e2e", false, "skip the end-to-end workload")
 	fs.BoolVar(&o.skipPrograms, "skip-programs", false, "skip the per-program measure")
+	fs.BoolVar(&o.skipScale, "skip-scale", false, "skip the scale phase (pods map size, enrolment, CNI ADD, the agent's memory)")
 	fs.StringVar(&o.render, "render", "", "only draw the charts and write the report from this `latest.json` (no measurement)")
 	fs.BoolVar(&o.hold, "hold", false, "build the copies, print their namespaces' paths and wait for Ctrl-C (for debugging a mode by hand)")
 	if err := fs.Parse(args); err != nil {

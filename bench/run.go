@@ -76,6 +76,11 @@ func runBench(e *env, o options) (*report.Results, error) {
 		}
 		res.Runs = append(res.Runs, runs...)
 	}
+	if !o.skipScale {
+		var skipped []string
+		res.Scale, skipped = runScale(e, o, bo)
+		res.Skipped = append(res.Skipped, skipped...)
+	}
 	res.Ratios = report.ComputeRatios(res.Runs, baselines)
 	res.Machine.End = time.Now()
 	res.Machine.LoadAvgEnd = loadAvg()

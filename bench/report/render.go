@@ -51,6 +51,7 @@ func markdown(res *Results, charts string) []byte {
 	r.latency()
 	r.ipFamilies()
 	r.programs()
+	r.scale()
 	r.meaning()
 	r.rules()
 	r.limits()

@@ -17,6 +17,9 @@ type Results struct {
 	Proofs []Proof `json:"proofs"`
 	// Skipped lists what could not be measured, with the reason.
 	Skipped []string `json:"skipped,omitempty"`
+	// Scale is the scale phase: pods map size, enrolment, CNI ADD, the
+	// agent's memory and CPU (nil when skipped).
+	Scale *Scale `json:"scale,omitempty"`
 
 	// Scripts are the commands each mode ran in its copy's namespaces,
 	// as shell, by mode.

@@ -347,3 +347,11 @@ func (r *reporter) scaleGoals() {
 	}
 	r.p("")
 }
+
+// verdict is a scale goal's cell.
+func verdict(ok bool) string {
+	if ok {
+		return "**met**"
+	}
+	return "**missed**"
+}

@@ -109,6 +109,11 @@ func TestInjectFrame(t *testing.T) {
 			if !csumWrong(vt, tcp) {
 				t.Errorf("%s frame %d (port %d): the TCP checksum is right; it must be wrong", tc.name, i, port)
 			}
+			// The right checksum is the same for every port: so the
+			// one in the frame, unchanged, is wrong for all 64,509.
+			if got, want := segmentChecksum(vt.Src.Addr(), vt.Dst.Addr(), tcp), segmentChecksum(tc.tp.Src.Addr(), tc.tp.Dst.Addr(), f[v.Off:]); got != want {
+				t.Errorf("%s frame %d (port %d): the right checksum is %#x, the first frame's %#x: some port gets it right", tc.name, i, port, got, want)
+			}
 		}
 		if got := []uint16{v.port(10001 - synPorts - 1), v.port(10001 - synPorts), v.port(40000 - synPorts - 3), v.port(40000 - synPorts - 2)}; !slices.Equal(got, []uint16{10000, 10003, 39999, 40001}) {
 			t.Errorf("%s: ports around the skipped ones %v, want 10000, 10003, 39999, 40001", tc.name, got)

@@ -132,27 +132,34 @@ func deleteSYNEntries(c *Copy) (map[string]uint64, error) {
 	out := map[string]uint64{}
 	for name, ns := range c.namespaces() {
 		err := ns.Do(func() error {
-			before, err := conntrackCount()
-			if err != nil || before == 0 {
-				return err
-			}
-			for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-				if err := flushUnreplied(fam); err != nil {
-					return err
-				}
-			}
-			after, err := conntrackCount()
-			if err != nil {
-				return err
-			}
-			out[name] = before - after
-			return nil
+			n, err := deleteUnreplied()
+			out[name] = n
+			return err
 		})
 		if err != nil {
 			return nil, fmt.Errorf("copy %s: delete the SYNs' conntrack entries in the %s's netns: %w", c.Mode, name, err)
 		}
 	}
 	return out, nil
+}
+
+// deleteUnreplied deletes the calling thread's netns's conntrack entries
+// that never saw a reply and returns how many there were.
+func deleteUnreplied() (uint64, error) {
+	before, err := conntrackCount()
+	if err != nil || before == 0 {
+		return 0, err
+	}
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		if err := flushUnreplied(fam); err != nil {
+			return 0, err
+		}
+	}
+	after, err := conntrackCount()
+	if err != nil {
+		return 0, err
+	}
+	return before - after, nil
 }
 
 // flushUnreplied deletes the calling thread's netns's conntrack entries

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/testenv"
@@ -105,12 +109,35 @@ func familyOf(a netip.Addr) string {
 }
 
 // packets returns how many frames a run of inj injects: repeat, or for
-// SYNs at most one per source port left (maxSYNs).
-func (inj injection) packets(repeat int) int {
-	if inj.vary != nil && repeat > maxSYNs {
-		return maxSYNs
+// SYNs at most syns (one per source port left, and room in the
+// conntrack table: synLimit).
+func (inj injection) packets(repeat, syns int) int {
+	if inj.vary != nil && repeat > syns {
+		return syns
 	}
 	return repeat
+}
+
+// synLimit is the most SYNs a run injects: one per source port left
+// (maxSYNs), and no more than a third of nf_conntrack_max (per netns; a
+// SYN makes two entries in iptables-node's node, its own and its
+// tunnel's), so that no SYN finds the table full and is dropped.
+func synLimit() (int, error) {
+	b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
+	if errors.Is(err, os.ErrNotExist) {
+		return maxSYNs, nil // no conntrack at all
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read nf_conntrack_max: %w", err)
+	}
+	ctMax, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("read nf_conntrack_max: %w", err)
+	}
+	if ctMax > 0 && ctMax/3 < maxSYNs {
+		return ctMax / 3, nil
+	}
+	return maxSYNs, nil
 }
 
 // measure injects inj's frame repeat times into copy c and checks where

@@ -112,13 +112,16 @@ func TestInjections(t *testing.T) {
 // TestSYNPackets: a SYN run injects at most one SYN per source port left.
 func TestSYNPackets(t *testing.T) {
 	syn := injection{vary: &synVary{First: synPorts}}
-	if got := syn.packets(200000); got != maxSYNs {
+	if got := syn.packets(200000, maxSYNs); got != maxSYNs {
 		t.Errorf("SYN run of 200000: %d packets, want %d", got, maxSYNs)
 	}
-	if got := syn.packets(30000); got != 30000 {
+	if got := syn.packets(30000, maxSYNs); got != 30000 {
 		t.Errorf("SYN run of 30000: %d packets", got)
 	}
-	if got := (injection{}).packets(200000); got != 200000 {
+	if got := syn.packets(30000, 20000); got != 20000 {
+		t.Errorf("SYN run of 30000 with room for 20000: %d packets", got)
+	}
+	if got := (injection{}).packets(200000, 20000); got != 200000 {
 		t.Errorf("ACK run of 200000: %d packets", got)
 	}
 }

@@ -95,6 +95,9 @@ type options struct {
 	modes         []string
 	kernelRounds  int
 	kernelPackets int
+	// kernelSYNs is what a SYN run injects (set from kernelPackets and
+	// synLimit).
+	kernelSYNs    int
 	e2eRounds     int
 	e2eMaxRounds  int
 	spread        float64

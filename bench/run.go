@@ -24,7 +24,7 @@ func runBench(e *env, o options) (*report.Results, error) {
 	res.Config = report.RunConfig{Quick: o.quick, Modes: o.modes, KernelRounds: o.kernelRounds, KernelPackets: o.kernelPackets,
 		E2ERounds: o.e2eRounds, E2EDuration: o.e2eDuration.String(), Connections: o.connections,
 		FixedQPS: o.fixedQPS, FixedQPSConns: o.fixedConns, FixedDuration: o.fixedDuration.String(), ConnectConnections: o.connectConns,
-		KernelSYNs: min(o.kernelPackets, maxSYNs), MinCPUShare: minCPUShare, ProgramRounds: o.programRounds, ProgramRepeats: o.programRepeat}
+		MinCPUShare: minCPUShare, ProgramRounds: o.programRounds, ProgramRepeats: o.programRepeat}
 	logf("load average %v; pinning to CPU %d", res.Machine.LoadAvg, o.cpu)
 
 	cg2, err := cgroup2Mount()
@@ -64,6 +64,12 @@ func runBench(e *env, o options) (*report.Results, error) {
 		}
 	}
 	if !o.skipKernel {
+		syns, err := synLimit()
+		if err != nil {
+			return nil, err
+		}
+		o.kernelSYNs = min(o.kernelPackets, syns)
+		res.Config.KernelSYNs = o.kernelSYNs
 		t := time.Now()
 		runs, proofs, skipped, floor, err := runKernelPath(e, o, copies)
 		if err != nil {
@@ -167,7 +173,7 @@ func runKernelPath(e *env, o options, copies map[string]*Copy) ([]report.Run, []
 		}
 		modes = append(modes, m)
 	}
-	logf("kernel path: %d rounds of %d packets per mode, path, family and segment (SYNs: at most %d, one source port each)", o.kernelRounds, o.kernelPackets, maxSYNs)
+	logf("kernel path: %d rounds of %d packets per mode, path, family and segment (SYNs: %d, one source port each)", o.kernelRounds, o.kernelPackets, o.kernelSYNs)
 	var runs []report.Run
 	var floors []float64
 	for round := 1; round <= o.kernelRounds; round++ {
@@ -187,7 +193,7 @@ func runKernelPath(e *env, o options, copies map[string]*Copy) ([]report.Run, []
 							if inj.Path != path || inj.Segment != seg || inj.Family != fam {
 								continue
 							}
-							r, err := kernelRun(in, copies[m], inj, round, inj.packets(o.kernelPackets))
+							r, err := kernelRun(in, copies[m], inj, round, inj.packets(o.kernelPackets, o.kernelSYNs))
 							if err != nil {
 								return nil, nil, nil, 0, err
 							}

@@ -3,18 +3,23 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/meshredirect/meshredirect/bench/report"
 )
 
-// e2eRun is one fortio run of one copy: max QPS at some connections, or
-// latency at a fixed rate.
+// e2eRun is one fortio run of one copy: max QPS at some connections,
+// new connections per second (each request on its own connection), or
+// latency at a fixed rate; over one family.
 type e2eRun struct {
-	Path        string
-	Connections int
-	QPS         float64 // target; -1 for max
+	// Workload is report.WorkloadE2E or report.WorkloadConnect.
+	Workload, Path string
+	Family         string
+	Connections    int
+	QPS            float64 // target; -1 for max
+	Duration       time.Duration
 }
 
 // starved reports whether run did not get its CPU: a max-QPS run whose
@@ -36,9 +41,9 @@ const minCPUShare = 0.8
 // runE2EFair runs spec on copy c, again (at most twice more) while the run
 // was starved, so that a round's modes are compared on runs that had their
 // CPU.
-func runE2EFair(c *Copy, spec e2eRun, round int, d time.Duration) (report.Run, error) {
+func runE2EFair(c *Copy, spec e2eRun, round int) (report.Run, error) {
 	for try := 0; ; try++ {
-		run, err := runE2E(c, spec, round, d)
+		run, err := runE2E(c, spec, round)
 		if err != nil {
 			return run, err
 		}
@@ -53,18 +58,29 @@ func runE2EFair(c *Copy, spec e2eRun, round int, d time.Duration) (report.Run, e
 	}
 }
 
-// runE2E runs req on copy c's load generator and returns the Run, with
+// runE2E runs spec on copy c's load generator and returns the Run, with
 // the CPU the whole copy used (its cgroup's cpu.stat usage_usec, load
-// generator, server and stand-ins) per request.
-func runE2E(c *Copy, spec e2eRun, round int, d time.Duration) (report.Run, error) {
+// generator, server and stand-ins) per request, and the TCP segments
+// every namespace of the copy sent (Tcp OutSegs) per request.
+func runE2E(c *Copy, spec e2eRun, round int) (report.Run, error) {
+	d := spec.Duration
+	server := c.Server.IPv4
+	if spec.Family == report.FamilyIPv6 {
+		server = c.Server.IPv6
+	}
 	req := loadRequest{
-		URL:         fmt.Sprintf("http://%s:%d/", c.Server.IPv4, c.ServerPort()),
+		URL:         "http://" + netip.AddrPortFrom(server, uint16(c.ServerPort())).String() + "/",
 		QPS:         spec.QPS,
 		DurationMs:  d.Milliseconds(),
 		Connections: spec.Connections,
+		NoKeepAlive: spec.Workload == report.WorkloadConnect,
 	}
 	b, _ := json.Marshal(req)
-	run := report.Run{Mode: c.Mode, Workload: report.WorkloadE2E, Path: spec.Path, Connections: spec.Connections, Round: round, LoadAvg1: loadAvg()[0]}
+	run := report.Run{Mode: c.Mode, Workload: spec.Workload, Path: spec.Path, Family: spec.Family, Connections: spec.Connections, Round: round, LoadAvg1: loadAvg()[0]}
+	s0, err := readTCP(c, "OutSegs")
+	if err != nil {
+		return run, err
+	}
 	u0, err := c.Cgroup.usage()
 	if err != nil {
 		return run, err
@@ -81,6 +97,10 @@ func runE2E(c *Copy, spec e2eRun, round int, d time.Duration) (report.Run, error
 	if err != nil {
 		return run, err
 	}
+	s1, err := readTCP(c, "OutSegs")
+	if err != nil {
+		return run, err
+	}
 	run.CPUShare = f64(float64(u1-u0) / float64(time.Since(t0).Microseconds()))
 	var res loadResult
 	if err := json.Unmarshal([]byte(line), &res); err != nil {
@@ -91,9 +111,10 @@ func runE2E(c *Copy, spec e2eRun, round int, d time.Duration) (report.Run, error
 	}
 	run.Requests, run.Errors = res.Requests, res.Errors
 	run.QPS = f64(res.QPS)
-	run.P50us, run.P90us, run.P99us = f64(res.P50us), f64(res.P90us), f64(res.P99us)
+	run.P50us, run.P90us, run.P99us, run.P999us = f64(res.P50us), f64(res.P90us), f64(res.P99us), f64(res.P999us)
 	if res.Requests > 0 {
 		run.CPUusPerReq = f64(float64(u1-u0) / float64(res.Requests))
+		run.SegmentsPerReq = f64(float64(s1.total()-s0.total()) / float64(res.Requests))
 	}
 	if res.Requests == 0 || res.Errors > res.Requests/100 {
 		return run, fmt.Errorf("copy %s: %d of %d requests failed", c.Mode, res.Errors, res.Requests)

@@ -42,13 +42,19 @@ func (t tuple) String() string { return t.Src.String() + " -> " + t.Dst.String()
 // reverse returns the tuple of the other direction.
 func (t tuple) reverse() tuple { return tuple{Src: t.Dst, Dst: t.Src} }
 
-// holdConnection opens the held connection of a copy and finds its legs:
-// from the server's accepted socket and from the stand-ins' records, which
-// also prove that the connection went through the proxy.
-func holdConnection(e *env, c *Copy) *held {
-	l, err := c.Server.Listen("tcp4", fmt.Sprintf(":%d", HoldPort))
+// holdConnection opens the held connection of a copy over family and
+// finds its legs: from the server's accepted socket and from the
+// stand-ins' records, which also prove that the connection went through
+// the proxy.
+func holdConnection(e *env, c *Copy, family string) *held {
+	network, server := "tcp4", c.Server.IPv4
+	if family == report.FamilyIPv6 {
+		// tcp6 listens IPv6 only (IPV6_V6ONLY), beside the tcp4 listener.
+		network, server = "tcp6", c.Server.IPv6
+	}
+	l, err := c.Server.Listen(network, fmt.Sprintf(":%d", HoldPort))
 	if err != nil {
-		e.Fatalf("copy %s: listen on the server's port %d: %v", c.Mode, HoldPort, err)
+		e.Fatalf("copy %s: listen on the server's port %d (%s): %v", c.Mode, HoldPort, family, err)
 	}
 	e.Cleanup(func() { l.Close() })
 	accepted := make(chan net.Conn, 1)
@@ -58,8 +64,8 @@ func holdConnection(e *env, c *Copy) *held {
 			accepted <- conn
 		}
 	}()
-	dst := netip.AddrPortFrom(c.Server.IPv4, HoldPort)
-	cl, err := c.Client.Dial("tcp4", dst.String())
+	dst := netip.AddrPortFrom(server, HoldPort)
+	cl, err := c.Client.Dial(network, dst.String())
 	if err != nil {
 		e.Fatalf("copy %s: dial %s from the client: %v", c.Mode, dst, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -29,7 +30,14 @@ import (
 type injector struct {
 	e     *env
 	cpu   int
-	progs map[string]*ebpf.Program // by action and frame
+	progs map[string]*injectProg // by action, frame and variation
+}
+
+// injectProg is an injector's XDP program, with the counter of the frames
+// it sent of a SYN run (nil otherwise).
+type injectProg struct {
+	prog    *ebpf.Program
+	counter *ebpf.Map
 }
 
 // XDP actions of the injector's programs.
@@ -39,26 +47,31 @@ const (
 )
 
 func newInjector(e *env, cpu int) *injector {
-	return &injector{e: e, cpu: cpu, progs: map[string]*ebpf.Program{}}
+	return &injector{e: e, cpu: cpu, progs: map[string]*injectProg{}}
 }
 
 // program returns the XDP program that restores frame and returns
 // action: XDP_PASS to inject it, XDP_DROP to measure the injection's own
-// cost (the floor under every path).
-func (in *injector) program(frame []byte, action int32) (*ebpf.Program, error) {
-	key := fmt.Sprint(action) + string(frame)
+// cost (the floor under every path). With vary (a SYN run), it also
+// writes each frame's own source port and sequence number (synVary),
+// counting frames in a one-entry array map.
+func (in *injector) program(frame []byte, action int32, vary *synVary) (*injectProg, error) {
+	key := fmt.Sprint(action, vary) + string(frame)
 	if p, ok := in.progs[key]; ok {
 		return p, nil
 	}
+	ip := &injectProg{}
 	// r1 = struct xdp_md *: r2 = data, r3 = data_end; if data + len >
-	// data_end, pass as is; else store the frame 8, 4, 2, 1 bytes at a
-	// time (little-endian immediates give the bytes in order).
+	// data_end, pass as is; else r6 = data (kept across the helper call)
+	// and store the frame 8, 4, 2, 1 bytes at a time (little-endian
+	// immediates give the bytes in order).
 	insns := asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
 		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, int32(len(frame))),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.Mov.Reg(asm.R6, asm.R2),
 	}
 	for off := 0; off < len(frame); {
 		switch n := len(frame) - off; {
@@ -80,14 +93,70 @@ func (in *injector) program(frame []byte, action int32) (*ebpf.Program, error) {
 			off++
 		}
 	}
+	if vary != nil {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "bench_syns", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+		if err != nil {
+			return nil, fmt.Errorf("create the injector's frame counter: %w", err)
+		}
+		in.e.Cleanup(func() { m.Close() })
+		ip.counter = m
+		insns = append(insns, varySYN(m, *vary)...)
+	}
 	insns = append(insns, asm.Mov.Imm(asm.R0, action).WithSymbol("pass"), asm.Return())
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "bench_inject", Type: ebpf.XDP, License: mrasm.License, Instructions: insns})
 	if err != nil {
 		return nil, fmt.Errorf("load the injector's XDP program: %w", err)
 	}
 	in.e.Cleanup(func() { prog.Close() })
-	in.progs[key] = prog
-	return prog, nil
+	ip.prog = prog
+	in.progs[key] = ip
+	return ip, nil
+}
+
+// varySYN gives the frame at r6 (its bounds checked) the source port of
+// frame i, i the counter in m (incremented), and the matching sequence
+// number: synVary.port and synVary.vary in eBPF. One CPU runs the frames
+// of a run, one after the other: a plain increment is enough.
+func varySYN(m *ebpf.Map, v synVary) asm.Instructions {
+	return slices.Concat(asm.Instructions{
+		// r0 = &counter, or pass the frame as it is.
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		// r7 = i, counter = i + 1.
+		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
+		asm.Mov.Reg(asm.R8, asm.R7),
+		asm.Add.Imm(asm.R8, 1),
+		asm.StoreMem(asm.R0, 0, asm.R8, asm.Word),
+		// r7 = port: First + i, one more for each port skipped.
+		asm.Add.Imm(asm.R7, int32(v.First)),
+	}, skipPorts(v.Skip), asm.Instructions{
+		// r8 = 0xffff - port: the sequence number's low half.
+		asm.Mov.Imm(asm.R8, 0xffff),
+		asm.Sub.Reg(asm.R8, asm.R7),
+		asm.HostTo(asm.BE, asm.R7, asm.Half),
+		asm.HostTo(asm.BE, asm.R8, asm.Half),
+		asm.StoreMem(asm.R6, int16(v.Off), asm.R7, asm.Half),
+		asm.StoreMem(asm.R6, int16(v.Off+6), asm.R8, asm.Half),
+	})
+}
+
+// skipPorts adds one to the port in r7 for each port of skip (ascending)
+// at or below it.
+func skipPorts(skip []uint16) asm.Instructions {
+	var insns asm.Instructions
+	for i, p := range skip {
+		next := fmt.Sprintf("skip%d", i)
+		insns = append(insns,
+			asm.JLT.Imm(asm.R7, int32(p), next),
+			asm.Add.Imm(asm.R7, 1),
+			// A no-op to land on.
+			asm.Mov.Reg(asm.R7, asm.R7).WithSymbol(next))
+	}
+	return insns
 }
 
 // xdpMD mirrors the kernel's struct xdp_md, the context of the test run.
@@ -115,21 +184,28 @@ const bpfProgTestRun = 10 // BPF_PROG_TEST_RUN
 // inject sends frame repeat times as if it arrived on ifindex, from a
 // thread inside ns pinned to the injector's CPU, and returns the kernel's
 // ns per frame.
-func (in *injector) inject(ns *testenv.Namespace, ifindex int, frame []byte, repeat int) (float64, error) {
-	return in.run(ns, ifindex, frame, repeat, xdpPass)
+func (in *injector) inject(ns *testenv.Namespace, ifindex int, frame []byte, repeat int, vary *synVary) (float64, error) {
+	return in.run(ns, ifindex, frame, repeat, xdpPass, vary)
 }
 
 // floor is what injecting costs by itself: the same frame, restored and
 // dropped by the XDP program, so that nothing of the stack runs.
 func (in *injector) floor(ns *testenv.Namespace, ifindex int, frame []byte, repeat int) (float64, error) {
-	return in.run(ns, ifindex, frame, repeat, xdpDrop)
+	return in.run(ns, ifindex, frame, repeat, xdpDrop, nil)
 }
 
-func (in *injector) run(ns *testenv.Namespace, ifindex int, frame []byte, repeat int, action int32) (float64, error) {
-	prog, err := in.program(frame, action)
+func (in *injector) run(ns *testenv.Namespace, ifindex int, frame []byte, repeat int, action int32, vary *synVary) (float64, error) {
+	ip, err := in.program(frame, action, vary)
 	if err != nil {
 		return 0, err
 	}
+	if ip.counter != nil {
+		// Every run starts at its first port.
+		if err := ip.counter.Put(uint32(0), uint32(0)); err != nil {
+			return 0, fmt.Errorf("reset the injector's frame counter: %w", err)
+		}
+	}
+	prog := ip.prog
 	var perFrame uint32
 	err = ns.Do(func() error {
 		restore, err := pin(in.cpu)

@@ -103,10 +103,14 @@ func (c *Copy) standinStderr() string {
 // SO_ORIGINAL_DST under REDIRECT) and tunnelled it from the client's
 // address to the server pod's 15008, which carried it to the server.
 func inpodCrossing(e *env, c *Copy, h *held) tuple {
+	server := c.Server.IPv4
+	if h.Leg1.Dst.Addr().Is6() {
+		server = c.Server.IPv6
+	}
 	out := findRecord(e, c, func(r ztunnel.Record) bool { return unmap(r.Source) == h.Leg1.Src })
 	in := findRecord(e, c, func(r ztunnel.Record) bool { return unmap(r.Source) == unmap(out.Upstream) })
 	if out.Listener != ztunnel.PortOutbound || out.Pod.UID != podUID(c.Client) || unmap(out.OrigDst) != h.Leg1.Dst ||
-		unmap(out.Tunnel) != netip.AddrPortFrom(c.Server.IPv4, ztunnel.PortHBONE) ||
+		unmap(out.Tunnel) != netip.AddrPortFrom(server, ztunnel.PortHBONE) ||
 		in.Listener != ztunnel.PortHBONE || in.Pod.UID != podUID(c.Server) || unmap(in.Target) != h.Leg1.Dst || unmap(in.Upstream) != h.Leg2.Src {
 		e.Fatalf("copy %s: the held connection did not go client pod's :15001 -> (HBONE) server pod's :15008 -> server (records %+v, %+v; server saw %s)", c.Mode, out, in, h.Leg2.Src)
 	}
@@ -119,15 +123,19 @@ func inpodCrossing(e *env, c *Copy, h *held) tuple {
 // address with the server's address and port as original destination,
 // bytes carried both ways, and for an in-pod copy the server pod's 15008
 // carrying it on to the server. It returns a one-line summary.
-func proveThroughStandin(c *Copy) (string, error) {
+func proveThroughStandin(c *Copy, family string) (string, error) {
 	if !hasProxy(c.Mode) {
 		return c.Mode + ": no proxy", nil
 	}
-	dst := netip.AddrPortFrom(c.Server.IPv4, uint16(c.ServerPort()))
+	server := c.Server.IPv4
+	if family == report.FamilyIPv6 {
+		server = c.Server.IPv6
+	}
+	dst := netip.AddrPortFrom(server, uint16(c.ServerPort()))
 	var local netip.AddrPort
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			conn, err := c.Client.DialContext(ctx, "tcp4", addr)
+			conn, err := c.Client.DialContext(ctx, network, addr)
 			if err == nil {
 				local = addrPort(conn.LocalAddr())
 			}

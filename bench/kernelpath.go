@@ -1,7 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/meshredirect/meshredirect/bench/report"
 	"github.com/meshredirect/meshredirect/testenv"
@@ -17,7 +23,12 @@ type injection struct {
 	Flow tuple
 	// Expect is the namespace whose TCP layer must count them.
 	Expect string
-	frame  []byte
+	// Family is the flow's IP family; Segment an ACK of the held flow
+	// (report.SegmentEstablished) or SYNs of new ones (report.SegmentSYN,
+	// each frame from a source port of its own: vary).
+	Family, Segment string
+	frame           []byte
+	vary            *synVary
 }
 
 // injections returns the paths of copy c for its held connection h.
@@ -40,10 +51,23 @@ type injection struct {
 //     proxy->client are loopback hops inside a pod, which no host veth
 //     sees: not measured. The same hops in the three modes, the capture
 //     in the pods being what differs.
+//
+// Every path gets the held flow's ACKs; the paths that carry a request's
+// connection setup forward (client->proxy, proxy->server) get SYNs too,
+// from the same addresses to the same port, each from a port of its own
+// (the reply paths would carry SYN-ACKs, of the entries the SYNs made).
 func injections(c *Copy, h *held) (out []injection, skipped []string) {
 	add := func(path string, pod *testenv.Pod, flow tuple, expect string) {
-		out = append(out, injection{Path: path, Pod: pod, Flow: flow, Expect: expect,
-			frame: ackFrame(pod.HostVethMAC, pod.MAC, flow)})
+		fam := familyOf(flow.Src.Addr())
+		out = append(out, injection{Path: path, Pod: pod, Flow: flow, Expect: expect, Family: fam,
+			Segment: report.SegmentEstablished, frame: ackFrame(pod.HostVethMAC, pod.MAC, flow)})
+		if path != report.PathClientProxy && path != report.PathProxyServer {
+			return
+		}
+		syn := tuple{Src: netip.AddrPortFrom(flow.Src.Addr(), synPorts), Dst: flow.Dst}
+		out = append(out, injection{Path: path, Pod: pod, Flow: syn, Expect: expect, Family: fam,
+			Segment: report.SegmentSYN, frame: injectFrame(pod.HostVethMAC, pod.MAC, syn, tcpSYN),
+			vary: &synVary{Off: tcpOffset(syn), First: synPorts, Skip: h.ports()}})
 	}
 	switch {
 	case c.Mode == report.ModeDirect:
@@ -72,17 +96,65 @@ type measured struct {
 	landed  string
 	packets uint64
 	deltas  map[string]uint64
+	// entries are, after a SYN run, the unreplied conntrack entries it
+	// made (and that measure deleted) in each namespace: one per SYN
+	// where conntrack runs, and in iptables-node one more per tunnel
+	// flow (VXLAN's UDP source port follows the inner flow's hash).
+	entries map[string]uint64
 	ok      bool
 }
 
+// familyOf names a's IP family.
+func familyOf(a netip.Addr) string {
+	if a.Is4() {
+		return report.FamilyIPv4
+	}
+	return report.FamilyIPv6
+}
+
+// packets returns how many frames a run of inj injects: repeat, or for
+// SYNs at most syns (one per source port left, and room in the
+// conntrack table: synLimit).
+func (inj injection) packets(repeat, syns int) int {
+	if inj.vary != nil && repeat > syns {
+		return syns
+	}
+	return repeat
+}
+
+// synLimit is the most SYNs a run injects: one per source port left
+// (maxSYNs), and no more than a third of nf_conntrack_max (per netns; a
+// SYN makes two entries in iptables-node's node, its own and its
+// tunnel's), so that no SYN finds the table full and is dropped.
+func synLimit() (int, error) {
+	b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
+	if errors.Is(err, os.ErrNotExist) {
+		return maxSYNs, nil // no conntrack at all
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read nf_conntrack_max: %w", err)
+	}
+	ctMax, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("read nf_conntrack_max: %w", err)
+	}
+	if ctMax > 0 && ctMax/3 < maxSYNs {
+		return ctMax / 3, nil
+	}
+	return maxSYNs, nil
+}
+
 // measure injects inj's frame repeat times into copy c and checks where
-// the segments landed.
+// the segments landed. A SYN run's conntrack entries (one per SYN, never
+// replied to) are deleted after it, in every namespace of the copy, so
+// that runs do not fill the table (nf_conntrack_max, per netns) and each
+// run's SYNs meet the same table; the held connection's entries stay.
 func (in *injector) measure(c *Copy, inj injection, repeat int) (measured, error) {
 	before, err := readLanding(c)
 	if err != nil {
 		return measured{}, err
 	}
-	ns, err := in.inject(&c.Node.Namespace, inj.Pod.HostVethIndex, inj.frame, repeat)
+	ns, err := in.inject(&c.Node.Namespace, inj.Pod.HostVethIndex, inj.frame, repeat, inj.vary)
 	if err != nil {
 		return measured{}, fmt.Errorf("copy %s, path %s: %w", c.Mode, inj.Path, err)
 	}
@@ -90,16 +162,29 @@ func (in *injector) measure(c *Copy, inj injection, repeat int) (measured, error
 	if err != nil {
 		return measured{}, err
 	}
+	m := landed(after, before, inj.Expect, repeat)
+	m.ns = ns
+	if inj.vary != nil {
+		if m.entries, err = deleteSYNEntries(c); err != nil {
+			return measured{}, err
+		}
+		m.ok = m.ok && checkEntries(m.entries, repeat)
+	}
+	return m, nil
+}
+
+// landed compares the counts after a run with those before: every
+// segment where it belongs (expect), none elsewhere.
+func landed(after, before landing, expect string, repeat int) measured {
 	d, best := after.delta(before)
-	m := measured{ns: ns, landed: best, packets: d[best], deltas: d}
-	// Every segment where it belongs, none elsewhere.
-	m.ok = best == inj.Expect && d[best] >= uint64(repeat)
+	m := measured{landed: best, packets: d[best], deltas: d}
+	m.ok = best == expect && d[best] >= uint64(repeat)
 	for k, v := range d {
-		if k != inj.Expect && v != 0 {
+		if k != expect && v != 0 {
 			m.ok = false
 		}
 	}
-	return m, nil
+	return m
 }
 
 // prove runs a short injection of every path of c and records where the
@@ -115,21 +200,68 @@ func (in *injector) prove(c *Copy, injs []injection, repeat int) ([]report.Proof
 		if err != nil {
 			return nil, err
 		}
-		v1, err := verdicts(c)
+		p, err := in.proof(c, inj, m, v0, repeat)
 		if err != nil {
 			return nil, err
-		}
-		p := report.Proof{Mode: c.Mode, Path: inj.Path, Inject: "tc ingress of " + inj.Pod.HostVeth + " (" + inj.Pod.Name + "'s host veth)",
-			Packet: "TCP ACK " + inj.Flow.String() + ", bad checksum", Expected: inj.Expect, Landed: m.deltas, OK: m.ok}
-		if v1 != nil {
-			p.Counters = map[string]uint64{}
-			for k, n := range v1 {
-				if n != v0[k] {
-					p.Counters["verdict "+k] = n - v0[k]
-				}
-			}
 		}
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// checkEntries: where conntrack runs, every SYN made an entry of its own
+// (no namespace has some but fewer than repeat: a SYN that met an entry
+// would be no new connection).
+func checkEntries(entries map[string]uint64, repeat int) bool {
+	for _, n := range entries {
+		if n != 0 && n < uint64(repeat) {
+			return false
+		}
+	}
+	return true
+}
+
+// ports returns the source ports of h's flows, ascending: the ports a SYN
+// run leaves out, so that no SYN hits a held flow's conntrack entry or
+// socket (the legs share the client's address and the server's port).
+func (h *held) ports() []uint16 {
+	var out []uint16
+	for _, t := range []tuple{h.Leg1, h.Leg2, h.Crossing} {
+		if p := t.Src.Port(); p >= synPorts && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// proof records m, with the verdict counters' change since v0 and the
+// conntrack entries the SYNs made, as the report's Proof.
+func (in *injector) proof(c *Copy, inj injection, m measured, v0 map[string]uint64, repeat int) (report.Proof, error) {
+	v1, err := verdicts(c)
+	if err != nil {
+		return report.Proof{}, err
+	}
+	what := "TCP ACK " + inj.Flow.String() + ", bad checksum"
+	if inj.vary != nil {
+		what = fmt.Sprintf("TCP SYN %s, source ports %d-%d (one per SYN, not the held flows' %v), bad checksum",
+			inj.Flow, inj.vary.port(0), inj.vary.port(repeat-1), inj.vary.Skip)
+	}
+	p := report.Proof{Mode: c.Mode, Path: inj.Path, Family: inj.Family, Segment: inj.Segment,
+		Inject: "tc ingress of " + inj.Pod.HostVeth + " (" + inj.Pod.Name + "'s host veth)",
+		Packet: what, Expected: inj.Expect, Landed: m.deltas, OK: m.ok}
+	if v1 != nil || len(m.entries) > 0 {
+		p.Counters = map[string]uint64{}
+	}
+	for k, n := range v1 {
+		if n != v0[k] {
+			p.Counters["verdict "+k] = n - v0[k]
+		}
+	}
+	for ns, n := range m.entries {
+		if n != 0 {
+			p.Counters["unreplied conntrack entries in the "+ns+"'s netns"] = n
+		}
+	}
+	return p, nil
 }

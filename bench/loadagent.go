@@ -21,6 +21,9 @@ type loadRequest struct {
 	QPS         float64 `json:"qps"` // -1: as fast as possible
 	DurationMs  int64   `json:"duration_ms"`
 	Connections int     `json:"connections"`
+	// NoKeepAlive puts each request on a connection of its own: connect,
+	// GET with "Connection: close", read, close (fortio's -keepalive=false).
+	NoKeepAlive bool `json:"no_keepalive,omitempty"`
 }
 
 // loadResult is the load generator's answer, one JSON line.
@@ -31,6 +34,7 @@ type loadResult struct {
 	P50us    float64 `json:"p50_us"`
 	P90us    float64 `json:"p90_us"`
 	P99us    float64 `json:"p99_us"`
+	P999us   float64 `json:"p999_us"`
 	Err      string  `json:"error,omitempty"`
 }
 
@@ -82,7 +86,8 @@ func runFortio(req loadRequest) loadResult {
 	o.Duration = time.Duration(req.DurationMs) * time.Millisecond
 	o.NumThreads = req.Connections
 	o.RunnerOptions.Resolution = 0.000001
-	o.Percentiles = []float64{50, 90, 99}
+	o.Percentiles = []float64{50, 90, 99, 99.9}
+	o.DisableKeepAlive = req.NoKeepAlive
 	o.Out = io.Discard
 	res, err := fhttp.RunHTTPTest(&o)
 	if err != nil {
@@ -99,6 +104,8 @@ func runFortio(req loadRequest) loadResult {
 				r.P90us = p.Value * 1e6
 			case 99:
 				r.P99us = p.Value * 1e6
+			case 99.9:
+				r.P999us = p.Value * 1e6
 			}
 		}
 	}

@@ -18,16 +18,26 @@
 // Every mode gets its own copy of the same topology (same addresses, its
 // own namespaces: a node, a client, a server and a ztunnel pod), with the
 // same ztunnel stand-in and the same servers, so that modes run
-// interleaved, round by round. Three measures:
+// interleaved, round by round. Every workload runs over IPv4 and IPv6
+// (a mode that cannot carry IPv6 as it means to says why, in the
+// results' skipped list). Three measures:
 //
-//   - kernel path: TCP segments of an established flow injected as if they
-//     arrived on a pod's host veth (XDP live frames), with a bad checksum
-//     so that they cross everything and die at the destination's TCP
-//     layer, whose TcpInCsumErrors proves where they went; ns per packet
-//     for each hop of a proxied request, pinned to one CPU;
+//   - kernel path: TCP segments injected as if they arrived on a pod's
+//     host veth (XDP live frames), with a bad checksum so that they cross
+//     everything and die at the destination's TCP layer, whose
+//     TcpInCsumErrors proves where they went; ns per packet for each hop
+//     of a proxied request, pinned to one CPU. Two kinds of segment: ACKs
+//     of an established flow the copy holds open, and SYNs, each from a
+//     source port of its own (the injector's XDP program writes it), so
+//     that each is a new connection to conntrack and to the redirect's
+//     socket lookup; their conntrack entries are counted in the proofs
+//     and deleted after each run;
 //   - end to end: HTTP through the stand-in with fortio v1.68.2 (as a
-//     library): max QPS at several connection counts, latency percentiles
-//     at a fixed rate, and CPU per request of the whole copy (its cgroup);
+//     library): max QPS at several connection counts, new connections per
+//     second (fortio without keep-alive: connect, GET, read, close, each
+//     request on its own connection), latency percentiles up to p99.9 at
+//     a fixed rate; CPU per request of the whole copy (its cgroup) and TCP
+//     segments sent per request by all of its namespaces (Tcp OutSegs);
 //   - per program: ns above an empty program with BPF_PROG_TEST_RUN, and
 //     the verified instruction counts.
 //
@@ -90,11 +100,18 @@ type options struct {
 	modes         []string
 	kernelRounds  int
 	kernelPackets int
+	// kernelSYNs is what a SYN run injects (set from kernelPackets and
+	// synLimit).
+	kernelSYNs    int
 	e2eRounds     int
+	e2eMaxRounds  int
+	spread        float64
 	e2eDuration   time.Duration
 	connections   []int
+	connectConns  []int
 	fixedQPS      float64
 	fixedConns    int
+	fixedDuration time.Duration
 	programRounds int
 	programRepeat int
 	skipKernel    bool
@@ -114,16 +131,20 @@ func parseFlags(args []string) (options, error) {
 		defCPU = 1
 	}
 	modes := fs.String("modes", strings.Join(allModes, ","), "comma-separated `modes` to run")
-	conns := fs.String("connections", "1,4,16,64", "comma-separated fortio connection `counts` for max QPS")
-	fs.BoolVar(&o.quick, "quick", false, "a short run (under 5 minutes) with the same output: fewer packets, rounds and seconds")
+	conns := fs.String("connections", "1,4,16", "comma-separated fortio connection `counts` for max QPS")
+	connect := fs.String("connect-connections", "1,4,16", "comma-separated `counts` of concurrent connections for new connections per second")
+	fs.BoolVar(&o.quick, "quick", false, "a short run (under 8 minutes with every mode) with the same output: fewer packets, rounds and seconds")
 	fs.StringVar(&o.out, "out", "bench/results", "`directory` for latest.json and the charts")
 	fs.StringVar(&o.report, "report", "BENCHMARKS.md", "`file` for the report")
 	fs.StringVar(&o.standin, "standin", filepath.Join(filepath.Dir(self), "ztunnel-standin"), "`path` of the ztunnel-standin binary (go build ./testenv/cmd/ztunnel-standin)")
 	fs.IntVar(&o.cpu, "cpu", defCPU, "`CPU` to pin the measured work to")
 	fs.IntVar(&o.kernelRounds, "kernel-rounds", 20, "interleaved `rounds` of the kernel path")
-	fs.IntVar(&o.kernelPackets, "kernel-packets", 200000, "packets injected per kernel-path `run`")
-	fs.IntVar(&o.e2eRounds, "e2e-rounds", 5, "interleaved `rounds` end to end")
-	fs.DurationVar(&o.e2eDuration, "e2e-duration", 5*time.Second, "`duration` of each fortio run")
+	fs.IntVar(&o.kernelPackets, "kernel-packets", 200000, "packets injected per kernel-path `run` (SYN runs: at most 64509, one source port each)")
+	fs.IntVar(&o.e2eRounds, "e2e-rounds", 6, "interleaved `rounds` end to end")
+	fs.IntVar(&o.e2eMaxRounds, "e2e-max-rounds", 0, "add end-to-end `rounds`, up to this many in all, while some QPS ratio's per-round spread ((max - min) / median) is above -spread (0: no more than -e2e-rounds)")
+	fs.Float64Var(&o.spread, "spread", 0.15, "the per-round `spread` of QPS ratios under which -e2e-max-rounds adds no round")
+	fs.DurationVar(&o.e2eDuration, "e2e-duration", 1500*time.Millisecond, "`duration` of each max-rate fortio run")
+	fs.DurationVar(&o.fixedDuration, "fixed-duration", 3*time.Second, "`duration` of each fixed-rate latency run")
 	fs.Float64Var(&o.fixedQPS, "fixed-qps", 1000, "`rate` of the latency runs")
 	fs.IntVar(&o.fixedConns, "fixed-connections", 4, "`connections` of the latency runs")
 	fs.IntVar(&o.programRounds, "program-rounds", 10, "`rounds` of the per-program measure")
@@ -149,7 +170,8 @@ func parseFlags(args []string) (options, error) {
 		shrink("kernel-rounds", func() { o.kernelRounds = 10 })
 		shrink("kernel-packets", func() { o.kernelPackets = 30000 })
 		shrink("e2e-rounds", func() { o.e2eRounds = 3 })
-		shrink("e2e-duration", func() { o.e2eDuration = time.Second })
+		shrink("e2e-duration", func() { o.e2eDuration = 500 * time.Millisecond })
+		shrink("fixed-duration", func() { o.fixedDuration = time.Second })
 		shrink("program-rounds", func() { o.programRounds = 6 })
 		shrink("program-repeat", func() { o.programRepeat = 300000 })
 	}
@@ -164,17 +186,30 @@ func parseFlags(args []string) (options, error) {
 		}
 		o.modes = append(o.modes, m)
 	}
-	for _, c := range strings.Split(*conns, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(c))
-		if err != nil || n < 1 {
-			return o, fmt.Errorf("-connections: %q is not a positive count", c)
-		}
-		o.connections = append(o.connections, n)
+	var err error
+	if o.connections, err = counts("connections", *conns); err != nil {
+		return o, err
+	}
+	if o.connectConns, err = counts("connect-connections", *connect); err != nil {
+		return o, err
 	}
 	if o.cpu < 0 || o.cpu >= runtime.NumCPU() {
 		return o, fmt.Errorf("-cpu %d: this machine has CPUs 0-%d", o.cpu, runtime.NumCPU()-1)
 	}
 	return o, nil
+}
+
+// counts parses a flag's comma-separated positive counts.
+func counts(flag, s string) ([]int, error) {
+	var out []int
+	for _, c := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(c))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-%s: %q is not a positive count", flag, c)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // preflight checks what the benchmark needs before it builds anything.

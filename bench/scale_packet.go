@@ -152,11 +152,11 @@ func runScalePackets(e *env, o options, bo buildOptions, sc *report.Scale) []str
 	var targets []target
 	for _, mode := range []string{report.ModeEBPFTCX, report.ModeIptablesNode} {
 		c := buildCopy(e, mode, bo)
-		h := holdConnection(e, c)
+		h := holdConnection(e, c, report.FamilyIPv4)
 		list, _ := injections(c, h)
 		var inj injection
 		for _, x := range list {
-			if x.Path == report.PathClientProxy {
+			if x.Path == report.PathClientProxy && x.Segment == report.SegmentEstablished {
 				inj = x
 			}
 		}

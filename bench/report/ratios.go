@@ -142,8 +142,10 @@ func pairRatio(mode, base string, k runKey, modeRuns, baseRuns map[int]Run) (Rat
 		}
 	}
 	r := Ratio{Mode: mode, Baseline: base, Workload: k.workload, Path: k.path, Family: k.family, Segment: k.segment, Connections: k.connections}
+	// The kernel path's figure is ns per packet; end to end and new
+	// connections', requests (connections) per second.
 	main := ns
-	if k.workload == WorkloadE2E {
+	if k.workload != WorkloadKernel {
 		main = qps
 	}
 	if len(main) == 0 {

@@ -105,3 +105,34 @@ func TestRatiosEndToEnd(t *testing.T) {
 		t.Errorf("c=16 ratio %+v, want qps ratio 2", ratios[1])
 	}
 }
+
+// TestRatiosNewConnections: the new-connections workload is paired like
+// end to end, on connections per second, kept apart from end to end's
+// runs of the same connections, and apart by family.
+func TestRatiosNewConnections(t *testing.T) {
+	conn := func(mode, family string, round int, cps, cpu float64) Run {
+		r := e2eRunOf(mode, 4, round, cps, cpu, 1)
+		r.Workload, r.Family = WorkloadConnect, family
+		return r
+	}
+	runs := []Run{
+		conn("ebpf", FamilyIPv4, 1, 3000, 300), conn("ipt", FamilyIPv4, 1, 2000, 450),
+		conn("ebpf", FamilyIPv4, 2, 2800, 300), conn("ipt", FamilyIPv4, 2, 2000, 500),
+		conn("ebpf", FamilyIPv6, 1, 1000, 300), conn("ipt", FamilyIPv6, 1, 2000, 300),
+		e2eRunOf("ebpf", 4, 1, 10000, 90, 1), e2eRunOf("ipt", 4, 1, 9000, 100, 1),
+	}
+	got := map[string]Ratio{}
+	for _, r := range ComputeRatios(runs, []string{"ipt"}) {
+		got[r.Workload+" "+familyOf(r.Family)] = r
+	}
+	if len(got) != 3 {
+		t.Fatalf("got ratios %v, want new connections over each family and end to end", got)
+	}
+	r := got[WorkloadConnect+" "+FamilyIPv4]
+	if r.QPSRatioMedian == nil || math.Abs(*r.QPSRatioMedian-1.45) > 1e-9 || r.Rounds != 2 || r.RatioMin != 1.4 || r.RatioMax != 1.5 {
+		t.Errorf("new connections over IPv4: %+v, want a median of 1.45 from 1.4 and 1.5 over 2 rounds", r)
+	}
+	if r6 := got[WorkloadConnect+" "+FamilyIPv6]; r6.QPSRatioMedian == nil || *r6.QPSRatioMedian != 0.5 {
+		t.Errorf("new connections over IPv6: %+v, want 0.5", r6)
+	}
+}

@@ -60,6 +60,15 @@ type RunConfig struct {
 	Connections   []int    `json:"connections"`
 	FixedQPS      float64  `json:"fixed_qps"`
 	FixedQPSConns int      `json:"fixed_qps_connections"`
+	// FixedDuration is the duration of each fixed-rate run (longer than
+	// the others: p99.9 needs the samples).
+	FixedDuration string `json:"fixed_duration_per_run,omitempty"`
+	// ConnectConnections are the connection counts (concurrent
+	// connections, one request each) of the new-connections workload.
+	ConnectConnections []int `json:"connect_connections,omitempty"`
+	// KernelSYNs is the most SYNs a kernel-path SYN run injects (one
+	// source port each); fewer than KernelPackets when that is more.
+	KernelSYNs int `json:"kernel_syns_per_run,omitempty"`
 	// MinCPUShare is the share of its CPU below which a max-QPS run
 	// counted as starved and was run again.
 	MinCPUShare    float64 `json:"min_cpu_share"`
@@ -160,8 +169,12 @@ type Program struct {
 // the delta of TcpInCsumErrors in each namespace of the copy, and counters
 // of the mechanism (programs' verdicts, iptables rules).
 type Proof struct {
-	Mode     string            `json:"mode"`
-	Path     string            `json:"path"`
+	Mode string `json:"mode"`
+	Path string `json:"path"`
+	// Family and Segment of the packets, as in Run (empty: IPv4,
+	// established).
+	Family   string            `json:"family,omitempty"`
+	Segment  string            `json:"segment,omitempty"`
 	Inject   string            `json:"inject"`
 	Packet   string            `json:"packet"`
 	Expected string            `json:"expected"`

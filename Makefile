@@ -92,12 +92,13 @@ endef
 fuzz:
 	$(call run-fuzz,$(FUZZ_SCALE))
 
-## bench: the benchmark against iptables (as root, ~25 min on a quiet machine): BENCHMARKS.md and
-## bench/results/. Installs iptables and ipset from Debian if missing.
+## bench: the benchmark against Istio's node-level and in-pod rules (iptables, nftables), IPv4 and IPv6, with
+## the scale phase (as root, ~35 min on a quiet machine): BENCHMARKS.md and bench/results/. Installs iptables,
+## ipset and nftables from Debian if missing; builds the API server and CNI plugins it runs (cached).
 bench:
 	bench/run.sh $(BENCH_FLAGS)
 
-## bench-quick: the same report in under 5 minutes, fewer rounds.
+## bench-quick: the same report in under 10 minutes, fewer rounds and shorter runs.
 bench-quick:
 	bench/run.sh -quick $(BENCH_FLAGS)
 

@@ -95,6 +95,11 @@ func runScaleAgent(e *env, o options, sc *report.Scale) (skipped []string) {
 		x.P50ms, x.P99ms, x.Maxms = percentiles(chain)
 		sc.Enrolment = append(sc.Enrolment, x)
 		logf("scale: CNI ADD: ptp p50 %.2f ms p99 %.2f ms; meshredirect-cni p50 %.2f ms p99 %.2f ms", sc.CNIAdd[0].P50ms, sc.CNIAdd[0].P99ms, sc.CNIAdd[1].P50ms, sc.CNIAdd[1].P99ms)
+		starts, err := pluginStarts(adds)
+		if err != nil {
+			return fail("CNI plugin start", err)
+		}
+		sc.CNIAdd = append(sc.CNIAdd, latency(report.PluginStartWhat, starts))
 	}
 	c.agent.quiet(time.Second, 10*time.Second)
 

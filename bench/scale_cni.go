@@ -121,6 +121,29 @@ func (sc *scaleCluster) cniADDs(e *env, n int) (primary, ours, chain []float64, 
 	return primary, ours, chain, nil
 }
 
+// pluginStarts execs meshredirect-cni n times with CNI_COMMAND=VERSION:
+// the process's start, its packages' init and one line out, with no
+// agent and no pod. What any ADD pays before it does anything: the part
+// of the plugin's latency that is not the agent's.
+func pluginStarts(n int) ([]float64, error) {
+	dir, err := cnichain.Plugin()
+	if err != nil {
+		return nil, err
+	}
+	var out []float64
+	for i := 0; i < n; i++ {
+		cmd := exec.Command(filepath.Join(dir, "meshredirect-cni"))
+		cmd.Stdin = strings.NewReader(`{"cniVersion": "1.0.0"}`)
+		cmd.Env = append(os.Environ(), "CNI_COMMAND=VERSION")
+		t := time.Now()
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("meshredirect-cni VERSION: %v: %s", err, b)
+		}
+		out = append(out, ms(time.Since(t)))
+	}
+	return out, nil
+}
+
 // latency summarises xs as a report.ScaleLatency.
 func latency(what string, xs []float64) report.ScaleLatency {
 	l := report.ScaleLatency{What: what, N: len(xs)}

@@ -117,7 +117,7 @@ func (r *reporter) e2eGoal(goal, mode, base, fam string, field func(Run) *float6
 		}
 	}
 	if len(cells) == 0 {
-		g.measured = "–" + r.absent(mode, base)
+		g.measured = "–" + r.absent(mode, base) + r.unsupported(fam, mode, base)
 		return g
 	}
 	g.measured = strings.Join(cells, "; ")
@@ -127,6 +127,20 @@ func (r *reporter) e2eGoal(goal, mode, base, fam string, field func(Run) *float6
 		g.where = fmt.Sprintf("c=%d at %.2fx. %s", worstC, worst, r.e2eWhere(mode, base, fam, worstC))
 	}
 	return g
+}
+
+// unsupported says why one of modes did not run over fam, from the
+// run's Skipped ("end to end of M over F: why"), or "".
+func (r *reporter) unsupported(fam string, modes ...string) string {
+	for _, m := range modes {
+		prefix := fmt.Sprintf("end to end of %s over %s: ", m, fam)
+		for _, s := range r.res.Skipped {
+			if why, ok := strings.CutPrefix(s, prefix); ok {
+				return fmt.Sprintf(" (`%s` has no %s: %s)", m, fam, why)
+			}
+		}
+	}
+	return ""
 }
 
 // absent names the modes of a goal that did not run.
@@ -177,7 +191,7 @@ func (r *reporter) connectGoal(goal, mode, base, fam string, limit float64) goal
 		}
 	}
 	if len(cells) == 0 {
-		g.measured = "–" + r.absent(mode, base)
+		g.measured = "–" + r.absent(mode, base) + r.unsupported(fam, mode, base)
 		return g
 	}
 	g.measured = strings.Join(cells, "; ")
@@ -278,7 +292,7 @@ func (r *reporter) familyGoal(mode, base string) goalRow {
 		}
 	}
 	if len(cells) == 0 {
-		return goalRowNotMeasured(goal, r.absent(mode, base))
+		return goalRowNotMeasured(goal, r.absent(mode, base)+r.unsupported(FamilyIPv6, mode, base))
 	}
 	g := goalRow{goal: goal, measured: strings.Join(cells, "; "), state: goalMet}
 	if dev > 0.10+1e-9 {

@@ -85,6 +85,10 @@ func runE2E(c *Copy, spec e2eRun, round int) (report.Run, error) {
 	if err != nil {
 		return run, err
 	}
+	r0, err := c.roleUsage()
+	if err != nil {
+		return run, err
+	}
 	t0 := time.Now()
 	if _, err := c.Agent.stdin.Write(append(b, '\n')); err != nil {
 		return run, fmt.Errorf("copy %s: send a run to the load generator: %w", c.Mode, err)
@@ -94,6 +98,10 @@ func runE2E(c *Copy, spec e2eRun, round int) (report.Run, error) {
 		return run, fmt.Errorf("copy %s: the load generator did not answer: %w", c.Mode, err)
 	}
 	u1, err := c.Cgroup.usage()
+	if err != nil {
+		return run, err
+	}
+	r1, err := c.roleUsage()
 	if err != nil {
 		return run, err
 	}
@@ -114,12 +122,28 @@ func runE2E(c *Copy, spec e2eRun, round int) (report.Run, error) {
 	run.P50us, run.P90us, run.P99us, run.P999us = f64(res.P50us), f64(res.P90us), f64(res.P99us), f64(res.P999us)
 	if res.Requests > 0 {
 		run.CPUusPerReq = f64(float64(u1-u0) / float64(res.Requests))
+		per := func(i int) *float64 { return f64(float64(r1[i]-r0[i]) / float64(res.Requests)) }
+		run.CPUusPerReqProxy, run.CPUusPerReqClient, run.CPUusPerReqServer = per(0), per(1), per(2)
 		run.SegmentsPerReq = f64(float64(s1.total()-s0.total()) / float64(res.Requests))
 	}
 	if res.Requests == 0 || res.Errors > res.Requests/100 {
 		return run, fmt.Errorf("copy %s: %d of %d requests failed", c.Mode, res.Errors, res.Requests)
 	}
 	return run, nil
+}
+
+// roleUsage returns the CPU time (µs) of the copy's proxy, client and
+// server cgroups, in that order.
+func (c *Copy) roleUsage() ([3]uint64, error) {
+	var u [3]uint64
+	for i, cg := range []*cgroup{c.Proxy, c.ClientCG, c.ServerCG} {
+		v, err := cg.usage()
+		if err != nil {
+			return u, err
+		}
+		u[i] = v
+	}
+	return u, nil
 }
 
 // stderrs returns the last lines the copy's processes wrote on standard

@@ -261,6 +261,64 @@ func (r *reporter) cpuAccounting() {
 	r.p("What the kernel path does not account for is in the processes: the proxies' socket calls and copies, the wake-ups")
 	r.p("of the load generator, the server and the stand-ins, and the loopback legs of the in-pod modes.")
 	r.p("")
+	r.cpuByRole(pairs)
+}
+
+// roles are the copy's cgroups, with the field of each one's CPU per
+// request.
+var roles = []struct {
+	name  string
+	field func(Run) *float64
+}{
+	{"stand-ins", func(r Run) *float64 { return r.CPUusPerReqProxy }},
+	{"load generator", func(r Run) *float64 { return r.CPUusPerReqClient }},
+	{"server", func(r Run) *float64 { return r.CPUusPerReqServer }},
+}
+
+// cpuByRole splits the CPU a mode saves per request by the copy's
+// cgroups: where the saving is, and what no redirection can save.
+func (r *reporter) cpuByRole(pairs [][2]string) {
+	measured := false
+	for _, run := range r.res.Runs {
+		measured = measured || run.CPUusPerReqProxy != nil
+	}
+	if !measured {
+		r.p("CPU per request by process: not measured in this run.")
+		r.p("")
+		return
+	}
+	r.p("The same CPU per request split by the copy's cgroups (median over rounds, µs; in brackets the median of per-round")
+	r.p("differences, baseline minus mode). Kernel work is charged to whichever process runs it: a segment's way through")
+	r.p("OUTPUT's rules and the loopback to the sender's syscall, the receive path's softirq mostly to whoever was on the CPU.")
+	r.p("")
+	r.p("| mode | baseline | family | c | stand-ins | load generator | server | all |")
+	r.p("|---|---|---|---:|---:|---:|---:|---:|")
+	for _, pr := range pairs {
+		for _, fam := range r.families() {
+			for _, n := range r.concurrencies() {
+				s := e2eSel(PathMaxQPS, fam, n)
+				var cells []string
+				ok := false
+				for _, role := range append(roles, struct {
+					name  string
+					field func(Run) *float64
+				}{"all", cpuField}) {
+					m := r.median(pr[0], s, role.field)
+					d := statOf(pairedDiffs(byRound(r.res.Runs, pr[1], s, role.field), byRound(r.res.Runs, pr[0], s, role.field)))
+					if !m.ok() || !d.ok() {
+						cells = append(cells, "–")
+						continue
+					}
+					ok = true
+					cells = append(cells, fmt.Sprintf("%.1f [%+.1f]", m.med, d.med))
+				}
+				if ok {
+					r.p("| `%s` | `%s` | %s | %d | %s |", pr[0], pr[1], fam, n, strings.Join(cells, " | "))
+				}
+			}
+		}
+	}
+	r.p("")
 }
 
 // connect is the new-connections workload.

@@ -154,7 +154,8 @@ func syntheticResults() *Results {
 					q := base[ci] * x * n
 					add(Run{Mode: m, Workload: WorkloadE2E, Path: PathMaxQPS, Family: fam, Connections: c, Round: round,
 						QPS: f64(q), CPUusPerReq: f64(1e6 / q), P50us: f64(1e6 * float64(c) / q), P90us: f64(2e6 * float64(c) / q),
-						P99us: f64(4e6 * float64(c) / q), SegmentsPerReq: f64(fixtureSegs[inpod]), CPUShare: f64(1)})
+						P99us: f64(4e6 * float64(c) / q), SegmentsPerReq: f64(fixtureSegs[inpod]), CPUShare: f64(1),
+						CPUusPerReqProxy: f64(0.5e6 / q), CPUusPerReqClient: f64(0.3e6 / q), CPUusPerReqServer: f64(0.2e6 / q)})
 				}
 				lat := 1e6 / (base[1] * fixtureQPSx[m]) // µs, the path at c=4
 				add(Run{Mode: m, Workload: WorkloadE2E, Path: PathFixedQPS, Family: fam, Connections: 4, Round: round, QPS: f64(1000),

@@ -99,6 +99,14 @@ type Run struct {
 	P90us  *float64 `json:"p90_us"`
 	P99us  *float64 `json:"p99_us"`
 	P999us *float64 `json:"p999_us,omitempty"`
+	// CPUusPerReqProxy, CPUusPerReqClient and CPUusPerReqServer split
+	// CPUusPerReq by the copy's cgroups: the stand-ins, the load
+	// generator, the HTTP server. Kernel work is charged to whichever
+	// process ran it: a segment's trip through the rules in a syscall
+	// to the sender, softirq work to whoever was on the CPU.
+	CPUusPerReqProxy  *float64 `json:"cpu_us_per_req_proxy,omitempty"`
+	CPUusPerReqClient *float64 `json:"cpu_us_per_req_client,omitempty"`
+	CPUusPerReqServer *float64 `json:"cpu_us_per_req_server,omitempty"`
 	// SegmentsPerReq is the TCP segments sent per request by every
 	// namespace of the copy (nstat's OutSegs), end to end.
 	SegmentsPerReq *float64 `json:"segments_per_req,omitempty"`

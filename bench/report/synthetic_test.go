@@ -16,7 +16,7 @@ func TestRenderSynthetic(t *testing.T) {
 		"## Goals", "## Two comparisons", "## Kernel path", "### Kernel path: per request", "#### Node mode", "#### In-pod mode",
 		"### Kernel path: per hop", "#### IPv4 established segments", "#### IPv6 SYN segments",
 		"### End to end: node mode", "### End to end: in-pod mode", "IPv6 against `nftables-inpod`",
-		"### Where the CPU per request goes", "## New connections per second", "## Latency at a fixed rate",
+		"### Where the CPU per request goes", "| mode | baseline | family | c | stand-ins | load generator | server | all |", "## New connections per second", "## Latency at a fixed rate",
 		"| mode | p50 | p90 | p99 | p99.9 | CPU µs per request |", "saturation p99 measures that queue",
 		"## IPv4 and IPv6", "## Per program", "### `iptables-inpod`", "nat REDIRECT",
 	} {

@@ -36,21 +36,8 @@ func (c *Copy) setupEBPF(e *env, bpffs string) {
 		AttachMode:   attach,
 		RedirectPeer: &peer,
 	}
-	dp, err := dataplane.Open(cfg)
-	if err != nil {
-		e.Fatalf("copy %s: open the dataplane: %v", c.Mode, err)
-	}
-	c.DP = dp
+	dp := c.openDataplane(e, cfg)
 	zt := c.Ztunnel
-	e.Cleanup(func() {
-		dp.Close()
-		if err := dataplane.Uninstall(cfg, zt.Path()); err != nil {
-			e.Errorf("copy %s: uninstall the dataplane: %v", c.Mode, err)
-		}
-	})
-	nodeAddrs, err := dp.NodeAddresses()
-	e.check(err)
-	e.check(dp.SetNodeAddresses(nodeAddrs))
 	e.check(dp.SetZtunnel(dataplane.Ztunnel{Name: "istio-system/ztunnel", Netns: zt.Path(),
 		HostIfindex: zt.HostVethIndex, IPs: []netip.Addr{zt.IPv4, zt.IPv6}}))
 	e.check(dp.SetZtunnelReady(true))
@@ -71,4 +58,25 @@ func (c *Copy) setupEBPF(e *env, bpffs string) {
 		{Cmd: "ip rule add fwmark 0x400/0xfff lookup 100"},
 		{Cmd: "ip route add local 0.0.0.0/0 dev lo table 100"},
 	}})
+}
+
+// openDataplane opens the copy's dataplane with cfg, as the agent would
+// at start (the node's addresses set), and uninstalls it at the end.
+func (c *Copy) openDataplane(e *env, cfg dataplane.Config) *dataplane.Dataplane {
+	dp, err := dataplane.Open(cfg)
+	if err != nil {
+		e.Fatalf("copy %s: open the dataplane: %v", c.Mode, err)
+	}
+	c.DP = dp
+	zt := c.Ztunnel
+	e.Cleanup(func() {
+		dp.Close()
+		if err := dataplane.Uninstall(cfg, zt.Path()); err != nil {
+			e.Errorf("copy %s: uninstall the dataplane: %v", c.Mode, err)
+		}
+	})
+	nodeAddrs, err := dp.NodeAddresses()
+	e.check(err)
+	e.check(dp.SetNodeAddresses(nodeAddrs))
+	return dp
 }

@@ -21,21 +21,7 @@ func (c *Copy) setupEBPFInpod(e *env, bpffs string) {
 		PinDir:     pinDir(bpffs, c.Mode),
 		AttachMode: tc.ModeTCX,
 	}
-	dp, err := dataplane.Open(cfg)
-	if err != nil {
-		e.Fatalf("copy %s: open the dataplane: %v", c.Mode, err)
-	}
-	c.DP = dp
-	zt := c.Ztunnel
-	e.Cleanup(func() {
-		dp.Close()
-		if err := dataplane.Uninstall(cfg, zt.Path()); err != nil {
-			e.Errorf("copy %s: uninstall the dataplane: %v", c.Mode, err)
-		}
-	})
-	nodeAddrs, err := dp.NodeAddresses()
-	e.check(err)
-	e.check(dp.SetNodeAddresses(nodeAddrs))
+	dp := c.openDataplane(e, cfg)
 	ports, err := dp.RelayPorts()
 	e.check(err)
 	e.check(dp.SetRelayPorts(ports))

@@ -84,7 +84,6 @@ func (r *reporter) starvation() {
 // maxQPS is one comparison's max-QPS table and its ratios, by family.
 func (r *reporter) maxQPS(c comparison) {
 	conns := r.concurrencies()
-	head := connHead(conns)
 	r.p("### End to end: %s", strings.ToLower(c.name))
 	r.p("")
 	var modes []string
@@ -105,49 +104,56 @@ func (r *reporter) maxQPS(c comparison) {
 	for _, fam := range r.families() {
 		r.p("%s, max QPS: median over rounds, and µs of CPU per request in parentheses.", fam)
 		r.p("")
-		r.p("| mode | %s |", strings.Join(head, " | "))
-		r.p("|---|%s", strings.Repeat("---:|", len(head)))
+		r.rateTables(modes, c.baselines, WorkloadE2E, conns, func(n int) sel { return e2eSel(PathMaxQPS, fam, n) },
+			fam+" against `%s`: median of per-round ratios [min–max], QPS (higher is better) / CPU per request (lower is better).")
+	}
+	r.chartLinks("e2e-qps-"+c.slug+".png", "QPS against "+c.baselines[0]+" by connections",
+		"e2e-cpu-"+c.slug+".png", "CPU per request against "+c.baselines[0]+" by connections")
+}
+
+// rateTables writes the medians of a rate (QPS, connections/s) and its
+// CPU per request for modes at each concurrency of conns (the runs of
+// at(n)), then for each baseline that ran workload the modes' ratios to
+// it, under a caption made from title and the baseline.
+func (r *reporter) rateTables(modes, baselines []string, workload string, conns []int, at func(n int) sel, title string) {
+	head := connHead(conns)
+	r.p("| mode | %s |", strings.Join(head, " | "))
+	r.p("|---|%s", strings.Repeat("---:|", len(head)))
+	for _, m := range modes {
+		var cells []string
+		for _, n := range conns {
+			q, u := r.median(m, at(n), qpsField), r.median(m, at(n), cpuField)
+			if !q.ok() {
+				cells = append(cells, "–")
+				continue
+			}
+			cells = append(cells, fmt.Sprintf("%.0f (%.1f)", q.med, u.med))
+		}
+		r.p("| `%s` | %s |", m, strings.Join(cells, " | "))
+	}
+	r.p("")
+	for _, base := range baselines {
+		if !r.ranWorkload(base, workload) {
+			continue
+		}
+		var rows []string
 		for _, m := range modes {
+			if m == base {
+				continue
+			}
 			var cells []string
 			for _, n := range conns {
-				s := e2eSel(PathMaxQPS, fam, n)
-				q, u := r.median(m, s, qpsField), r.median(m, s, cpuField)
+				q, u := r.ratio(m, base, at(n), qpsField), r.ratio(m, base, at(n), cpuField)
 				if !q.ok() {
 					cells = append(cells, "–")
 					continue
 				}
-				cells = append(cells, fmt.Sprintf("%.0f (%.1f)", q.med, u.med))
+				cells = append(cells, q.cell("%.2f")+" / "+u.cell("%.2f"))
 			}
-			r.p("| `%s` | %s |", m, strings.Join(cells, " | "))
+			rows = append(rows, fmt.Sprintf("| `%s` | %s |", m, strings.Join(cells, " | ")))
 		}
-		r.p("")
-		for _, base := range c.baselines {
-			if !r.ranWorkload(base, WorkloadE2E) {
-				continue
-			}
-			var rows []string
-			for _, m := range modes {
-				if m == base {
-					continue
-				}
-				var cells []string
-				for _, n := range conns {
-					s := e2eSel(PathMaxQPS, fam, n)
-					q, u := r.ratio(m, base, s, qpsField), r.ratio(m, base, s, cpuField)
-					if !q.ok() {
-						cells = append(cells, "–")
-						continue
-					}
-					cells = append(cells, q.cell("%.2f")+" / "+u.cell("%.2f"))
-				}
-				rows = append(rows, fmt.Sprintf("| `%s` | %s |", m, strings.Join(cells, " | ")))
-			}
-			r.table(fmt.Sprintf("%s against `%s`: median of per-round ratios [min–max], QPS (higher is better) / CPU per request (lower is better).", fam, base),
-				append([]string{"mode"}, head...), "---|"+strings.Repeat("---:|", len(head)), rows)
-		}
+		r.table(fmt.Sprintf(title, base), append([]string{"mode"}, head...), "---|"+strings.Repeat("---:|", len(head)), rows)
 	}
-	r.chartLinks("e2e-qps-"+c.slug+".png", "QPS against "+c.baselines[0]+" by connections",
-		"e2e-cpu-"+c.slug+".png", "CPU per request against "+c.baselines[0]+" by connections")
 }
 
 // accountingPairs are the (mode, baseline) pairs whose CPU per request
@@ -265,7 +271,7 @@ func (r *reporter) cpuAccounting() {
 }
 
 // roles are the copy's cgroups, with the field of each one's CPU per
-// request.
+// request, and the whole copy last.
 var roles = []struct {
 	name  string
 	field func(Run) *float64
@@ -273,6 +279,7 @@ var roles = []struct {
 	{"stand-ins", func(r Run) *float64 { return r.CPUusPerReqProxy }},
 	{"load generator", func(r Run) *float64 { return r.CPUusPerReqClient }},
 	{"server", func(r Run) *float64 { return r.CPUusPerReqServer }},
+	{"all", cpuField},
 }
 
 // cpuByRole splits the CPU a mode saves per request by the copy's
@@ -299,10 +306,7 @@ func (r *reporter) cpuByRole(pairs [][2]string) {
 				s := e2eSel(PathMaxQPS, fam, n)
 				var cells []string
 				ok := false
-				for _, role := range append(roles, struct {
-					name  string
-					field func(Run) *float64
-				}{"all", cpuField}) {
+				for _, role := range roles {
 					m := r.median(pr[0], s, role.field)
 					d := statOf(pairedDiffs(byRound(r.res.Runs, pr[1], s, role.field), byRound(r.res.Runs, pr[0], s, role.field)))
 					if !m.ok() || !d.ok() {
@@ -339,7 +343,6 @@ func (r *reporter) connect() {
 	r.load(func(run Run) bool { return run.Workload == WorkloadConnect })
 	for _, path := range r.workloadPaths(WorkloadConnect) {
 		conns := r.workloadConns(WorkloadConnect, path)
-		head := connHead(conns)
 		for _, c := range r.comparisons() {
 			var cm []string
 			for _, m := range c.modes {
@@ -355,46 +358,9 @@ func (r *reporter) connect() {
 			for _, fam := range r.families() {
 				r.p("%s, %s (%s): connections per second, median over rounds (CPU µs per connection).", c.name, fam, path)
 				r.p("")
-				r.p("| mode | %s |", strings.Join(head, " | "))
-				r.p("|---|%s", strings.Repeat("---:|", len(head)))
-				for _, m := range cm {
-					var cells []string
-					for _, n := range conns {
-						s := sel{workload: WorkloadConnect, path: path, family: fam, conns: n}
-						q, u := r.median(m, s, qpsField), r.median(m, s, cpuField)
-						if !q.ok() {
-							cells = append(cells, "–")
-							continue
-						}
-						cells = append(cells, fmt.Sprintf("%.0f (%.1f)", q.med, u.med))
-					}
-					r.p("| `%s` | %s |", m, strings.Join(cells, " | "))
-				}
-				r.p("")
-				for _, base := range c.baselines {
-					if !r.ranWorkload(base, WorkloadConnect) {
-						continue
-					}
-					var rows []string
-					for _, m := range cm {
-						if m == base {
-							continue
-						}
-						var cells []string
-						for _, n := range conns {
-							s := sel{workload: WorkloadConnect, path: path, family: fam, conns: n}
-							q, u := r.ratio(m, base, s, qpsField), r.ratio(m, base, s, cpuField)
-							if !q.ok() {
-								cells = append(cells, "–")
-								continue
-							}
-							cells = append(cells, q.cell("%.2f")+" / "+u.cell("%.2f"))
-						}
-						rows = append(rows, fmt.Sprintf("| `%s` | %s |", m, strings.Join(cells, " | ")))
-					}
-					r.table(fmt.Sprintf("Against `%s`: median of per-round ratios [min–max], connections/s (higher is better) / CPU per connection.", base),
-						append([]string{"mode"}, head...), "---|"+strings.Repeat("---:|", len(head)), rows)
-				}
+				r.rateTables(cm, c.baselines, WorkloadConnect, conns, func(n int) sel {
+					return sel{workload: WorkloadConnect, path: path, family: fam, conns: n}
+				}, "Against `%s`: median of per-round ratios [min–max], connections/s (higher is better) / CPU per connection.")
 			}
 		}
 	}

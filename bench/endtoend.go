@@ -122,8 +122,7 @@ func runE2E(c *Copy, spec e2eRun, round int) (report.Run, error) {
 	run.P50us, run.P90us, run.P99us, run.P999us = f64(res.P50us), f64(res.P90us), f64(res.P99us), f64(res.P999us)
 	if res.Requests > 0 {
 		run.CPUusPerReq = f64(float64(u1-u0) / float64(res.Requests))
-		per := func(i int) *float64 { return f64(float64(r1[i]-r0[i]) / float64(res.Requests)) }
-		run.CPUusPerReqProxy, run.CPUusPerReqClient, run.CPUusPerReqServer = per(0), per(1), per(2)
+		run.CPUusPerReqProxy, run.CPUusPerReqClient, run.CPUusPerReqServer = perRole(r0, r1, res.Requests)
 		run.SegmentsPerReq = f64(float64(s1.total()-s0.total()) / float64(res.Requests))
 	}
 	if res.Requests == 0 || res.Errors > res.Requests/100 {
@@ -144,6 +143,13 @@ func (c *Copy) roleUsage() ([3]uint64, error) {
 		u[i] = v
 	}
 	return u, nil
+}
+
+// perRole divides the CPU each role's cgroup used between two readings of
+// roleUsage (proxy, client, server) by the requests of the run.
+func perRole(before, after [3]uint64, requests int64) (proxy, client, server *float64) {
+	per := func(i int) *float64 { return f64(float64(after[i]-before[i]) / float64(requests)) }
+	return per(0), per(1), per(2)
 }
 
 // stderrs returns the last lines the copy's processes wrote on standard

@@ -26,3 +26,12 @@ func TestStarved(t *testing.T) {
 		}
 	}
 }
+
+// TestPerRole: each role's CPU per request is its own cgroup's usage
+// between the readings, in roleUsage's order (proxy, client, server).
+func TestPerRole(t *testing.T) {
+	proxy, client, server := perRole([3]uint64{100, 200, 300}, [3]uint64{1100, 700, 400}, 10)
+	if *proxy != 100 || *client != 50 || *server != 10 {
+		t.Errorf("per request: proxy %v, client %v, server %v; want 100, 50, 10", *proxy, *client, *server)
+	}
+}

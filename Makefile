@@ -16,7 +16,7 @@ TOOLS ?= $(HOME)/.cache/meshredirect/tools
 STATICCHECK_VERSION ?= v0.8.2
 XTOOLS_VERSION ?= v0.52.0
 
-.PHONY: all build test test-node lint tools demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image test-images bench bench-quick bench-report
+.PHONY: all build test test-node lint tools demo fuzz clean check-no-c kube-bins cni-bins test-kernels manifests image test-images bench bench-quick bench-report diagram
 
 all: build
 
@@ -110,6 +110,12 @@ bench-report:
 ## manifests: render deploy/meshredirect.yaml from the chart with its default values.
 manifests:
 	cd deploy/tools && $(GO) run ./render -chart ../charts/meshredirect -o ../meshredirect.yaml
+
+## diagram: the README's pictures of each mode's packet paths (docs/datapath-*.svg) drawn again
+## from their Graphviz sources (docs/*.dot; apt-get install graphviz). internal/repocheck fails
+## when a committed SVG is not what its source draws.
+diagram:
+	@for f in docs/*.dot; do echo "dot -Tsvg $$f -o $${f%.dot}.svg"; dot -Tsvg "$$f" -o "$${f%.dot}.svg" || exit 1; done
 
 ## image: the release image (the agent and its CNI plugin, static) as a docker archive, built in Go by
 ## testenv/cmd/images: no container engine, no registry. Import it with

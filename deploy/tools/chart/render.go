@@ -33,6 +33,10 @@ type Options struct {
 	ReleaseName string
 	// Namespace defaults to [Namespace].
 	Namespace string
+	// Lax runs the templates as `helm install` does, a missing value being empty, instead of
+	// in strict mode: for charts written for that, as Istio's are (they test for values that
+	// may not exist).
+	Lax bool
 }
 
 // Object is one rendered Kubernetes object.
@@ -64,7 +68,7 @@ func Load(dir string) (*chart.Chart, error) {
 
 // Render renders the chart in dir as `helm template` does: values coalesced with values.yaml
 // and checked against values.schema.json, the templates executed in strict mode (a reference
-// to a value that does not exist is an error), the objects sorted in install order.
+// to a value that does not exist is an error, unless opts.Lax), the objects sorted in install order.
 func Render(dir string, opts Options) (*Rendered, error) {
 	ch, err := Load(dir)
 	if err != nil {
@@ -86,7 +90,7 @@ func Render(dir string, opts Options) (*Rendered, error) {
 	if err != nil {
 		return nil, fmt.Errorf("render chart %s: %w", ch.Name(), err)
 	}
-	files, err := engine.Engine{Strict: true}.Render(ch, vals)
+	files, err := engine.Engine{Strict: !opts.Lax}.Render(ch, vals)
 	if err != nil {
 		return nil, fmt.Errorf("render chart %s: %w", ch.Name(), err)
 	}
@@ -105,6 +109,9 @@ func Render(dir string, opts Options) (*Rendered, error) {
 		return nil, fmt.Errorf("render chart %s: %d hooks, which the plain manifest cannot express", ch.Name(), len(hooks))
 	}
 	for _, m := range manifests {
+		if opts.Lax && onlyComments(m.Content) {
+			continue // Helm sends such a document to the API server as nothing
+		}
 		if m.Head == nil || m.Head.Metadata == nil {
 			return nil, fmt.Errorf("render chart %s: %s: an object without kind or metadata:\n%s", ch.Name(), m.Name, m.Content)
 		}
@@ -117,6 +124,17 @@ func Render(dir string, opts Options) (*Rendered, error) {
 		})
 	}
 	return &out, nil
+}
+
+// onlyComments reports whether a rendered document holds nothing but YAML comments and blank
+// lines, as the templates of Istio's charts leave where a condition renders no object.
+func onlyComments(doc string) bool {
+	for _, line := range strings.Split(doc, "\n") {
+		if l := strings.TrimSpace(line); l != "" && !strings.HasPrefix(l, "#") {
+			return false
+		}
+	}
+	return true
 }
 
 // Find returns the rendered object of kind, or nil.

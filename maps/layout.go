@@ -297,7 +297,8 @@ func MAC(hw net.HardwareAddr) ([6]byte, error) {
 type Monitor struct {
 	// DropsUntil: the exits that drop a packet write an event.
 	DropsUntil uint64
-	// VerdictsUntil: every exit writes an event, whatever its verdict.
+	// VerdictsUntil: the exits that do not drop write an event too. A
+	// monitor of every verdict sets both deadlines.
 	VerdictsUntil uint64
 }
 

@@ -117,10 +117,10 @@ func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 }
 
 // EventsSize is the size of the events ring buffer (a power of two, a
-// multiple of the page size): 1638 events of EventRecordSize (with the
-// ring buffer's own 8-byte header), which a reader draining it every few
-// milliseconds never fills but in a flood; the programs count a record they
-// could not reserve nowhere: the monitor shows what fits.
+// multiple of the page size): about 1560 events of EventRecordSize (each
+// with the ring buffer's own 8-byte header), which a reader draining it
+// every few milliseconds fills only in a flood. An event that finds no room
+// is lost, and counted nowhere: the monitor shows what fits.
 const EventsSize = 256 << 10
 
 // StatsMaxEntries is the stats map's size: room for verdicts added later, so

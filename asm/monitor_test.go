@@ -162,6 +162,7 @@ func TestMonitorEveryDropVerdict(t *testing.T) {
 	monitorSeen.Lock()
 	clear(monitorSeen.m)
 	monitorSeen.Unlock()
+	ingressOK := newFixture(t, mrasm.DefaultOptions()).ingressOK
 	runTables(t)
 	if t.Failed() {
 		return
@@ -170,6 +171,12 @@ func TestMonitorEveryDropVerdict(t *testing.T) {
 	defer monitorSeen.Unlock()
 	for prog, want := range dropVerdicts {
 		for _, v := range want {
+			if !monitorSeen.m[prog][v] && !ingressOK && (prog == mrasm.AppInbound || prog == mrasm.ZtunnelEgress) {
+				// Their rows skip where the test run takes no
+				// skb->ingress_ifindex (before Linux 5.15).
+				t.Logf("%s: no event of a %s drop checked: its rows need skb->ingress_ifindex in a test run", prog, v)
+				continue
+			}
 			if !monitorSeen.m[prog][v] {
 				t.Errorf("%s: no event of a %s drop was checked (no row drops so?)", prog, v)
 			}

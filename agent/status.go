@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -85,6 +86,19 @@ func podNames(ctx context.Context, o StatusOptions) map[string]podRef {
 		for _, ip := range podIPs(&p) {
 			out[ip.String()] = podRef{namespace: p.Namespace, name: p.Name,
 				enrolled: p.Annotations[RedirectionAnnotation] == RedirectionEnabled}
+		}
+	}
+	return out
+}
+
+// PodNames maps the IPs of the node's pods to "namespace/name" from the API
+// (o.Client and o.NodeName), for tools that name what they see (monitor);
+// empty when the API is not given or does not answer within a few seconds.
+func PodNames(ctx context.Context, o StatusOptions) map[netip.Addr]string {
+	out := map[netip.Addr]string{}
+	for ip, ref := range podNames(ctx, o) {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			out[a] = ref.namespace + "/" + ref.name
 		}
 	}
 	return out

@@ -84,7 +84,7 @@ func LookupProgram(name string) (Program, error) {
 
 // Instructions generates the program's instructions.
 func (p Program) Instructions(opts Options) asm.Instructions {
-	return at(p.Name, p.build(opts)...)
+	return at(p.Name, numbered(p.Name, p.build(opts))...)
 }
 
 // Spec returns the program's spec; its map references are the names of

@@ -332,15 +332,17 @@ func countVerdict(v maps.Verdict) asm.Instructions {
 	}
 }
 
-// exit is a verdict block: count the packet under v and return action.
+// exit is a verdict block: report the packet to a monitor (an attached one),
+// count it under v and return action.
 func exit(label string, v maps.Verdict, action int32) asm.Instructions {
 	return at(label, concat(
+		report(label, v, action == ActShot),
 		countVerdict(v),
 		asm.Instructions{asm.Mov.Imm(asm.R0, action), asm.Return()},
 	)...)
 }
 
-// redirectTo counts the packet under v and hands it to the interface whose
+// redirectTo reports and counts the packet under v and hands it to the interface whose
 // index is in R9: into its peer's netns with bpf_redirect_peer when peer is
 // set (only from an ingress hook), else out of it with bpf_redirect.
 //
@@ -354,14 +356,14 @@ func exit(label string, v maps.Verdict, action int32) asm.Instructions {
 // bpf_skb_change_type, only when it is not.
 func redirectTo(v maps.Verdict, peer bool) asm.Instructions {
 	if !peer {
-		return concat(countVerdict(v), asm.Instructions{
+		return concat(report(v.String(), v, false), countVerdict(v), asm.Instructions{
 			asm.Mov.Reg(asm.R1, regL4),
 			asm.Mov.Imm(asm.R2, 0),
 			asm.FnRedirect.Call(),
 			asm.Return(),
 		})
 	}
-	return concat(countVerdict(v), asm.Instructions{
+	return concat(report(v.String(), v, false), countVerdict(v), asm.Instructions{
 		asm.LoadMem(asm.R1, regCtx, skbPktType, asm.Word),
 		asm.JEq.Imm(asm.R1, packetHost, "redirect_peer"),
 		asm.Mov.Reg(asm.R1, regCtx),

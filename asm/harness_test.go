@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	mrasm "github.com/meshredirect/meshredirect/asm"
@@ -90,6 +91,9 @@ type fixture struct {
 	// ingressOK: this kernel's BPF_PROG_TEST_RUN takes skb->ingress_ifindex
 	// in the context (Linux 5.15+; earlier ones refuse it with EINVAL).
 	ingressOK bool
+	// events reads the events ring buffer: runCtx checks the events of
+	// every run against the monitor map (monitor_test.go).
+	events *ringbuf.Reader
 }
 
 func newFixture(tb testing.TB, opts mrasm.Options) *fixture {
@@ -111,7 +115,7 @@ func newFixture(tb testing.TB, opts mrasm.Options) *fixture {
 	}
 	tb.Cleanup(func() { coll.Close() })
 
-	f := &fixture{maps: set, coll: coll}
+	f := &fixture{maps: set, coll: coll, events: newEventReader(tb, set)}
 	_, err = coll.Programs[mrasm.ZtunnelIngress].Run(&ebpf.RunOptions{Data: make([]byte, 14), Context: mrasm.SkBuff{IngressIfindex: 1}})
 	f.ingressOK = !errors.Is(err, unix.EINVAL)
 	f.setZtunnel(tb, maps.ZtunnelReady)
@@ -186,6 +190,8 @@ type result struct {
 	verdict maps.Verdict
 	// counted is false if no verdict counter moved (or more than one did).
 	counted bool
+	// events are the monitor events the run wrote.
+	events []event
 }
 
 // run runs program name once on frame with ingress_ifindex set, and reports
@@ -214,6 +220,7 @@ func (f *fixture) runCtx(tb testing.TB, name string, frame []byte, ctx mrasm.SkB
 	if prog == nil {
 		tb.Fatalf("no program %s", name)
 	}
+	f.drainEvents(tb)
 	before := f.stats(tb)
 	var ctxOut mrasm.SkBuff
 	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256), Context: ctx, ContextOut: &ctxOut}
@@ -239,6 +246,7 @@ func (f *fixture) runCtx(tb testing.TB, name string, frame []byte, ctx mrasm.SkB
 		}
 	}
 	res.counted = moved == 1
+	res.events = f.checkEvents(tb, name, frame, res)
 	return res
 }
 

@@ -110,7 +110,7 @@ func PodCollectionSpec(cfg PodConfig, opts Options) (*ebpf.CollectionSpec, error
 		spec.Programs[name] = &ebpf.ProgramSpec{
 			Name:         name,
 			Type:         ebpf.SchedCLS,
-			Instructions: at(name, insns...),
+			Instructions: at(name, numbered(name, insns)...),
 			License:      License,
 		}
 	}
@@ -202,6 +202,7 @@ func podEgress(a podAddrs, cfg PodConfig) asm.Instructions {
 		podOutbound(a, cfg).program(),
 		at(labelCapture, zeroDstMAC()...),
 		setMark(),
+		report("pe_redirect", maps.VerdictRedirectedOut, false),
 		countVerdict(maps.VerdictRedirectedOut),
 		asm.Instructions{
 			asm.Mov.Imm(asm.R1, LoopbackIfindex),

@@ -39,7 +39,7 @@ func newPodFixture(tb testing.TB, hostNetns int32) *fixture {
 		tb.Fatalf("load in-pod programs: %v", err)
 	}
 	tb.Cleanup(func() { coll.Close() })
-	return &fixture{maps: f.maps, coll: coll, ingressOK: f.ingressOK}
+	return &fixture{maps: f.maps, coll: coll, ingressOK: f.ingressOK, events: f.events}
 }
 
 // Outcomes of the in-pod programs. BPF_PROG_TEST_RUN does not run at a real

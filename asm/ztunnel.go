@@ -318,9 +318,12 @@ func assignSocket(prefix string, mark bool) asm.Instructions {
 			asm.JEq.Imm(asm.R1, 0, prefix+"_refused"),
 		},
 		markInsns(),
+		report(prefix+"_assign_failed", maps.VerdictAssignFailed, false),
 		asm.Instructions{asm.Mov.Imm(asm.R0, ActOK), asm.Return()},
-		at(prefix+"_refused", asm.Mov.Imm(asm.R0, ActShot), asm.Return()),
+		at(prefix+"_refused", report(prefix+"_refused", maps.VerdictAssignFailed, true)...),
+		asm.Instructions{asm.Mov.Imm(asm.R0, ActShot), asm.Return()},
 		at(prefix+"_mark", markInsns()...),
+		report(prefix+"_assigned", maps.VerdictAssigned, false),
 		countVerdict(maps.VerdictAssigned),
 		asm.Instructions{asm.Mov.Imm(asm.R0, ActOK), asm.Return()},
 	)

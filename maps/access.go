@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -369,4 +370,58 @@ func (s *Stats) Read() (map[Verdict]Counter, error) {
 		out[v] = sum
 	}
 	return out, nil
+}
+
+// MonitorMap is the monitor map: until when the programs write events.
+type MonitorMap struct{ *ebpf.Map }
+
+// MonitorLease is how far ahead [MonitorMap.Extend] sets a deadline: a
+// monitor extends it every MonitorLease/2, so a monitor that dies without
+// cleaning up stops costing the programs within MonitorLease.
+const MonitorLease = 2 * time.Second
+
+// Get returns the monitor entry.
+func (m *MonitorMap) Get() (Monitor, error) {
+	var v Monitor
+	if err := m.Map.Lookup(uint32(0), &v); err != nil {
+		return Monitor{}, fmt.Errorf("look up monitor entry: %w", err)
+	}
+	return v, nil
+}
+
+// Set replaces the monitor entry.
+func (m *MonitorMap) Set(v Monitor) error {
+	if err := m.Map.Put(uint32(0), v); err != nil {
+		return fmt.Errorf("set monitor entry: %w", err)
+	}
+	return nil
+}
+
+// Extend moves the deadline of drops (and of every verdict, with
+// verdicts) to MonitorLease from now, unless it is later already: several
+// monitors share the entry, and none shortens another's deadline. Two
+// monitors extending at once may lose one's write, but the other's
+// deadline is then as late, and the next extension comes well before it.
+func (m *MonitorMap) Extend(verdicts bool) error {
+	v, err := m.Get()
+	if err != nil {
+		return err
+	}
+	until := KtimeNow() + uint64(MonitorLease)
+	v.DropsUntil = max(v.DropsUntil, until)
+	if verdicts {
+		v.VerdictsUntil = max(v.VerdictsUntil, until)
+	}
+	return m.Set(v)
+}
+
+// KtimeNow is bpf_ktime_get_ns from user space: CLOCK_MONOTONIC in
+// nanoseconds.
+func KtimeNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		// CLOCK_MONOTONIC is always there on Linux.
+		panic(fmt.Sprintf("clock_gettime(CLOCK_MONOTONIC): %v", err))
+	}
+	return uint64(ts.Nano())
 }

@@ -286,3 +286,70 @@ func MAC(hw net.HardwareAddr) ([6]byte, error) {
 	copy(mac[:], hw)
 	return mac, nil
 }
+
+// Monitor is the single value of the monitor map: until when the programs
+// write events to the events ring buffer, as bpf_ktime_get_ns deadlines
+// (CLOCK_MONOTONIC nanoseconds). Zero, or a time past, means no monitor of
+// that kind is attached: a program then pays one load and one compare at an
+// exit, and no helper call. A monitor extends its deadline while it runs
+// (see [MonitorMap.Extend]), so one killed with SIGKILL stops costing
+// within MonitorLease.
+type Monitor struct {
+	// DropsUntil: the exits that drop a packet write an event.
+	DropsUntil uint64
+	// VerdictsUntil: the exits that do not drop write an event too. A
+	// monitor of every verdict sets both deadlines.
+	VerdictsUntil uint64
+}
+
+// Byte offsets of the fields of [Monitor], read by the programs.
+const (
+	MonitorOffDropsUntil    = int16(unsafe.Offsetof(Monitor{}.DropsUntil))
+	MonitorOffVerdictsUntil = int16(unsafe.Offsetof(Monitor{}.VerdictsUntil))
+)
+
+// EventHeader starts every record of the events ring buffer; the first
+// EventCapLen bytes of the packet (at most) follow it, from its Ethernet
+// header, CapLen of them valid.
+type EventHeader struct {
+	// Timestamp is bpf_ktime_get_ns when the program wrote the event.
+	Timestamp uint64
+	// Ifindex is skb->ifindex: the device the program runs on, in its
+	// network namespace (a pod's for the in-pod programs).
+	Ifindex uint32
+	// Len is skb->len, the whole packet's length.
+	Len uint32
+	// Mark is skb->mark at the exit.
+	Mark uint32
+	// Verdict is the verdict the packet was counted under.
+	Verdict Verdict
+	// CapLen is how many bytes of the packet follow; zero when
+	// bpf_skb_load_bytes failed.
+	CapLen uint16
+	// Program is the program's number (asm.ProgramName names it).
+	Program uint8
+	// Dropped is 1 when the program returned TC_ACT_SHOT.
+	Dropped uint8
+	_       uint32
+}
+
+// Byte offsets of the fields of [EventHeader], written by the programs.
+const (
+	EventOffTimestamp = int16(unsafe.Offsetof(EventHeader{}.Timestamp))
+	EventOffIfindex   = int16(unsafe.Offsetof(EventHeader{}.Ifindex))
+	EventOffLen       = int16(unsafe.Offsetof(EventHeader{}.Len))
+	EventOffMark      = int16(unsafe.Offsetof(EventHeader{}.Mark))
+	EventOffVerdict   = int16(unsafe.Offsetof(EventHeader{}.Verdict))
+	EventOffCapLen    = int16(unsafe.Offsetof(EventHeader{}.CapLen))
+	EventOffProgram   = int16(unsafe.Offsetof(EventHeader{}.Program))
+	EventOffDropped   = int16(unsafe.Offsetof(EventHeader{}.Dropped))
+	EventOffPad       = int16(unsafe.Offsetof(EventHeader{}.Dropped) + 1)
+	EventHeaderSize   = int16(unsafe.Sizeof(EventHeader{}))
+)
+
+// EventCapLen is the most bytes of a packet an event carries: an Ethernet
+// header, IPv6 with a few extension headers, and TCP with options.
+const EventCapLen = 128
+
+// EventRecordSize is the size of every record the programs reserve.
+const EventRecordSize = uint32(EventHeaderSize) + EventCapLen

@@ -44,6 +44,14 @@ func TestLayout(t *testing.T) {
 		{"SockAddr.Addr", unsafe.Offsetof(maps.SockAddr{}.Addr), uintptr(maps.SockAddrOffAddr)},
 		{"SockAddr.Port", unsafe.Offsetof(maps.SockAddr{}.Port), uintptr(maps.SockAddrOffPort)},
 		{"SockAddrSize", uintptr(maps.SockAddrSize), 20},
+		{"Monitor.DropsUntil", uintptr(maps.MonitorOffDropsUntil), 0},
+		{"Monitor.VerdictsUntil", uintptr(maps.MonitorOffVerdictsUntil), 8},
+		{"sizeof(EventHeader)", uintptr(maps.EventHeaderSize), 32},
+		{"EventHeader.Verdict", uintptr(maps.EventOffVerdict), 20},
+		{"EventHeader.CapLen", uintptr(maps.EventOffCapLen), 24},
+		{"EventHeader.Program", uintptr(maps.EventOffProgram), 26},
+		{"EventHeader.Dropped", uintptr(maps.EventOffDropped), 27},
+		{"EventHeader padding", uintptr(maps.EventOffPad), 28},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
@@ -103,10 +111,10 @@ func TestPinAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(first.Created) != 7 {
-		t.Errorf("first open created %v, want all seven maps", first.Created)
+	if len(first.Created) != 9 {
+		t.Errorf("first open created %v, want all nine maps", first.Created)
 	}
-	for _, name := range []string{"endpoints", "epcache", "ztunnel", "relays", "stats", "dnsorig", "dnstcp"} {
+	for _, name := range []string{"endpoints", "epcache", "ztunnel", "relays", "stats", "dnsorig", "dnstcp", "events", "monitor"} {
 		info, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatalf("pin %s: %v", name, err)
@@ -424,4 +432,74 @@ func TestDNSOrigAddedToOldPins(t *testing.T) {
 		t.Fatalf("OpenPinned: %v", err)
 	}
 	pinned.Close()
+}
+
+// TestMonitorAddedToOldPins: on a node whose pins predate the events and
+// monitor maps (upgraded in place), OpenPinned opens the others and says
+// there is no monitor; Open creates both beside them; Unpin removes them.
+func TestMonitorAddedToOldPins(t *testing.T) {
+	dir := pinDir(t)
+	first, err := maps.Open(maps.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	for _, name := range []string{maps.EventsName, maps.MonitorName} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, err := maps.OpenPinned(dir)
+	if err != nil {
+		t.Fatalf("open the pins of an agent without the monitor: %v", err)
+	}
+	if old.Events != nil || old.Monitor.Map != nil {
+		t.Error("monitor maps opened where there are none")
+	}
+	old.Close()
+	second, err := maps.Open(maps.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(second.Created, []string{maps.EventsName, maps.MonitorName}) || len(second.Replaced) != 0 {
+		t.Errorf("reopen created %v and replaced %v, want only events and monitor created", second.Created, second.Replaced)
+	}
+	second.Close()
+	if err := maps.Unpin(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory left after Unpin: %v", err)
+	}
+}
+
+// TestMonitorExtend: a monitor moves its deadlines a lease ahead and never
+// shortens another monitor's; the every-verdict deadline moves only when
+// asked.
+func TestMonitorExtend(t *testing.T) {
+	set, err := maps.Open(maps.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	before := maps.KtimeNow()
+	if err := set.Monitor.Extend(false); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := set.Monitor.Get()
+	lease := uint64(maps.MonitorLease)
+	if m.DropsUntil < before+lease || m.DropsUntil > maps.KtimeNow()+lease || m.VerdictsUntil != 0 {
+		t.Errorf("after a drops monitor's extension: %+v, want drops a lease ahead of %d, verdicts 0", m, before)
+	}
+	later := m.DropsUntil + 10*lease
+	if err := set.Monitor.Set(maps.Monitor{DropsUntil: later}); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Monitor.Extend(true); err != nil {
+		t.Fatal(err)
+	}
+	m, _ = set.Monitor.Get()
+	if m.DropsUntil != later || m.VerdictsUntil < before+lease {
+		t.Errorf("after an every-verdict monitor's extension: %+v, want drops kept at %d and verdicts a lease ahead", m, later)
+	}
 }

@@ -45,6 +45,11 @@ type Set struct {
 	Stats     *Stats
 	DNSOrig   *DNSOrig
 	DNSTCP    *DNSOrig
+	// Events is the ring buffer the programs write monitor events to;
+	// Monitor says when they do. OpenPinned leaves both nil on a node whose
+	// agent predates them.
+	Events  *ebpf.Map
+	Monitor *MonitorMap
 
 	// Created lists the reference names of the maps that Open created, as
 	// opposed to re-opened from pins.
@@ -124,6 +129,8 @@ func Open(opts Options) (*Set, error) {
 	s.Stats = &Stats{opened[StatsName]}
 	s.DNSOrig = &DNSOrig{opened[DNSOrigName]}
 	s.DNSTCP = &DNSOrig{opened[DNSTCPName]}
+	s.Events = opened[EventsName]
+	s.Monitor = &MonitorMap{opened[MonitorName]}
 	if !slices.Contains(s.Created, CacheName) {
 		// Heal a cache that an earlier writer left out of step (it was
 		// killed between a map write and a slot write); rewrites nothing
@@ -142,7 +149,8 @@ var ErrNoPins = errors.New("no meshredirect pins")
 // OpenPinned opens the pinned maps under dir without ever creating one, for
 // tools that look at a node (status) while an agent may or may not run. A
 // missing pin is an error wrapping ErrNoPins, but for the DNS maps, which
-// an older agent did not make (their fields are then nil maps); an
+// an older agent did not make (their fields are then nil maps), and the
+// events and monitor maps (Events and Monitor.Map nil); an
 // incompatible one wraps ErrIncompatiblePin.
 func OpenPinned(dir string) (*Set, error) {
 	if err := removeMemlock(); err != nil {
@@ -158,7 +166,7 @@ func OpenPinned(dir string) (*Set, error) {
 	for name, spec := range Specs(0) {
 		path := filepath.Join(dir, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
-		if errors.Is(err, os.ErrNotExist) && (name == DNSOrigName || name == DNSTCPName) {
+		if errors.Is(err, os.ErrNotExist) && (name == DNSOrigName || name == DNSTCPName || name == EventsName || name == MonitorName) {
 			// Added beside the pins of an older agent by the first agent
 			// that has them: until it runs, a node has none.
 			continue
@@ -181,7 +189,8 @@ func OpenPinned(dir string) (*Set, error) {
 	}
 	return &Set{Endpoints: &Endpoints{Map: opened[EndpointsName], Cache: opened[CacheName]},
 		Ztunnel: &ZtunnelMap{opened[ZtunnelName]}, Relays: &Relays{opened[RelaysName]}, Stats: &Stats{opened[StatsName]},
-		DNSOrig: &DNSOrig{opened[DNSOrigName]}, DNSTCP: &DNSOrig{opened[DNSTCPName]}}, nil
+		DNSOrig: &DNSOrig{opened[DNSOrigName]}, DNSTCP: &DNSOrig{opened[DNSTCPName]},
+		Events: opened[EventsName], Monitor: &MonitorMap{opened[MonitorName]}}, nil
 }
 
 // Maps returns the maps by reference name, the form that
@@ -195,6 +204,8 @@ func (s *Set) Maps() map[string]*ebpf.Map {
 		StatsName:     s.Stats.Map,
 		DNSOrigName:   s.DNSOrig.Map,
 		DNSTCPName:    s.DNSTCP.Map,
+		EventsName:    s.Events,
+		MonitorName:   s.Monitor.Map,
 	}
 }
 

@@ -16,11 +16,14 @@ const (
 	StatsName     = "stats"
 	DNSOrigName   = "dnsorig"
 	DNSTCPName    = "dnstcp"
+	EventsName    = "events"
+	MonitorName   = "monitor"
 )
 
 // A map added to Specs needs no new LayoutVersion: Open creates its pin
 // beside the others, and an agent of the same version without it leaves
-// it alone (dnsorig and dnstcp were added so in version 2).
+// it alone (dnsorig and dnstcp were added so in version 2, events and
+// monitor later).
 //
 // LayoutVersion is part of every map's kernel name. Bump it whenever a key or
 // value changes meaning, even at the same size: an agent then refuses pins of
@@ -91,6 +94,18 @@ func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 			ValueSize:  SockAddrSize,
 			MaxEntries: DNSTCPMaxEntries,
 		},
+		EventsName: {
+			Name:       kernelName("events"),
+			Type:       ebpf.RingBuf,
+			MaxEntries: EventsSize,
+		},
+		MonitorName: {
+			Name:       kernelName("monitor"),
+			Type:       ebpf.Array,
+			KeySize:    4,
+			ValueSize:  uint32(unsafe.Sizeof(Monitor{})),
+			MaxEntries: 1,
+		},
 		StatsName: {
 			Name:       kernelName("stats"),
 			Type:       ebpf.PerCPUArray,
@@ -100,6 +115,13 @@ func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 		},
 	}
 }
+
+// EventsSize is the size of the events ring buffer (a power of two, a
+// multiple of the page size): about 1560 events of EventRecordSize (each
+// with the ring buffer's own 8-byte header), which a reader draining it
+// every few milliseconds fills only in a flood. An event that finds no room
+// is lost, and counted nowhere: the monitor shows what fits.
+const EventsSize = 256 << 10
 
 // StatsMaxEntries is the stats map's size: room for verdicts added later, so
 // that a new verdict keeps the pin compatible (an agent reads only the

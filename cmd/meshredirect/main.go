@@ -28,6 +28,6 @@ Most commands need root, or CAP_BPF and CAP_NET_ADMIN.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDumpCmd(), newAttachCmd(), newDetachCmd(), newListCmd(), newAgentCmd(), newUninstallCmd(), newStatusCmd())
+	root.AddCommand(newDumpCmd(), newAttachCmd(), newDetachCmd(), newListCmd(), newAgentCmd(), newUninstallCmd(), newStatusCmd(), newMonitorCmd())
 	return root
 }

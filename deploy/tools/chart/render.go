@@ -33,6 +33,10 @@ type Options struct {
 	ReleaseName string
 	// Namespace defaults to [Namespace].
 	Namespace string
+	// SkipSchema renders values that values.schema.json refuses, as `helm template
+	// --skip-schema-validation` does: for the tests that hand them to the agent, which must
+	// refuse them too.
+	SkipSchema bool
 }
 
 // Object is one rendered Kubernetes object.
@@ -81,8 +85,8 @@ func Render(dir string, opts Options) (*Rendered, error) {
 	if c := ch.Metadata.KubeVersion; c != "" && !chartutil.IsCompatibleRange(c, KubeVersion) {
 		return nil, fmt.Errorf("render chart %s: it requires kubeVersion %s, not %s", ch.Name(), c, KubeVersion)
 	}
-	vals, err := chartutil.ToRenderValues(ch, opts.Values,
-		chartutil.ReleaseOptions{Name: opts.ReleaseName, Namespace: opts.Namespace, Revision: 1, IsInstall: true}, caps)
+	vals, err := chartutil.ToRenderValuesWithSchemaValidation(ch, opts.Values,
+		chartutil.ReleaseOptions{Name: opts.ReleaseName, Namespace: opts.Namespace, Revision: 1, IsInstall: true}, caps, opts.SkipSchema)
 	if err != nil {
 		return nil, fmt.Errorf("render chart %s: %w", ch.Name(), err)
 	}

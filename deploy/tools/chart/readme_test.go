@@ -4,9 +4,11 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
+	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"sigs.k8s.io/yaml"
 )
@@ -84,6 +86,10 @@ func TestReadmeValuesTables(t *testing.T) {
 	ch, err := Load(chartDir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// `helm show readme` prints the chart's README.md, which the loader keeps among its files.
+	if !slices.ContainsFunc(ch.Files, func(f *chart.File) bool { return f.Name == "README.md" }) {
+		t.Errorf("the chart has no README.md for helm show readme")
 	}
 	vals := chartutil.Values(ch.Values)
 	literal := regexp.MustCompile("`([^`]*)`")

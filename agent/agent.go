@@ -102,7 +102,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		cfg: cfg, log: cfg.Log, policy: pol, m: newMetrics(cfg.Metrics),
+		cfg: cfg, log: cfg.Log, policy: pol,
 		conf:      configWriter{path: cfg.ConfigFile, log: cfg.Log},
 		enrolled:  map[string]enrolledPod{},
 		decisions: map[string]string{},
@@ -125,12 +125,11 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("listen for ztunnel: %w", err)
 		}
 	}
-	if cfg.Metrics != nil {
-		cfg.Metrics.MustRegister(newStatsCollector(a.dp.Stats))
-		if a.zds != nil {
-			cfg.Metrics.MustRegister(newZDSCollector(a.zds))
-		}
+	var zdsStats func() zds.Stats
+	if a.zds != nil {
+		zdsStats = a.zds.Stats
 	}
+	a.m = registerMetrics(cfg.Metrics, a.dp.Stats, zdsStats)
 
 	a.bcast = record.NewBroadcaster()
 	a.events = a.bcast.NewRecorder(scheme(), corev1.EventSource{Component: "meshredirect", Host: cfg.NodeName})

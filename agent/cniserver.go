@@ -47,9 +47,9 @@ func (a *Agent) ServeCNI(ctx context.Context, socket string) error {
 		}
 	}()
 	mux := http.NewServeMux()
-	mux.HandleFunc(cni.PathAdd, a.cniHandler(a.cniAdd))
-	mux.HandleFunc(cni.PathDel, a.cniHandler(a.cniDel))
-	mux.HandleFunc(cni.PathCheck, a.cniHandler(a.cniCheck))
+	mux.HandleFunc(cni.PathAdd, a.cniHandler("add", a.cniAdd))
+	mux.HandleFunc(cni.PathDel, a.cniHandler("del", a.cniDel))
+	mux.HandleFunc(cni.PathCheck, a.cniHandler("check", a.cniCheck))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	shutDown := make(chan struct{})
 	go func() {
@@ -69,25 +69,37 @@ func (a *Agent) ServeCNI(ctx context.Context, socket string) error {
 	return nil
 }
 
-func (a *Agent) cniHandler(fn func(context.Context, cni.PodRequest) (cni.Reply, error)) http.HandlerFunc {
+// cniHandler serves one command of the plugin (add, del or check), counted
+// in meshredirect_cni_requests_total by result and timed.
+func (a *Agent) cniHandler(command string, fn func(context.Context, cni.PodRequest) (cni.Reply, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		result := cniResultOK
+		defer func() {
+			a.m.cniRequests.WithLabelValues(command, result).Inc()
+			a.m.cniDuration.WithLabelValues(command).Observe(time.Since(start).Seconds())
+		}()
 		var req cni.PodRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			result = cniResultBadRequest
 			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		if req.Namespace == "" || req.Name == "" {
+			result = cniResultBadRequest
 			http.Error(w, "bad request: no pod namespace and name", http.StatusBadRequest)
 			return
 		}
 		if !a.Ready() && r.URL.Path == cni.PathAdd {
 			// Before the first reconcile the node's state is not known;
 			// the kubelet retries.
+			result = cniResultStarting
 			http.Error(w, "the agent is starting; retry", http.StatusServiceUnavailable)
 			return
 		}
 		reply, err := fn(r.Context(), req)
 		if err != nil {
+			result = cniResultError
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}

@@ -174,9 +174,9 @@ type zdsCollector struct {
 	workloads *prometheus.Desc
 }
 
-func newZDSCollector(s *zds.Server) *zdsCollector {
+func newZDSCollector(stats func() zds.Stats) *zdsCollector {
 	return &zdsCollector{
-		stats: s.Stats,
+		stats: stats,
 		connected: prometheus.NewDesc("meshredirect_zds_connected",
 			"1 while a ztunnel is connected to the ZDS socket (in-pod mode), else 0.", nil, nil),
 		requests: prometheus.NewDesc("meshredirect_zds_requests_total",
@@ -184,7 +184,7 @@ func newZDSCollector(s *zds.Server) *zdsCollector {
 		acks: prometheus.NewDesc("meshredirect_zds_acks_total",
 			"Acknowledgements ztunnel sent, by result (ok, error).", []string{"result"}, nil),
 		events: prometheus.NewDesc("meshredirect_zds_connection_events_total",
-			"ZDS connection events: accepted, hello_rejected, ack_timeout (the connection was dropped).", []string{"event"}, nil),
+			"ZDS connection events: accepted, hello_rejected, ack_timeout (the connection was dropped), disconnected (the connected ztunnel's connection ended and none replaced it).", []string{"event"}, nil),
 		workloads: prometheus.NewDesc("meshredirect_zds_workloads",
 			"Pods in the set handed to ztunnel (every connection's snapshot carries them).", nil, nil),
 	}
@@ -219,6 +219,7 @@ func (c *zdsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.events, s.Connections, "accepted")
 	counter(c.events, s.HellosRejected, "hello_rejected")
 	counter(c.events, s.AckTimeouts, "ack_timeout")
+	counter(c.events, s.Disconnects, "disconnected")
 }
 
 // releaseStale releases the in-pod capture of the pods whose addresses the

@@ -2,6 +2,9 @@ package agent
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/zds"
 )
 
 // metrics are the agent's own Prometheus metrics. The programs' per-verdict
@@ -12,7 +15,19 @@ type metrics struct {
 	unenrolErrors     *prometheus.CounterVec
 	reconcileDuration prometheus.Histogram
 	ztunnelReady      prometheus.Gauge
+	cniRequests       *prometheus.CounterVec
+	cniDuration       *prometheus.HistogramVec
 }
+
+// Results of the CNI plugin's requests, the label of
+// meshredirect_cni_requests_total: the plugin fails the pod's ADD on every
+// result but ok (it retries starting itself).
+const (
+	cniResultOK         = "ok"          // answered (captured or not)
+	cniResultError      = "error"       // the agent could not do what was asked
+	cniResultBadRequest = "bad_request" // the plugin's request could not be read
+	cniResultStarting   = "starting"    // an ADD before the first reconcile
+)
 
 // Reasons of enrolment errors, the label of meshredirect_enrol_errors_total.
 const (
@@ -48,9 +63,38 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "meshredirect", Name: "ztunnel_ready",
 			Help: "1 while a Ready ztunnel serves this node; 0 means captured traffic is dropped (or passed with fail open).",
 		}),
+		cniRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "meshredirect", Name: "cni_requests_total",
+			Help: "Requests of the chained CNI plugin, by command (add, del, check) and result (ok, error, bad_request, starting).",
+		}, []string{"command", "result"}),
+		cniDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "meshredirect", Name: "cni_request_duration_seconds",
+			Help: "Time the agent took to answer the CNI plugin, by command: an ADD's is part of the pod's start.",
+			// 1 ms to 16 s: an ADD waits for the capture, and for ztunnel's
+			// ack in in-pod mode.
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+		}, []string{"command"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.podsEnrolled, m.enrolErrors, m.unenrolErrors, m.reconcileDuration, m.ztunnelReady)
+		reg.MustRegister(m.podsEnrolled, m.enrolErrors, m.unenrolErrors, m.reconcileDuration, m.ztunnelReady,
+			m.cniRequests, m.cniDuration)
+	}
+	return m
+}
+
+// registerMetrics registers every metric of the agent with reg (nil: none):
+// its own, the programs' counters read by stats at each scrape, and, in
+// in-pod mode (zdsStats not nil), the ZDS server's. The one place that says
+// what the agent exports: TestMetricNames lists it for the chart's alerts
+// and dashboard.
+func registerMetrics(reg prometheus.Registerer, stats func() (map[dataplane.Verdict]dataplane.Counter, error), zdsStats func() zds.Stats) *metrics {
+	m := newMetrics(reg)
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(newStatsCollector(stats))
+	if zdsStats != nil {
+		reg.MustRegister(newZDSCollector(zdsStats))
 	}
 	return m
 }

@@ -116,6 +116,7 @@ type Stats struct {
 	Acks           uint64 // acks received, with or without an error
 	AckErrors      uint64 // acks that carried an error
 	AckTimeouts    uint64 // connections dropped for an ack that did not come
+	Disconnects    uint64 // current connections that ended, leaving no ztunnel connected
 	SnapshotsSent  uint64 // snapshot_sent requests acked
 	Workloads      int    // workloads in the set
 }
@@ -532,7 +533,10 @@ func (s *Server) handle(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	if s.cur == c {
+		// Not when a newer connection replaced c: a ztunnel is still
+		// connected then (its restart's hello closes the old one).
 		s.cur = nil
+		s.stats.Disconnects++
 		s.notifyLocked()
 	}
 	s.mu.Unlock()

@@ -513,8 +513,8 @@ func TestReconnectGetsFullSnapshot(t *testing.T) {
 	wantKind(t, c2.mustRecv(t), "snapshot_sent", "")
 	c2.mustAck(t, "")
 	mustWaitConnected(t, s)
-	if st := s.Stats(); st.Connections != 2 || st.SnapshotsSent != 2 {
-		t.Errorf("Stats = %+v, want 2 connections and 2 snapshots", st)
+	if st := s.Stats(); st.Connections != 2 || st.SnapshotsSent != 2 || st.Disconnects != 1 {
+		t.Errorf("Stats = %+v, want 2 connections, 2 snapshots and 1 disconnect", st)
 	}
 }
 
@@ -541,6 +541,11 @@ func TestSecondConnectionReplacesFirst(t *testing.T) {
 	c2.mustAck(t, "")
 	if err := mustResult(t, done); err != nil {
 		t.Fatalf("Del on the new connection: %v", err)
+	}
+	// ztunnel stayed connected throughout: a replaced connection is no
+	// disconnect (the alert on meshredirect_zds_connection_events_total).
+	if st := s.Stats(); st.Disconnects != 0 || st.Connections != 2 {
+		t.Errorf("Stats = %+v, want 2 connections and no disconnect", st)
 	}
 }
 

@@ -766,6 +766,19 @@ func TestSchemaRefuses(t *testing.T) {
 		{"excludeNamespaces: kube-system", "excludeNamespaces"},
 		{"cni: {socket: cni.sock}", "socket"},
 		{"cni: {plugin: meshredirect-cni}", "plugin"},
+		{"resyncPeriod: 10ms", "resyncPeriod"},
+		{"resyncPeriod: 500ms500ms", "resyncPeriod"},
+		{"updateStrategy: {rollingUpdate: {maxUnavailable: 1, maxSurge: 1}}", "maxSurge"},
+		{"updateStrategy: {rollingUpdate: {maxUnavailable: 1, maxSurge: 10%}}", "maxSurge"},
+		{"updateStrategy: {rollingUpdate: {maxUnavailable: 0, maxSurge: 0}}", "maxUnavailable"},
+		{"updateStrategy: {type: Recreate}", "type"},
+		{"zdsSocket: /" + strings.Repeat("a", 107), "zdsSocket"},
+		{"nodeIPs: [127.0.0.1]", "nodeIPs"},
+		{"monitoring: {podMonitor: {enabled: \"yes\"}}", "enabled"},
+		{"monitoring: {podMonitor: {enabled: true, interval: 30 seconds}}", "interval"},
+		{"monitoring: {prometheusRule: {enabled: true, dropsPerSecond: -1}}", "dropsPerSecond"},
+		{"monitoring: {dashboard: {enabled: true, namespace: Monitoring}}", "namespace"},
+		{"readinessProbe: {periodSeconds: -1}", "periodSeconds"},
 	} {
 		t.Run(tt.values, func(t *testing.T) {
 			_, err := Render(chartDir, Options{Values: values(t, tt.values)})

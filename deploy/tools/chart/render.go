@@ -37,6 +37,10 @@ type Options struct {
 	// in strict mode: for charts written for that, as Istio's are (they test for values that
 	// may not exist).
 	Lax bool
+	// SkipSchema renders values that values.schema.json refuses, as `helm template
+	// --skip-schema-validation` does: for the tests that hand them to the agent, which must
+	// refuse them too.
+	SkipSchema bool
 }
 
 // Object is one rendered Kubernetes object.
@@ -85,8 +89,8 @@ func Render(dir string, opts Options) (*Rendered, error) {
 	if c := ch.Metadata.KubeVersion; c != "" && !chartutil.IsCompatibleRange(c, KubeVersion) {
 		return nil, fmt.Errorf("render chart %s: it requires kubeVersion %s, not %s", ch.Name(), c, KubeVersion)
 	}
-	vals, err := chartutil.ToRenderValues(ch, opts.Values,
-		chartutil.ReleaseOptions{Name: opts.ReleaseName, Namespace: opts.Namespace, Revision: 1, IsInstall: true}, caps)
+	vals, err := chartutil.ToRenderValuesWithSchemaValidation(ch, opts.Values,
+		chartutil.ReleaseOptions{Name: opts.ReleaseName, Namespace: opts.Namespace, Revision: 1, IsInstall: true}, caps, opts.SkipSchema)
 	if err != nil {
 		return nil, fmt.Errorf("render chart %s: %w", ch.Name(), err)
 	}

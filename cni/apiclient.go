@@ -118,3 +118,14 @@ func AmbientFromAPI(ctx context.Context, a APIAccess, req PodRequest) (bool, str
 	ambient, reason := AmbientRequested(pod.Labels, ns.Labels, true)
 	return ambient, reason, nil
 }
+
+// AmbientFromKubeconfig is AmbientFromAPI with the access of the kubeconfig
+// at path (ReadKubeconfig); a kubeconfig it cannot read leaves the pod
+// undecided too.
+func AmbientFromKubeconfig(ctx context.Context, path string, req PodRequest) (bool, string, error) {
+	a, err := ReadKubeconfig(path)
+	if err != nil {
+		return false, "", fmt.Errorf("%w: %v", ErrUndecided, err)
+	}
+	return AmbientFromAPI(ctx, a, req)
+}

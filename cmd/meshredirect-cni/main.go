@@ -109,14 +109,7 @@ func (c *netConf) addWithoutAgent(prev *current.Result, req cni.PodRequest, agen
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cni.DefaultAPITimeout)
 	defer cancel()
-	access, err := cni.ReadKubeconfig(c.Kubeconfig)
-	var ambient bool
-	var reason string
-	if err != nil {
-		err = fmt.Errorf("%w: %v", cni.ErrUndecided, err)
-	} else {
-		ambient, reason, err = cni.AmbientFromAPI(ctx, access, req)
-	}
+	ambient, reason, err := cni.AmbientFromKubeconfig(ctx, c.Kubeconfig, req)
 	switch {
 	case err != nil:
 		return fmt.Errorf("capture pod %s/%s: %w, and %v: it does not start until one of them answers (the kubelet retries)",

@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +22,7 @@ import (
 
 	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/testenv/cluster"
+	"github.com/meshredirect/meshredirect/testenv/cnichain"
 	"github.com/meshredirect/meshredirect/testenv/kubeapi"
 )
 
@@ -36,36 +35,8 @@ var (
 
 func TestMain(m *testing.M) {
 	code := kubeapi.Main(m, kubeapi.Options{Users: []kubeapi.User{agentUser, strangerUser}})
-	if builtDir != "" {
-		os.RemoveAll(builtDir)
-	}
+	cnichain.Cleanup()
 	os.Exit(code)
-}
-
-var (
-	buildOnce sync.Once
-	builtDir  string
-	buildErr  error
-)
-
-// pluginBinary builds this command once per test binary: the tests run the
-// plugin as the kubelet's runtime does, a process per request.
-func pluginBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		if builtDir, buildErr = os.MkdirTemp("", "meshredirect-cni-"); buildErr != nil {
-			return
-		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(builtDir, cni.PluginType), ".")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build meshredirect-cni: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return filepath.Join(builtDir, cni.PluginType)
 }
 
 // agentDown is a node whose agent is not running: the plugin's socket has
@@ -89,8 +60,13 @@ func newAgentDown(t *testing.T) *agentDown {
 		t.Fatal(err)
 	}
 	bindChartRBAC(t, admin)
+	// The plugin as `go build` makes it, run as a process per request.
+	bin, err := cnichain.Plugin()
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
-	d := &agentDown{t: t, srv: srv, admin: admin, plugin: pluginBinary(t),
+	d := &agentDown{t: t, srv: srv, admin: admin, plugin: filepath.Join(bin, cni.PluginType),
 		socket: filepath.Join(dir, "cni.sock"), kubeconfig: filepath.Join(dir, cni.KubeconfigName)}
 	d.writeKubeconfig(srv.Host, agentUser.Name)
 	return d

@@ -14,11 +14,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/testenv/cluster"
@@ -78,26 +75,8 @@ func newAgentDown(t *testing.T) *agentDown {
 // plugin needs and the chart forgot fails here.
 func bindChartRBAC(t *testing.T, admin kubernetes.Interface) {
 	t.Helper()
-	raw, err := os.ReadFile("../../deploy/charts/meshredirect/files/clusterrole-rules.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rules []rbacv1.PolicyRule
-	if err := yaml.Unmarshal(raw, &rules); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "meshredirect"}, Rules: rules}
-	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
 	sa := strings.Split(strings.TrimPrefix(agentUser.Name, "system:serviceaccount:"), ":")
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "meshredirect"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "meshredirect"},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: sa[0], Name: sa[1]}},
-	}
-	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := cluster.BindRules(admin, "../../deploy/charts/meshredirect/files/clusterrole-rules.yaml", "meshredirect", sa[0], sa[1]); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/dataplane"
 )
 
@@ -14,10 +15,10 @@ import (
 // names them.
 const (
 	// DataplaneModeLabel on a pod or its namespace asks for a data plane
-	// mode: ModeAmbient or ModeNone.
-	DataplaneModeLabel = "istio.io/dataplane-mode"
-	ModeAmbient        = "ambient"
-	ModeNone           = "none"
+	// mode: ModeAmbient or ModeNone (cni.AmbientRequested reads it).
+	DataplaneModeLabel = cni.DataplaneModeLabel
+	ModeAmbient        = cni.ModeAmbient
+	ModeNone           = cni.ModeNone
 
 	// RedirectionAnnotation records on a pod that its traffic is captured
 	// (RedirectionEnabled); RedirectionDisabled set by a user opts the pod out.
@@ -70,7 +71,9 @@ type Decision struct {
 // node's), has a sidecar (which captures it already), is ztunnel itself, is
 // annotated ambient.istio.io/redirection=disabled, is in an excluded
 // namespace, or has finished. Otherwise its own istio.io/dataplane-mode label
-// decides (ambient in, none out), and without one, its namespace's label.
+// decides (ambient in, none out), and without one, its namespace's label
+// (cni.AmbientRequested, the rule the CNI plugin applies while the agent is
+// down).
 // Label values are compared exactly, as Istio does: "Ambient" is not
 // "ambient". A pod label with another value is ignored (its namespace
 // decides) and the reason says so.
@@ -138,24 +141,11 @@ func (p Policy) decideAmbient(pod *corev1.Pod, ns *corev1.Namespace) Decision {
 		return Decision{Ambient: false, Reason: fmt.Sprintf("pod has finished (%s)", pod.Status.Phase)}
 	}
 
-	ignored := ""
-	if v, ok := pod.Labels[DataplaneModeLabel]; ok {
-		switch v {
-		case ModeAmbient:
-			return Decision{Ambient: true, Reason: fmt.Sprintf("pod label %s=%s", DataplaneModeLabel, ModeAmbient)}
-		case ModeNone:
-			return Decision{Ambient: false, Reason: fmt.Sprintf("pod label %s=%s", DataplaneModeLabel, ModeNone)}
-		default:
-			ignored = fmt.Sprintf(" (pod label %s=%q is not %s or %s: ignored)", DataplaneModeLabel, v, ModeAmbient, ModeNone)
-		}
+	// The label rule is the plugin's too, while the agent is down.
+	var nsLabels map[string]string
+	if ns != nil {
+		nsLabels = ns.Labels
 	}
-	if ns == nil {
-		return Decision{Ambient: false, Reason: "namespace not known yet" + ignored}
-	}
-	if v := ns.Labels[DataplaneModeLabel]; v == ModeAmbient {
-		return Decision{Ambient: true, Reason: fmt.Sprintf("namespace label %s=%s", DataplaneModeLabel, ModeAmbient) + ignored}
-	} else if v != "" && v != ModeNone {
-		return Decision{Ambient: false, Reason: fmt.Sprintf("namespace label %s=%q is not %s", DataplaneModeLabel, v, ModeAmbient) + ignored}
-	}
-	return Decision{Ambient: false, Reason: "no ambient label on the pod or its namespace" + ignored}
+	ambient, reason := cni.AmbientRequested(pod.Labels, nsLabels, ns != nil)
+	return Decision{Ambient: ambient, Reason: reason}
 }

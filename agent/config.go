@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/dataplane"
 )
 
@@ -83,6 +84,16 @@ type CNIConfig struct {
 	BinDir  string
 	// Plugin is the plugin's executable to copy (in the agent's image).
 	Plugin string
+	// APIAccess returns the API server, CA and token that the plugin's
+	// kubeconfig holds, with which the plugin decides pods while the agent
+	// is down. It is asked again on every pass of the installer (a
+	// ServiceAccount token rotates) and the file rewritten when it
+	// changed. nil installs no kubeconfig: while the agent is down, the
+	// plugin fails ADD for every pod outside the excluded namespaces.
+	APIAccess func() (cni.APIAccess, error)
+	// Kubeconfig is where the plugin's kubeconfig is installed (mode
+	// 0600); empty means ConfDir/cni.KubeconfigName.
+	Kubeconfig string
 }
 
 func (c *Config) setDefaults() error {

@@ -13,12 +13,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshredirect/meshredirect/agent"
 	"github.com/meshredirect/meshredirect/dataplane"
@@ -53,31 +50,7 @@ func TestMain(m *testing.M) {
 // the agent fail here as it would in a cluster.
 func bindAgentRBAC(t *testing.T, admin kubernetes.Interface) {
 	t.Helper()
-	var err error
-	func() {
-		var raw []byte
-		if raw, err = os.ReadFile("../deploy/charts/meshredirect/files/clusterrole-rules.yaml"); err != nil {
-			return
-		}
-		var rules []rbacv1.PolicyRule
-		if err = yaml.Unmarshal(raw, &rules); err != nil {
-			return
-		}
-		ctx := context.Background()
-		role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "meshredirect"}, Rules: rules}
-		if _, err = admin.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return
-		}
-		binding := &rbacv1.ClusterRoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: "meshredirect"},
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "meshredirect"},
-			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: agentNamespace, Name: agentSA}},
-		}
-		if _, err = admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
-			err = nil
-		}
-	}()
-	if err != nil {
+	if err := cluster.BindRules(admin, "../deploy/charts/meshredirect/files/clusterrole-rules.yaml", "meshredirect", agentNamespace, agentSA); err != nil {
 		t.Fatalf("bind the manifests' RBAC rules: %v", err)
 	}
 }

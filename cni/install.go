@@ -28,6 +28,9 @@ type Installer struct {
 	Binary string
 	// Entry is the plugin's entry; its "type" is set to PluginType.
 	Entry map[string]any
+	// Kubeconfig, if set, is the plugin's kubeconfig (WriteKubeconfig
+	// writes it): the entry names it, and Uninstall removes it.
+	Kubeconfig string
 }
 
 // ErrNoPrimary is returned while the directory holds no CNI configuration
@@ -80,6 +83,9 @@ func (in Installer) Install() (string, error) {
 		entry[k] = v
 	}
 	entry["type"] = PluginType
+	if in.Kubeconfig != "" {
+		entry["kubeconfig"] = in.Kubeconfig
+	}
 	plugins := withoutUs(list.plugins)
 	plugins = append(plugins, entry)
 	out := path
@@ -116,10 +122,18 @@ func (in Installer) Installed() (bool, error) {
 	return len(withoutUs(list.plugins)) != len(list.plugins), nil
 }
 
-// Uninstall removes the plugin's entry from every configuration of ConfDir
-// and its binary from BinDir. Missing pieces are not an error.
+// Uninstall removes the plugin's entry from every configuration of ConfDir,
+// its binary from BinDir, and its kubeconfig: Kubeconfig, the one each entry
+// names, and ConfDir/KubeconfigName. Missing pieces are not an error.
 func (in Installer) Uninstall() error {
 	var errs []error
+	var kubeconfigs []string
+	if in.ConfDir != "" {
+		kubeconfigs = append(kubeconfigs, filepath.Join(in.ConfDir, KubeconfigName))
+	}
+	if in.Kubeconfig != "" {
+		kubeconfigs = append(kubeconfigs, in.Kubeconfig)
+	}
 	entries, err := os.ReadDir(in.ConfDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
@@ -138,12 +152,23 @@ func (in Installer) Uninstall() error {
 		if len(kept) == len(list.plugins) {
 			continue
 		}
+		for _, p := range list.plugins {
+			if k, ok := p["kubeconfig"].(string); ok && p["type"] == PluginType && k != "" {
+				kubeconfigs = append(kubeconfigs, k)
+			}
+		}
 		if err := writeConflist(path, list, kept); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if in.BinDir != "" {
 		if err := os.Remove(filepath.Join(in.BinDir, PluginType)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	// Last: while an entry names a kubeconfig, the file is there.
+	for _, k := range kubeconfigs {
+		if err := os.Remove(k); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}

@@ -25,7 +25,7 @@ var (
 	seedConfigs = []string{
 		// Chained as the installer writes the entry.
 		`{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"meshredirect-cni","socket":"/var/run/meshredirect/cni.sock",` +
-			`"excludeNamespaces":["kube-system","istio-system"],"timeoutSeconds":30}`,
+			`"excludeNamespaces":["kube-system","istio-system"],"timeoutSeconds":30,"kubeconfig":"/etc/cni/net.d/meshredirect-kubeconfig"}`,
 		`{"cniVersion":"0.3.1","name":"k8s-pod-network","type":"meshredirect-cni"}`,
 		`{"cniVersion":"0.4.0","name":"cbr0","type":"meshredirect-cni","timeoutSeconds":5}`,
 		`{"cniVersion":"1.1.0","name":"n","type":"meshredirect-cni"}`,
@@ -113,7 +113,8 @@ func FuzzPluginConfig(f *testing.F) {
 		}
 
 		again := map[string]any{"cniVersion": conf.CNIVersion, "name": conf.Name, "type": conf.Type,
-			"socket": conf.Socket, "excludeNamespaces": conf.ExcludeNamespaces, "timeoutSeconds": conf.TimeoutSeconds}
+			"socket": conf.Socket, "excludeNamespaces": conf.ExcludeNamespaces, "timeoutSeconds": conf.TimeoutSeconds,
+			"kubeconfig": conf.Kubeconfig}
 		ipsKept := false
 		if prev != nil {
 			if r, ok := resultOf(req.IPs, conf.CNIVersion); ok {
@@ -130,7 +131,7 @@ func FuzzPluginConfig(f *testing.F) {
 		if err != nil {
 			t.Fatalf("parse accepted\n%s\nCNI_ARGS %q\nbut not the same written again:\n%s\nCNI_ARGS %q\n%v", stdin, cniArgs, stdin2, args2.Args, err)
 		}
-		if conf2.CNIVersion != conf.CNIVersion || conf2.Socket != conf.Socket || conf2.TimeoutSeconds != conf.TimeoutSeconds ||
+		if conf2.CNIVersion != conf.CNIVersion || conf2.Socket != conf.Socket || conf2.TimeoutSeconds != conf.TimeoutSeconds || conf2.Kubeconfig != conf.Kubeconfig ||
 			!slices.Equal(conf2.ExcludeNamespaces, conf.ExcludeNamespaces) {
 			t.Errorf("configuration changed:\n%+v\n%+v", conf, conf2)
 		}
@@ -188,7 +189,7 @@ func TestParseSeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if prev == nil || conf.Socket != "/var/run/meshredirect/cni.sock" || conf.TimeoutSeconds != 30 || !slices.Equal(conf.ExcludeNamespaces, []string{"kube-system", "istio-system"}) {
+	if prev == nil || conf.Socket != "/var/run/meshredirect/cni.sock" || conf.TimeoutSeconds != 30 || conf.Kubeconfig != "/etc/cni/net.d/meshredirect-kubeconfig" || !slices.Equal(conf.ExcludeNamespaces, []string{"kube-system", "istio-system"}) {
 		t.Errorf("conf %+v, prev %v", conf, prev)
 	}
 	want := cni.PodRequest{Namespace: "default", Name: "web-0", UID: "4d2a6b1e-8f0e-4c55-9d7e-2b1f0a6c3e11", ContainerID: "c1",

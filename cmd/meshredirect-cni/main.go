@@ -6,10 +6,17 @@
 // and succeeds even when the agent or the pod's netns is gone. CHECK asks
 // whether the capture the agent reported is still there.
 //
-// If the agent cannot be reached, ADD fails for every pod outside the
-// excluded namespaces (the kubelet retries it), so that no pod starts
-// outside the mesh while the agent restarts; the plugin cannot tell an
-// ambient pod from another without the agent.
+// If the agent cannot be reached, ADD decides from the API server itself,
+// as istio-cni does, with the kubeconfig the agent installed next to the
+// conflist: it reads the pod and its namespace, and lets the pod start only
+// if its labels do not ask for ambient mode (cni.AmbientRequested, the
+// agent's own rule). An ambient pod fails ADD (the kubelet retries), so
+// that no pod starts outside the mesh while the agent restarts; so does
+// every pod the plugin cannot decide (no kubeconfig, the API unreachable or
+// refusing, the pod missing or another of its name). A pod that asks for
+// ambient but opts out (a sidecar, redirection disabled) waits for the
+// agent too: only the agent applies the whole decision. Pods of the
+// excluded namespaces start without asking anyone.
 package main
 
 import (
@@ -21,6 +28,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/meshredirect/meshredirect/cni"
@@ -36,6 +44,10 @@ type netConf struct {
 	ExcludeNamespaces []string `json:"excludeNamespaces,omitempty"`
 	// TimeoutSeconds bounds the wait for the agent (default 30).
 	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
+	// Kubeconfig is the kubeconfig (JSON, from the agent) with which ADD
+	// decides while the agent cannot be reached; without one, ADD fails
+	// for every pod outside ExcludeNamespaces then.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
 }
 
 // k8sArgs are the CNI_ARGS the kubelet passes.
@@ -78,14 +90,36 @@ func cmdAdd(args *skel.CmdArgs) error {
 	defer cancel()
 	// Captured, or not ambient: either way the pod may start.
 	if _, err := client.Do(ctx, cni.PathAdd, req); errors.Is(err, cni.ErrUnreachable) {
-		return fmt.Errorf("capture pod %s/%s: %w (no pod outside %v starts while the agent cannot be asked; the kubelet retries)",
-			req.Namespace, req.Name, err, conf.ExcludeNamespaces)
+		return conf.addWithoutAgent(prev, req, err)
 	} else if err != nil {
 		// The agent refused: its message says why (no ztunnel, a failed
 		// attachment); the kubelet retries.
 		return fmt.Errorf("capture pod %s/%s: %w", req.Namespace, req.Name, err)
 	}
 	return types.PrintResult(prev, conf.CNIVersion)
+}
+
+// addWithoutAgent decides ADD from the API server while the agent cannot
+// be reached (agentErr): the pod starts only if it certainly does not ask
+// for ambient mode.
+func (c *netConf) addWithoutAgent(prev *current.Result, req cni.PodRequest, agentErr error) error {
+	if c.Kubeconfig == "" {
+		return fmt.Errorf("capture pod %s/%s: %w (no kubeconfig in the plugin's configuration to tell whether the pod is ambient: no pod outside %v starts while the agent cannot be asked; the kubelet retries)",
+			req.Namespace, req.Name, agentErr, c.ExcludeNamespaces)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cni.DefaultAPITimeout)
+	defer cancel()
+	ambient, reason, err := cni.AmbientFromKubeconfig(ctx, c.Kubeconfig, req)
+	switch {
+	case err != nil:
+		return fmt.Errorf("capture pod %s/%s: %w, and %v: it does not start until one of them answers (the kubelet retries)",
+			req.Namespace, req.Name, agentErr, err)
+	case ambient:
+		return fmt.Errorf("capture pod %s/%s: %w, and the pod is ambient (%s): it does not start uncaptured (the kubelet retries)",
+			req.Namespace, req.Name, agentErr, reason)
+	}
+	// Not ambient: the agent would have said so, and done nothing.
+	return types.PrintResult(prev, c.CNIVersion)
 }
 
 func cmdDel(args *skel.CmdArgs) error {

@@ -50,6 +50,7 @@ type agentFlags struct {
 	cniConfDir      string
 	cniBinDir       string
 	cniPlugin       string
+	cniKubeconfig   string
 	mountBPFFS      string
 	replacePins     bool
 	ztunnelMode     string
@@ -90,6 +91,7 @@ func (f *agentFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI configuration directory")
 	fl.StringVar(&f.cniBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI plugin directory")
 	fl.StringVar(&f.cniPlugin, "cni-plugin", "/usr/local/bin/meshredirect-cni", "the CNI plugin's executable to install (it is in the agent's image)")
+	fl.StringVar(&f.cniKubeconfig, "cni-kubeconfig", "", "with --cni-install in a cluster: where the CNI plugin's kubeconfig goes (mode 0600; the agent's ServiceAccount token, rewritten when it rotates), with which the plugin lets pods that are not ambient start while the agent is down (default: "+cni.KubeconfigName+" in --cni-conf-dir); outside a cluster (--kubeconfig given) none is written and the plugin fails every ADD outside the excluded namespaces while the agent is down")
 }
 
 // validate checks the flags before anything is touched, so that a wrong
@@ -157,7 +159,12 @@ func (f *agentFlags) config() (agent.Config, error) {
 		ZDSSocket:          f.zdsSocket,
 	}
 	cfg.Resolve.NetnsDirs = f.netnsDirs
-	cfg.CNI = agent.CNIConfig{Socket: f.cniSocket, Install: f.cniInstall, ConfDir: f.cniConfDir, BinDir: f.cniBinDir, Plugin: f.cniPlugin}
+	cfg.CNI = agent.CNIConfig{Socket: f.cniSocket, Install: f.cniInstall, ConfDir: f.cniConfDir, BinDir: f.cniBinDir, Plugin: f.cniPlugin,
+		Kubeconfig: f.cniKubeconfig}
+	if f.kubeconfig == "" {
+		// In a cluster: the plugin gets the agent's own access.
+		cfg.CNI.APIAccess = agent.InClusterAPIAccess(agent.ServiceAccountDir)
+	}
 	if f.cniInstall && f.cniSocket == "" {
 		return cfg, fmt.Errorf("--cni-install needs --cni-socket: the plugin must reach the agent")
 	}

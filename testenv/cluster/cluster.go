@@ -9,10 +9,13 @@ import (
 
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/meshredirect/meshredirect/agent"
 	"github.com/meshredirect/meshredirect/testenv"
@@ -157,5 +160,35 @@ func (c *Cluster) DeletePod(p *testenv.Pod, ns string) error {
 		return err
 	}
 	p.Delete()
+	return nil
+}
+
+// BindRules creates the ClusterRole name with the rules of rulesFile (a
+// YAML list, as the chart's files/clusterrole-rules.yaml) and binds it to
+// the ServiceAccount ns/sa: a permission the chart forgot fails the test
+// that acts as that ServiceAccount, as it would in a cluster. Both may
+// exist already (another test of the package made them).
+func BindRules(admin kubernetes.Interface, rulesFile, name, ns, sa string) error {
+	raw, err := os.ReadFile(rulesFile)
+	if err != nil {
+		return err
+	}
+	var rules []rbacv1.PolicyRule
+	if err := yaml.Unmarshal(raw, &rules); err != nil {
+		return fmt.Errorf("parse %s: %w", rulesFile, err)
+	}
+	ctx := context.Background()
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}
+	if _, err := admin.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create ClusterRole %s: %w", name, err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: sa}},
+	}
+	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create ClusterRoleBinding %s: %w", name, err)
+	}
 	return nil
 }

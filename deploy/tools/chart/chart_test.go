@@ -433,8 +433,9 @@ func TestEveryFlagHasAValue(t *testing.T) {
 		t.Fatalf("found %d flags in `agent --help`:\n%s", len(flags), help)
 	}
 	// Not values, on purpose: the pod is in the node's netns, and the agent uses the
-	// in-cluster ServiceAccount.
-	notValues := map[string]bool{"--help": true, "--kubeconfig": true, "--node-netns": true}
+	// in-cluster ServiceAccount; the plugin's kubeconfig goes in cni.confDir, the host
+	// directory the chart mounts for it (--cni-kubeconfig's default).
+	notValues := map[string]bool{"--help": true, "--kubeconfig": true, "--node-netns": true, "--cni-kubeconfig": true}
 	_, c := daemonSet(t, mustRender(t, Options{}))
 	passed := map[string]bool{}
 	for _, a := range c.Args[1:] {

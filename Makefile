@@ -20,8 +20,16 @@ XTOOLS_VERSION ?= v0.52.0
 
 all: build
 
+# The version and commit stamped into the agent (internal/version; `meshredirect version`), and the
+# image's labels: git's description of the checkout, its commit (-dirty with uncommitted changes).
+# Without git (a source tarball), set them: make image VERSION=v0.2.0 COMMIT=<sha>.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null && echo $$c || echo $$c-dirty; })
+VERSION_PKG = github.com/meshredirect/meshredirect/internal/version
+VERSION_LDFLAGS = -X $(VERSION_PKG).version=$(VERSION) -X $(VERSION_PKG).commit=$(COMMIT)
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o bin/meshredirect ./cmd/meshredirect
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(VERSION_LDFLAGS)" -o bin/meshredirect ./cmd/meshredirect
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/meshredirect-cni ./cmd/meshredirect-cni
 
 ## test: everything, as root: vet, static build, no C, the privileged suites (the agent, cni,
@@ -117,31 +125,49 @@ manifests:
 diagram:
 	@for f in docs/*.dot; do echo "dot -Tsvg $$f -o $${f%.dot}.svg"; dot -Tsvg "$$f" -o "$${f%.dot}.svg" || exit 1; done
 
-## image: the release image (the agent and its CNI plugin, static) as a docker archive, built in Go by
-## testenv/cmd/images: no container engine, no registry. Import it with
-## `ctr -n k8s.io images import bin/meshredirect-image.tar` or `docker load -i bin/meshredirect-image.tar`.
-## The Dockerfile builds the same image on distroless where docker runs (`docker build .`).
+## image: the release image (the agent and its CNI plugin, static) for linux/amd64 and linux/arm64, as
+## the tar of an OCI image layout, built in Go by testenv/cmd/images: no container engine, no
+## registry. It prints the image index's digest (the chart's image.digest once pushed). Import it
+## with `ctr -n k8s.io images import --all-platforms bin/meshredirect-image.tar`. Reproducible: the
+## labels' and config's time is the commit's (SOURCE_DATE_EPOCH), so a checkout gives the same digest.
+## The Dockerfile builds the same image on distroless where docker runs (`docker buildx build
+## --platform linux/amd64,linux/arm64 .`).
 IMAGE_TAG ?= dev
 IMAGE_ARCHIVE ?= bin/meshredirect-image.tar
 IMAGE_BIN ?= bin/image
+IMAGE_ARCHES ?= amd64 arm64
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 # -s -w: no symbol table or DWARF, as in the Dockerfile; panics still name functions.
-STATIC_BUILD = CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w"
-image:
-	@mkdir -p $(IMAGE_BIN)
-	$(STATIC_BUILD) -o $(IMAGE_BIN)/ ./cmd/meshredirect ./cmd/meshredirect-cni
-	$(GO) run ./testenv/cmd/images -bin $(IMAGE_BIN) -images agent -tag $(IMAGE_TAG) \
-		-revision "$$(git rev-parse HEAD 2>/dev/null)" -o $(IMAGE_ARCHIVE)
-	@echo "import it: ctr -n k8s.io images import $(IMAGE_ARCHIVE)   (or: docker load -i $(IMAGE_ARCHIVE))"
+STATIC_BUILD = CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(VERSION_LDFLAGS)"
+IMAGES_CMD = $(GO) run ./testenv/cmd/images -bin $(IMAGE_BIN) -arch $(subst $(space),$(comma),$(strip $(IMAGE_ARCHES))) \
+	-tag $(IMAGE_TAG) -version $(VERSION) -revision $(COMMIT) -created $(SOURCE_DATE_EPOCH)
+comma := ,
+empty :=
+space := $(empty) $(empty)
+define newline
 
-## test-images: every image (agent, ztunnel stand-in, testapp, pause) in one archive, for a real node's
-## containerd (ctr -n k8s.io images import bin/test-images.tar).
+
+endef
+# One recipe line per arch (no shell loop, whose status would be the last arch's alone): a failed
+# build stops make. The images command then checks each binary (a static ELF of its arch) before
+# it writes anything, and fails without an archive.
+build-arches = $(foreach a,$(IMAGE_ARCHES),GOARCH=$(a) $(STATIC_BUILD) -o $(IMAGE_BIN)/$(a)/ $(1)$(newline))
+IMAGE_PKGS = ./cmd/meshredirect ./cmd/meshredirect-cni
+image:
+	@[ -n "$(VERSION)" ] && [ -n "$(COMMIT)" ] || { echo "no VERSION or COMMIT (not a git checkout?): make image VERSION=... COMMIT=..."; exit 1; }
+	@rm -f $(IMAGE_ARCHIVE)
+	$(call build-arches,$(IMAGE_PKGS))
+	$(IMAGES_CMD) -images agent -o $(IMAGE_ARCHIVE)
+	@echo "import it: ctr -n k8s.io images import --all-platforms $(IMAGE_ARCHIVE)"
+
+## test-images: every image (agent, ztunnel stand-in, testapp, pause) in one archive of the same
+## format, for a real node's containerd (ctr -n k8s.io images import --all-platforms bin/test-images.tar).
 TEST_IMAGES_ARCHIVE ?= bin/test-images.tar
+TEST_IMAGE_PKGS = $(IMAGE_PKGS) ./testenv/cmd/ztunnel-standin ./testenv/cmd/testapp ./testenv/cmd/pause
 test-images:
-	@mkdir -p $(IMAGE_BIN)
-	$(STATIC_BUILD) -o $(IMAGE_BIN)/ ./cmd/meshredirect ./cmd/meshredirect-cni \
-		./testenv/cmd/ztunnel-standin ./testenv/cmd/testapp ./testenv/cmd/pause
-	$(GO) run ./testenv/cmd/images -bin $(IMAGE_BIN) -tag $(IMAGE_TAG) \
-		-revision "$$(git rev-parse HEAD 2>/dev/null)" -o $(TEST_IMAGES_ARCHIVE)
+	@rm -f $(TEST_IMAGES_ARCHIVE)
+	$(call build-arches,$(TEST_IMAGE_PKGS))
+	$(IMAGES_CMD) -o $(TEST_IMAGES_ARCHIVE)
 
 ## kube-bins: build kube-apiserver and etcd (v1.37.2) from the Go module proxy for the tests that
 ## need a real API server, cached outside the repo (~/.cache/meshredirect/kube): 6-20 min once, then instant.

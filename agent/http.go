@@ -14,13 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/internal/version"
 )
 
 // NewRegistry returns a Prometheus registry with the Go runtime and process
-// collectors, for Config.Metrics and Serve.
+// collectors and meshredirect_build_info, for Config.Metrics and Serve.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newBuildInfo(version.Get()))
 	return reg
 }
 

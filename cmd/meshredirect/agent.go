@@ -19,6 +19,7 @@ import (
 	"github.com/meshredirect/meshredirect/agent"
 	"github.com/meshredirect/meshredirect/cni"
 	"github.com/meshredirect/meshredirect/dataplane"
+	"github.com/meshredirect/meshredirect/internal/version"
 )
 
 // agentFlags are the flags of `meshredirect agent`; each has an environment
@@ -254,6 +255,10 @@ program and pin in place, and a restarted agent takes them over without a gap.
 			if err != nil {
 				return err
 			}
+			routeKlog(cfg.Log)
+			info := version.Get()
+			cfg.Log.Info("meshredirect agent starting", "version", info.Version, "commit", info.Commit,
+				"goversion", info.GoVersion, "platform", info.Platform, "node", cfg.NodeName)
 			// Before anything is touched: a missing capability would
 			// otherwise fail halfway through start.
 			if err := agent.CheckCapabilities(cfg.Log); err != nil {

@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meshredirect/meshredirect/internal/version"
 )
 
 func main() {
@@ -27,7 +29,10 @@ generated in Go (no C, no clang) and loaded by this same binary.
 Most commands need root, or CAP_BPF and CAP_NET_ADMIN.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// --version (and -v): the one line of version.Info.String.
+		Version: version.Get().String(),
 	}
-	root.AddCommand(newDumpCmd(), newAttachCmd(), newDetachCmd(), newListCmd(), newAgentCmd(), newUninstallCmd(), newStatusCmd(), newMonitorCmd())
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.AddCommand(newVersionCmd(), newDumpCmd(), newAttachCmd(), newDetachCmd(), newListCmd(), newAgentCmd(), newUninstallCmd(), newStatusCmd(), newMonitorCmd())
 	return root
 }

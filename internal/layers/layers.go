@@ -52,6 +52,7 @@ var Allowed = map[string][]string{
 	"internal/layers":      nil,
 	"internal/repocheck":   nil,
 	"internal/ociimage":    nil,
+	"internal/version":     nil,
 	"cni":                  nil,
 	"zds":                  nil,
 	"maps":                 {"github.com/cilium/ebpf"},
@@ -59,8 +60,8 @@ var Allowed = map[string][]string{
 	"tc":                   {"internal/nsrun", "internal/nlmsg", "github.com/cilium/ebpf", "github.com/florianl/go-tc", "github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
 	"resolve":              {"internal/nsrun", "internal/nlmsg", "github.com/mdlayher/netlink", "github.com/jsimonetti/rtnetlink"},
 	"dataplane":            {"asm", "maps", "tc", "resolve", "internal/nsrun", "internal/nlmsg", "internal/bpffs", "github.com/cilium/ebpf", "github.com/mdlayher/netlink", "github.com/mdlayher/genetlink", "github.com/jsimonetti/rtnetlink"},
-	"agent":                {"dataplane", "cni", "zds"},
-	"cmd/meshredirect":     {"agent", "dataplane", "cni"},
+	"agent":                {"dataplane", "cni", "zds", "internal/version"},
+	"cmd/meshredirect":     {"agent", "dataplane", "cni", "internal/version"},
 	"cmd/meshredirect-cni": {"cni"},
 }
 

@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"debug/elf"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,11 +13,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
 // layerFile is what a test sees of one entry of a layer.
@@ -54,27 +56,108 @@ func twoSpecs(t *testing.T) []Spec {
 func mustWrite(t *testing.T, specs ...Spec) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "images.tar")
-	if err := Write(out, specs...); err != nil {
+	if _, err := Write(out, specs...); err != nil {
 		t.Fatalf("Write: %v", err)
 	}
 	return out
 }
 
-// mustRead returns the image tagged ref in the archive at path, its config
-// and its layer's entries by absolute path.
-func mustRead(t *testing.T, path, ref string) (*v1.ConfigFile, map[string]layerFile) {
+// mustIndex unpacks the archive at path and returns the image index of ref
+// in it, read by go-containerregistry's layout package (another reader than
+// the writer), with the digest index.json gives it.
+func mustIndex(t *testing.T, path, ref string) (v1.ImageIndex, v1.Hash) {
 	t.Helper()
-	tag, err := name.NewTag(ref)
+	dir := t.TempDir()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := tarball.ImageFromPath(path, &tag)
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("read %s: %v", path, err)
+		}
+		dst := filepath.Join(dir, filepath.FromSlash(hdr.Name))
+		if hdr.Typeflag == tar.TypeDir {
+			if err := os.MkdirAll(dst, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	top, err := layout.ImageIndexFromPath(dir)
 	if err != nil {
-		t.Fatalf("read %s from %s: %v", ref, path, err)
+		t.Fatalf("read the image layout of %s: %v", path, err)
+	}
+	im, err := top.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range im.Manifests {
+		if d.Annotations[annotationContainerName] != ref {
+			continue
+		}
+		if _, tag, _ := strings.Cut(ref, ":"); d.Annotations[annotationRefName] != tag {
+			t.Errorf("%s: %s = %q, want the tag %q", ref, annotationRefName, d.Annotations[annotationRefName], tag)
+		}
+		idx, err := top.ImageIndex(d.Digest)
+		if err != nil {
+			t.Fatalf("read index of %s: %v", ref, err)
+		}
+		return idx, d.Digest
+	}
+	t.Fatalf("no %s in index.json of %s: %+v", ref, path, im.Manifests)
+	return nil, v1.Hash{}
+}
+
+// mustRead returns the linux/amd64 image of ref in the archive at path, its
+// config and its layer's entries by absolute path.
+func mustRead(t *testing.T, path, ref string) (*v1.ConfigFile, map[string]layerFile) {
+	t.Helper()
+	idx, _ := mustIndex(t, path, ref)
+	return mustReadArch(t, idx, ref, "amd64")
+}
+
+// mustReadArch returns the config and files of the image of idx for
+// linux/arch.
+func mustReadArch(t *testing.T, idx v1.ImageIndex, ref, arch string) (*v1.ConfigFile, map[string]layerFile) {
+	t.Helper()
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var img v1.Image
+	for _, d := range im.Manifests {
+		if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == arch {
+			if img, err = idx.Image(d.Digest); err != nil {
+				t.Fatalf("read %s linux/%s: %v", ref, arch, err)
+			}
+		}
+	}
+	if img == nil {
+		t.Fatalf("%s has no linux/%s image", ref, arch)
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.OS != "linux" || cfg.Architecture != arch {
+		t.Errorf("%s: the linux/%s image's config says %s/%s", ref, arch, cfg.OS, cfg.Architecture)
 	}
 	layers, err := img.Layers()
 	if err != nil {
@@ -182,23 +265,62 @@ func TestWriteRejects(t *testing.T) {
 		{"file under a file", Spec{Ref: "meshredirect.test/x:1", Files: []File{{Path: "/x"}, {Path: "/x/y"}}}},
 		{"no tag", Spec{Ref: "meshredirect.test/x"}},
 		{"no registry", Spec{Ref: "x:1"}},
+		{"platform twice", Spec{Ref: "meshredirect.test/x:1", Arch: "amd64"}},
 		{"missing source", Spec{Ref: "meshredirect.test/x:1", Files: []File{{Path: "/x", Source: "/nonexistent/x"}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if err := Write(filepath.Join(t.TempDir(), "x.tar"), tc.spec); err == nil {
+			specs := []Spec{tc.spec}
+			if tc.spec.Arch != "" {
+				specs = append(specs, tc.spec)
+			}
+			if _, err := Write(filepath.Join(t.TempDir(), "x.tar"), specs...); err == nil {
 				t.Errorf("Write(%+v) succeeded, want an error", tc.spec)
 			}
 		})
 	}
 }
 
-// fakeBin returns a directory with a file for each binary of Images.
+// fakeELF returns the bytes of an ELF executable header for machine: what
+// Images checks of a binary (static when interp is false, else with a
+// PT_INTERP program header, as a dynamically linked binary has).
+func fakeELF(t *testing.T, machine elf.Machine, interp bool) []byte {
+	t.Helper()
+	h := elf.Header64{
+		Type: uint16(elf.ET_EXEC), Machine: uint16(machine), Version: uint32(elf.EV_CURRENT),
+		Ehsize: 64, Phentsize: 56,
+	}
+	copy(h.Ident[:], elf.ELFMAG)
+	h.Ident[elf.EI_CLASS] = byte(elf.ELFCLASS64)
+	h.Ident[elf.EI_DATA] = byte(elf.ELFDATA2LSB)
+	h.Ident[elf.EI_VERSION] = byte(elf.EV_CURRENT)
+	var b bytes.Buffer
+	if interp {
+		h.Phoff, h.Phnum = 64, 1
+	}
+	if err := binary.Write(&b, binary.LittleEndian, h); err != nil {
+		t.Fatal(err)
+	}
+	if interp {
+		if err := binary.Write(&b, binary.LittleEndian, elf.Prog64{Type: uint32(elf.PT_INTERP)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.Bytes()
+}
+
+// fakeBin returns a directory with a static ELF header for each binary of
+// Images, under amd64/ and arm64/, each for its arch's machine.
 func fakeBin(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, b := range []string{"meshredirect", "meshredirect-cni", "ztunnel-standin", "testapp", "pause"} {
-		if err := os.WriteFile(filepath.Join(dir, b), []byte(b), 0o755); err != nil {
+	for arch, m := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
+		if err := os.MkdirAll(filepath.Join(dir, arch), 0o755); err != nil {
 			t.Fatal(err)
+		}
+		for _, b := range []string{"meshredirect", "meshredirect-cni", "ztunnel-standin", "testapp", "pause"} {
+			if err := os.WriteFile(filepath.Join(dir, arch, b), fakeELF(t, m, false), 0o755); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	return dir
@@ -206,7 +328,7 @@ func fakeBin(t *testing.T) string {
 
 func TestImages(t *testing.T) {
 	bin := fakeBin(t)
-	specs, err := Images(ImagesOptions{Bin: bin, Tag: "t1", Revision: "abc"})
+	specs, err := Images(ImagesOptions{Bin: bin, Arches: []string{"amd64"}, Tag: "t1", Revision: "abc"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +342,7 @@ func TestImages(t *testing.T) {
 	}
 	out := mustWrite(t, specs...)
 	cfg, files := mustRead(t, out, Ref(Agent, "t1"))
-	if f := files["/usr/local/bin/meshredirect-cni"]; f.Mode != 0o755 || f.Data != "meshredirect-cni" {
+	if f := files["/usr/local/bin/meshredirect-cni"]; f.Mode != 0o755 || f.Data != string(fakeELF(t, elf.EM_X86_64, false)) {
 		t.Errorf("agent's CNI plugin = %+v", f)
 	}
 	if got := cfg.Config.Labels["org.opencontainers.image.revision"]; got != "abc" {
@@ -233,11 +355,119 @@ func TestImages(t *testing.T) {
 	if _, err := Images(ImagesOptions{Bin: bin}, "nginx"); err == nil {
 		t.Error("Images(nginx) succeeded, want an error")
 	}
-	if _, err := Images(ImagesOptions{Bin: t.TempDir()}, Pause); err == nil {
-		t.Error("Images(pause) with no binary succeeded, want an error")
-	}
 	if Ref("nginx", "1") != "" {
 		t.Error("Ref(nginx) is not empty")
+	}
+}
+
+// TestImagesRejectsBadBinaries: a binary that is missing, empty, for another
+// arch or dynamically linked fails Images, so that `make image` stops with
+// the reason rather than write an image that cannot start.
+func TestImagesRejectsBadBinaries(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		data []byte // nil: no file
+		want string
+	}{
+		{"missing", nil, "no such file"},
+		{"empty", []byte{}, "read "},
+		{"arm64 binary for amd64", fakeELF(t, elf.EM_AARCH64, false), "is for EM_AARCH64, not amd64"},
+		{"dynamically linked", fakeELF(t, elf.EM_X86_64, true), "dynamically linked"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bin := fakeBin(t)
+			p := filepath.Join(bin, "amd64", "meshredirect")
+			if err := os.Remove(p); err != nil {
+				t.Fatal(err)
+			}
+			if c.data != nil {
+				if err := os.WriteFile(p, c.data, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := Images(ImagesOptions{Bin: bin}, Agent)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("Images: error %v, want %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestReleaseImage: the release image is an index of linux/amd64 and
+// linux/arm64, each manifest holding the binaries of its arch (the ELF
+// machine of each matches its platform) and the OCI labels; two builds of
+// the same inputs give the same index digest and the same bytes, and
+// another commit time another digest.
+func TestReleaseImage(t *testing.T) {
+	bin := fakeBin(t)
+	created := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	opts := ImagesOptions{Bin: bin, Tag: "v0.2.0", Revision: "0123abc", Created: created}
+	write := func(opts ImagesOptions) (string, v1.Hash) {
+		specs, err := Images(opts, Agent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "image.tar")
+		digests, err := Write(out, specs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out, digests[Ref(Agent, "v0.2.0")]
+	}
+	out, digest := write(opts)
+	idx, inArchive := mustIndex(t, out, Ref(Agent, "v0.2.0"))
+	if inArchive != digest {
+		t.Errorf("Write returned %s, index.json says %s", digest, inArchive)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var platforms []string
+	for _, d := range im.Manifests {
+		platforms = append(platforms, d.Platform.String())
+	}
+	if diff := cmp.Diff([]string{"linux/amd64", "linux/arm64"}, platforms); diff != "" {
+		t.Errorf("platforms of the index (-want +got):\n%s", diff)
+	}
+	for arch, machine := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
+		cfg, files := mustReadArch(t, idx, Ref(Agent, "v0.2.0"), arch)
+		for _, p := range []string{"/meshredirect", "/usr/local/bin/meshredirect-cni"} {
+			f, err := elf.NewFile(strings.NewReader(files[p].Data))
+			if err != nil {
+				t.Errorf("linux/%s %s: %v", arch, p, err)
+				continue
+			}
+			if f.Machine != machine {
+				t.Errorf("linux/%s %s is for %v, want %v", arch, p, f.Machine, machine)
+			}
+		}
+		wantLabels := map[string]string{
+			"org.opencontainers.image.title":       "meshredirect",
+			"org.opencontainers.image.description": descriptions[Agent],
+			"org.opencontainers.image.source":      Source,
+			"org.opencontainers.image.revision":    "0123abc",
+			"org.opencontainers.image.version":     "v0.2.0",
+			"org.opencontainers.image.licenses":    "Apache-2.0",
+			"org.opencontainers.image.created":     "2026-12-01T10:00:00Z",
+		}
+		if diff := cmp.Diff(wantLabels, cfg.Config.Labels); diff != "" {
+			t.Errorf("linux/%s labels (-want +got):\n%s", arch, diff)
+		}
+		if !cfg.Created.Equal(created) {
+			t.Errorf("linux/%s created %v, want %v", arch, cfg.Created, created)
+		}
+	}
+
+	again, digest2 := write(opts)
+	a, _ := os.ReadFile(out)
+	b, _ := os.ReadFile(again)
+	if digest2 != digest || !bytes.Equal(a, b) {
+		t.Errorf("two builds of the same inputs: digests %s and %s, archives equal %v", digest, digest2, bytes.Equal(a, b))
+	}
+	opts.Created = created.Add(time.Second)
+	if _, digest3 := write(opts); digest3 == digest {
+		t.Errorf("another commit time gave the same digest %s", digest)
 	}
 }
 

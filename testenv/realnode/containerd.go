@@ -62,8 +62,10 @@ func (n *Node) startContainerd(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// --all-platforms: every blob of each image's index, as a multi-platform release archive
+	// needs; without it ctr imports the host's platform only.
 	out, err := exec.CommandContext(ctx, "ctr", "--address", containerdSocket, "-n", "k8s.io",
-		"images", "import", n.images).CombinedOutput()
+		"images", "import", "--all-platforms", n.images).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("import %s: %v: %s", n.images, err, out)
 	}

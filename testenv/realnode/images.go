@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
@@ -34,15 +35,18 @@ var commands = map[string]string{
 }
 
 // buildImages builds the project's static binaries from this checkout and writes the four
-// images into one archive, which startContainerd imports. The archive is written by the images
-// command, as `make image` writes the release image, not in this process: under -race the
-// compression alone took a minute of each Start.
+// images into one archive, which startContainerd imports: the archive `make image` and
+// `make test-images` write (an OCI image layout, each image an index of its platforms), for this
+// machine's arch alone (a second arch would double the build for nothing the node runs). The
+// archive is written by the images command, as `make image` writes the release image, not in
+// this process: under -race the compression alone took a minute of each Start.
 func (n *Node) buildImages(ctx context.Context) error {
 	root, err := moduleRoot()
 	if err != nil {
 		return err
 	}
-	n.Bin = filepath.Join(n.dir, "bin")
+	bin := filepath.Join(n.dir, "bin")
+	n.Bin = filepath.Join(bin, runtime.GOARCH)
 	tools := filepath.Join(n.dir, "tools")
 	for _, b := range []struct {
 		dir  string
@@ -56,7 +60,7 @@ func (n *Node) buildImages(ctx context.Context) error {
 		}
 	}
 	n.images = filepath.Join(n.dir, "images.tar")
-	cmd := exec.CommandContext(ctx, filepath.Join(tools, "images"), "-bin", n.Bin, "-tag", "dev", "-o", n.images)
+	cmd := exec.CommandContext(ctx, filepath.Join(tools, "images"), "-bin", bin, "-arch", runtime.GOARCH, "-tag", "dev", "-o", n.images)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("write the images: %v: %s", err, out)
 	}

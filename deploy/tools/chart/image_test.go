@@ -283,6 +283,18 @@ func TestDockerfile(t *testing.T) {
 	if from := d.stage("build")[0]; !strings.Contains(from.Args, "golang:${GO_VERSION}") {
 		t.Errorf("build stage FROM %s, want golang:${GO_VERSION}", from.Args)
 	}
+	// Every base image is pinned by the digest of its image index: a tag alone can name
+	// another image tomorrow.
+	pinned := regexp.MustCompile(`^\S+@sha256:[0-9a-f]{64}$`)
+	for _, in := range d.ins {
+		if in.Cmd != "FROM" {
+			continue
+		}
+		image := d.expand(strings.Fields(in.Args)[0])
+		if !pinned.MatchString(image) {
+			t.Errorf("Dockerfile:%d: FROM %s: want image@sha256:<digest>", in.Line, image)
+		}
+	}
 }
 
 func TestParseDockerfile(t *testing.T) {

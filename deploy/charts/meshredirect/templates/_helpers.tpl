@@ -55,10 +55,15 @@ The agent's ServiceAccount: the one created, or the one named.
 {{- end }}
 
 {{/*
-The image reference; the tag defaults to the chart's appVersion.
+The image reference: repository@digest when image.digest is set, else repository:tag, the tag
+defaulting to the chart's appVersion.
 */}}
 {{- define "meshredirect.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/*

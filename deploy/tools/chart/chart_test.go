@@ -844,7 +844,9 @@ func TestNotes(t *testing.T) {
 		want   []string
 	}{
 		{"{}", []string{"rollout status daemonset/meshredirect", "dropped (fail closed)", "port 15014", "meshredirect uninstall", "kube-system, istio-system"}},
-		{"{failOpen: true, metrics: {port: 19090}, excludeNamespaces: []}", []string{"passed (fail open)", "port 19090", "no namespace excluded"}},
+		{"{ztunnelMode: node, failOpen: true, metrics: {port: 19090}, excludeNamespaces: []}", []string{"passed (fail open)", "port 19090", "no namespace excluded"}},
+		// In-pod mode has no fail open: a pod ztunnel has not taken has no listener.
+		{"{failOpen: true}", []string{"dropped (fail closed)", "once ztunnel has taken it over ZDS (/var/run/ztunnel/ztunnel.sock)"}},
 	} {
 		notes := mustRender(t, Options{Values: values(t, tt.values)}).Notes
 		for _, w := range tt.want {

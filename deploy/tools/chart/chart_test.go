@@ -613,6 +613,15 @@ func TestValues(t *testing.T) {
 					t.Errorf("nodeSelector %v", got)
 				}
 			}},
+		// The READMEs' way onto arm64 nodes: --set 'nodeSelector.kubernetes\.io/arch=null'
+		// (TestArchPinLifted checks that Helm parses it into this).
+		{name: "nodeSelector arch lifted", values: "nodeSelector: {kubernetes.io/arch: null}",
+			check: func(t *testing.T, _ *Rendered, ds *appsv1.DaemonSet, _ *corev1.Container) {
+				want := map[string]string{"kubernetes.io/os": "linux"}
+				if got := ds.Spec.Template.Spec.NodeSelector; !cmp.Equal(got, want) {
+					t.Errorf("nodeSelector %v", got)
+				}
+			}},
 		{name: "affinity", values: "affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: mesh, operator: Exists}]}]}}}",
 			check: func(t *testing.T, _ *Rendered, ds *appsv1.DaemonSet, _ *corev1.Container) {
 				if a := ds.Spec.Template.Spec.Affinity; a == nil || a.NodeAffinity == nil {

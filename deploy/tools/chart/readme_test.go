@@ -10,6 +10,7 @@ import (
 
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/strvals"
 	"sigs.k8s.io/yaml"
 )
 
@@ -213,5 +214,29 @@ func TestReadmesTellTheTruth(t *testing.T) {
 				t.Errorf("%s says %q", path, m)
 			}
 		}
+	}
+}
+
+// TestArchPinLifted checks the READMEs' way of running on arm64 nodes, which the chart's
+// nodeSelector keeps out by default (arm64 is built but untested): each README gives the same
+// --set, and Helm parses it into the null that removes the key (TestValues renders that).
+func TestArchPinLifted(t *testing.T) {
+	const set = `nodeSelector.kubernetes\.io/arch=null`
+	for _, path := range []string{deployReadme, chartReadme, "../../../README.md"} {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(raw), "--set '"+set+"'") {
+			t.Errorf("%s does not say how to lift the amd64 pin (--set '%s')", path, set)
+		}
+	}
+	got, err := strvals.Parse(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"nodeSelector": map[string]any{"kubernetes.io/arch": nil}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("helm --set %s gives %v, want %v", set, got, want)
 	}
 }

@@ -613,6 +613,15 @@ func TestValues(t *testing.T) {
 					t.Errorf("nodeSelector %v", got)
 				}
 			}},
+		// The READMEs' way onto arm64 nodes: --set 'nodeSelector.kubernetes\.io/arch=null'
+		// (TestArchPinLifted checks that Helm parses it into this).
+		{name: "nodeSelector arch lifted", values: "nodeSelector: {kubernetes.io/arch: null}",
+			check: func(t *testing.T, _ *Rendered, ds *appsv1.DaemonSet, _ *corev1.Container) {
+				want := map[string]string{"kubernetes.io/os": "linux"}
+				if got := ds.Spec.Template.Spec.NodeSelector; !cmp.Equal(got, want) {
+					t.Errorf("nodeSelector %v", got)
+				}
+			}},
 		{name: "affinity", values: "affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: mesh, operator: Exists}]}]}}}",
 			check: func(t *testing.T, _ *Rendered, ds *appsv1.DaemonSet, _ *corev1.Container) {
 				if a := ds.Spec.Template.Spec.Affinity; a == nil || a.NodeAffinity == nil {
@@ -844,7 +853,9 @@ func TestNotes(t *testing.T) {
 		want   []string
 	}{
 		{"{}", []string{"rollout status daemonset/meshredirect", "dropped (fail closed)", "port 15014", "meshredirect uninstall", "kube-system, istio-system"}},
-		{"{failOpen: true, metrics: {port: 19090}, excludeNamespaces: []}", []string{"passed (fail open)", "port 19090", "no namespace excluded"}},
+		{"{ztunnelMode: node, failOpen: true, metrics: {port: 19090}, excludeNamespaces: []}", []string{"passed (fail open)", "port 19090", "no namespace excluded"}},
+		// In-pod mode has no fail open: a pod ztunnel has not taken has no listener.
+		{"{failOpen: true}", []string{"dropped (fail closed)", "once ztunnel has taken it over ZDS (/var/run/ztunnel/ztunnel.sock)"}},
 	} {
 		notes := mustRender(t, Options{Values: values(t, tt.values)}).Notes
 		for _, w := range tt.want {

@@ -10,6 +10,7 @@ import (
 
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/strvals"
 	"sigs.k8s.io/yaml"
 )
 
@@ -81,7 +82,8 @@ func lookup(vals map[string]any, path string) (any, bool) {
 // TestReadmeValuesTables checks deploy/README.md's and the chart README's values tables
 // against values.yaml: every value they name exists, a default written as one literal per
 // value (`65536`, `[kube-system, istio-system]`) is the chart's, and every top-level value
-// of values.yaml is in each table.
+// of values.yaml is in each table, and so is every key of a map that the tables split by key
+// (`image.repository`, ...: a new `image.digest` needs a row too).
 func TestReadmeValuesTables(t *testing.T) {
 	ch, err := Load(chartDir)
 	if err != nil {
@@ -97,13 +99,18 @@ func TestReadmeValuesTables(t *testing.T) {
 		t.Run(path, func(t *testing.T) {
 			rows := valuesRows(t, path)
 			named := map[string]bool{}
+			split := map[string]bool{} // top-level values whose keys the rows name one by one
 			checked := 0
 			for _, r := range rows {
 				for _, k := range r.keys {
 					if strings.HasPrefix(k, "serviceAccount.") && k != "serviceAccount.create" {
 						k = "serviceAccount" // `.name`, `.annotations` in the same cell
 					}
-					named[strings.Split(k, ".")[0]] = true
+					top, _, nested := strings.Cut(k, ".")
+					named[top] = true
+					if nested {
+						split[top] = true
+					}
 					if _, ok := lookup(vals, k); !ok && !strings.HasPrefix(k, "serviceAccount") {
 						t.Errorf("%s names %s, which values.yaml does not have", path, k)
 					}
@@ -128,6 +135,25 @@ func TestReadmeValuesTables(t *testing.T) {
 			for k := range vals {
 				if !named[k] {
 					t.Errorf("%s has no row for the value %s", path, k)
+				}
+			}
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var tables strings.Builder // the tables' rows: a value named in prose has no row
+			for _, line := range strings.Split(string(raw), "\n") {
+				if strings.HasPrefix(line, "| `") {
+					tables.WriteString(line + "\n")
+				}
+			}
+			for top := range split {
+				m, _ := vals[top].(map[string]any)
+				for sub := range m {
+					// `top.sub`, or `.sub` in a row that names top's other keys.
+					if !strings.Contains(tables.String(), "`"+top+"."+sub) && !strings.Contains(tables.String(), "`."+sub) {
+						t.Errorf("%s has no row for the value %s.%s", path, top, sub)
+					}
 				}
 			}
 			if checked < 20 {
@@ -160,10 +186,11 @@ func normalize(v any) any {
 	return v
 }
 
-// TestReadmesTellTheTruth: statements of deploy/README.md and the chart README that have
+// TestReadmesTellTheTruth: statements of the READMEs and the chart's own notes that have
 // been wrong before, checked against the chart.
 func TestReadmesTellTheTruth(t *testing.T) {
-	for _, path := range []string{deployReadme, chartReadme, "../../../README.md"} {
+	docs := []string{deployReadme, chartReadme, "../../../README.md", chartDir + "/values.yaml", chartDir + "/templates/NOTES.txt"}
+	for _, path := range docs {
 		raw, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -174,10 +201,42 @@ func TestReadmesTellTheTruth(t *testing.T) {
 			regexp.MustCompile(`(?i)podsMaxEntries[^.]*(needs|requires) (an )?uninstall`),
 			regexp.MustCompile(`(?i)pods-max-entries[^.]*(needs|requires) (an )?uninstall`),
 			regexp.MustCompile("`cni.install` \\| `--cni-install` \\| `false`"),
+			// make image writes an OCI image layout (internal/ociimage), not docker save's format.
+			regexp.MustCompile(`(?i)docker archive`),
+			// The image is built for amd64 and arm64 (ociimage.ReleaseArches); only the
+			// nodeSelector pins amd64, because arm64 is untested.
+			regexp.MustCompile(`(?i)(on|for) x86-64`),
+			// With the agent down the plugin still starts pods that are not ambient,
+			// deciding from the API (cmd/meshredirect-cni/agentdown_test.go).
+			regexp.MustCompile(`(?i)fails every new pod`),
 		} {
 			if m := wrong.FindString(text); m != "" {
 				t.Errorf("%s says %q", path, m)
 			}
 		}
+	}
+}
+
+// TestArchPinLifted checks the READMEs' way of running on arm64 nodes, which the chart's
+// nodeSelector keeps out by default (arm64 is built but untested): each README gives the same
+// --set, and Helm parses it into the null that removes the key (TestValues renders that).
+func TestArchPinLifted(t *testing.T) {
+	const set = `nodeSelector.kubernetes\.io/arch=null`
+	for _, path := range []string{deployReadme, chartReadme, "../../../README.md"} {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(raw), "--set '"+set+"'") {
+			t.Errorf("%s does not say how to lift the amd64 pin (--set '%s')", path, set)
+		}
+	}
+	got, err := strvals.Parse(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"nodeSelector": map[string]any{"kubernetes.io/arch": nil}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("helm --set %s gives %v, want %v", set, got, want)
 	}
 }

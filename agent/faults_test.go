@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -137,7 +136,7 @@ func TestBPFFSNotMounted(t *testing.T) {
 		script := fmt.Sprintf(`umount -l /sys/fs/bpf 2>/dev/null; exec %s agent --node-netns %s --node-name %s --kubeconfig %s --pin-dir /sys/fs/bpf/meshredirect --netns-dir %s --config-file %s --log-format text --metrics-addr 127.0.0.1:0 --ztunnel-mode node --mount-bpffs %s`,
 			meshredirectBinary(t), e.box.Node.Path(), e.nodeName, kubeconfig, e.netnsDir, e.configFile, mode)
 		cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
-		out := &syncBuffer{}
+		out := &testutil.SyncBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		must(t, cmd.Start())
 		done := make(chan error, 1)
@@ -336,23 +335,4 @@ func (e *env) hooked(p *testenv.Pod) int {
 		}
 	}
 	return n
-}
-
-// syncBuffer is a strings.Builder safe for a process's two output streams
-// and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package zds
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,42 +12,25 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshredirect/meshredirect/internal/testutil"
 )
-
-// syncBuffer is a log sink the server's goroutines and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // testServer is a Server serving on a socket in a temporary directory, with
 // its log kept for the test to read.
 type testServer struct {
 	*Server
-	log *syncBuffer
+	log *testutil.SyncBuffer
 }
 
 // mustServer listens and serves until the test ends; Close is checked then.
 func mustServer(tb testing.TB, opts ServerOptions) *testServer {
 	tb.Helper()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	if opts.Path == "" {
 		opts.Path = filepath.Join(tb.TempDir(), "run", "ztunnel.sock")
 	}

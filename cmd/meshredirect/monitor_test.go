@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,25 +23,6 @@ func TestMonitorRejectsBadFlags(t *testing.T) {
 			t.Errorf("monitor %v: %v", args, err)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the command's writes and the
-// test's reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestMonitorCommand runs `monitor -o json` against pinned maps while this
@@ -67,7 +46,7 @@ func TestMonitorCommand(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := newRootCmd()
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&out)
 	cmd.SetArgs([]string{"monitor", "-o", "json", "--pin-dir", dir, "--node-name", ""})

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -220,11 +221,25 @@ func subset(want, got any, path string) (string, string) {
 			}
 		}
 	default:
+		if sameQuantity(want, got, path) {
+			return "", ""
+		}
 		if !reflect.DeepEqual(want, got) {
 			return path, fmt.Sprintf("sent %v (%T), got %v (%T)", want, want, got, got)
 		}
 	}
 	return "", ""
+}
+
+// sameQuantity says whether want and got, at path in a ResourceQuota's spec.hard, are the same
+// quantity written two ways: the server writes quantities in canonical form ("1000" as "1k").
+func sameQuantity(want, got any, path string) bool {
+	if !strings.HasPrefix(path, ".spec.hard.") {
+		return false
+	}
+	w, werr := resource.ParseQuantity(fmt.Sprint(want))
+	g, gerr := resource.ParseQuantity(fmt.Sprint(got))
+	return werr == nil && gerr == nil && w.Cmp(g) == 0
 }
 
 // TestBidirectionalRefused shows why the bpffs mount is HostToContainer: the API server

@@ -150,16 +150,24 @@ func TestPlatformDryRun(t *testing.T) {
 }
 
 // TestMetricsPortIsAHostPort shows why maxSurge must be 0: on the host network the API server
-// makes the metrics port a host port, and the scheduler places no second pod with the same
-// host port on a node.
+// makes the metrics port of the agent's pod a host port (a Pod's defaulting; since Kubernetes
+// 1.28 not in the DaemonSet's template), and the scheduler places no second pod with the same
+// host port on a node. The pod is the DaemonSet's template, applied as a dry run.
 func TestMetricsPortIsAHostPort(t *testing.T) {
 	c := newCluster(t)
 	c.createNamespace(t, Namespace, nil)
-	got, err := c.apply(t.Context(), toUnstructured(t, mustRender(t, Options{}).Find("DaemonSet").YAML), true)
+	ds := toUnstructured(t, mustRender(t, Options{}).Find("DaemonSet").YAML)
+	spec, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+	pod := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Pod",
+		"metadata": map[string]any{"name": "meshredirect-agent", "namespace": Namespace},
+		"spec":     spec,
+	}}
+	got, err := c.apply(t.Context(), pod, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	containers, _, _ := unstructured.NestedSlice(got.Object, "spec", "template", "spec", "containers")
+	containers, _, _ := unstructured.NestedSlice(got.Object, "spec", "containers")
 	ports := containers[0].(map[string]any)["ports"].([]any)
 	if hp := ports[0].(map[string]any)["hostPort"]; hp != int64(15014) {
 		t.Errorf("hostPort %v (%T), want 15014 set by the API server", hp, hp)

@@ -19,7 +19,8 @@ import (
 //     instructions more and no helper call. bpf_ktime_get_ns is called only
 //     when the deadline is set.
 //   - The event is a fixed-size record reserved in the ring buffer
-//     (bpf_ringbuf_reserve, Linux 5.8): a maps.EventHeader and the first
+//     (bpf_ringbuf_reserve, Linux 5.8; one that finds no room is counted in
+//     maps.Monitor.Lost): a maps.EventHeader and the first
 //     maps.EventCapLen bytes of the packet (bpf_skb_load_bytes). The 5-tuple
 //     is read from those bytes in user space, so the programs need no
 //     parser state at their exits, and a packet dropped as a parse error is
@@ -99,7 +100,7 @@ func report(label string, v maps.Verdict, dropped bool) asm.Instructions {
 		asm.Mov.Imm(asm.R2, int32(maps.EventRecordSize)),
 		asm.Mov.Imm(asm.R3, 0),
 		asm.FnRingbufReserve.Call(),
-		asm.JEq.Imm(asm.R0, 0, done),
+		asm.JEq.Imm(asm.R0, 0, label+"_report_lost"),
 		asm.Mov.Reg(asm.R7, asm.R0),
 
 		asm.StoreMem(asm.R7, maps.EventOffTimestamp, asm.R8, asm.DWord),
@@ -134,6 +135,14 @@ func report(label string, v maps.Verdict, dropped bool) asm.Instructions {
 		asm.Mov.Reg(asm.R1, asm.R7).WithSymbol(label + "_report_submit"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRingbufSubmit.Call(),
+		asm.Ja.Label(done),
+
+		// No room: count the event lost, so that the monitor can say how
+		// many it did not see. Atomic: every CPU adds to the one entry.
+		asm.LoadMapValue(asm.R1, 0, 0).WithReference(maps.MonitorName).WithSymbol(label + "_report_lost"),
+		asm.Mov.Imm(asm.R2, 1),
+		asm.AddAtomic.Mem(asm.R1, asm.R2, asm.DWord, maps.MonitorOffLost),
+
 		// bpf_ringbuf_submit returns nothing: R0 is written, not read.
 		asm.Mov.Imm(asm.R0, 0).WithSymbol(done),
 	}

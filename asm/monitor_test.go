@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/google/gopacket/layers"
 
@@ -250,6 +251,38 @@ func TestMonitorDeadlines(t *testing.T) {
 				t.Errorf("event of the %d-byte packet: %d of %d bytes", len(pass), res.events[0].CapLen, res.events[0].Len)
 			}
 		})
+	}
+}
+
+// TestMonitorCountsLostEvents: once the ring buffer is full (its reader
+// behind), every event the programs cannot write is counted in the monitor
+// map's Lost: each run gives an event or a count, never neither, and the
+// count is what the monitor reports (dataplane.MonitorOptions.Lost).
+func TestMonitorCountsLostEvents(t *testing.T) {
+	f := newFixture(t, mrasm.DefaultOptions())
+	drop := packet{src: remoteV4, dst: serverV4}.build(t)
+	if err := f.maps.Monitor.Set(maps.Monitor{DropsUntil: maps.KtimeNow() + uint64(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	// Twice the runs the ring buffer has room for, read by nobody meanwhile.
+	runs := 2 * maps.EventsSize / int(maps.EventRecordSize)
+	ret, err := f.coll.Programs[mrasm.AppOutbound].Run(&ebpf.RunOptions{Data: drop, Repeat: uint32(runs)})
+	if err != nil || int32(ret) != mrasm.ActShot {
+		t.Fatalf("run %d times: %s, %v", runs, action(int32(ret)), err)
+	}
+	evs := f.readEvents(t)
+	mon, err := f.maps.Monitor.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mon.Lost == 0 || uint64(len(evs))+mon.Lost != uint64(runs) {
+		t.Errorf("%d drops: %d events and %d counted lost, want them to add up, some lost", runs, len(evs), mon.Lost)
+	}
+	// With room again, nothing more is lost.
+	before := mon.Lost
+	res := f.run(t, mrasm.AppOutbound, drop, 0)
+	if mon, err = f.maps.Monitor.Get(); err != nil || mon.Lost != before || len(res.events) != 1 {
+		t.Errorf("a drop with room: %d events, lost %d -> %d (%v); want 1 event, none lost", len(res.events), before, mon.Lost, err)
 	}
 }
 

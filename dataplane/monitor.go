@@ -21,6 +21,11 @@ type MonitorOptions struct {
 	// dropped. It costs every packet of the node a helper call and a
 	// record (BenchmarkMonitor in asm: tens of ns) while it lasts.
 	AllVerdicts bool
+	// Lost, if set, is called when the programs have counted events lost
+	// since Monitor started (the ring buffer was full: the reader, or
+	// another monitor's, fell behind), with their number so far. Monitor
+	// looks every half lease, and calls it only when the number grew.
+	Lost func(n uint64)
 }
 
 // ErrNoMonitor is returned by Monitor when the pins have no events map:
@@ -37,7 +42,8 @@ var ErrNoMonitor = errors.New("the node's maps have no events ring buffer")
 // and never back: other monitors may be attached, and one killed without
 // cleaning up stops costing the programs when its lease ends. Events that
 // find the ring buffer full are lost (a flood of drops faster than the
-// reader); Monitor reads as fast as fn returns.
+// reader): the programs count them, and o.Lost hears of them. Monitor
+// reads as fast as fn returns.
 //
 // The programs attached by an agent older than the maps' events map write
 // none: the node must run this version's programs (status shows whether
@@ -61,13 +67,22 @@ func Monitor(ctx context.Context, o MonitorOptions, fn func(Event) error) error 
 	}
 	defer r.Close()
 
-	extend := func() (time.Time, error) {
-		if err := set.Monitor.Extend(o.AllVerdicts); err != nil {
+	var lost0, lost uint64
+	extend := func(first bool) (time.Time, error) {
+		v, err := set.Monitor.Extend(o.AllVerdicts)
+		if err != nil {
 			return time.Time{}, fmt.Errorf("monitor %s: %w", cfg.pinDir(), err)
+		}
+		// Events lost before this monitor started are not its own.
+		if first {
+			lost0 = v.Lost
+		} else if n := v.Lost - lost0; v.Lost > lost0 && n > lost && o.Lost != nil {
+			lost = n
+			o.Lost(n)
 		}
 		return time.Now().Add(maps.MonitorLease / 2), nil
 	}
-	next, err := extend()
+	next, err := extend(true)
 	if err != nil {
 		return err
 	}
@@ -76,7 +91,7 @@ func Monitor(ctx context.Context, o MonitorOptions, fn func(Event) error) error 
 	var rec ringbuf.Record
 	for {
 		if !time.Now().Before(next) {
-			if next, err = extend(); err != nil {
+			if next, err = extend(false); err != nil {
 				return err
 			}
 		}

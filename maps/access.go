@@ -402,17 +402,21 @@ func (m *MonitorMap) Set(v Monitor) error {
 // monitors share the entry, and none shortens another's deadline. Two
 // monitors extending at once may lose one's write, but the other's
 // deadline is then as late, and the next extension comes well before it.
-func (m *MonitorMap) Extend(verdicts bool) error {
+// It returns the entry as it read it: Lost, for the monitor's report. A
+// program that counts a lost event between the read and the write has its
+// count undone (microseconds, once a second): Lost is a floor.
+func (m *MonitorMap) Extend(verdicts bool) (Monitor, error) {
 	v, err := m.Get()
 	if err != nil {
-		return err
+		return Monitor{}, err
 	}
+	read := v
 	until := KtimeNow() + uint64(MonitorLease)
 	v.DropsUntil = max(v.DropsUntil, until)
 	if verdicts {
 		v.VerdictsUntil = max(v.VerdictsUntil, until)
 	}
-	return m.Set(v)
+	return read, m.Set(v)
 }
 
 // KtimeNow is bpf_ktime_get_ns from user space: CLOCK_MONOTONIC in

@@ -300,12 +300,17 @@ type Monitor struct {
 	// VerdictsUntil: the exits that do not drop write an event too. A
 	// monitor of every verdict sets both deadlines.
 	VerdictsUntil uint64
+	// Lost counts the events the programs could not write because the
+	// ring buffer was full (its reader slower than the packets). Only the
+	// programs add to it; a monitor reports how much it grew while it ran.
+	Lost uint64
 }
 
 // Byte offsets of the fields of [Monitor], read by the programs.
 const (
 	MonitorOffDropsUntil    = int16(unsafe.Offsetof(Monitor{}.DropsUntil))
 	MonitorOffVerdictsUntil = int16(unsafe.Offsetof(Monitor{}.VerdictsUntil))
+	MonitorOffLost          = int16(unsafe.Offsetof(Monitor{}.Lost))
 )
 
 // EventHeader starts every record of the events ring buffer; the first

@@ -483,7 +483,7 @@ func TestMonitorExtend(t *testing.T) {
 	}
 	defer set.Close()
 	before := maps.KtimeNow()
-	if err := set.Monitor.Extend(false); err != nil {
+	if _, err := set.Monitor.Extend(false); err != nil {
 		t.Fatal(err)
 	}
 	m, _ := set.Monitor.Get()
@@ -495,7 +495,7 @@ func TestMonitorExtend(t *testing.T) {
 	if err := set.Monitor.Set(maps.Monitor{DropsUntil: later}); err != nil {
 		t.Fatal(err)
 	}
-	if err := set.Monitor.Extend(true); err != nil {
+	if _, err := set.Monitor.Extend(true); err != nil {
 		t.Fatal(err)
 	}
 	m, _ = set.Monitor.Get()

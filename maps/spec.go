@@ -120,7 +120,8 @@ func Specs(podsMaxEntries uint32) map[string]*ebpf.MapSpec {
 // multiple of the page size): about 1560 events of EventRecordSize (each
 // with the ring buffer's own 8-byte header), which a reader draining it
 // every few milliseconds fills only in a flood. An event that finds no room
-// is lost, and counted nowhere: the monitor shows what fits.
+// is lost, and counted in the monitor map (Monitor.Lost): the monitor
+// shows what fits, and says how many did not.
 const EventsSize = 256 << 10
 
 // StatsMaxEntries is the stats map's size: room for verdicts added later, so

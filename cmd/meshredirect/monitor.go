@@ -83,7 +83,12 @@ monitor ('status' shows whether the programs are this build's).`,
 			go names.keepFresh(ctx)
 			w := cmd.OutOrStdout()
 			enc := json.NewEncoder(w)
-			return dataplane.Monitor(ctx, dataplane.MonitorOptions{PinDir: pinDir, AllVerdicts: kind == "all"}, func(e dataplane.Event) error {
+			opts := dataplane.MonitorOptions{PinDir: pinDir, AllVerdicts: kind == "all",
+				// On stderr, so that -o json stays one event per line.
+				Lost: func(n uint64) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%d events lost since the monitor started: the ring buffer was full (packets came faster than monitors read)\n", n)
+				}}
+			return dataplane.Monitor(ctx, opts, func(e dataplane.Event) error {
 				if want != nil && !slices.Contains(want, e.Src) && !slices.Contains(want, e.Dst) {
 					return nil
 				}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -80,5 +81,65 @@ func TestMonitorCommand(t *testing.T) {
 	if ev["program"] != "app_outbound" || ev["verdict"] != "parse_error" || ev["dropped"] != true ||
 		ev["len"] != float64(len(frame)) || ev["vlan"] != true || ev["truncated"] != "IPv4 header" {
 		t.Errorf("event %s", line)
+	}
+}
+
+// TestMonitorCommandReportsLost: when drops come faster than the command
+// reads (here, many times the ring buffer's room in one test run), it says
+// on stderr how many events the programs counted lost, and stdout keeps
+// only events.
+func TestMonitorCommandReportsLost(t *testing.T) {
+	testutil.RequirePrivileged(t)
+	dir := filepath.Join(testutil.BPFFS(t), "meshredirect")
+	set, err := maps.Open(maps.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	coll, err := ebpf.NewCollectionWithOptions(mrasm.CollectionSpec(mrasm.DefaultOptions()), ebpf.CollectionOptions{MapReplacements: set.Maps()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := newRootCmd()
+	var stdout, stderr testutil.SyncBuffer
+	cmd.SetOut(&stdout)
+	cmd.SetErr(&stderr)
+	cmd.SetArgs([]string{"monitor", "-o", "json", "--pin-dir", dir, "--node-name", ""})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+
+	// Drops once the monitor is attached: its deadline is set.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if mon, err := set.Monitor.Get(); err == nil && mon.DropsUntil > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the monitor never set its deadline")
+		}
+	}
+	frame := make([]byte, 14+10)
+	binary.BigEndian.PutUint16(frame[12:], 0x8100)
+	runs := 20 * maps.EventsSize / int(maps.EventRecordSize)
+	if _, err := coll.Programs[mrasm.AppOutbound].Run(&ebpf.RunOptions{Data: frame, Context: mrasm.SkBuff{}, Repeat: uint32(runs)}); err != nil {
+		t.Fatal(err)
+	}
+	var said string
+	for deadline := time.Now().Add(5 * time.Second); said == "" && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		said, _, _ = strings.Cut(stderr.String(), "\n")
+	}
+	cancel()
+	<-done
+	var n int
+	if _, err := fmt.Sscanf(said, "%d events lost since the monitor started", &n); err != nil || n <= 0 || n >= runs {
+		t.Errorf("stderr %q after %d drops: want the count of events lost (%v)", stderr.String(), runs, err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Fatalf("stdout line %q is not an event", line)
+		}
 	}
 }

@@ -51,7 +51,8 @@ uses; several monitors may run at once. Each extends its lease every second:
 a monitor killed (even with SIGKILL) stops costing within two seconds.
 
 Events that find the ring buffer full (256 KiB: a flood faster than monitor
-prints) are lost. The node must run programs of a version that has the
+prints) are lost; the programs count them, and monitor says on stderr how
+many. The node must run programs of a version that has the
 monitor ('status' shows whether the programs are this build's).`,
 		Example: `  meshredirect monitor
   meshredirect monitor --type all --pod default/client -o json`,

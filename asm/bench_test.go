@@ -30,6 +30,11 @@ import (
 func BenchmarkPrograms(b *testing.B) {
 	testutil.RequirePrivileged(b)
 	fx := newFixture(b, mrasm.DefaultOptions())
+	// The fixture monitors drops, for the packet tests: a node runs with no
+	// monitor (BenchmarkMonitor measures one).
+	if err := fx.maps.Monitor.Set(maps.Monitor{}); err != nil {
+		b.Fatal(err)
+	}
 	empty := emptyProgram(b)
 	a := newAssignNetns(b)
 	a.listen(b, "tcp4", mrasm.PortOutbound)

@@ -31,18 +31,7 @@ func TestMonitorRejectsBadFlags(t *testing.T) {
 // (parse_error) too short for its IPv4 header: the command prints the drop as a JSON line, and returns
 // when its context ends (as on SIGINT).
 func TestMonitorCommand(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	dir := filepath.Join(testutil.BPFFS(t), "meshredirect")
-	set, err := maps.Open(maps.Options{PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer set.Close()
-	coll, err := ebpf.NewCollectionWithOptions(mrasm.CollectionSpec(mrasm.DefaultOptions()), ebpf.CollectionOptions{MapReplacements: set.Maps()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer coll.Close()
+	dir, _, coll := pinnedPrograms(t)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -89,18 +78,7 @@ func TestMonitorCommand(t *testing.T) {
 // on stderr how many events the programs counted lost, and stdout keeps
 // only events.
 func TestMonitorCommandReportsLost(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	dir := filepath.Join(testutil.BPFFS(t), "meshredirect")
-	set, err := maps.Open(maps.Options{PinDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer set.Close()
-	coll, err := ebpf.NewCollectionWithOptions(mrasm.CollectionSpec(mrasm.DefaultOptions()), ebpf.CollectionOptions{MapReplacements: set.Maps()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer coll.Close()
+	dir, set, coll := pinnedPrograms(t)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -142,4 +120,24 @@ func TestMonitorCommandReportsLost(t *testing.T) {
 			t.Fatalf("stdout line %q is not an event", line)
 		}
 	}
+}
+
+// pinnedPrograms pins this build's maps in a private bpffs, as an agent
+// does, and loads its programs with them: what monitor reads is what they
+// write. It returns the pin directory.
+func pinnedPrograms(t *testing.T) (string, *maps.Set, *ebpf.Collection) {
+	t.Helper()
+	testutil.RequirePrivileged(t)
+	dir := filepath.Join(testutil.BPFFS(t), "meshredirect")
+	set, err := maps.Open(maps.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { set.Close() })
+	coll, err := ebpf.NewCollectionWithOptions(mrasm.CollectionSpec(mrasm.DefaultOptions()), ebpf.CollectionOptions{MapReplacements: set.Maps()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(coll.Close)
+	return dir, set, coll
 }
